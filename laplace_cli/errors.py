@@ -1,0 +1,39 @@
+"""Exceptions that the CLI maps to exit codes (0 ok, 1 gate failed, 2 bad input, 3 numerical)."""
+
+from __future__ import annotations
+
+
+class LaplaceCliError(Exception):
+    """Base class: every error of this tool carries an exit code and a one-line message."""
+
+    exit_code: int = 2
+
+
+class BadInputError(LaplaceCliError, ValueError):
+    """Bad usage or bad input: a file, key, row, shape or option the user can fix (exit 2)."""
+
+    exit_code = 2
+
+
+class NotImplementedYetError(BadInputError):
+    """A feature that is not built yet (exit 2, no fake output)."""
+
+
+class FingerprintMismatchError(BadInputError):
+    """A posterior applied to a model whose parameters differ from the ones it was fitted on."""
+
+
+class MemoryBudgetError(BadInputError, MemoryError):
+    """A requested computation would need more memory than allowed; the message says what to use instead."""
+
+
+class NumericalError(LaplaceCliError, ArithmeticError):
+    """Non-finite curvature or loss, or a matrix not positive definite after jitter (exit 3)."""
+
+    exit_code = 3
+
+
+class GateFailed(LaplaceCliError):
+    """An evaluation gate (`--fail-if`) failed (exit 1)."""
+
+    exit_code = 1
