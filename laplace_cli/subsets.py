@@ -1,0 +1,500 @@
+"""Parameter subsets: which weights the Laplace approximation covers, and their Jacobians.
+
+A subset hides how outputs depend on its parameters. The posterior structures only ever see
+* per-layer *factors*: for an `nn.Linear` / `nn.Conv2d` weight the layer inputs `a` (B, T, d_in)
+  and the output Jacobians `G = ∂f_c/∂z` (B, C, T, d_out), so that the per-sample Jacobian of
+  the weight is Σ_t G[:, c, t] ⊗ a[:, t] and never has to be built; for any other parameter a
+  dense per-sample Jacobian piece (B, C, numel) from `torch.func`;
+* or dense per-sample Jacobians (B, C, P) for the structures that need them (full, low-rank).
+
+`AllWeights` hooks the Linear/Conv2d layers of the model; `LastLayer` reads the features entering
+the last `nn.Linear` and has every Jacobian in closed form (G = I). Both restore the model as they
+found it: hooks are removed, train/eval mode is put back, nothing is stored on the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
+from torch.nn import functional as F
+
+from laplace_cli.batches import Inputs, as_2d_output, call_model
+from laplace_cli.enums import KronApprox
+from laplace_cli.errors import BadInputError
+
+GroupKind = Literal["weight", "bias", "other"]
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """One parameter tensor of the subset.
+
+    `kind` is "weight"/"bias" for parameters of a supported layer (`nn.Linear`, `nn.Conv2d` with
+    groups=1), whose Jacobians come as layer factors, and "other" for everything else.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    kind: GroupKind
+    module_name: str | None = None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def kron_shape(self) -> tuple[int, int]:
+        """(d_out, d_in) of a weight; conv weights flatten (C_in, kh, kw) into d_in."""
+        return self.shape[0], self.numel // self.shape[0]
+
+
+@dataclass
+class LayerFactor:
+    """Jacobian of one weight or bias in factored form.
+
+    a: (B, T, d_in) layer inputs (None for a bias); G: (B, C, T, d_out) output Jacobians.
+    T is the weight-sharing dimension (1 for plain Linear inputs, H·W for Conv2d).
+    """
+
+    a: Tensor | None
+    G: Tensor
+
+
+@dataclass
+class DenseFactor:
+    """Per-sample Jacobian of one parameter tensor, (B, C, numel)."""
+
+    J: Tensor
+
+
+Factor = LayerFactor | DenseFactor
+
+
+def supported_layer(module: nn.Module) -> bool:
+    """Layers with factored Jacobians: Linear, and Conv2d without groups."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and module.groups == 1
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run in eval mode (dropout off, BatchNorm on running statistics), then restore each module."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+def conv_patches(module: nn.Conv2d, x: Tensor) -> Tensor:
+    """Unfold Conv2d inputs (B, C_in, H, W) into patches (B, T, C_in·kh·kw), T = output positions."""
+    padding = module.padding
+    if isinstance(padding, str) or module.padding_mode != "zeros":
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+        padding = 0
+    patches = F.unfold(
+        x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride
+    )
+    return patches.transpose(1, 2)
+
+
+def _layer_input(module: nn.Module, x: Tensor) -> Tensor:
+    """Inputs of a supported layer as (B, T, d_in)."""
+    if isinstance(module, nn.Conv2d):
+        return conv_patches(module, x)
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _layer_output_grad(module: nn.Module, g: Tensor) -> Tensor:
+    """Output gradients (K, B, *out) of a supported layer as (B, K, T, d_out)."""
+    if isinstance(module, nn.Conv2d):
+        k, b, c = g.shape[:3]
+        return g.reshape(k, b, c, -1).permute(1, 0, 3, 2)
+    k, b = g.shape[:2]
+    return g.reshape(k, b, -1, g.shape[-1]).transpose(0, 1)
+
+
+def iter_rows(x: Inputs, rows: int) -> Iterator[Inputs]:
+    """Split a batch of inputs into chunks of at most `rows` samples."""
+    n = x[next(iter(x))].shape[0] if isinstance(x, dict) else x.shape[0]
+    for start in range(0, n, rows):
+        if isinstance(x, dict):
+            yield {k: v[start : start + rows] for k, v in x.items()}
+        else:
+            yield x[start : start + rows]
+
+
+class ParameterSubset:
+    """Interface shared by the subsets (all weights, last layer, subnetwork)."""
+
+    model: nn.Module
+    groups: list[ParamGroup]
+
+    @property
+    def n_params(self) -> int:
+        return sum(g.numel for g in self.groups)
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    def mean(self) -> Tensor:
+        """The MAP values of the subset, flattened in parameter order, (P,)."""
+        raise NotImplementedError
+
+    def output(self, x: Inputs) -> Tensor:
+        """Model outputs (B, C) at the MAP, without gradients."""
+        raise NotImplementedError
+
+    def factors(self, x: Inputs) -> tuple[Tensor, list[Factor]]:
+        """Outputs (B, C) and one Jacobian factor per group."""
+        raise NotImplementedError
+
+    def jacobians(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        """Outputs (B, C) and dense per-sample Jacobians (B, C, P). Callers chunk the batch."""
+        raise NotImplementedError
+
+    def forward_with(self, x: Inputs, theta: Tensor) -> Tensor:
+        """Outputs (B, C) with the subset's parameters set to `theta` (P,)."""
+        raise NotImplementedError
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        """Split a flat vector (P,) into named tensors of the groups' shapes."""
+        out, start = {}, 0
+        for g in self.groups:
+            out[g.name] = theta[start : start + g.numel].reshape(g.shape)
+            start += g.numel
+        return out
+
+
+def dense_from_factors(factors: Sequence[Factor]) -> Tensor:
+    """Assemble the dense per-sample Jacobian (B, C, P) from factors (tests and full structure)."""
+    pieces = []
+    for fac in factors:
+        if isinstance(fac, DenseFactor):
+            pieces.append(fac.J)
+        elif fac.a is None:
+            pieces.append(fac.G.sum(2))
+        else:
+            jw = torch.einsum("bcto,bti->bcoi", fac.G, fac.a)
+            pieces.append(jw.reshape(jw.shape[0], jw.shape[1], -1))
+    return torch.cat(pieces, dim=-1)
+
+
+class AllWeights(ParameterSubset):
+    """Every trainable parameter (`requires_grad=True`), in `model.parameters()` order.
+
+    Frozen parameters (e.g. the base weights of a LoRA model) are excluded and never
+    differentiated.
+    """
+
+    def __init__(self, model: nn.Module, kron_approx: KronApprox = KronApprox.EXPAND) -> None:
+        self.model = model
+        self.kron_approx = kron_approx
+        owner: dict[int, tuple[str, nn.Module, str]] = {}
+        for mname, module in model.named_modules():
+            if supported_layer(module):
+                for role in ("weight", "bias"):
+                    p = getattr(module, role, None)
+                    if isinstance(p, nn.Parameter):
+                        owner.setdefault(id(p), (mname, module, role))
+        self.params: list[tuple[str, nn.Parameter]] = [
+            (n, p) for n, p in model.named_parameters() if p.requires_grad
+        ]
+        if not self.params:
+            raise BadInputError("the model has no trainable parameters (all requires_grad=False)")
+        self.groups = []
+        self._layers: dict[str, nn.Module] = {}
+        for name, p in self.params:
+            if id(p) in owner:
+                mname, module, role = owner[id(p)]
+                self.groups.append(ParamGroup(name, tuple(p.shape), role, mname))  # type: ignore[arg-type]
+                self._layers[mname] = module
+            else:
+                self.groups.append(ParamGroup(name, tuple(p.shape), "other", None))
+
+    def mean(self) -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for _, p in self.params])
+
+    def output(self, x: Inputs) -> Tensor:
+        with torch.no_grad(), eval_mode(self.model):
+            return as_2d_output(call_model(self.model, x))
+
+    def forward_with(self, x: Inputs, theta: Tensor) -> Tensor:
+        with torch.no_grad(), eval_mode(self.model):
+            out = _functional_forward(self.model, self.unflatten(theta), x)
+        return as_2d_output(out)
+
+    def jacobians(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        names = [g.name for g in self.groups]
+        f, jac = _dense_jacobians(self.model, {n: p for n, p in self.params}, names, x)
+        return f, torch.cat([jac[n] for n in names], dim=-1)
+
+    def factors(self, x: Inputs) -> tuple[Tensor, list[Factor]]:
+        inputs: dict[str, list[Tensor]] = {m: [] for m in self._layers}
+        outputs: dict[str, list[Tensor]] = {m: [] for m in self._layers}
+        handles = []
+
+        def make_hook(mname: str):
+            def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+                inputs[mname].append(args[0].detach())
+                outputs[mname].append(out)
+
+            return hook
+
+        for mname, module in self._layers.items():
+            handles.append(module.register_forward_hook(make_hook(mname)))
+        try:
+            with torch.enable_grad(), eval_mode(self.model):
+                f = as_2d_output(call_model(self.model, x))
+                for mname in self._layers:
+                    if len(outputs[mname]) != 1:
+                        raise BadInputError(
+                            f"layer {mname!r} ran {len(outputs[mname])} times in one forward pass; "
+                            "shared layers need structure 'diag' or 'full' with their dense Jacobian"
+                        )
+                grads = _output_jacobians(f, [outputs[m][0] for m in self._layers])
+        finally:
+            for h in handles:
+                h.remove()
+        layer_in = {m: _layer_input(mod, inputs[m][0]) for m, mod in self._layers.items()}
+        layer_g = {
+            m: _layer_output_grad(mod, g) for (m, mod), g in zip(self._layers.items(), grads)
+        }
+        other = [g.name for g in self.groups if g.kind == "other"]
+        dense: dict[str, Tensor] = {}
+        if other:
+            params = {n: p for n, p in self.params}
+            _, dense = _dense_jacobians(self.model, params, other, x)
+        factors: list[Factor] = []
+        for g in self.groups:
+            if g.kind == "other":
+                factors.append(DenseFactor(dense[g.name]))
+            elif g.kind == "weight":
+                factors.append(LayerFactor(layer_in[g.module_name], layer_g[g.module_name]))
+            else:
+                factors.append(LayerFactor(None, layer_g[g.module_name]))
+        return f.detach(), factors
+
+
+def _output_jacobians(f: Tensor, outs: list[Tensor]) -> list[Tensor]:
+    """∂f_c/∂z for every output c and each captured layer output z: list of (C, B, *z.shape[1:]).
+
+    Samples are independent in eval mode, so the gradient of Σ_b f[b, c] w.r.t. z[b] is the
+    per-sample Jacobian row. One batched backward pass over the C outputs, with a loop as
+    fallback for operations that vmap cannot batch.
+    """
+    n_out = f.shape[1]
+    eye = torch.eye(n_out, dtype=f.dtype, device=f.device)
+    cotangents = eye.unsqueeze(1).expand(n_out, f.shape[0], n_out)
+    try:
+        grads = torch.autograd.grad(
+            f,
+            outs,
+            grad_outputs=cotangents,
+            is_grads_batched=True,
+            retain_graph=True,
+            allow_unused=True,
+        )
+    except RuntimeError:
+        per_c = [
+            torch.autograd.grad(
+                f, outs, grad_outputs=cotangents[c], retain_graph=True, allow_unused=True
+            )
+            for c in range(n_out)
+        ]
+        grads = tuple(
+            torch.stack(
+                [
+                    per_c[c][i] if per_c[c][i] is not None else torch.zeros_like(outs[i])
+                    for c in range(n_out)
+                ]
+            )
+            for i in range(len(outs))
+        )
+    return [
+        g if g is not None else torch.zeros((n_out, *o.shape), dtype=o.dtype, device=o.device)
+        for g, o in zip(grads, outs)
+    ]
+
+
+def _functional_forward(model: nn.Module, params: dict[str, Tensor], x: Inputs) -> Tensor:
+    if isinstance(x, dict):
+        return call_model_functional(model, params, (), dict(x))
+    return call_model_functional(model, params, (x,), {})
+
+
+def call_model_functional(
+    model: nn.Module, params: dict[str, Tensor], args: tuple, kwargs: dict
+) -> Tensor:
+    out = functional_call(model, params, args, kwargs, strict=False)
+    if hasattr(out, "logits"):
+        out = out.logits
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def _dense_jacobians(
+    model: nn.Module, all_params: dict[str, Tensor], names: list[str], x: Inputs
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-sample Jacobians of the outputs w.r.t. the named parameters: {name: (B, C, numel)}.
+
+    Only the named parameters are differentiated (the others are constants of the call), so a
+    subset never pays for a full Jacobian that is sliced afterwards.
+    """
+    wrt = {n: all_params[n].detach() for n in names}
+
+    def single(p: dict[str, Tensor], xi: Inputs) -> tuple[Tensor, Tensor]:
+        if isinstance(xi, dict):
+            out = call_model_functional(model, p, (), {k: v.unsqueeze(0) for k, v in xi.items()})
+        else:
+            out = call_model_functional(model, p, (xi.unsqueeze(0),), {})
+        out = out.reshape(-1)
+        return out, out
+
+    with eval_mode(model):
+        jac, f = vmap(jacrev(single, has_aux=True), in_dims=(None, 0))(wrt, x)
+    return f.detach(), {n: j.reshape(j.shape[0], j.shape[1], -1).detach() for n, j in jac.items()}
+
+
+class LastLayer(ParameterSubset):
+    """The last `nn.Linear` layer (or the one named `last_layer_name`).
+
+    Its features φ (the layer's inputs) are read with a forward hook; Jacobians are closed form:
+    ∂f_c/∂W = e_c ⊗ φ and ∂f_c/∂b = e_c, so no C·d-wide Jacobian is ever built.
+
+    `feature_reduction` ("pick_first", "pick_last", "average") reduces features of shape
+    (B, T, d) to (B, d); the outputs are then the head applied to the reduced features.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        last_layer_name: str | None = None,
+        feature_reduction: str | None = None,
+    ) -> None:
+        self.model = model
+        modules = dict(model.named_modules())
+        if last_layer_name is None:
+            linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise BadInputError(
+                    "last-layer Laplace needs an nn.Linear layer; the model has none "
+                    f"(module types: {sorted({type(m).__name__ for m in modules.values()})})"
+                )
+            last_layer_name = linears[-1]
+        elif last_layer_name not in modules:
+            raise BadInputError(f"no module named {last_layer_name!r} in the model")
+        head = modules[last_layer_name]
+        if not isinstance(head, nn.Linear):
+            raise BadInputError(
+                f"last layer {last_layer_name!r} is a {type(head).__name__}, expected nn.Linear"
+            )
+        if feature_reduction not in (None, "pick_first", "pick_last", "average"):
+            raise BadInputError(
+                f"feature_reduction: expected pick_first, pick_last or average, got {feature_reduction!r}"
+            )
+        self.head = head
+        self.last_layer_name = last_layer_name
+        self.feature_reduction = feature_reduction
+        self.params = [
+            (f"{last_layer_name}.{r}", getattr(head, r))
+            for r in ("weight", "bias")
+            if isinstance(getattr(head, r, None), nn.Parameter)
+        ]
+        self.groups = [
+            ParamGroup(
+                n, tuple(p.shape), "weight" if n.endswith("weight") else "bias", last_layer_name
+            )
+            for n, p in self.params
+        ]
+        self._checked = False
+
+    def mean(self) -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for _, p in self.params])
+
+    def features(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        """Features φ (B, d) entering the head, and the outputs (B, C) at the MAP."""
+        captured: list[Tensor] = []
+        handle = self.head.register_forward_hook(lambda m, a, o: captured.append(a[0].detach()))
+        try:
+            with torch.no_grad(), eval_mode(self.model):
+                out = call_model(self.model, x)
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise BadInputError(
+                f"last layer {self.last_layer_name!r} ran {len(captured)} times in one forward pass"
+            )
+        phi = captured[0]
+        if self.feature_reduction is not None:
+            if phi.ndim != 3:
+                raise BadInputError(
+                    f"feature_reduction needs (B, T, d) features, got {tuple(phi.shape)}"
+                )
+            phi = {"pick_first": phi[:, 0], "pick_last": phi[:, -1], "average": phi.mean(1)}[
+                self.feature_reduction
+            ]
+            return phi, self._head(phi, self.mean())
+        if phi.ndim != 2:
+            raise BadInputError(
+                f"features entering {self.last_layer_name!r} have shape {tuple(phi.shape)}; "
+                "pass feature_reduction (pick_first, pick_last or average)"
+            )
+        out = as_2d_output(out)
+        if not self._checked:
+            # The closed forms assume the model's output *is* the head's output.
+            if out.shape != (phi.shape[0], self.head.out_features) or not torch.allclose(
+                out, self._head(phi, self.mean()), rtol=1e-4, atol=1e-5
+            ):
+                raise BadInputError(
+                    f"the model's output is not the output of its last layer {self.last_layer_name!r}; "
+                    "last-layer Laplace needs the model to end in that nn.Linear"
+                )
+            self._checked = True
+        return phi, out
+
+    def _head(self, phi: Tensor, theta: Tensor) -> Tensor:
+        p = self.unflatten(theta)
+        w = p[self.groups[0].name]
+        out = phi @ w.T
+        if len(self.groups) > 1:
+            out = out + p[self.groups[1].name]
+        return out
+
+    def output(self, x: Inputs) -> Tensor:
+        return self.features(x)[1]
+
+    def forward_with(self, x: Inputs, theta: Tensor) -> Tensor:
+        return self._head(self.features(x)[0], theta)
+
+    def factors_from_features(self, phi: Tensor) -> list[Factor]:
+        n_out = self.head.out_features
+        eye = torch.eye(n_out, dtype=phi.dtype, device=phi.device)
+        g = eye.reshape(1, n_out, 1, n_out).expand(phi.shape[0], n_out, 1, n_out)
+        facs: list[Factor] = [LayerFactor(phi.unsqueeze(1), g)]
+        if len(self.groups) > 1:
+            facs.append(LayerFactor(None, g))
+        return facs
+
+    def factors(self, x: Inputs) -> tuple[Tensor, list[Factor]]:
+        phi, f = self.features(x)
+        return f, self.factors_from_features(phi)
+
+    def jacobians(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        phi, f = self.features(x)
+        return f, dense_from_factors(self.factors_from_features(phi))
