@@ -58,7 +58,7 @@ def loss_fn(likelihood: str, f: Tensor, y: Tensor) -> Tensor:
 def loss_hessians(likelihood: str, f: Tensor, y: Tensor) -> Tensor:
     return torch.stack(
         [
-            torch.autograd.functional.hessian(lambda ff: loss_fn(likelihood, ff, yi), fi)
+            torch.autograd.functional.hessian(lambda ff, yi=yi: loss_fn(likelihood, ff, yi), fi)
             for fi, yi in zip(f, y)
         ]
     )

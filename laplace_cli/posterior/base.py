@@ -82,7 +82,7 @@ class Posterior(ABC):
         Structures with `needs_dense_jacobian` get `J` (B, C, P), the others `factors`.
         """
 
-    def finalize(self) -> None:
+    def finalize(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Called after the last batch (K-FAC normalises and eigendecomposes its factors)."""
 
     @abstractmethod
