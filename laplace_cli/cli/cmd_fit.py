@@ -1,0 +1,99 @@
+"""`laplace fit MODEL`: fit the curvature on the train split and write a posterior file."""
+
+from __future__ import annotations
+
+from laplace_cli.cli.common import (
+    check_device,
+    check_factory,
+    check_output_file,
+    check_positive,
+    not_implemented,
+    parse_json_object,
+    require_file,
+)
+from laplace_cli.cli.options import (
+    BackendOpt,
+    BatchSizeOpt,
+    CurvatureOpt,
+    DataOpt,
+    DebugOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    LastLayerNameOpt,
+    LikelihoodOpt,
+    ModelArg,
+    ModelFactoryOpt,
+    ModelKwargsOpt,
+    OutputFileOpt,
+    PriorPosteriorOpt,
+    PriorPrecisionOpt,
+    QuietOpt,
+    RankOpt,
+    SeedOpt,
+    SplitOpt,
+    StructureOpt,
+    SubsetOpt,
+    TemperatureOpt,
+    TrustCheckpointOpt,
+)
+from laplace_cli.enums import Backend, Curvature, Structure, Subset
+from laplace_cli.errors import BadInputError
+
+EXAMPLES = [
+    "laplace fit model.pt2 --data data.yaml -o post.st",
+    "laplace fit weights.safetensors --model-factory mypkg.nets:make_mlp "
+    "--model-kwargs '{\"hidden\": 64}' --data data.yaml --structure diag -o post.st",
+]
+
+
+def fit(
+    model: ModelArg,
+    data: DataOpt,
+    output: OutputFileOpt,
+    likelihood: LikelihoodOpt = None,
+    subset: SubsetOpt = Subset.LAST_LAYER,
+    structure: StructureOpt = Structure.KRON,
+    curvature: CurvatureOpt = Curvature.GGN,
+    backend: BackendOpt = Backend.AUTO,
+    rank: RankOpt = None,
+    prior_precision: PriorPrecisionOpt = None,
+    temperature: TemperatureOpt = None,
+    prior: PriorPosteriorOpt = None,
+    split: SplitOpt = "train",
+    model_factory: ModelFactoryOpt = None,
+    model_kwargs: ModelKwargsOpt = None,
+    trust_checkpoint: TrustCheckpointOpt = False,
+    last_layer_name: LastLayerNameOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    seed: SeedOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Fit the curvature of MODEL on the train split of --data and write a posterior file.
+
+    The posterior holds the MAP parameters of the chosen subset and the curvature in the chosen
+    structure; tune its prior precision with 'laplace tune', score it with 'laplace evaluate'.
+    """
+    require_file(model, "MODEL")
+    require_file(data, "--data")
+    check_output_file(output)
+    if prior is not None:
+        require_file(prior, "--prior")
+    check_factory(model_factory)
+    parse_json_object(model_kwargs, "--model-kwargs")
+    check_positive(prior_precision, "--prior-precision")
+    check_positive(temperature, "--temperature")
+    if rank is not None and structure != Structure.LOWRANK:
+        raise BadInputError(
+            f"--rank applies to --structure lowrank only, got --structure {structure}"
+        )
+    if last_layer_name is not None and subset != Subset.LAST_LAYER:
+        raise BadInputError(
+            f"--last-layer-name applies to --subset last_layer only, got --subset {subset}"
+        )
+    check_device(device)
+    raise not_implemented("fit")

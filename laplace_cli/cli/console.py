@@ -1,0 +1,116 @@
+"""Where output goes: data to stdout, people to stderr (one rich console), progress on stderr.
+
+stdout carries only data (`--json` documents, prediction rows) so that it can be piped; every
+human-readable line, table, warning and progress bar goes to `stderr_console`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from enum import Enum
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+__all__ = ["emit_json", "jsonable", "progress", "stderr_console"]
+
+T = TypeVar("T")
+
+stderr_console = Console(stderr=True, highlight=False)
+"""The one console for people. `stderr=True` resolves `sys.stderr` at each write, so test
+runners that swap `sys.stderr` capture it."""
+
+
+def progress(
+    iterable: Iterable[T],
+    total: int | None = None,
+    description: str = "working",
+    quiet: bool = False,
+) -> Iterator[T]:
+    """Iterate with a rich progress bar on stderr, when stderr is a terminal and not `quiet`.
+
+    The bar never captures stdout (`redirect_stdout=False`): `laplace predict` writes rows to
+    stdout while it runs, and rich's default would route them through the live display.
+
+    Args:
+        iterable: What to iterate over.
+        total: Number of items; taken from `len(iterable)` when it has one.
+        description: Label shown left of the bar.
+        quiet: No bar (`--quiet`).
+
+    Yields:
+        The items of `iterable`, unchanged.
+    """
+    if quiet or not stderr_console.is_terminal:
+        yield from iterable
+        return
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    columns = [
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(
+        *columns,
+        console=stderr_console,
+        redirect_stdout=False,
+        redirect_stderr=False,
+        transient=False,
+    ) as bar:
+        yield from bar.track(iterable, total=total, description=description)
+
+
+def jsonable(obj: Any) -> Any:
+    """A strict-JSON copy of `obj`: NaN/Inf become `null`; paths, enums, tensors, arrays are converted.
+
+    JSON has no NaN: `json.dumps` would write the bare token `NaN`, which strict parsers (jq,
+    JavaScript) reject, so a metric that is undefined is reported as `null`.
+    """
+    if isinstance(obj, Enum):
+        return jsonable(obj.value)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, int)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist"):  # torch tensors, numpy arrays and scalars
+        return jsonable(obj.tolist())
+    if hasattr(obj, "to_dict"):
+        return jsonable(obj.to_dict())
+    raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
+
+
+def emit_json(obj: Any, *, indent: int | None = 2) -> None:
+    """Write `obj` as one JSON document on stdout (followed by a newline) and flush.
+
+    Flushing here makes a closed pipe (`laplace inspect --json post.st | head -c 10`) raise
+    `BrokenPipeError` inside the command, where the CLI maps it to exit 0, rather than at
+    interpreter shutdown.
+
+    Args:
+        obj: Anything `jsonable` accepts.
+        indent: JSON indentation; `None` for one line.
+    """
+    text = json.dumps(jsonable(obj), indent=indent, allow_nan=False, ensure_ascii=False)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
