@@ -6,7 +6,8 @@ from laplace_cli.cli.common import (
     check_device,
     check_factory,
     check_output_file,
-    not_implemented,
+    model_override,
+    progress_for,
     parse_json_object,
     require_file,
 )
@@ -17,6 +18,7 @@ from laplace_cli.cli.options import (
     DeviceOpt,
     DtypeOpt,
     FailIfOpt,
+    HtmlOpt,
     JsonOpt,
     LinkApproxOpt,
     ModelFactoryOpt,
@@ -45,11 +47,12 @@ def evaluate(
     data: DataOpt,
     split: SplitOpt = "test",
     ood_data: OodDataOpt = None,
-    pred_type: PredTypeOpt = PredType.GLM,
-    link_approx: LinkApproxOpt = LinkApprox.PROBIT,
+    pred_type: PredTypeOpt = None,
+    link_approx: LinkApproxOpt = None,
     samples: SamplesOpt = 100,
     report: ReportOpt = None,
     plot: PlotOpt = None,
+    html: HtmlOpt = None,
     fail_if: FailIfOpt = None,
     model: ModelOverrideOpt = None,
     model_factory: ModelFactoryOpt = None,
@@ -75,10 +78,51 @@ def evaluate(
         require_file(ood_data, "--ood-data")
     check_output_file(report, "--report")
     check_output_file(plot, "--plot")
+    check_output_file(html, "--html")
     parse_gates(fail_if or [])
     if model is not None:
         require_file(model, "--model")
     check_factory(model_factory)
     parse_json_object(model_kwargs, "--model-kwargs")
     check_device(device)
-    raise not_implemented("evaluate")
+    spec = model_override(model, model_factory, model_kwargs)
+    if plot is not None or html is not None:
+        from laplace_cli.report import _figure_class
+
+        _figure_class()  # fail now, before the work, when matplotlib is missing
+
+    from laplace_cli.cli.console import emit_json, stderr_console
+    from laplace_cli.cli.render import print_evaluation
+    from laplace_cli.evaluation import evaluate as run_evaluate
+    from laplace_cli.evaluation import save_evaluation_outputs
+    from laplace_cli.pipeline import PredictOptions, load_posterior
+
+    lp = load_posterior(
+        posterior, model_override=spec, device=device or "auto",
+        dtype=dtype.value if dtype is not None else None,
+    )
+    options = PredictOptions(
+        pred_type=pred_type.value if pred_type is not None else None,
+        link_approx=link_approx.value if link_approx is not None else None,
+        n_samples=samples,
+        seed=seed if seed is not None else 0,
+    )
+    result = run_evaluate(
+        lp.la, data, split=split, ood_data=ood_data, options=options, gates=fail_if,
+        batch_size=batch_size, progress=progress_for(quiet),
+    )
+    extra = {"posterior": str(posterior), "fingerprint": lp.metadata.get("fingerprint")}
+    save_evaluation_outputs(result, lp.la.likelihood, report=report, plot=plot, html=html, extra=extra)
+    if json_:
+        emit_json({**result.to_dict(), **extra})
+    if not quiet:
+        print_evaluation(result, stderr_console)
+    raise_for_gates(result)
+
+
+def raise_for_gates(result) -> None:
+    from laplace_cli.errors import GateFailed
+
+    failed = [g["message"] for g in result.gates if g["failed"]]
+    if failed:
+        raise GateFailed("; ".join(failed))

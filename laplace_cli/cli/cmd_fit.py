@@ -7,7 +7,7 @@ from laplace_cli.cli.common import (
     check_factory,
     check_output_file,
     check_positive,
-    not_implemented,
+    progress_for,
     parse_json_object,
     require_file,
 )
@@ -96,4 +96,60 @@ def fit(
             f"--last-layer-name applies to --subset last_layer only, got --subset {subset}"
         )
     check_device(device)
-    raise not_implemented("fit")
+    kwargs = parse_json_object(model_kwargs, "--model-kwargs")
+
+    from laplace_cli.cli.console import emit_json, stderr_console
+    from laplace_cli.pipeline import FitOptions, ModelSpec
+    from laplace_cli.pipeline import fit as run_fit
+    from laplace_cli.pipeline import save_posterior
+
+    options = FitOptions(
+        likelihood=likelihood.value if likelihood is not None else None,
+        subset=subset.value,
+        structure=structure.value,
+        curvature=curvature.value,
+        backend=backend.value,
+        prior_precision=prior_precision if prior_precision is not None else 1.0,
+        temperature=temperature if temperature is not None else 1.0,
+        prior=str(prior) if prior is not None else None,
+        last_layer_name=last_layer_name,
+        rank=rank,
+        split=split,
+        batch_size=batch_size,
+        seed=seed if seed is not None else 0,
+    )
+    spec = ModelSpec(str(model), model_factory, kwargs, trust_checkpoint)
+    result = run_fit(
+        spec,
+        data,
+        options,
+        device=device or "auto",
+        dtype=dtype.value if dtype is not None else None,
+        progress=progress_for(quiet),
+    )
+    la = result.la
+    save_posterior(
+        la,
+        output,
+        result.loaded,
+        {"data": str(data.resolve()), "fit_seconds": round(result.seconds, 3)},
+    )
+    summary = {
+        "posterior": str(output),
+        "likelihood": la.likelihood.value,
+        "subset": la.subset_of_weights.value,
+        "structure": la.hessian_structure.value,
+        "curvature": la.curvature.value,
+        "n_params": la.n_params,
+        "n_data": la.n_data,
+        "log_marginal_likelihood": float(la.log_marginal_likelihood()),
+        "fit_seconds": result.seconds,
+    }
+    if json_:
+        emit_json(summary)
+    elif not quiet:
+        stderr_console.print(
+            f"fitted {summary['structure']} / {summary['subset']} over {la.n_params:,} parameters "
+            f"on {la.n_data:,} examples in {result.seconds:.2f} s; "
+            f"log marginal likelihood {summary['log_marginal_likelihood']:.4g}; wrote {output}"
+        )

@@ -167,3 +167,24 @@ def resolve_format(fmt: OutputFormat | None, output: Path | None) -> OutputForma
 def not_implemented(command: str) -> NotImplementedYetError:
     """The error a command raises until its engine exists (exit 2, no fake output)."""
     return NotImplementedYetError(f"laplace {command}: not implemented yet")
+
+
+def progress_for(quiet: bool):
+    """A `progress(iterable, total, description)` wrapper for the library's long loops."""
+    from laplace_cli.cli.console import progress
+
+    def wrap(iterable, total=None, description="working"):
+        return progress(iterable, total=total, description=description, quiet=quiet)
+
+    return wrap
+
+
+def model_override(model, factory, kwargs_text, trust: bool = False):
+    """A `ModelSpec` from --model/--model-factory/--model-kwargs, or None when --model is absent."""
+    if model is None:
+        if factory is not None or kwargs_text is not None:
+            raise BadInputError("--model-factory and --model-kwargs need --model")
+        return None
+    from laplace_cli.pipeline import ModelSpec
+
+    return ModelSpec(str(model), factory, parse_json_object(kwargs_text, "--model-kwargs"), trust)

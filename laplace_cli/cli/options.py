@@ -356,6 +356,14 @@ PlotOpt = Annotated[
         rich_help_panel=_OUT,
     ),
 ]
+HtmlOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--html",
+        help="Write one self-contained HTML page (metrics, settings, embedded plots) for CI artefacts.",
+        rich_help_panel=_OUT,
+    ),
+]
 FailIfOpt = Annotated[
     list[str] | None,
     typer.Option(

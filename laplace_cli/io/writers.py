@@ -1,0 +1,139 @@
+"""Prediction writers: one row per input, streamed as CSV or JSONL, flushed batch by batch.
+
+Column names are normative (DESIGN.md §1b "Output names"). Classification rows carry `id`,
+`pred`, `prob_<k>`, `var_<k>`, `entropy`, `max_prob` and `mutual_info` (when MC samples exist);
+regression rows `id`, `mean_<k>`, `var_<k>` (epistemic), `var_total_<k>` (with observation noise),
+`lower_<k>`, `upper_<k>`; single-output regression drops the `_<k>`. JSONL keeps per-class values
+as lists (`probs`, `var`, ...).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from laplace_cli.errors import BadInputError
+
+FORMATS = ("csv", "jsonl")
+
+# JSONL list fields and the CSV column prefix each expands to.
+LIST_FIELDS = {
+    "probs": "prob",
+    "var": "var",
+    "mean": "mean",
+    "var_total": "var_total",
+    "lower": "lower",
+    "upper": "upper",
+}
+
+
+def format_from_path(path: str | None, fmt: str | None) -> str:
+    """`--format` if given, else from the file name (.csv / .jsonl / .json), JSONL for stdout."""
+    if fmt:
+        fmt = fmt.lower()
+        if fmt not in FORMATS:
+            raise BadInputError(f"--format: expected csv or jsonl, got {fmt!r}")
+        return fmt
+    if path in (None, "-"):
+        return "jsonl"
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    raise BadInputError(
+        f"{path}: cannot tell the output format from the name; pass --format csv|jsonl"
+    )
+
+
+def _number(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def flatten_row(row: dict[str, Any], single_output: bool) -> dict[str, Any]:
+    """JSONL-style row (lists for per-class values) → flat CSV columns."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, list) and key in LIST_FIELDS:
+            prefix = LIST_FIELDS[key]
+            if single_output and key != "probs" and len(value) == 1:
+                out[prefix] = value[0]
+            else:
+                for k, v in enumerate(value):
+                    out[f"{prefix}_{k}"] = v
+        else:
+            out[key] = value
+    return out
+
+
+class RowWriter:
+    """Writes rows to a text stream; each row is written whole and the stream flushed per batch.
+
+    Args:
+        stream: an open text stream (a file or stdout).
+        fmt: "csv" or "jsonl".
+        columns: keep only these fields (JSONL keys or CSV columns; `id` always kept).
+        single_output: regression with one output: drop the `_0` suffix in CSV.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        fmt: str,
+        columns: Sequence[str] | None = None,
+        single_output: bool = False,
+    ) -> None:
+        self.stream = stream
+        self.fmt = fmt
+        self.columns = list(columns) if columns else None
+        self.single_output = single_output
+        self._csv_fields: list[str] | None = None
+        self.rows_written = 0
+
+    def _select(self, row: dict[str, Any]) -> dict[str, Any]:
+        if not self.columns:
+            return row
+        keep = {"id", *self.columns}
+        out = {k: v for k, v in row.items() if k in keep}
+        missing = [c for c in self.columns if c not in row]
+        if missing and self.rows_written == 0:
+            raise BadInputError(
+                f"--columns: unknown field(s) {', '.join(missing)}; available: {', '.join(row)}"
+            )
+        return out
+
+    def write_batch(self, rows: list[dict[str, Any]]) -> None:
+        """Write a batch of rows and flush. Each row goes out in one `write` call, so a failure
+        (a full disk, a closed pipe) leaves only complete rows behind in JSONL."""
+        for row in rows:
+            if self.fmt == "jsonl":
+                row = self._select(row)
+                line = json.dumps({k: _jsonable(v) for k, v in row.items()}, allow_nan=False) + "\n"
+            else:
+                flat = self._select(flatten_row(row, self.single_output))
+                if self._csv_fields is None:
+                    self._csv_fields = list(flat)
+                    self.stream.write(_csv_line(self._csv_fields))
+                line = _csv_line([_number(flat.get(k)) for k in self._csv_fields])
+            self.stream.write(line)
+            self.rows_written += 1
+        self.stream.flush()
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    return _number(v)
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(["" if v is None else v for v in values])
+    return buf.getvalue()
