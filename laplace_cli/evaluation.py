@@ -31,7 +31,12 @@ from laplace_cli.pipeline import (
     predict_batch,
     split_loader,
 )
-from laplace_cli.temperature import apply_temperature, apply_variance_scale, fit_temperature, fit_variance_scale
+from laplace_cli.temperature import (
+    apply_temperature,
+    apply_variance_scale,
+    fit_temperature,
+    fit_variance_scale,
+)
 
 
 @dataclass
@@ -46,7 +51,11 @@ class SplitOutputs:
 
 
 def collect_outputs(
-    la: Laplace, loader: Any, options: PredictOptions, progress: Progress = no_progress, what: str = ""
+    la: Laplace,
+    loader: Any,
+    options: PredictOptions,
+    progress: Progress = no_progress,
+    what: str = "",
 ) -> SplitOutputs:
     """Run the MAP model and the Laplace predictive over a loader."""
     pred_type, link_approx = default_pred_options(la, options)
@@ -82,7 +91,12 @@ class EvaluationResult:
         return any(g["failed"] for g in self.gates)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "settings": self.settings, "gates": self.gates, "timings": self.timings}
+        return {
+            "rows": self.rows,
+            "settings": self.settings,
+            "gates": self.gates,
+            "timings": self.timings,
+        }
 
 
 def _classification_rows(la: Laplace, test: SplitOutputs, val: SplitOutputs | None, n_bins: int):
@@ -113,7 +127,9 @@ def _binary_rows(la: Laplace, test: SplitOutputs):
 
 def _regression_rows(la: Laplace, test: SplitOutputs, val: SplitOutputs | None):
     y = test.targets.reshape(test.f_map.shape).to(test.f_map.dtype)
-    noise = (la.sigma_noise.detach().cpu().reshape(-1) ** 2).to(test.f_map.dtype).expand_as(test.f_map)
+    noise = (
+        (la.sigma_noise.detach().cpu().reshape(-1) ** 2).to(test.f_map.dtype).expand_as(test.f_map)
+    )
     rows, plots = {}, {}
     rows["map"] = metrics.regression_metrics(test.f_map, noise, y)
     plots["map"] = (test.f_map, noise, y)
@@ -165,12 +181,24 @@ def evaluate(
     spec = load_dataset_spec(data_path)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    test = collect_outputs(la, split_loader(spec, split, la.likelihood, batch_size), options, progress, f"evaluate {split}")
+    test = collect_outputs(
+        la,
+        split_loader(spec, split, la.likelihood, batch_size),
+        options,
+        progress,
+        f"evaluate {split}",
+    )
     timings[f"predict_{split}"] = time.perf_counter() - start
     val = None
     if val_split and val_split in spec.splits and la.likelihood != Likelihood.BINARY:
         start = time.perf_counter()
-        val = collect_outputs(la, split_loader(spec, val_split, la.likelihood, batch_size), options, progress, f"evaluate {val_split}")
+        val = collect_outputs(
+            la,
+            split_loader(spec, val_split, la.likelihood, batch_size),
+            options,
+            progress,
+            f"evaluate {val_split}",
+        )
         timings[f"predict_{val_split}"] = time.perf_counter() - start
     if la.likelihood == Likelihood.CLASSIFICATION:
         rows, plots, baseline = _classification_rows(la, test, val, n_bins)
@@ -180,7 +208,13 @@ def evaluate(
         rows, plots, baseline = _regression_rows(la, test, val)
     if ood_data is not None:
         ood_spec = load_dataset_spec(ood_data)
-        ood = collect_outputs(la, split_loader(ood_spec, ood_split, la.likelihood, batch_size), options, progress, "evaluate ood")
+        ood = collect_outputs(
+            la,
+            split_loader(ood_spec, ood_split, la.likelihood, batch_size),
+            options,
+            progress,
+            "evaluate ood",
+        )
         temperature = baseline.get("temperature")
         for row in list(rows):
             s_in, s_out = _ood_scores(la, test, row), _ood_scores(la, ood, row)
@@ -248,7 +282,9 @@ def save_evaluation_outputs(
         else:
             from laplace_cli.errors import BadInputError
 
-            raise BadInputError("--plot: reliability diagrams are drawn for classification and regression")
+            raise BadInputError(
+                "--plot: reliability diagrams are drawn for classification and regression"
+            )
 
     if plot is not None:
         draw(plot)

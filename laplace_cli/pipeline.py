@@ -20,17 +20,30 @@ from torch import Tensor, nn
 from laplace_cli.batches import split_batch
 from laplace_cli.enums import Likelihood, LinkApprox, PredType
 from laplace_cli.errors import BadInputError
-from laplace_cli.io.checkpoints import ModelRef, load_model, model_fingerprint, resolve_device, resolve_dtype
+from laplace_cli.io.checkpoints import (
+    ModelRef,
+    load_model,
+    model_fingerprint,
+    resolve_device,
+    resolve_dtype,
+)
 from laplace_cli.io.datasets import DatasetSpec, load_dataset_spec, make_loader
 from laplace_cli.io.posterior_file import check_fingerprint, read_posterior, write_posterior
 from laplace_cli.laplace import Laplace
-from laplace_cli.predictive import check_pred_options, glm_link, mutual_information, sample_gaussian_outputs
+from laplace_cli.predictive import (
+    check_pred_options,
+    glm_link,
+    mutual_information,
+    sample_gaussian_outputs,
+)
 from laplace_cli.serialization import laplace_from_state, laplace_state
 
 Progress = Callable[[Iterable[Any], int | None, str], Iterable[Any]]
 
 
-def no_progress(it: Iterable[Any], total: int | None = None, description: str = "") -> Iterable[Any]:
+def no_progress(
+    it: Iterable[Any], total: int | None = None, description: str = ""
+) -> Iterable[Any]:
     return it
 
 
@@ -173,7 +186,9 @@ def fit(
         seed=options.seed,
     )
     if options.prior:
-        prior_la = load_posterior(options.prior, model_override=model_spec, device=device, dtype=dtype).la
+        prior_la = load_posterior(
+            options.prior, model_override=model_spec, device=device, dtype=dtype
+        ).la
         set_prior = getattr(la, "set_prior_from", None)
         if set_prior is None:
             raise BadInputError("--prior (a posterior as prior) is not implemented yet")
@@ -223,9 +238,15 @@ def load_posterior(
     return LoadedPosterior(la, meta, loaded, str(path))
 
 
-def resave(lp: LoadedPosterior, path: str | Path | None = None, extra: dict[str, Any] | None = None) -> None:
+def resave(
+    lp: LoadedPosterior, path: str | Path | None = None, extra: dict[str, Any] | None = None
+) -> None:
     """Write a (re-tuned) posterior back, in place by default, keeping its extra metadata."""
-    keep = {k: lp.metadata[k] for k in ("data", "fit_seconds", "world_size", "shard_sizes") if k in lp.metadata}
+    keep = {
+        k: lp.metadata[k]
+        for k in ("data", "fit_seconds", "world_size", "shard_sizes")
+        if k in lp.metadata
+    }
     keep.update(extra or {})
     save_posterior(lp.la, path or lp.path, lp.loaded, keep)
 
@@ -292,7 +313,11 @@ class BatchPrediction:
 
 
 def predict_batch(
-    la: Laplace, x: Any, pred_type: PredType, link_approx: LinkApprox, n_samples: int,
+    la: Laplace,
+    x: Any,
+    pred_type: PredType,
+    link_approx: LinkApprox,
+    n_samples: int,
     generator: torch.Generator | None,
 ) -> BatchPrediction:
     """Everything a prediction row needs for one batch, computing the GLM covariance once."""
@@ -300,18 +325,24 @@ def predict_batch(
         f_mu, f_var = la.functional_variance(x)
         f_var_diag = torch.diagonal(f_var, dim1=-2, dim2=-1)
         if la.likelihood == Likelihood.REGRESSION:
-            return BatchPrediction(f_mu, f_var_diag, var_total=f_var_diag + la.sigma_noise.reshape(-1) ** 2)
+            return BatchPrediction(
+                f_mu, f_var_diag, var_total=f_var_diag + la.sigma_noise.reshape(-1) ** 2
+            )
         probs = glm_link(la.likelihood, link_approx, f_mu, f_var, n_samples, generator)
         mi = None
         if n_samples > 0 and la.likelihood == Likelihood.CLASSIFICATION:
             samples = torch.softmax(sample_gaussian_outputs(f_mu, f_var, n_samples, generator), -1)
             mi = mutual_information(samples)
         return BatchPrediction(f_mu, f_var_diag, probs=probs, mutual_info=mi)
-    f_samples = la.functional_samples(x, pred_type="nn", n_samples=max(n_samples, 2), generator=generator)
+    f_samples = la.functional_samples(
+        x, pred_type="nn", n_samples=max(n_samples, 2), generator=generator
+    )
     f_mu = f_samples.mean(0)
     f_var_diag = f_samples.var(0)
     if la.likelihood == Likelihood.REGRESSION:
-        return BatchPrediction(f_mu, f_var_diag, var_total=f_var_diag + la.sigma_noise.reshape(-1) ** 2)
+        return BatchPrediction(
+            f_mu, f_var_diag, var_total=f_var_diag + la.sigma_noise.reshape(-1) ** 2
+        )
     from laplace_cli.predictive import link
 
     prob_samples = link(la.likelihood, f_samples)
@@ -319,7 +350,9 @@ def predict_batch(
     return BatchPrediction(f_mu, f_var_diag, probs=prob_samples.mean(0), mutual_info=mi)
 
 
-def prediction_rows(la: Laplace, ids: list[Any], pred: BatchPrediction, interval: float) -> list[dict[str, Any]]:
+def prediction_rows(
+    la: Laplace, ids: list[Any], pred: BatchPrediction, interval: float
+) -> list[dict[str, Any]]:
     """Rows with the normative field names (JSONL form: per-class values as lists)."""
     rows: list[dict[str, Any]] = []
     if la.likelihood == Likelihood.REGRESSION:
@@ -327,19 +360,24 @@ def prediction_rows(la: Laplace, ids: list[Any], pred: BatchPrediction, interval
         sd = pred.var_total.clamp_min(0).sqrt()
         lower, upper = pred.f_mu - z * sd, pred.f_mu + z * sd
         for i, rid in enumerate(ids):
-            rows.append({
-                "id": rid,
-                "mean": pred.f_mu[i].tolist(),
-                "var": pred.f_var[i].tolist(),
-                "var_total": pred.var_total[i].tolist(),
-                "lower": lower[i].tolist(),
-                "upper": upper[i].tolist(),
-            })
+            rows.append(
+                {
+                    "id": rid,
+                    "mean": pred.f_mu[i].tolist(),
+                    "var": pred.f_var[i].tolist(),
+                    "var_total": pred.var_total[i].tolist(),
+                    "lower": lower[i].tolist(),
+                    "upper": upper[i].tolist(),
+                }
+            )
         return rows
     probs = pred.probs
     ent = -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
     if la.likelihood == Likelihood.BINARY:
-        ent = -(probs * torch.log(probs.clamp_min(1e-30)) + (1 - probs) * torch.log((1 - probs).clamp_min(1e-30))).sum(-1)
+        ent = -(
+            probs * torch.log(probs.clamp_min(1e-30))
+            + (1 - probs) * torch.log((1 - probs).clamp_min(1e-30))
+        ).sum(-1)
         preds = (probs > 0.5).long()
         max_prob = torch.maximum(probs, 1 - probs).min(-1).values
     else:

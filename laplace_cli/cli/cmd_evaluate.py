@@ -7,8 +7,8 @@ from laplace_cli.cli.common import (
     check_factory,
     check_output_file,
     model_override,
-    progress_for,
     parse_json_object,
+    progress_for,
     require_file,
 )
 from laplace_cli.cli.options import (
@@ -34,7 +34,6 @@ from laplace_cli.cli.options import (
     SeedOpt,
     SplitOpt,
 )
-from laplace_cli.enums import LinkApprox, PredType
 
 EXAMPLES = [
     "laplace evaluate -p post.st --data data.yaml --report report.json",
@@ -98,7 +97,9 @@ def evaluate(
     from laplace_cli.pipeline import PredictOptions, load_posterior
 
     lp = load_posterior(
-        posterior, model_override=spec, device=device or "auto",
+        posterior,
+        model_override=spec,
+        device=device or "auto",
         dtype=dtype.value if dtype is not None else None,
     )
     options = PredictOptions(
@@ -108,14 +109,22 @@ def evaluate(
         seed=seed if seed is not None else 0,
     )
     result = run_evaluate(
-        lp.la, data, split=split, ood_data=ood_data, options=options, gates=fail_if,
-        batch_size=batch_size, progress=progress_for(quiet),
+        lp.la,
+        data,
+        split=split,
+        ood_data=ood_data,
+        options=options,
+        gates=fail_if,
+        batch_size=batch_size,
+        progress=progress_for(quiet),
     )
     extra = {"posterior": str(posterior), "fingerprint": lp.metadata.get("fingerprint")}
-    save_evaluation_outputs(result, lp.la.likelihood, report=report, plot=plot, html=html, extra=extra)
+    save_evaluation_outputs(
+        result, lp.la.likelihood, report=report, plot=plot, html=html, extra=extra
+    )
     if json_:
         emit_json({**result.to_dict(), **extra})
-    if not quiet:
+    elif not quiet:
         print_evaluation(result, stderr_console)
     raise_for_gates(result)
 

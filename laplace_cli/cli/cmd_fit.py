@@ -7,8 +7,8 @@ from laplace_cli.cli.common import (
     check_factory,
     check_output_file,
     check_positive,
-    progress_for,
     parse_json_object,
+    progress_for,
     require_file,
 )
 from laplace_cli.cli.options import (
@@ -99,9 +99,8 @@ def fit(
     kwargs = parse_json_object(model_kwargs, "--model-kwargs")
 
     from laplace_cli.cli.console import emit_json, stderr_console
-    from laplace_cli.pipeline import FitOptions, ModelSpec
+    from laplace_cli.pipeline import FitOptions, ModelSpec, save_posterior
     from laplace_cli.pipeline import fit as run_fit
-    from laplace_cli.pipeline import save_posterior
 
     options = FitOptions(
         likelihood=likelihood.value if likelihood is not None else None,

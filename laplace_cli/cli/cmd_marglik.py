@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from laplace_cli.cli.common import not_implemented, require_file
+from laplace_cli.cli.common import require_file
 from laplace_cli.cli.options import DebugOpt, JsonOpt, PosteriorsArg, QuietOpt
 from laplace_cli.errors import BadInputError
 
@@ -20,8 +20,8 @@ def marglik(
 ) -> None:
     """Print the log marginal likelihood of each posterior (higher is better).
 
-    Computed from the file alone (loss at the MAP, curvature, prior), at the stored prior
-    precision, noise and temperature; no model or data is loaded.
+    Computed at the stored prior precision, noise and temperature from the loss at the MAP and
+    the curvature; no data is read. Each posterior's model is loaded to check its fingerprint.
     """
     problems = []
     for path in posteriors:  # report every missing file at once
@@ -31,4 +31,29 @@ def marglik(
             problems.append(str(exc))
     if problems:
         raise BadInputError("\n".join(problems))
-    raise not_implemented("marglik")
+    from laplace_cli.cli.console import emit_json, stderr_console
+    from laplace_cli.cli.render import print_marglik
+    from laplace_cli.pipeline import load_posterior
+
+    entries = []
+    for path in posteriors:
+        lp = load_posterior(path, device="cpu")
+        la = lp.la
+        entries.append(
+            {
+                "posterior": str(path),
+                "structure": la.hessian_structure.value,
+                "subset": la.subset_of_weights.value,
+                "likelihood": la.likelihood.value,
+                "n_params": la.n_params,
+                "n_data": la.n_data,
+                "log_marginal_likelihood": float(la.log_marginal_likelihood()),
+            }
+        )
+    best = max(entries, key=lambda e: e["log_marginal_likelihood"])
+    if json_:
+        emit_json({"posteriors": entries, "best": best["posterior"]})
+    elif not quiet:
+        print_marglik(entries, stderr_console)
+        if len(entries) > 1:
+            stderr_console.print(f"best: {best['posterior']}")

@@ -6,8 +6,9 @@ from laplace_cli.cli.common import (
     check_device,
     check_factory,
     check_output_file,
-    not_implemented,
+    model_override,
     parse_json_object,
+    progress_for,
     require_file,
     require_input,
     resolve_format,
@@ -35,7 +36,6 @@ from laplace_cli.cli.options import (
     SplitOpt,
     XKeyOpt,
 )
-from laplace_cli.enums import LinkApprox, PredType
 from laplace_cli.errors import BadInputError
 
 EXAMPLES = [
@@ -53,8 +53,8 @@ def predict(
     columns: ColumnsOpt = None,
     output: OutputFileOpt = None,
     format_: FormatOpt = None,
-    pred_type: PredTypeOpt = PredType.GLM,
-    link_approx: LinkApproxOpt = LinkApprox.PROBIT,
+    pred_type: PredTypeOpt = None,
+    link_approx: LinkApproxOpt = None,
     samples: SamplesOpt = 100,
     interval: IntervalOpt = 0.95,
     model: ModelOverrideOpt = None,
@@ -79,10 +79,8 @@ def predict(
         require_input(input_)
     if data is not None:
         require_file(data, "--data")
-        if x_key is not None or columns is not None:
-            raise BadInputError(
-                "--x-key and --columns apply to --input; the data spec names its own columns"
-            )
+        if x_key is not None:
+            raise BadInputError("--x-key applies to --input; the data spec names its own keys")
     if not 0.0 < interval < 1.0:
         raise BadInputError(f"--interval: expected a level in (0, 1), e.g. 0.95, got {interval}")
     check_output_file(output)
@@ -92,4 +90,56 @@ def predict(
     check_factory(model_factory)
     parse_json_object(model_kwargs, "--model-kwargs")
     check_device(device)
-    raise not_implemented("predict")
+    spec = model_override(model, model_factory, model_kwargs)
+    fmt = resolve_format(format_, output)
+
+    import sys
+
+    from laplace_cli.enums import Likelihood
+    from laplace_cli.io.datasets import load_dataset_spec
+    from laplace_cli.io.tabular import iter_feature_chunks
+    from laplace_cli.io.writers import RowWriter
+    from laplace_cli.pipeline import (
+        PredictOptions,
+        iter_prediction_rows,
+        load_posterior,
+        loader_chunks,
+        split_loader,
+    )
+
+    lp = load_posterior(
+        posterior,
+        model_override=spec,
+        device=device or "auto",
+        dtype=dtype.value if dtype is not None else None,
+    )
+    la = lp.la
+    rows_per_chunk = batch_size or 256
+    if input_ is not None:
+        keys = [k.strip() for k in x_key.split(",")] if x_key and "," in x_key else x_key
+        chunks = iter_feature_chunks(input_, x_key=keys, chunk_rows=rows_per_chunk)
+        total = None
+    else:
+        loader = split_loader(load_dataset_spec(data), split, la.likelihood, batch_size)
+        chunks = loader_chunks(loader)
+        total = len(loader)
+    options = PredictOptions(
+        pred_type=pred_type.value if pred_type is not None else None,
+        link_approx=link_approx.value if link_approx is not None else None,
+        n_samples=samples,
+        interval=interval,
+        seed=seed if seed is not None else 0,
+    )
+    fields = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    single = la.likelihood == Likelihood.REGRESSION and (la.n_outputs or 1) == 1
+    # Rows are streamed, not written atomically: a consumer may read them as they come, and a
+    # failure half way leaves only whole rows behind (each row is one write).
+    stream = open(output, "w", encoding="utf-8", newline="") if output is not None else sys.stdout
+    try:
+        writer = RowWriter(stream, fmt.value, fields, single_output=single)
+        batches = iter_prediction_rows(la, chunks, options)
+        for rows in progress_for(quiet)(batches, total, "predict"):
+            writer.write_batch(rows)
+    finally:
+        if output is not None:
+            stream.close()

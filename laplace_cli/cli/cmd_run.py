@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from laplace_cli.cli.common import not_implemented, parse_overrides, require_file
+from pathlib import Path
+
+from laplace_cli.cli.common import parse_overrides, progress_for, require_file
 from laplace_cli.cli.options import DebugOpt, JsonOpt, OutputDirOpt, QuietOpt, RecipeArg, SetOpt
 from laplace_cli.errors import BadInputError
 
@@ -25,7 +27,38 @@ def run(
     --set overrides recipe values by dotted key; the recipe file's header says how to run it.
     """
     require_file(recipe, "RECIPE")
-    parse_overrides(set_)
+    overrides = parse_overrides(set_)
     if output is not None and output.exists() and not output.is_dir():
         raise BadInputError(f"{output}: exists and is not a folder (--output)")
-    raise not_implemented("run")
+
+    from laplace_cli.cli.cmd_evaluate import raise_for_gates
+    from laplace_cli.cli.console import emit_json, stderr_console
+    from laplace_cli.cli.render import print_evaluation
+    from laplace_cli.recipes import load_recipe, run_recipe
+
+    parsed = load_recipe(recipe, overrides)
+    out_dir = output if output is not None else Path("runs") / recipe.stem
+    result = run_recipe(parsed, out_dir, progress=progress_for(quiet))
+    summary = {
+        "recipe": str(recipe),
+        "output": str(out_dir),
+        "stages": parsed.stages,
+        "files": result.files,
+        "fit_seconds": result.fit_seconds,
+        "log_marginal_likelihood": result.log_marginal_likelihood,
+        "tuning": result.tuning,
+        "evaluation": result.evaluation.to_dict() if result.evaluation is not None else None,
+    }
+    if json_:
+        emit_json(summary)
+    elif not quiet:
+        stderr_console.print(
+            f"ran {', '.join(parsed.stages)} in {out_dir} "
+            f"(fit {result.fit_seconds:.2f} s, log marginal likelihood {result.log_marginal_likelihood:.6g})"
+        )
+        if result.evaluation is not None:
+            print_evaluation(result.evaluation, stderr_console)
+        for kind, path in result.files.items():
+            stderr_console.print(f"  {kind}: {path}")
+    if result.evaluation is not None:
+        raise_for_gates(result.evaluation)

@@ -7,8 +7,8 @@ from laplace_cli.cli.common import (
     check_factory,
     check_output_file,
     model_override,
-    progress_for,
     parse_json_object,
+    progress_for,
     require_file,
 )
 from laplace_cli.cli.options import (
@@ -33,7 +33,7 @@ from laplace_cli.cli.options import (
     TuneLoss,
     TuneLossOpt,
 )
-from laplace_cli.enums import LinkApprox, PredType, PriorStructure, TuneMethod
+from laplace_cli.enums import TuneMethod
 from laplace_cli.errors import BadInputError
 
 EXAMPLES = [
@@ -89,7 +89,9 @@ def tune(
     from laplace_cli.pipeline import tune as run_tune
 
     lp = load_posterior(
-        posterior, model_override=spec, device=device or "auto",
+        posterior,
+        model_override=spec,
+        device=device or "auto",
         dtype=dtype.value if dtype is not None else None,
     )
     result = run_tune(
@@ -100,8 +102,9 @@ def tune(
         batch_size=batch_size,
         progress=progress_for(quiet),
         prior_structure=(
-            prior_structure.value if prior_structure is not None
-            else ('scalar' if method == TuneMethod.GRIDSEARCH else 'layerwise')
+            prior_structure.value
+            if prior_structure is not None
+            else ("scalar" if method == TuneMethod.GRIDSEARCH else "layerwise")
         ),
         pred_type=pred_type.value if pred_type is not None else None,
         link_approx=link_approx.value if link_approx is not None else None,
@@ -119,7 +122,11 @@ def _print_result(result: dict, console, path) -> None:
     from rich.table import Table
 
     prior = result.get("prior_precision")
-    shown = prior if not isinstance(prior, list) or len(prior) <= 6 else f"{len(prior)} values, mean {sum(prior) / len(prior):.4g}"
+    shown = (
+        prior
+        if not isinstance(prior, list) or len(prior) <= 6
+        else f"{len(prior)} values, mean {sum(prior) / len(prior):.4g}"
+    )
     console.print(f"tuned by {result.get('method')}: prior precision {shown}")
     if result.get("sigma_noise") is not None and result.get("likelihood", "") == "regression":
         console.print(f"sigma_noise {result['sigma_noise']}")

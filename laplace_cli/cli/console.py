@@ -29,6 +29,9 @@ __all__ = ["emit_json", "jsonable", "progress", "stderr_console"]
 T = TypeVar("T")
 
 stderr_console = Console(stderr=True, highlight=False)
+if not stderr_console.is_terminal:
+    # Logs and CI output: rich would wrap at 80 columns and truncate metric tables.
+    stderr_console.width = 160
 """The one console for people. `stderr=True` resolves `sys.stderr` at each write, so test
 runners that swap `sys.stderr` capture it."""
 

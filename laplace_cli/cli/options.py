@@ -132,8 +132,8 @@ ColumnsOpt = Annotated[
     str | None,
     typer.Option(
         "--columns",
-        help="Comma-separated feature columns of a CSV / JSONL input "
-        "(default: every numeric column).",
+        help="Comma-separated output fields to keep, e.g. 'pred,max_prob,entropy' "
+        "(CSV: column names like prob_3; default: all; id is always kept).",
         rich_help_panel=_INPUTS,
     ),
 ]

@@ -39,8 +39,7 @@ def print_evaluation(result: Any, console: Console) -> None:
     console.print(table)
     for gate in result.gates:
         style = "red" if gate["failed"] else "green"
-        verdict = "FAILED" if gate["failed"] else "passed"
-        console.print(f"[{style}]gate {gate['gate']!r} {verdict}[/]: {gate['message']}")
+        console.print(f"[{style}]{gate['message']}[/]")
 
 
 def print_marglik(entries: list[dict[str, Any]], console: Console) -> None:
@@ -49,7 +48,10 @@ def print_marglik(entries: list[dict[str, Any]], console: Console) -> None:
         table.add_column(col, justify="right" if col != "posterior" else "left")
     for e in entries:
         table.add_row(
-            e["posterior"], e["structure"], e["subset"], f"{e['n_params']:,}",
+            e["posterior"],
+            e["structure"],
+            e["subset"],
+            f"{e['n_params']:,}",
             f"{e['log_marginal_likelihood']:.6g}",
         )
     console.print(table)
