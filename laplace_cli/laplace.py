@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from laplace_cli import likelihoods as lik
+from laplace_cli import metrics
 from laplace_cli.batches import Inputs, batch_size, split_batch, to_device
 from laplace_cli.enums import (
     Curvature,
@@ -29,14 +30,34 @@ from laplace_cli.enums import (
     Structure,
     Subset,
 )
-from laplace_cli.errors import BadInputError, NumericalError
-from laplace_cli.memory import check_structure_memory, default_budget, jacobian_rows
+from laplace_cli.errors import BadInputError, MemoryBudgetError, NumericalError
+from laplace_cli.memory import (
+    check_structure_memory,
+    default_budget,
+    format_bytes,
+    jacobian_rows,
+)
 from laplace_cli.posterior import Posterior, build_posterior, expand_prior
 from laplace_cli.predictive import (
+    RegressionPrediction,
+    check_generator,
+    check_n_samples,
     check_pred_options,
+    factor_bytes,
+    factor_chunk_rows,
+    factors_as_one_sample,
     glm_link,
+    input_signature,
+    joint_factor_bytes,
+    layer_input_bytes,
     link,
     sample_gaussian_outputs,
+)
+from laplace_cli.scores import (
+    max_probability,
+    mutual_information,
+    predictive_entropy,
+    regression_variance_split,
 )
 from laplace_cli.subsets import AllWeights, LastLayer, ParameterSubset, iter_rows
 
@@ -62,16 +83,23 @@ class Laplace:
             mutated: hooks are removed after use and no copy of it is kept.
         likelihood: "classification", "regression" or "binary".
         subset_of_weights: "all", "last_layer" or "subnetwork" (with `subnetwork_indices`).
-        hessian_structure: "diag", "kron", "full" or "lowrank" (with `rank`).
-        curvature: "ggn" (exact generalised Gauss-Newton) or "ef" (empirical Fisher).
+        hessian_structure: "diag", "kron", "full" or "lowrank" (with `rank`, default
+            min(P, 100): top-k GGN eigenpairs found matrix-free, see posterior/lowrank.py).
+        curvature: "ggn" (exact generalised Gauss-Newton), "ef" (empirical Fisher) or
+            "mc_fisher" (Fisher from `n_mc_samples` targets sampled per input, seeded by `seed`).
         prior_precision: δ, a scalar, one value per parameter tensor, or one per parameter.
         prior_mean: μ₀, a scalar or one value per parameter.
         temperature: T; the likelihood term is divided by it.
-        sigma_noise: observation noise σ for regression.
+        sigma_noise: observation noise σ for regression: a scalar, or one value per output
+            (Λ = Σ_k H_k / (σ_k² T) + diag(δ); structures diag and full with curvature ggn).
         last_layer_name, feature_reduction: for the last-layer subset.
         kron_approx: "expand" or "reduce" for inputs with a weight-sharing dimension.
         max_memory: budget in bytes for curvature and Jacobian chunks (default: half of free).
         dict_key_x, dict_key_y: keys of dict batches.
+        n_mc_samples, seed: targets sampled per input for curvature "mc_fisher", and the seed
+            of the fit's random streams (MC targets, the lowrank eigensolver's start block).
+        prior: a fitted `Laplace` whose posterior becomes this one's prior (continual
+            learning; see `set_prior_from`). It sets `prior_mean` and `prior_precision`.
     """
 
     def __init__(
@@ -97,6 +125,7 @@ class Laplace:
         dict_key_y: str = "labels",
         n_mc_samples: int = 1,
         seed: int = 0,
+        prior: Laplace | None = None,
     ) -> None:
         self.model = model
         self.likelihood = Likelihood.parse(likelihood, "likelihood")
@@ -157,6 +186,8 @@ class Laplace:
         self.n_outputs: int | None = None
         self.fitted = False
         self.tuning: dict[str, Any] = {}
+        if prior is not None:
+            self.set_prior_from(prior)
 
     # --- construction -----------------------------------------------------------------------
     def _build_subset(self, subnetwork_indices) -> ParameterSubset:
@@ -221,15 +252,52 @@ class Laplace:
     @sigma_noise.setter
     def sigma_noise(self, value: float | Sequence[float] | Tensor) -> None:
         t = _as_tensor(value, self._dtype, self._device)
-        if self.likelihood != Likelihood.REGRESSION and not torch.all(t == 1):
+        if self.likelihood != Likelihood.REGRESSION and (t.numel() != 1 or not torch.all(t == 1)):
             raise BadInputError("sigma_noise applies to regression only; leave it at 1")
-        if t.numel() != 1:
+        if t.ndim != 1:
             raise BadInputError(
-                "sigma_noise must be a scalar (per-output noise is not implemented yet)"
+                f"sigma_noise must be a scalar or one value per output, got shape {tuple(t.shape)}"
             )
         if not torch.isfinite(t).all() or (t <= 0).any():
             raise BadInputError("sigma_noise must be positive and finite")
+        if t.numel() > 1:
+            self._use_per_output_noise(t.numel())
         self._sigma_noise = t
+
+    def _use_per_output_noise(self, n: int) -> None:
+        """Per-output σ: Λ = Σ_k H_k / (σ_k² T) + diag(δ), so H is kept per output k.
+
+        Only the GGN of a Gaussian likelihood splits into per-output terms (its output Hessian
+        is the identity); the empirical and MC Fisher mix outputs in every outer product, and
+        kron / lowrank factorise the summed curvature, so those refuse a vector σ.
+        """
+        n_outputs = getattr(self, "n_outputs", None)  # None while __init__ runs
+        if n_outputs is not None and n != n_outputs:
+            raise BadInputError(f"sigma_noise has {n} values but the model has {n_outputs} outputs")
+        split = self.posterior.split_outputs
+        if split == n:
+            return
+        if split is not None:
+            raise BadInputError(
+                f"this posterior keeps the curvature of {split} outputs, sigma_noise has {n} values"
+            )
+        if self.curvature != Curvature.GGN:
+            raise BadInputError(
+                f"per-output sigma_noise needs curvature 'ggn', got {self.curvature.value!r} "
+                "(the empirical and MC Fisher mix outputs in every outer product)"
+            )
+        if self.hessian_structure not in (Structure.DIAG, Structure.FULL):
+            raise BadInputError(
+                f"per-output sigma_noise needs hessian_structure 'diag' or 'full', got "
+                f"{self.hessian_structure.value!r} (its curvature is factorised over all outputs "
+                "at once); use a scalar sigma_noise or structure diag/full"
+            )
+        if getattr(self, "fitted", False):
+            raise BadInputError(
+                "this posterior was fitted with a scalar sigma_noise; refit with a per-output "
+                f"sigma_noise ({n} values) to use one noise level per output"
+            )
+        self.posterior.split_by_output(n)
 
     @property
     def n_params(self) -> int:
@@ -239,6 +307,9 @@ class Laplace:
         """The likelihood factor s: 1/(σ²T) for regression, 1/T otherwise."""
         if self.likelihood == Likelihood.REGRESSION:
             sigma = self.sigma_noise if sigma_noise is None else sigma_noise
+            if sigma.numel() > 1:
+                # One factor per output, (C,): the posterior keeps H per output.
+                return 1.0 / (sigma.reshape(-1) ** 2 * self.temperature)
             return 1.0 / (sigma.reshape(()) ** 2 * self.temperature)
         return torch.tensor(1.0 / self.temperature, dtype=self._dtype, device=self._device)
 
@@ -270,6 +341,11 @@ class Laplace:
             )
         if self.likelihood != Likelihood.CLASSIFICATION and not torch.isfinite(y).all():
             raise BadInputError(f"batch {batch_index}: targets contain NaN or Inf")
+        if self.likelihood == Likelihood.BINARY and y.numel() and ((y < 0) | (y > 1)).any():
+            raise BadInputError(
+                f"batch {batch_index}: binary targets must lie in [0, 1] (one 0/1 column per "
+                f"label), got values in [{float(y.min())}, {float(y.max())}]"
+            )
 
     def _output_sqrt(self, f: Tensor, y: Tensor) -> Tensor:
         """W (B, C, K): Hessian square root (GGN), loss gradient (EF) or sampled gradients (MC)."""
@@ -285,13 +361,21 @@ class Laplace:
         """Accumulate the curvature over the data, then decompose it.
 
         `override=False` adds to the curvature, loss and data count of an earlier fit (online
-        fitting over several loaders gives the same posterior as one fit over their union).
+        fitting over several loaders gives the same posterior as one fit over their union; kron
+        keeps its raw factor sums for this, and the MC Fisher's random stream continues). A
+        posterior set as prior (`set_prior_from`) stays in place across `override=True` refits.
+
+        The lowrank structure needs the data several times (one pass per block Krylov step), so
+        `train_loader` must then be re-iterable (a DataLoader or a list, not an iterator).
         """
         if override:
             self.posterior.reset()
             self.loss = torch.zeros((), dtype=self._dtype, device=self._device)
             self.n_data = 0
-        self._fit_generator = torch.Generator(device=self._device).manual_seed(self.seed)
+        if override or not hasattr(self, "_fit_generator"):
+            self._fit_generator = torch.Generator(device=self._device).manual_seed(self.seed)
+        if getattr(self.posterior, "needs_loader", False):
+            return self._fit_matrix_free(train_loader)
         dense = self.posterior.needs_dense_jacobian
         for index, batch in enumerate(train_loader):
             x, y = self._prepare(batch)
@@ -311,20 +395,37 @@ class Laplace:
                     f, factors = self.subset.factors(xc)
                     J = None
                 f = f.to(self._dtype)
-                if self.n_outputs is None:
-                    self.n_outputs = f.shape[1]
-                elif f.shape[1] != self.n_outputs:
-                    raise BadInputError(
-                        f"batch {index}: model gave {f.shape[1]} outputs, earlier {self.n_outputs}"
-                    )
-                self._check_targets(f, yc, index)
-                if not torch.isfinite(f).all():
-                    raise NumericalError(f"batch {index}: the model's outputs contain NaN or Inf")
+                self._record_batch(index, f, yc)
                 W = self._output_sqrt(f, yc)
                 self.posterior.accumulate(W, factors, J)
-                self.loss = self.loss + lik.summed_loss(self.likelihood, f, yc).detach()
-                self.n_data += f.shape[0]
             self._check_finite(index)
+        return self._finish_fit()
+
+    def _record_batch(self, index: int, f: Tensor, y: Tensor) -> None:
+        """Check one batch's outputs (B, C) and targets; add its loss and size."""
+        if self.n_outputs is None:
+            if self._sigma_noise.numel() not in (1, f.shape[1]):
+                raise BadInputError(
+                    f"sigma_noise has {self._sigma_noise.numel()} values but the model has "
+                    f"{f.shape[1]} outputs"
+                )
+            self.n_outputs = f.shape[1]
+        elif f.shape[1] != self.n_outputs:
+            raise BadInputError(
+                f"batch {index}: model gave {f.shape[1]} outputs, earlier {self.n_outputs}"
+            )
+        self._check_targets(f, y, index)
+        if not torch.isfinite(f).all():
+            raise NumericalError(f"batch {index}: the model's outputs contain NaN or Inf")
+        if self.posterior.split_outputs is not None:
+            # Per-output σ: the log-likelihood needs the loss of each output, (C,).
+            loss = lik.summed_loss_per_output(self.likelihood, f, y)
+        else:
+            loss = lik.summed_loss(self.likelihood, f, y)
+        self.loss = self.loss + loss.detach()
+        self.n_data += f.shape[0]
+
+    def _finish_fit(self) -> Laplace:
         if self.n_data == 0:
             raise BadInputError("the training data is empty")
         self.posterior.finalize()
@@ -332,12 +433,69 @@ class Laplace:
         self.fitted = True
         return self
 
+    def _fit_matrix_free(self, train_loader: Iterable[Any]) -> Laplace:
+        """lowrank: one pass for loss and checks, then the eigensolver's block GGN products."""
+        from laplace_cli.posterior.lowrank import ggn_matmat
+
+        if iter(train_loader) is train_loader:
+            raise BadInputError(
+                "structure 'lowrank' passes over the data several times; give a re-iterable "
+                "loader (a DataLoader or a list of batches), not an iterator"
+            )
+        for index, batch in enumerate(train_loader):
+            x, y = self._prepare(batch)
+            if batch_size(x) == 0:
+                continue
+            self._record_batch(index, self.subset.output(x).to(self._dtype), y)
+            self._check_finite(index)
+        if self.n_data == 0:
+            raise BadInputError("the training data is empty")
+
+        def batches():
+            # Every product must see the same operator: the MC Fisher's targets are redrawn
+            # from the same seed in every pass (so the loader must keep its order).
+            self._fit_generator = torch.Generator(device=self._device).manual_seed(self.seed)
+            for batch in train_loader:
+                x, y = self._prepare(batch)
+                if batch_size(x) > 0:
+                    yield x, y
+
+        theta = self.subset.mean().to(self._dtype)
+        self.posterior.fit_matrix_free(
+            lambda V: ggn_matmat(self.subset.output_fn, theta, batches, self._output_sqrt, V),
+            torch.Generator(device=self._device).manual_seed(self.seed),
+        )
+        for key, t in self.posterior.state().items():
+            if not torch.isfinite(t).all():
+                raise NumericalError(f"the curvature ({key}) is not finite")
+        return self._finish_fit()
+
     def _check_finite(self, batch_index: int) -> None:
-        if not torch.isfinite(self.loss):
+        if not torch.isfinite(self.loss).all():
             raise NumericalError(f"batch {batch_index}: the training loss is not finite")
         for key, t in self.posterior_state_partial().items():
             if not torch.isfinite(t).all():
-                raise NumericalError(f"batch {batch_index}: the curvature of {key} is not finite")
+                where = self._nonfinite_params(key, t) if key in ("diag", "full") else key
+                raise NumericalError(
+                    f"batch {batch_index}: the curvature of {where} is not finite "
+                    "(NaN or Inf: check the scale of the inputs and weights, or fit in float64)"
+                )
+
+    def _nonfinite_params(self, key: str, t: Tensor) -> str:
+        """`"0.weight, 2.bias (diag)"`: the parameter tensors with NaN/Inf curvature entries.
+
+        `t` is the diag curvature (…, P) or the full one (…, P, P); for full, the diagonal
+        (where an overflow shows first, H_ii = Σ J_i²) is used when it is itself non-finite.
+        """
+        sizes = [g.numel for g in self.posterior.groups]
+        if key == "full":
+            diag = t.diagonal(dim1=-2, dim2=-1)
+            t = diag if not torch.isfinite(diag).all() else t.transpose(-1, -2)
+        if t.shape[-1] != sum(sizes):  # pragma: no cover - a subset with other bookkeeping
+            return key
+        bad = (~torch.isfinite(t)).reshape(-1, t.shape[-1]).any(0)  # (P,)
+        names = [g.name for g, b in zip(self.posterior.groups, bad.split(sizes)) if bool(b.any())]
+        return f"{', '.join(names)} ({key})"
 
     def posterior_state_partial(self) -> dict[str, Tensor]:
         """Raw curvature tensors before decomposition (for finiteness checks)."""
@@ -390,7 +548,8 @@ class Laplace:
 
     @property
     def log_det_prior_precision(self) -> Tensor:
-        return torch.log(expand_prior(self.prior_precision, self.subset.groups)).sum()
+        """log det P₀ (Σ log δ, or log det of the posterior precision used as prior)."""
+        return self.posterior.prior_log_det(self.prior_precision)
 
     @property
     def log_det_ratio(self) -> Tensor:
@@ -399,8 +558,7 @@ class Laplace:
     @property
     def scatter(self) -> Tensor:
         """(θ* − μ₀)ᵀ P₀ (θ* − μ₀)."""
-        delta = self.mean - self.prior_mean
-        return (delta * expand_prior(self.prior_precision, self.subset.groups) * delta).sum()
+        return self.posterior.prior_quad_form(self.mean - self.prior_mean, self.prior_precision)
 
     @property
     def log_likelihood(self) -> Tensor:
@@ -437,15 +595,60 @@ class Laplace:
             else torch.as_tensor(sigma_noise, dtype=self._dtype, device=self._device).reshape(-1)
         )
         scale = self._scale(sigma)
-        prior_vec = expand_prior(prior, self.subset.groups)
+        expand_prior(prior, self.subset.groups)  # validates the length
         log_lik = lik.log_likelihood(
             self.likelihood, self.loss, self.n_data, self.n_outputs or 1, sigma, self.temperature
         )
         log_det_post = self.posterior.log_det(prior, scale)
-        log_det_prior = torch.log(prior_vec).sum()
-        delta = self.mean - self.prior_mean
-        scatter = (delta * prior_vec * delta).sum()
+        # P₀ = diag(δ), or the precision of a posterior used as prior (continual learning).
+        log_det_prior = self.posterior.prior_log_det(prior)
+        scatter = self.posterior.prior_quad_form(self.mean - self.prior_mean, prior)
         return log_lik - 0.5 * (log_det_post - log_det_prior + scatter)
+
+    def set_prior_from(self, previous: Laplace) -> Laplace:
+        """Use a fitted posterior as this approximation's prior (continual learning).
+
+        The prior becomes N(μ₀ = θ*_prev, P₀ = Λ_prev) with Λ_prev = s'·H_prev + diag(δ), so
+        the new posterior precision is Λ = s·H_new + s'·H_prev + diag(δ) and the log marginal
+        likelihood uses P₀ = Λ_prev (log det and scatter). `prior_mean` is set to the previous
+        MAP and `prior_precision` δ to the previous one (it can still be tuned; P₀ follows it).
+
+        diag and full keep s'·H_prev as a separate fixed term: with unchanged weights this is
+        exactly one fit over both data sets. kron merges the previous K-FAC factors into its own
+        (B + (s'/s)·B', Σaaᵀ + Σa'a'ᵀ over N + N'; exact for the K-FAC of the union) and lowrank
+        keeps the top-k of H_new + (s'/s)·U'λ'U'ᵀ; s'/s is fixed now, so set temperature and
+        sigma_noise before calling this. lowrank must call it before fitting.
+        """
+        if not isinstance(previous, Laplace):
+            raise BadInputError(
+                f"a prior posterior must be a fitted Laplace, got {type(previous).__name__}"
+            )
+        previous._require_fit()
+        if previous.hessian_structure != self.hessian_structure:
+            raise BadInputError(
+                f"a posterior used as prior must have the same structure: this one is "
+                f"{self.hessian_structure.value!r}, the prior {previous.hessian_structure.value!r}"
+            )
+        mine = [(g.name, g.shape) for g in self.subset.groups]
+        theirs = [(g.name, g.shape) for g in previous.subset.groups]
+        same_indices = torch.equal(
+            torch.as_tensor(getattr(self.subset, "indices", torch.zeros(0))),
+            torch.as_tensor(getattr(previous.subset, "indices", torch.zeros(0))),
+        )
+        if mine != theirs or not same_indices:
+            raise BadInputError(
+                f"a posterior used as prior must cover the same parameters: this subset has "
+                f"{len(mine)} tensors ({self.n_params} parameters), the prior's {len(theirs)} "
+                f"({previous.n_params} parameters)"
+            )
+        if self.hessian_structure == Structure.LOWRANK and self.fitted:
+            raise BadInputError("lowrank: call set_prior_from before fit")
+        self.posterior.set_prior_posterior(
+            previous.posterior, previous._scale().detach(), self._scale().detach()
+        )
+        self.prior_mean = previous.mean.detach().clone()
+        self.prior_precision = previous.prior_precision.detach().clone()
+        return self
 
     def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
         """Weight samples θ ~ N(θ*, Λ⁻¹), (n_samples, P)."""
@@ -457,31 +660,67 @@ class Laplace:
     def _inputs(self, x: Any) -> Inputs:
         return to_device(x, self._device, self._dtype)
 
-    def functional_variance(self, x: Any) -> tuple[Tensor, Tensor]:
-        """GLM mean f(x; θ*) (B, C) and covariance J Σ Jᵀ (B, C, C).
+    def _factor_rows(self, x: Inputs) -> int:
+        """Rows per chunk of the structured (diag / kron) functional variance.
 
-        diag and kron work layer by layer from layer inputs and output Jacobians; full and
-        low-rank use dense Jacobians in chunks bounded by `max_memory`.
+        The bytes per row of the layer factors plus the largest per-layer intermediate (a conv
+        layer's per-sample Jacobian (B, C, d_out, d_in)), and of the layer inputs, are measured
+        once per input signature on a one-row probe; `predictive.factor_chunk_rows` turns them
+        into a chunk bounded by a small multiple of the batch's activations and by
+        `max_memory // 4`.
+        """
+        cache: dict[tuple, tuple[int, int]] = self.__dict__.setdefault("_factor_row_bytes", {})
+        key = input_signature(x)
+        if key not in cache:
+            _, factors = self.subset.factors(next(iter_rows(x, 1)))
+            cache[key] = (factor_bytes(factors), layer_input_bytes(factors))
+        per_row, inputs_per_row = cache[key]
+        return factor_chunk_rows(batch_size(x), per_row, inputs_per_row, self.max_memory // 4)
+
+    def _empty_prediction(self) -> tuple[Tensor, Tensor]:
+        n_out = self.n_outputs or 1
+        empty = lambda *s: torch.empty(*s, dtype=self._dtype, device=self._device)  # noqa: E731
+        return empty(0, n_out), empty(0, n_out, n_out)
+
+    def functional_variance(self, x: Any) -> tuple[Tensor, Tensor]:
+        """GLM mean f(x; θ*) (B, C) and covariance J Σ Jᵀ (B, C, C), Σ = Λ⁻¹.
+
+        No dense (B, C, P) Jacobian is built where the structure allows it: diag and kron work
+        layer by layer from the layer inputs a and the back-propagated output Jacobians G
+        (per-sample weight Jacobian Σ_t G_t ⊗ a_t), last-layer subsets have G = I in closed
+        form, and the rows are chunked so that the factors and the largest per-layer
+        intermediate stay under `max_memory // 4`. full, low-rank and subnetwork posteriors use
+        dense Jacobians in row chunks bounded by the same budget.
         """
         self._require_fit()
         x = self._inputs(x)
+        if batch_size(x) == 0:
+            return self._empty_prediction()
         prior, scale = self.prior_precision, self._scale()
-        if not self.posterior.needs_dense_jacobian:
-            f, factors = self.subset.factors(x)
-            return f.to(self._dtype), self.posterior.functional_variance(
-                prior, scale, factors=factors
-            )
+        dense = self.posterior.needs_dense_jacobian
+        rows = self._jacobian_rows() if dense else self._factor_rows(x)
         mus, vars_ = [], []
-        for xc in iter_rows(x, self._jacobian_rows()):
-            f, J = self.subset.jacobians(xc)
-            mus.append(f)
-            vars_.append(self.posterior.functional_variance(prior, scale, J=J))
-        return torch.cat(mus).to(self._dtype), torch.cat(vars_)
+        for xc in iter_rows(x, rows):
+            if dense:
+                f, J = self.subset.jacobians(xc)  # (rows, C, P)
+                var = self.posterior.functional_variance(prior, scale, J=J.to(self._dtype))
+            else:
+                f, factors = self.subset.factors(xc)
+                var = self.posterior.functional_variance(prior, scale, factors=factors)
+            mus.append(f.to(self._dtype))
+            vars_.append(var)
+        return torch.cat(mus), torch.cat(vars_)
 
     def glm_predictive_distribution(
         self, x: Any, joint: bool = False, diagonal_output: bool = False
     ) -> tuple[Tensor, Tensor]:
-        """(f_μ, f_var): f_var (B, C, C), (B, C) with `diagonal_output`, (B·C, B·C) with `joint`."""
+        """(f_μ, f_var) of the linearised network.
+
+        f_var is (B, C, C); (B, C) with `diagonal_output`; with `joint`, f_μ is flattened to
+        (B·C,) and f_var is the covariance across the whole batch (B·C, B·C).
+        """
+        if joint and diagonal_output:
+            raise BadInputError("joint and diagonal_output exclude each other; pick one")
         if joint:
             return self.joint_functional_covariance(x)
         f_mu, f_var = self.functional_variance(x)
@@ -490,13 +729,43 @@ class Laplace:
         return f_mu, f_var
 
     def joint_functional_covariance(self, x: Any) -> tuple[Tensor, Tensor]:
-        """f_μ flattened (B·C,) and the joint covariance over all outputs of the batch (B·C, B·C)."""
+        """f_μ flattened (B·C,) and the joint covariance J Σ Jᵀ over all outputs of the batch.
+
+        Entry ((b, c), (b', d)) is J_bc Σ J_b'dᵀ; its (C, C) diagonal blocks are the marginal
+        `functional_variance`. It is computed by each structure's own functional variance,
+        treating the batch as one input with B·C outputs (`predictive.factors_as_one_sample`),
+        so kron and diag never form Σ. Meant for small batches (the output is (B·C)²); a batch
+        whose intermediates exceed `max_memory // 2` is refused with a MemoryBudgetError.
+        """
         self._require_fit()
         x = self._inputs(x)
-        f, J = self.subset.jacobians(x)
-        Jf = J.reshape(-1, self.n_params)
-        cov = self.posterior.dense_covariance(self.prior_precision, self._scale())
-        return f.reshape(-1).to(self._dtype), Jf @ cov @ Jf.T
+        prior, scale = self.prior_precision, self._scale()
+        n = batch_size(x)
+        if n == 0:
+            f_mu, f_var = self._empty_prediction()
+            return f_mu.reshape(0), f_var.reshape(0, 0)
+        if self.posterior.needs_dense_jacobian:
+            need = 4 * n * (self.n_outputs or 1) * self.n_params * self._itemsize
+            self._check_joint_budget(need, n)
+            pieces = [self.subset.jacobians(xc) for xc in iter_rows(x, self._jacobian_rows())]
+            f = torch.cat([p[0] for p in pieces]).to(self._dtype)
+            J = torch.cat([p[1] for p in pieces]).to(self._dtype)  # (B, C, P)
+            cov = self.posterior.functional_variance(prior, scale, J=J.reshape(1, -1, J.shape[-1]))
+        else:
+            f, factors = self.subset.factors(x)
+            f = f.to(self._dtype)
+            self._check_joint_budget(joint_factor_bytes(factors), n)
+            cov = self.posterior.functional_variance(
+                prior, scale, factors=factors_as_one_sample(factors)
+            )
+        return f.reshape(-1), cov[0]
+
+    def _check_joint_budget(self, need: int, n: int) -> None:
+        if need > self.max_memory // 2:
+            raise MemoryBudgetError(
+                f"the joint covariance of {n} inputs needs about {format_bytes(need)} "
+                f"(budget {format_bytes(self.max_memory)}); use a smaller batch or joint=False"
+            )
 
     def __call__(
         self,
@@ -510,29 +779,40 @@ class Laplace:
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Predictive distribution at inputs `x`.
 
-        classification / binary: probabilities (B, C). regression: `(f_mu, f_var)` with f_var
-        the epistemic covariance (B, C, C) — without observation noise, as in laplace-torch;
-        add `sigma_noise**2` (or use `predictive_variance(..., with_noise=True)`).
+        classification / binary: probabilities (B, C). `pred_type="glm"` pushes the Gaussian
+        over outputs N(f_μ, J Σ Jᵀ) through the link with `link_approx` ("probit", "bridge",
+        "bridge_norm" or "mc" with `n_samples` draws); `pred_type="nn"` averages the link over
+        `n_samples` networks with sampled weights (link_approx must be "mc").
+        `diagonal_output` drops the output correlations before the link.
+
+        regression: `(f_mu, f_var)` with f_var the *epistemic* covariance (B, C, C) — without
+        observation noise, as in laplace-torch; (B, C) with `diagonal_output`; (B·C, B·C) across
+        the batch with `joint`. For "nn" f_var is the unbiased sample covariance of the sampled
+        networks' outputs. `regression_predictive` gives both variances with and without noise.
+
+        Every random draw uses `generator` (same seed, same output). Combinations that make no
+        sense raise a BadInputError (see `predictive.check_pred_options`).
         """
         self._require_fit()
+        pt, la = check_pred_options(
+            pred_type, link_approx, self.likelihood, n_samples=n_samples, joint=joint
+        )
+        check_generator(generator, self._device)
         if self.likelihood == Likelihood.REGRESSION:
-            pt = PredType.parse(pred_type, "pred_type")
             if pt == PredType.GLM:
                 return self.glm_predictive_distribution(
                     x, joint=joint, diagonal_output=diagonal_output
                 )
-            samples = self.predictive_samples(
-                x, pred_type="nn", n_samples=n_samples, generator=generator
-            )
+            n = check_n_samples(n_samples, "the sample covariance of pred_type 'nn'", minimum=2)
+            samples = self.functional_samples(x, pred_type="nn", n_samples=n, generator=generator)
             mean = samples.mean(0)
             centred = samples - mean
-            cov = torch.einsum("sbc,sbd->bcd", centred, centred) / samples.shape[0]
+            cov = torch.einsum("sbc,sbd->bcd", centred, centred) / (n - 1)  # unbiased, as torch.var
             return mean, torch.diagonal(cov, dim1=-2, dim2=-1) if diagonal_output else cov
-        pt, la = check_pred_options(pred_type, link_approx)
-        if joint:
-            raise BadInputError("joint=True is for regression outputs")
         if pt == PredType.GLM:
             f_mu, f_var = self.functional_variance(x)
+            if diagonal_output:
+                f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
             return glm_link(self.likelihood, la, f_mu, f_var, n_samples, generator)
         return self.predictive_samples(
             x, pred_type="nn", n_samples=n_samples, generator=generator
@@ -544,15 +824,33 @@ class Laplace:
         pred_type: PredType | str = "glm",
         n_samples: int = 100,
         generator: torch.Generator | None = None,
+        diagonal_output: bool = False,
     ) -> Tensor:
-        """Samples of the outputs before the link, (n_samples, B, C)."""
+        """Samples of the outputs before the link, (n_samples, B, C).
+
+        glm: f ~ N(f_μ, J Σ Jᵀ) (independent outputs with `diagonal_output`); nn: f(x; θ_s) with
+        θ_s ~ N(θ*, Σ). For a last-layer subset the head is linear in its weights, so the
+        features are computed once and all sampled heads are applied in one contraction.
+        """
         self._require_fit()
         pt = PredType.parse(pred_type, "pred_type")
+        n_samples = check_n_samples(n_samples, "functional_samples")
+        check_generator(generator, self._device)
         if pt == PredType.GLM:
             f_mu, f_var = self.functional_variance(x)
+            if diagonal_output:
+                f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
             return sample_gaussian_outputs(f_mu, f_var, n_samples, generator)
         x = self._inputs(x)
-        thetas = self.sample(n_samples, generator)
+        thetas = self.sample(n_samples, generator)  # (S, P)
+        if isinstance(self.subset, LastLayer):
+            phi, _ = self.subset.features(x)  # (B, d)
+            weight = self.subset.groups[0]
+            W = thetas[:, : weight.numel].reshape(n_samples, *weight.shape)  # (S, C, d)
+            f = torch.einsum("bi,sci->sbc", phi.to(self._dtype), W)
+            if len(self.subset.groups) > 1:
+                f = f + thetas[:, weight.numel :].unsqueeze(1)  # bias (S, 1, C)
+            return f
         return torch.stack([self.subset.forward_with(x, theta).to(self._dtype) for theta in thetas])
 
     def predictive_samples(
@@ -561,9 +859,107 @@ class Laplace:
         pred_type: PredType | str = "glm",
         n_samples: int = 100,
         generator: torch.Generator | None = None,
+        diagonal_output: bool = False,
     ) -> Tensor:
         """Samples of the predictive after the link: probabilities or outputs, (n_samples, B, C)."""
-        return link(self.likelihood, self.functional_samples(x, pred_type, n_samples, generator))
+        samples = self.functional_samples(x, pred_type, n_samples, generator, diagonal_output)
+        return link(self.likelihood, samples)
+
+    def regression_predictive(
+        self,
+        x: Any,
+        pred_type: PredType | str = "glm",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> RegressionPrediction:
+        """Regression predictive y | x ~ N(mean, epistemic_var + aleatoric_var), all (B, C).
+
+        glm: mean f(x; θ*), epistemic_var = diag J Σ Jᵀ; nn: mean and unbiased variance of
+        `n_samples` sampled networks' outputs. aleatoric_var = σ² (`sigma_noise`), total_var the
+        sum: the variance of a new observation, while epistemic_var is that of f(x).
+        """
+        self._require_fit()
+        if self.likelihood != Likelihood.REGRESSION:
+            raise BadInputError(
+                f"regression_predictive is for the regression likelihood, this is "
+                f"{self.likelihood.value!r}; use la(x) or la.uncertainty(x)"
+            )
+        pt = PredType.parse(pred_type, "pred_type")
+        if pt == PredType.GLM:
+            mean, f_var = self.functional_variance(x)
+            epistemic = torch.diagonal(f_var, dim1=-2, dim2=-1)
+        else:
+            n = check_n_samples(n_samples, "the sample variance of pred_type 'nn'", minimum=2)
+            samples = self.functional_samples(x, pred_type="nn", n_samples=n, generator=generator)
+            mean, epistemic = samples.mean(0), samples.var(0)
+        epistemic, aleatoric, total = regression_variance_split(epistemic, self.sigma_noise)
+        return RegressionPrediction(mean, epistemic, aleatoric, total)
+
+    def uncertainty(
+        self,
+        x: Any,
+        pred_type: PredType | str = "glm",
+        link_approx: LinkApprox | str = "probit",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+        level: float = 0.95,
+    ) -> dict[str, Tensor]:
+        """Predictions and uncertainty scores for one batch, as used by `laplace predict`.
+
+        classification / binary, each (B,) or (B, C):
+            probs, pred (argmax; binary: p > 0.5 per label), entropy, max_prob
+            (`laplace_cli.scores`), var (glm: the functional variance of each logit, diag J Σ Jᵀ;
+            nn: the sample variance of the logits) and, when `n_samples > 0`, mutual_info (BALD)
+            from `n_samples` samples of the probabilities (GLM samples of the logits, or sampled
+            networks). With link_approx "mc" the probabilities are the mean of those samples.
+        regression, each (B, C):
+            mean, var (epistemic), var_aleatoric (σ²), var_total, lower and upper (the central
+            `level` interval of N(mean, var_total)).
+        """
+        self._require_fit()
+        if self.likelihood == Likelihood.REGRESSION:
+            pred = self.regression_predictive(x, pred_type, n_samples, generator)
+            lower, upper = metrics.interval(pred.mean, pred.total_var, level)
+            return {
+                "mean": pred.mean,
+                "var": pred.epistemic_var,
+                "var_aleatoric": pred.aleatoric_var,
+                "var_total": pred.total_var,
+                "lower": lower.to(pred.mean.dtype),
+                "upper": upper.to(pred.mean.dtype),
+            }
+        binary = self.likelihood == Likelihood.BINARY
+        pt, la = check_pred_options(pred_type, link_approx, self.likelihood, n_samples=n_samples)
+        check_generator(generator, self._device)
+        if n_samples != 0:
+            n_samples = check_n_samples(n_samples, "mutual information (n_samples = 0 skips it)")
+        prob_samples: Tensor | None = None
+        if pt == PredType.GLM:
+            f_mu, f_var = self.functional_variance(x)
+            var = torch.diagonal(f_var, dim1=-2, dim2=-1)
+            if n_samples > 0:
+                # The same draws as la(x, link_approx="mc") with a generator in the same state.
+                f = sample_gaussian_outputs(f_mu, var if binary else f_var, n_samples, generator)
+                prob_samples = link(self.likelihood, f)
+            if la == LinkApprox.MC:
+                probs = prob_samples.mean(0)
+            else:
+                probs = glm_link(self.likelihood, la, f_mu, f_var)
+        else:
+            n = check_n_samples(n_samples, "the logit variance of pred_type 'nn'", minimum=2)
+            f = self.functional_samples(x, pred_type="nn", n_samples=n, generator=generator)
+            prob_samples = link(self.likelihood, f)
+            probs, var = prob_samples.mean(0), f.var(0)
+        out = {
+            "probs": probs,
+            "pred": (probs > 0.5).long() if binary else probs.argmax(-1),
+            "entropy": predictive_entropy(probs, binary),
+            "max_prob": max_probability(probs, binary),
+            "var": var,
+        }
+        if prob_samples is not None:
+            out["mutual_info"] = mutual_information(prob_samples, binary)
+        return out
 
     # --- tuning -----------------------------------------------------------------------------
     def optimize_prior_precision(self, method: str = "marglik", **kwargs: Any) -> dict[str, Any]:

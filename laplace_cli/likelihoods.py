@@ -29,6 +29,17 @@ def summed_loss(likelihood: Likelihood, f: Tensor, y: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(f, y.reshape(f.shape).to(f.dtype), reduction="sum")
 
 
+def summed_loss_per_output(likelihood: Likelihood, f: Tensor, y: Tensor) -> Tensor:
+    """Summed loss of each output, (C,): ½ Σ_n (y_nk − f_nk)² for regression.
+
+    The log-likelihood with one noise level per output needs these separately
+    (`log_likelihood` with a (C,) loss); only regression losses split over outputs.
+    """
+    if likelihood != Likelihood.REGRESSION:
+        raise ValueError("a per-output loss is defined for regression only")
+    return 0.5 * ((f - y.reshape(f.shape)) ** 2).sum(0)
+
+
 def output_gradient(likelihood: Likelihood, f: Tensor, y: Tensor) -> Tensor:
     """∂ℓ/∂f per sample, (B, C): p − onehot(y), f − y, or sigmoid(f) − y."""
     if likelihood == Likelihood.CLASSIFICATION:

@@ -73,7 +73,18 @@ def structure_bytes(
                 total += g.numel
         return total * itemsize
     if structure == Structure.LOWRANK:
-        return n_params * ((rank or 100) + 2) * itemsize
+        # The block Krylov basis and its image under H (P × (k + 10)·5 each, at most P × P),
+        # plus U: see posterior/lowrank.py.
+        from laplace_cli.posterior.lowrank import (
+            DEFAULT_N_ITER,
+            DEFAULT_OVERSAMPLE,
+            DEFAULT_RANK,
+            krylov_basis_size,
+        )
+
+        k = min(rank or DEFAULT_RANK, n_params)
+        basis = krylov_basis_size(n_params, k, DEFAULT_OVERSAMPLE, DEFAULT_N_ITER)
+        return n_params * (2 * basis + k + 2) * itemsize
     return n_params * itemsize
 
 
@@ -84,7 +95,12 @@ def check_structure_memory(
     budget: int,
     rank: int | None = None,
 ) -> None:
-    """Refuse a structure whose curvature (×3 for factorisations) does not fit in `budget` bytes."""
+    """Refuse a structure whose curvature (×3 for factorisations) does not fit in `budget` bytes.
+
+    The message leads with what the choice needs and what to use instead, e.g.
+    "full needs 7.3 TiB for 1.0M parameters; use kron, diag or subset_of_weights=last_layer
+    (budget 16.0 GiB; or raise max_memory)". Called before anything is allocated.
+    """
     need = structure_bytes(structure, groups, itemsize, rank)
     if 3 * need <= budget:
         return
@@ -96,8 +112,8 @@ def check_structure_memory(
         Structure.DIAG: "use subset_of_weights=last_layer",
     }[structure]
     raise MemoryBudgetError(
-        f"{structure.value} needs {format_bytes(need)} for {format_count(n_params)} parameters "
-        f"(budget {format_bytes(budget)}); {alternatives}, or raise max_memory"
+        f"{structure.value} needs {format_bytes(need)} for {format_count(n_params)} parameters; "
+        f"{alternatives} (budget {format_bytes(budget)}; or raise max_memory)"
     )
 
 

@@ -15,7 +15,7 @@ found it: hooks are removed, train/eval mode is put back, nothing is stored on t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -84,6 +84,20 @@ def supported_layer(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
     return isinstance(module, nn.Conv2d) and module.groups == 1
+
+
+def factored_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Supported layers that run as modules, so that forward hooks see their inputs and outputs.
+
+    `nn.MultiheadAttention` uses its `out_proj` Linear's weights functionally (the module is
+    never called); such layers are left out here and their parameters become "other" groups
+    with dense Jacobians, rather than being dropped or failing for lack of a hook call.
+    """
+    skip: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            skip.update(id(c) for c in m.modules() if c is not m)
+    return {n: m for n, m in model.named_modules() if supported_layer(m) and id(m) not in skip}
 
 
 @contextlib.contextmanager
@@ -171,6 +185,10 @@ class ParameterSubset:
         """Outputs (B, C) with the subset's parameters set to `theta` (P,)."""
         raise NotImplementedError
 
+    def output_fn(self, x: Inputs) -> Callable[[Tensor], Tensor]:
+        """θ (P,) ↦ outputs (B, C) at inputs x, differentiable in θ (matrix-free products)."""
+        raise NotImplementedError
+
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """Split a flat vector (P,) into named tensors of the groups' shapes."""
         out, start = {}, 0
@@ -205,12 +223,11 @@ class AllWeights(ParameterSubset):
         self.model = model
         self.kron_approx = kron_approx
         owner: dict[int, tuple[str, nn.Module, str]] = {}
-        for mname, module in model.named_modules():
-            if supported_layer(module):
-                for role in ("weight", "bias"):
-                    p = getattr(module, role, None)
-                    if isinstance(p, nn.Parameter):
-                        owner.setdefault(id(p), (mname, module, role))
+        for mname, module in factored_layers(model).items():
+            for role in ("weight", "bias"):
+                p = getattr(module, role, None)
+                if isinstance(p, nn.Parameter):
+                    owner.setdefault(id(p), (mname, module, role))
         self.params: list[tuple[str, nn.Parameter]] = [
             (n, p) for n, p in model.named_parameters() if p.requires_grad
         ]
@@ -238,6 +255,15 @@ class AllWeights(ParameterSubset):
             out = _functional_forward(self.model, self.unflatten(theta), x)
         return as_2d_output(out)
 
+    def output_fn(self, x: Inputs) -> Callable[[Tensor], Tensor]:
+        """θ (P,) ↦ outputs (B, C), differentiable in θ (for Jacobian-vector products)."""
+
+        def fn(theta: Tensor) -> Tensor:
+            with eval_mode(self.model):
+                return as_2d_output(_functional_forward(self.model, self.unflatten(theta), x))
+
+        return fn
+
     def jacobians(self, x: Inputs) -> tuple[Tensor, Tensor]:
         names = [g.name for g in self.groups]
         f, jac = _dense_jacobians(self.model, {n: p for n, p in self.params}, names, x)
@@ -262,9 +288,14 @@ class AllWeights(ParameterSubset):
                 f = as_2d_output(call_model(self.model, x))
                 for mname in self._layers:
                     if len(outputs[mname]) != 1:
+                        why = (
+                            "its weights are used without calling the module"
+                            if not outputs[mname]
+                            else "shared layers have no per-layer factors"
+                        )
                         raise BadInputError(
-                            f"layer {mname!r} ran {len(outputs[mname])} times in one forward pass; "
-                            "shared layers need structure 'diag' or 'full' with their dense Jacobian"
+                            f"layer {mname!r} ran {len(outputs[mname])} times in one forward "
+                            f"pass ({why}); use structure 'diag' or 'full' (dense Jacobians)"
                         )
                 grads = _output_jacobians(f, [outputs[m][0] for m in self._layers])
         finally:
@@ -481,6 +512,11 @@ class LastLayer(ParameterSubset):
 
     def forward_with(self, x: Inputs, theta: Tensor) -> Tensor:
         return self._head(self.features(x)[0], theta)
+
+    def output_fn(self, x: Inputs) -> Callable[[Tensor], Tensor]:
+        """θ (P,) ↦ head outputs (B, C) on fixed features, differentiable in θ."""
+        phi = self.features(x)[0]
+        return lambda theta: self._head(phi, theta)
 
     def factors_from_features(self, phi: Tensor) -> list[Factor]:
         n_out = self.head.out_features

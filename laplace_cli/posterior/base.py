@@ -12,6 +12,7 @@ log-determinant stays differentiable in δ and s.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -141,11 +142,86 @@ class Posterior(ABC):
         """The `blocks` metadata entry (K-FAC only)."""
         return None
 
-    def add_prior_posterior(
-        self, other: Posterior, scale_other: Tensor, prior_other: Tensor
-    ) -> None:
-        """Continual learning: fold another posterior's precision into this one's curvature."""
-        raise BadInputError(f"structure {self.structure} cannot take a posterior as prior")
+    # --- per-output curvature (regression with one noise level per output) -----------------
+    #: C when the curvature is kept per output (H_k for k = 1..C), None when kept summed.
+    split_outputs: int | None = None
+
+    def split_by_output(self, n_outputs: int) -> None:
+        """Keep the curvature per output from now on (before fitting): Λ = Σ_k s_k H_k + diag(δ)."""
+        raise BadInputError(
+            f"structure {self.structure.value!r} cannot keep the curvature per output; "
+            "per-output sigma_noise needs hessian_structure 'diag' or 'full'"
+        )
+
+    # --- a fitted posterior as the prior (continual learning) -----------------------------
+    #: A frozen copy of the posterior used as prior, and its likelihood factor s' (kept by the
+    #: structures that fold the prior into their curvature; diag and full know P₀ = C + diag(δ)
+    #: from their fixed term C and keep no copy).
+    prior_posterior: Posterior | None = None
+    prior_scale: Tensor | None = None
+    keeps_prior_copy: bool = True
+
+    def set_prior_posterior(self, other: Posterior, scale_other: Tensor, scale_now: Tensor) -> None:
+        """Use another fitted posterior's precision Λ' = s'·H' + diag(δ) as this one's prior.
+
+        The prior precision P₀ = s'·H' + diag(δ) (δ: this posterior's prior precision, which
+        the caller sets to the previous one's) enters the posterior precision as
+        Λ = s·H + s'·H' + diag(δ). diag and full hold s'·H' as a separate, fixed term (exact);
+        kron and lowrank fold it into their curvature (see `_fold_prior`). The log marginal
+        likelihood uses P₀ through `prior_log_det` and `prior_quad_form`.
+
+        Args:
+            other: a fitted posterior of the same structure over the same parameter groups.
+            scale_other: s' of `other` (1/T', or 1/(σ'²T') for regression).
+            scale_now: this posterior's s at the time of the call (kron and lowrank fold
+                s'/s·H' into their curvature).
+        """
+        if type(other) is not type(self):
+            raise BadInputError(
+                f"a posterior used as prior must have the same structure: this one is "
+                f"{self.structure.value!r}, the prior {other.structure.value!r}"
+            )
+        mine = [(g.name, g.shape) for g in self.groups]
+        theirs = [(g.name, g.shape) for g in other.groups]
+        if mine != theirs:
+            raise BadInputError(
+                "a posterior used as prior must cover the same parameters: this one has "
+                f"{len(mine)} tensors ({self.n_params} parameters), the prior {len(theirs)} "
+                f"({other.n_params} parameters)"
+            )
+        scale_other = scale_other.detach().clone()
+        source = other
+        if self.keeps_prior_copy:
+            frozen = copy.copy(other)
+            # The prior's own prior is not needed for P₀ = Λ'; dropping it keeps a chain of
+            # tasks from holding one copy per earlier task.
+            frozen.prior_posterior = None
+            frozen.prior_scale = None
+            source = copy.deepcopy(frozen)
+            self.prior_posterior = source
+            self.prior_scale = scale_other
+        self._fold_prior(source, scale_other, scale_now.detach().clone())
+
+    def _fold_prior(self, other: Posterior, scale_other: Tensor, scale_now: Tensor) -> None:
+        raise BadInputError(
+            f"structure {self.structure.value!r} cannot take a posterior as prior"
+        )  # pragma: no cover - every structure overrides it
+
+    def prior_log_det(self, prior: Tensor) -> Tensor:
+        """log det P₀: Σ log δ, or log det Λ'(δ) of a posterior used as prior (differentiable in δ)."""
+        if self.prior_posterior is not None:
+            return self.prior_posterior.log_det(prior, self.prior_scale)
+        return torch.log(expand_prior(prior, self.groups)).sum()
+
+    def prior_quad_form(self, v: Tensor, prior: Tensor) -> Tensor:
+        """vᵀ P₀ v (the scatter term of the log marginal likelihood, v = θ* − μ₀)."""
+        if self.prior_posterior is not None:
+            return self.prior_posterior.quad_form(v, prior, self.prior_scale)
+        return (v * expand_prior(prior, self.groups) * v).sum()
+
+    def quad_form(self, v: Tensor, prior: Tensor, scale: Tensor) -> Tensor:
+        """vᵀ Λ v with the posterior precision Λ = s·H + diag(δ) (dense fallback)."""
+        return v @ (self.dense_precision(prior, scale) @ v)
 
 
 def fv_dense_diag(J: Tensor, variances: Tensor) -> Tensor:

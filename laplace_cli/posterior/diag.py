@@ -49,27 +49,88 @@ def factor_functional_variance(fac: Factor, variances: Tensor) -> Tensor:
 
 
 class DiagPosterior(Posterior):
+    """Λ = s·diag(h) + c + diag(δ).
+
+    h is kept per output, (C, P), when `split_by_output` was called (regression with one noise
+    level per output: Λ = Σ_k s_k·diag(h_k) + ...); c (P,) is the fixed curvature part s'·h'
+    of a posterior used as prior (zero otherwise).
+    """
+
     structure = Structure.DIAG
+    keeps_prior_copy = False
 
     def __init__(self, groups, dtype, device) -> None:
         super().__init__(groups, dtype, device)
+        self.prior_curvature: Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
-        self.h = torch.zeros(self.n_params, dtype=self.dtype, device=self.device)
+        shape = (
+            (self.n_params,) if self.split_outputs is None else (self.split_outputs, self.n_params)
+        )
+        self.h = torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+    def split_by_output(self, n_outputs: int) -> None:
+        self.split_outputs = int(n_outputs)
+        self.reset()
 
     def accumulate(self, W, factors, J) -> None:
+        if self.split_outputs is not None:
+            # Column k of W is the square root of output k's Hessian (W = I for regression).
+            for k in range(W.shape[-1]):
+                self.h[k] += self._diag(W[:, :, k : k + 1], factors, J)
+            return
+        self.h += self._diag(W, factors, J)
+
+    @staticmethod
+    def _diag(W: Tensor, factors, J) -> Tensor:
         if J is not None:
             m = torch.einsum("bck,bcp->bkp", W, J)
-            self.h += (m**2).sum((0, 1))
-            return
-        self.h += torch.cat([factor_diag(W, fac) for fac in factors])
+            return (m**2).sum((0, 1))
+        return torch.cat([factor_diag(W, fac) for fac in factors])
+
+    def scaled_curvature(self, scale: Tensor) -> Tensor:
+        """s·h (+ c), the data part of the precision without δ, (P,)."""
+        if self.split_outputs is None:
+            if scale.numel() != 1:
+                raise BadInputError(
+                    "a per-output likelihood factor needs the curvature kept per output "
+                    "(fit with a per-output sigma_noise)"
+                )
+            out = scale.reshape(()) * self.h
+        else:
+            s = scale.reshape(-1).expand(self.split_outputs)
+            out = (s.unsqueeze(-1) * self.h).sum(0)
+        if self.prior_curvature is not None:
+            out = out + self.prior_curvature
+        return out
+
+    def _fold_prior(self, other, scale_other, scale_now) -> None:
+        self.prior_curvature = other.scaled_curvature(scale_other).detach().clone()
+
+    def prior_log_det(self, prior: Tensor) -> Tensor:
+        # P₀ = c + diag(δ) is known from c alone (also after loading from a file).
+        if self.prior_curvature is None:
+            return super().prior_log_det(prior)
+        return torch.log(self.prior_curvature + expand_prior(prior, self.groups)).sum()
+
+    def prior_quad_form(self, v: Tensor, prior: Tensor) -> Tensor:
+        if self.prior_curvature is None:
+            return super().prior_quad_form(v, prior)
+        return ((self.prior_curvature + expand_prior(prior, self.groups)) * v * v).sum()
+
+    def curvature_dense(self) -> Tensor:
+        h = self.h if self.split_outputs is None else self.h.sum(0)
+        return torch.diag(h)
 
     def precision(self, prior: Tensor, scale: Tensor) -> Tensor:
-        return scale * self.h + expand_prior(prior, self.groups)
+        return self.scaled_curvature(scale) + expand_prior(prior, self.groups)
 
     def log_det(self, prior, scale):
         return torch.log(self.precision(prior, scale)).sum()
+
+    def quad_form(self, v, prior, scale):
+        return (self.precision(prior, scale) * v * v).sum()
 
     def dense_precision(self, prior, scale):
         return torch.diag(self.precision(prior, scale))
@@ -98,12 +159,34 @@ class DiagPosterior(Posterior):
         return eps / self.precision(prior, scale).sqrt()
 
     def state(self):
-        return {"diag.curvature": self.h}
+        key = "diag.curvature" if self.split_outputs is None else "diag.curvature_per_output"
+        out = {key: self.h}
+        if self.prior_curvature is not None:
+            out["diag.prior_curvature"] = self.prior_curvature
+        return out
 
     def load_state(self, tensors):
-        h = tensors["diag.curvature"]
-        if h.shape != (self.n_params,):
-            raise BadInputError(
-                f"diag.curvature: expected shape ({self.n_params},), got {tuple(h.shape)}"
-            )
+        if "diag.curvature_per_output" in tensors:
+            h = tensors["diag.curvature_per_output"]
+            if h.ndim != 2 or h.shape[1] != self.n_params:
+                raise BadInputError(
+                    f"diag.curvature_per_output: expected shape (C, {self.n_params}), "
+                    f"got {tuple(h.shape)}"
+                )
+            self.split_outputs = int(h.shape[0])
+        else:
+            h = tensors["diag.curvature"]
+            if h.shape != (self.n_params,):
+                raise BadInputError(
+                    f"diag.curvature: expected shape ({self.n_params},), got {tuple(h.shape)}"
+                )
+            self.split_outputs = None
         self.h = h.to(self.dtype).to(self.device)
+        c = tensors.get("diag.prior_curvature")
+        if c is not None:
+            if c.shape != (self.n_params,):
+                raise BadInputError(
+                    f"diag.prior_curvature: expected shape ({self.n_params},), got {tuple(c.shape)}"
+                )
+            c = c.to(self.dtype).to(self.device)
+        self.prior_curvature = c

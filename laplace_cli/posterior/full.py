@@ -39,21 +39,77 @@ def robust_cholesky(
 
 
 class FullPosterior(Posterior):
+    """Λ = s·H + C + diag(δ), H dense (P, P).
+
+    H is kept per output, (C_out, P, P), after `split_by_output` (regression with one noise
+    level per output: Λ = Σ_k s_k H_k + ...); C (P, P) is the fixed curvature part s'·H' of a
+    posterior used as prior (zero otherwise). The eigendecomposition fast path applies when
+    Λ = s·H + δ·I with one H and a scalar δ.
+    """
+
     structure = Structure.FULL
     needs_dense_jacobian = True
+    keeps_prior_copy = False
 
     def __init__(self, groups, dtype, device) -> None:
         super().__init__(groups, dtype, device)
+        self.prior_curvature: Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
-        self.H = torch.zeros(self.n_params, self.n_params, dtype=self.dtype, device=self.device)
+        p = self.n_params
+        shape = (p, p) if self.split_outputs is None else (self.split_outputs, p, p)
+        self.H = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self._eig: tuple[Tensor, Tensor] | None = None
 
+    def split_by_output(self, n_outputs: int) -> None:
+        self.split_outputs = int(n_outputs)
+        self.reset()
+
     def accumulate(self, W, factors, J) -> None:
+        if self.split_outputs is not None:
+            # Column k of W is the square root of output k's Hessian (W = I for regression).
+            for k in range(W.shape[-1]):
+                m = torch.einsum("bc,bcp->bp", W[:, :, k], J)
+                self.H[k] += m.T @ m
+            return
         m = torch.einsum("bck,bcp->bkp", W, J).reshape(-1, self.n_params)
         self.H += m.T @ m
         self._eig = None
+
+    def curvature_dense(self) -> Tensor:
+        return self.H if self.split_outputs is None else self.H.sum(0)
+
+    def scaled_curvature(self, scale: Tensor) -> Tensor:
+        """s·H (+ C), the data part of the precision without δ, (P, P)."""
+        if self.split_outputs is None:
+            if scale.numel() != 1:
+                raise BadInputError(
+                    "a per-output likelihood factor needs the curvature kept per output "
+                    "(fit with a per-output sigma_noise)"
+                )
+            out = scale.reshape(()) * self.H
+        else:
+            s = scale.reshape(-1).expand(self.split_outputs)
+            out = torch.einsum("k,kpq->pq", s, self.H)
+        if self.prior_curvature is not None:
+            out = out + self.prior_curvature
+        return out
+
+    def _fold_prior(self, other, scale_other, scale_now) -> None:
+        self.prior_curvature = other.scaled_curvature(scale_other).detach().clone()
+
+    def prior_log_det(self, prior: Tensor) -> Tensor:
+        # P₀ = C + diag(δ) is known from C alone (also after loading from a file).
+        if self.prior_curvature is None:
+            return super().prior_log_det(prior)
+        P0 = self.prior_curvature + torch.diag(expand_prior(prior, self.groups))
+        return 2 * torch.log(robust_cholesky(P0, "prior precision").diagonal()).sum()
+
+    def prior_quad_form(self, v: Tensor, prior: Tensor) -> Tensor:
+        if self.prior_curvature is None:
+            return super().prior_quad_form(v, prior)
+        return v @ (self.prior_curvature @ v) + (expand_prior(prior, self.groups) * v * v).sum()
 
     def eig(self) -> tuple[Tensor, Tensor]:
         """Eigenvalues (clamped at 0: H is PSD up to rounding) and eigenvectors of H."""
@@ -63,10 +119,11 @@ class FullPosterior(Posterior):
         return self._eig
 
     def _is_scalar(self, prior: Tensor) -> bool:
-        return prior.numel() == 1
+        """Whether the eigendecomposition fast path applies (Λ = s·H + δ·I)."""
+        return prior.numel() == 1 and self.split_outputs is None and self.prior_curvature is None
 
     def precision(self, prior: Tensor, scale: Tensor) -> Tensor:
-        return scale * self.H + torch.diag(expand_prior(prior, self.groups))
+        return self.scaled_curvature(scale) + torch.diag(expand_prior(prior, self.groups))
 
     def cholesky(self, prior: Tensor, scale: Tensor) -> Tensor:
         return robust_cholesky(self.precision(prior, scale))
@@ -78,11 +135,24 @@ class FullPosterior(Posterior):
         L = self.cholesky(prior, scale)
         return 2 * torch.log(L.diagonal()).sum()
 
+    def quad_form(self, v, prior, scale):
+        return (
+            v @ (self.scaled_curvature(scale) @ v)
+            + (expand_prior(prior, self.groups) * v * v).sum()
+        )
+
     def dense_precision(self, prior, scale):
         return self.precision(prior, scale)
 
     def diag_precision(self, prior, scale):
-        return scale * self.H.diagonal() + expand_prior(prior, self.groups)
+        if self.split_outputs is None:
+            d = scale.reshape(()) * self.H.diagonal()
+        else:
+            s = scale.reshape(-1).expand(self.split_outputs)
+            d = s @ self.H.diagonal(dim1=-2, dim2=-1)
+        if self.prior_curvature is not None:
+            d = d + self.prior_curvature.diagonal()
+        return d + expand_prior(prior, self.groups)
 
     def dense_covariance(self, prior, scale):
         if self._is_scalar(prior):
@@ -118,13 +188,35 @@ class FullPosterior(Posterior):
         return torch.linalg.solve_triangular(L.T, eps.T, upper=True).T
 
     def state(self):
-        return {"full.curvature": self.H}
+        key = "full.curvature" if self.split_outputs is None else "full.curvature_per_output"
+        out = {key: self.H}
+        if self.prior_curvature is not None:
+            out["full.prior_curvature"] = self.prior_curvature
+        return out
 
     def load_state(self, tensors):
-        H = tensors["full.curvature"]
-        if H.shape != (self.n_params, self.n_params):
-            raise BadInputError(
-                f"full.curvature: expected shape ({self.n_params}, {self.n_params}), got {tuple(H.shape)}"
-            )
+        p = self.n_params
+        if "full.curvature_per_output" in tensors:
+            H = tensors["full.curvature_per_output"]
+            if H.ndim != 3 or H.shape[1:] != (p, p):
+                raise BadInputError(
+                    f"full.curvature_per_output: expected shape (C, {p}, {p}), got {tuple(H.shape)}"
+                )
+            self.split_outputs = int(H.shape[0])
+        else:
+            H = tensors["full.curvature"]
+            if H.shape != (p, p):
+                raise BadInputError(
+                    f"full.curvature: expected shape ({p}, {p}), got {tuple(H.shape)}"
+                )
+            self.split_outputs = None
         self.H = H.to(self.dtype).to(self.device)
         self._eig = None
+        C = tensors.get("full.prior_curvature")
+        if C is not None:
+            if C.shape != (p, p):
+                raise BadInputError(
+                    f"full.prior_curvature: expected shape ({p}, {p}), got {tuple(C.shape)}"
+                )
+            C = C.to(self.dtype).to(self.device)
+        self.prior_curvature = C

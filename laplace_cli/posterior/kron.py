@@ -58,6 +58,38 @@ class KronPosterior(Posterior):
             self.A_sum.append(z(d_in, d_in) if kind == "kron" else None)
             self.diag.append(z(g.numel) if kind == "diag" else None)
         self.eigs: list[dict[str, Tensor]] | None = None
+        if getattr(self, "_folded", None) is not None:
+            self._add_folded()
+
+    # --- a posterior as prior ---------------------------------------------------------------
+    def _fold_prior(self, other, scale_other, scale_now) -> None:
+        """Merge the prior posterior's K-FAC factors into this one's (an approximation).
+
+        s·(B⊗A) + s'·(B'⊗A') is not a Kronecker product. As laplace-torch does for continual
+        learning, the factors are summed instead: B ← B + (s'/s)·B', Σaaᵀ ← Σaaᵀ + Σa'a'ᵀ and
+        N ← N + N' (diagonal blocks: d ← d + (s'/s)·d'). With s' = s this is exactly one K-FAC
+        fit over the union of both data sets (model weights unchanged); s'/s is fixed at the
+        time the prior is set. The marginal likelihood's P₀ is the prior posterior itself.
+        """
+        if scale_other.numel() != 1 or scale_now.numel() != 1:
+            raise BadInputError("kron does not support a per-output sigma_noise")
+        ratio = (scale_other / scale_now).reshape(())
+        self._folded = {
+            "B": [None if B is None else ratio * B for B in other.B],
+            "A_sum": [None if A is None else A.clone() for A in other.A_sum],
+            "diag": [None if d is None else ratio * d for d in other.diag],
+            "n_data": int(other.n_data),
+        }
+        self._add_folded()
+
+    def _add_folded(self) -> None:
+        f = self._folded
+        for i in range(len(self.groups)):
+            for name, store in (("B", self.B), ("A_sum", self.A_sum), ("diag", self.diag)):
+                if f[name][i] is not None:
+                    store[i] = store[i] + f[name][i]
+        self.n_data += f["n_data"]
+        self.eigs = None
 
     # --- fitting --------------------------------------------------------------------------
     def _output_factor(self, W: Tensor, fac: LayerFactor) -> Tensor:
@@ -130,6 +162,24 @@ class KronPosterior(Posterior):
         e = self._eigs()[i]
         Q = e["B.eigvecs"] if kind == "kron_bias" else torch.kron(e["B.eigvecs"], e["A.eigvecs"])
         return (Q * lam.reshape(-1)) @ Q.T
+
+    def quad_form(self, v, prior, scale):
+        """vᵀ Λ v block by block in the eigenbases: Σ λ ⊙ ((Q_B ⊗ Q_A)ᵀ v)²."""
+        deltas = per_group_prior(prior, self.groups, "kron")
+        total, start = None, 0
+        for i, g in enumerate(self.groups):
+            lam = self.block_eigvals(i, deltas[i], scale)
+            part = v[start : start + g.numel]
+            start += g.numel
+            kind = block_kind(g.kind)
+            if kind == "kron":
+                e = self._eigs()[i]
+                part = e["B.eigvecs"].T @ part.reshape(lam.shape) @ e["A.eigvecs"]
+            elif kind == "kron_bias":
+                part = self._eigs()[i]["B.eigvecs"].T @ part
+            term = (lam * part**2).sum()
+            total = term if total is None else total + term
+        return total
 
     def dense_precision(self, prior, scale):
         deltas = per_group_prior(prior, self.groups, "kron")
