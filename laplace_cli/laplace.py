@@ -12,7 +12,7 @@ data, δ the prior precision and s = 1/T (1/(σ²T) for regression); see DESIGN.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -357,7 +357,15 @@ class Laplace:
 
         return sampled_output_gradients(self.likelihood, f, self.n_mc_samples, self._fit_generator)
 
-    def fit(self, train_loader: Iterable[Any], override: bool = True) -> Laplace:
+    def fit(
+        self,
+        train_loader: Iterable[Any],
+        override: bool = True,
+        *,
+        reduce: Callable[[list[Tensor]], None] | None = None,
+        start_batch: int = 0,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Laplace:
         """Accumulate the curvature over the data, then decompose it.
 
         `override=False` adds to the curvature, loss and data count of an earlier fit (online
@@ -367,7 +375,24 @@ class Laplace:
 
         The lowrank structure needs the data several times (one pass per block Krylov step), so
         `train_loader` must then be re-iterable (a DataLoader or a list, not an iterator).
+
+        Hooks for fits over data shards and resumable fits (diag, kron and full; see
+        `laplace_cli.distributed` and `laplace_cli.resume`):
+            reduce: sums a list of tensors in place across processes (an all-reduce); applied
+                to the raw sums (`partial_state`: curvature sums, loss, n_data) just before
+                `finalize`, so each process fits its shard and all end with the posterior of
+                the union.
+            start_batch: batches of `train_loader` before this index are skipped (their sums
+                were restored with `load_partial_state`; pass `override=False`).
+            on_batch: called with the number of batches done after each batch (checkpoints).
         """
+        if (reduce is not None or start_batch or on_batch is not None) and getattr(
+            self.posterior, "needs_loader", False
+        ):
+            raise BadInputError(
+                f"structure {self.hessian_structure.value!r} passes over the data several "
+                "times; it cannot be fitted in shards or resumed (use diag, kron or full)"
+            )
         if override:
             self.posterior.reset()
             self.loss = torch.zeros((), dtype=self._dtype, device=self._device)
@@ -378,8 +403,12 @@ class Laplace:
             return self._fit_matrix_free(train_loader)
         dense = self.posterior.needs_dense_jacobian
         for index, batch in enumerate(train_loader):
+            if index < start_batch:
+                continue
             x, y = self._prepare(batch)
             if batch_size(x) == 0:
+                if on_batch is not None:
+                    on_batch(index + 1)
                 continue
             chunks = [(x, y)]
             if dense:
@@ -399,7 +428,45 @@ class Laplace:
                 W = self._output_sqrt(f, yc)
                 self.posterior.accumulate(W, factors, J)
             self._check_finite(index)
+            if on_batch is not None:
+                on_batch(index + 1)
+        if reduce is not None:
+            self._reduce_partial_state(reduce)
         return self._finish_fit()
+
+    def partial_state(self) -> dict[str, Tensor]:
+        """The raw state of a fit in progress: every tensor a sum over the data seen so far.
+
+        `posterior.<name>`: the structure's curvature sums (`Posterior.raw_state`: diag h,
+        full H, kron B, Σaaᵀ and N), without a posterior folded in as prior; `loss`: the summed
+        negative log-likelihood; `n_data`. Two fits over disjoint data add up entry by entry.
+        """
+        out = {f"posterior.{k}": v for k, v in self.posterior.raw_state().items()}
+        out["loss"] = self.loss.detach()
+        out["n_data"] = torch.tensor(self.n_data, dtype=torch.int64, device=self._device)
+        return out
+
+    def load_partial_state(
+        self, tensors: dict[str, Tensor], generator_state: Tensor | None = None
+    ) -> None:
+        """Restore `partial_state` (and the MC Fisher's random stream) to continue a fit."""
+        prefix = "posterior."
+        self.posterior.load_raw_state(
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        )
+        self.loss = tensors["loss"].to(dtype=self._dtype, device=self._device).clone()
+        self.n_data = int(tensors["n_data"])
+        self._fit_generator = torch.Generator(device=self._device).manual_seed(self.seed)
+        if generator_state is not None:
+            self._fit_generator.set_state(generator_state)
+
+    def _reduce_partial_state(self, reduce: Callable[[list[Tensor]], None]) -> None:
+        """Sum the raw state across processes with `reduce` (in place), then load it back."""
+        state = {k: v.clone() for k, v in self.partial_state().items()}
+        names = sorted(state)  # the same order on every process
+        tensors = [state[k] for k in names]
+        reduce(tensors)
+        self.load_partial_state(dict(zip(names, tensors)), self._fit_generator.get_state())
 
     def _record_batch(self, index: int, f: Tensor, y: Tensor) -> None:
         """Check one batch's outputs (B, C) and targets; add its loss and size."""
@@ -689,8 +756,10 @@ class Laplace:
         layer by layer from the layer inputs a and the back-propagated output Jacobians G
         (per-sample weight Jacobian Σ_t G_t ⊗ a_t), last-layer subsets have G = I in closed
         form, and the rows are chunked so that the factors and the largest per-layer
-        intermediate stay under `max_memory // 4`. full, low-rank and subnetwork posteriors use
-        dense Jacobians in row chunks bounded by the same budget.
+        intermediate stay within a small multiple of the batch's activations and under
+        `max_memory // 4` (`predictive.factor_chunk_rows`). full, low-rank and subnetwork
+        posteriors use dense Jacobians (for the last layer built from the features in closed
+        form) in row chunks bounded by `max_memory // 4`.
         """
         self._require_fit()
         x = self._inputs(x)
