@@ -67,11 +67,11 @@ def collect_outputs(
         f_map.append(la.subset.output(x).to(la._dtype).cpu())
         pred = predict_batch(la, x, pred_type, link_approx, options.n_samples, generator)
         ys.append(y.cpu())
-        if pred.probs is not None:
-            probs.append(pred.probs.cpu())
-        if pred.var_total is not None:
-            var_total.append(pred.var_total.cpu())
-            f_mu.append(pred.f_mu.cpu())
+        if "probs" in pred:
+            probs.append(pred["probs"].cpu())
+        if "var_total" in pred:
+            var_total.append(pred["var_total"].cpu())
+            f_mu.append(pred["mean"].cpu())
     if not ys:
         raise ValueError("empty split")
     cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731

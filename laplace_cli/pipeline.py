@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from laplace_cli.batches import split_batch
 from laplace_cli.enums import Likelihood, LinkApprox, PredType
-from laplace_cli.errors import BadInputError
+from laplace_cli.errors import BadInputError, NumericalError
 from laplace_cli.io.checkpoints import (
     ModelRef,
     load_model,
@@ -32,9 +32,6 @@ from laplace_cli.io.posterior_file import check_fingerprint, read_posterior, wri
 from laplace_cli.laplace import Laplace
 from laplace_cli.predictive import (
     check_pred_options,
-    glm_link,
-    mutual_information,
-    sample_gaussian_outputs,
 )
 from laplace_cli.serialization import laplace_from_state, laplace_state
 
@@ -101,12 +98,75 @@ def model_spec_from_ref(ref: Mapping[str, Any], trust_checkpoint: bool = False) 
     """The model a posterior names (its recorded path, factory and kwargs)."""
     if not ref or not ref.get("path"):
         raise BadInputError("the posterior names no model; pass --model (and --model-factory)")
+    if ref.get("factory") and not trust_checkpoint:
+        _check_recorded_factory(str(ref["factory"]))
     return ModelSpec(
         path=str(ref["path"]),
         factory=ref.get("factory"),
         kwargs=dict(ref.get("kwargs") or {}),
         trust_checkpoint=trust_checkpoint,
     )
+
+
+def _installed_code_dirs() -> list[Path]:
+    """The standard library and site-packages folders of this interpreter."""
+    import site
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    dirs = [paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    dirs += site.getsitepackages() + [site.getusersitepackages()]
+    return [Path(d).resolve() for d in dirs if d]
+
+
+def _is_installed_code(where: Path) -> bool:
+    """Under this interpreter's stdlib / site-packages, or any Python's (lib/pythonX.Y/...)."""
+    if any(where.is_relative_to(d) for d in _installed_code_dirs()):
+        return True
+    parts = where.parts
+    return any(
+        part in ("site-packages", "dist-packages")
+        or (i > 0 and parts[i - 1] in ("lib", "lib64") and part.startswith("python"))
+        for i, part in enumerate(parts)
+    )
+
+
+def _check_recorded_factory(factory: str) -> None:
+    """Refuse a factory that a posterior file names from the Python installation.
+
+    A posterior is a data file; its metadata names the factory that rebuilds the model and the
+    kwargs to call it with. Calling whatever a file names would let a hostile posterior run
+    commands (`subprocess:call` with `{"args": [...]}`) or overwrite files (`torch:save`), so a
+    recorded factory must be the user's own code: a module or file outside the standard library
+    and site-packages. This is decided from the file's location, before importing anything.
+    An installed factory is confirmed on the command line with --model/--model-factory.
+    """
+    import importlib.util
+    import sys
+
+    target = factory.rpartition(":")[0]
+    if target.endswith(".py") or "/" in target:
+        origin: str | None = str(Path(target).expanduser())
+    else:
+        top = target.split(".")[0]
+        sys.path.insert(0, str(Path.cwd()))  # as import_callable: the working directory first
+        try:
+            found = importlib.util.find_spec(top) if top.isidentifier() else None
+        except (ImportError, ValueError):
+            found = None
+        finally:
+            sys.path.remove(str(Path.cwd()))
+        if found is None:
+            return  # not importable: loading the model reports it
+        origin = found.origin if found.has_location else None
+    where = Path(origin).resolve() if origin else None
+    if where is None or _is_installed_code(where):
+        raise BadInputError(
+            f"the posterior names the model factory {factory!r}, which is "
+            f"{'built into Python' if where is None else f'installed code ({where})'}; a "
+            "posterior file may only name your own code. If this is the right factory, say so: "
+            f"--model CHECKPOINT --model-factory {factory}"
+        )
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -195,7 +255,12 @@ def fit(
         set_prior(prior_la)
     loader = split_loader(spec, options.split, likelihood, options.batch_size)
     start = time.perf_counter()
-    la.fit(progress(loader, _len_or_none(loader), f"fit {options.structure}"))
+    try:
+        la.fit(progress(loader, _len_or_none(loader), f"fit {options.structure}"))
+    except (BadInputError, NumericalError) as err:
+        # The engine knows the batch, not the file: name the data file and split as well
+        # (same class, so the exit code is unchanged).
+        raise type(err)(f"{data_path}: split {options.split!r}: {err}") from err
     return FitResult(la, loaded, str(data_path), time.perf_counter() - start)
 
 
@@ -301,17 +366,6 @@ def normal_quantile(level: float) -> float:
     return math.sqrt(2.0) * float(torch.erfinv(torch.tensor(level, dtype=torch.float64)))
 
 
-@dataclass
-class BatchPrediction:
-    """Per-batch predictive quantities (tensors with the batch on the first axis)."""
-
-    f_mu: Tensor
-    f_var: Tensor  # (B, C) marginal functional variances
-    probs: Tensor | None = None
-    mutual_info: Tensor | None = None
-    var_total: Tensor | None = None
-
-
 def predict_batch(
     la: Laplace,
     x: Any,
@@ -319,83 +373,26 @@ def predict_batch(
     link_approx: LinkApprox,
     n_samples: int,
     generator: torch.Generator | None,
-) -> BatchPrediction:
-    """Everything a prediction row needs for one batch, computing the GLM covariance once."""
-    if pred_type == PredType.GLM:
-        f_mu, f_var = la.functional_variance(x)
-        f_var_diag = torch.diagonal(f_var, dim1=-2, dim2=-1)
-        if la.likelihood == Likelihood.REGRESSION:
-            return BatchPrediction(
-                f_mu, f_var_diag, var_total=f_var_diag + la.sigma_noise.reshape(-1) ** 2
-            )
-        probs = glm_link(la.likelihood, link_approx, f_mu, f_var, n_samples, generator)
-        mi = None
-        if n_samples > 0 and la.likelihood == Likelihood.CLASSIFICATION:
-            samples = torch.softmax(sample_gaussian_outputs(f_mu, f_var, n_samples, generator), -1)
-            mi = mutual_information(samples)
-        return BatchPrediction(f_mu, f_var_diag, probs=probs, mutual_info=mi)
-    f_samples = la.functional_samples(
-        x, pred_type="nn", n_samples=max(n_samples, 2), generator=generator
-    )
-    f_mu = f_samples.mean(0)
-    f_var_diag = f_samples.var(0)
+    interval: float = 0.95,
+) -> dict[str, Tensor]:
+    """Everything a prediction row needs for one batch (`Laplace.uncertainty`)."""
     if la.likelihood == Likelihood.REGRESSION:
-        return BatchPrediction(
-            f_mu, f_var_diag, var_total=f_var_diag + la.sigma_noise.reshape(-1) ** 2
-        )
-    from laplace_cli.predictive import link
-
-    prob_samples = link(la.likelihood, f_samples)
-    mi = mutual_information(prob_samples) if la.likelihood == Likelihood.CLASSIFICATION else None
-    return BatchPrediction(f_mu, f_var_diag, probs=prob_samples.mean(0), mutual_info=mi)
+        normal_quantile(interval)  # validates the level with the option's name
+    return la.uncertainty(x, pred_type, link_approx, n_samples, generator, level=interval)
 
 
-def prediction_rows(
-    la: Laplace, ids: list[Any], pred: BatchPrediction, interval: float
-) -> list[dict[str, Any]]:
+ROW_FIELDS = {
+    Likelihood.REGRESSION: ("mean", "var", "var_total", "lower", "upper"),
+    Likelihood.CLASSIFICATION: ("pred", "probs", "var", "entropy", "max_prob", "mutual_info"),
+    Likelihood.BINARY: ("pred", "probs", "var", "entropy", "max_prob", "mutual_info"),
+}
+
+
+def prediction_rows(la: Laplace, ids: list[Any], pred: dict[str, Tensor]) -> list[dict[str, Any]]:
     """Rows with the normative field names (JSONL form: per-class values as lists)."""
-    rows: list[dict[str, Any]] = []
-    if la.likelihood == Likelihood.REGRESSION:
-        z = normal_quantile(interval)
-        sd = pred.var_total.clamp_min(0).sqrt()
-        lower, upper = pred.f_mu - z * sd, pred.f_mu + z * sd
-        for i, rid in enumerate(ids):
-            rows.append(
-                {
-                    "id": rid,
-                    "mean": pred.f_mu[i].tolist(),
-                    "var": pred.f_var[i].tolist(),
-                    "var_total": pred.var_total[i].tolist(),
-                    "lower": lower[i].tolist(),
-                    "upper": upper[i].tolist(),
-                }
-            )
-        return rows
-    probs = pred.probs
-    ent = -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
-    if la.likelihood == Likelihood.BINARY:
-        ent = -(
-            probs * torch.log(probs.clamp_min(1e-30))
-            + (1 - probs) * torch.log((1 - probs).clamp_min(1e-30))
-        ).sum(-1)
-        preds = (probs > 0.5).long()
-        max_prob = torch.maximum(probs, 1 - probs).min(-1).values
-    else:
-        preds = probs.argmax(-1)
-        max_prob = probs.max(-1).values
-    for i, rid in enumerate(ids):
-        row: dict[str, Any] = {
-            "id": rid,
-            "pred": preds[i].tolist(),
-            "probs": probs[i].tolist(),
-            "var": pred.f_var[i].tolist(),
-            "entropy": float(ent[i]),
-            "max_prob": float(max_prob[i]),
-        }
-        if pred.mutual_info is not None:
-            row["mutual_info"] = float(pred.mutual_info[i])
-        rows.append(row)
-    return rows
+    fields = [f for f in ROW_FIELDS[la.likelihood] if f in pred]
+    columns = {f: pred[f].detach().cpu().tolist() for f in fields}
+    return [{"id": rid, **{f: columns[f][i] for f in fields}} for i, rid in enumerate(ids)]
 
 
 def iter_prediction_rows(
@@ -410,8 +407,10 @@ def iter_prediction_rows(
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero()[0, 0])
             raise BadInputError(f"input row {ids[bad]}: features contain NaN or Inf")
-        pred = predict_batch(la, x, pred_type, link_approx, options.n_samples, generator)
-        yield prediction_rows(la, list(ids), pred, options.interval)
+        pred = predict_batch(
+            la, x, pred_type, link_approx, options.n_samples, generator, options.interval
+        )
+        yield prediction_rows(la, list(ids), pred)
 
 
 def loader_chunks(loader: Iterable[Any]) -> Iterator[tuple[list[int], Tensor]]:
