@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from laplace_cli import metrics
-from laplace_cli.batches import split_batch
+from laplace_cli.batches import split_batch, to_device
 from laplace_cli.enums import Likelihood
 from laplace_cli.gates import evaluate_gates, parse_gates
 from laplace_cli.io.datasets import load_dataset_spec
@@ -26,6 +26,7 @@ from laplace_cli.pipeline import (
     PredictOptions,
     Progress,
     _len_or_none,
+    check_model_accepts,
     default_pred_options,
     no_progress,
     predict_batch,
@@ -56,14 +57,20 @@ def collect_outputs(
     options: PredictOptions,
     progress: Progress = no_progress,
     what: str = "",
+    source: str = "",
 ) -> SplitOutputs:
-    """Run the MAP model and the Laplace predictive over a loader."""
+    """Run the MAP model and the Laplace predictive over a loader.
+
+    `source` names the data in errors (default: `what`); the first batch is checked against
+    the model (`pipeline.check_model_accepts`)."""
     pred_type, link_approx = default_pred_options(la, options)
     generator = torch.Generator(device=la._device).manual_seed(options.seed)
     f_map, ys, probs, var_total, f_mu = [], [], [], [], []
-    for batch in progress(loader, _len_or_none(loader), what):
+    for i, batch in enumerate(progress(loader, _len_or_none(loader), what)):
         x, y = split_batch(batch)
-        x = x.to(device=la._device, dtype=la._dtype)
+        if i == 0:
+            check_model_accepts(la, x, source or what)
+        x = to_device(x, la._device, la._dtype)  # dict (text) batches too
         f_map.append(la.subset.output(x).to(la._dtype).cpu())
         pred = predict_batch(la, x, pred_type, link_approx, options.n_samples, generator)
         ys.append(y.cpu())
@@ -187,6 +194,7 @@ def evaluate(
         options,
         progress,
         f"evaluate {split}",
+        source=f"{data_path}: split {split!r}",
     )
     timings[f"predict_{split}"] = time.perf_counter() - start
     val = None
@@ -198,6 +206,7 @@ def evaluate(
             options,
             progress,
             f"evaluate {val_split}",
+            source=f"{data_path}: split {val_split!r}",
         )
         timings[f"predict_{val_split}"] = time.perf_counter() - start
     if la.likelihood == Likelihood.CLASSIFICATION:
@@ -214,6 +223,7 @@ def evaluate(
             options,
             progress,
             "evaluate ood",
+            source=f"{ood_data}: split {ood_split!r}",
         )
         temperature = baseline.get("temperature")
         for row in list(rows):

@@ -143,8 +143,7 @@ class Laplace:
             )
         if backend not in ("auto", "native", "asdl"):
             raise BadInputError(f"backend: expected auto, native or asdl, got {backend!r}")
-        if backend == "asdl":
-            raise BadInputError("the ASDL backend is not available yet; use backend='native'")
+        # "auto" is the native implementation; "asdl" is checked once the subset exists.
         self.backend = backend
         self.last_layer_name = last_layer_name
         self.feature_reduction = feature_reduction
@@ -177,6 +176,10 @@ class Laplace:
             kron_approx=self.kron_approx,
             rank=rank,
         )
+        if backend == "asdl":
+            from laplace_cli.curvature.asdl import check_asdl
+
+            check_asdl(self)
         self.mean = self.subset.mean().to(self._dtype)
         self.prior_precision = prior_precision
         self.prior_mean = prior_mean
@@ -417,6 +420,12 @@ class Laplace:
                     (xc, y[i * rows : (i + 1) * rows]) for i, xc in enumerate(iter_rows(x, rows))
                 ]
             for xc, yc in chunks:
+                if self.backend == "asdl":
+                    from laplace_cli.curvature.asdl import asdl_accumulate
+
+                    f = asdl_accumulate(self, xc, yc).to(self._dtype)
+                    self._record_batch(index, f, yc)
+                    continue
                 if dense:
                     f, J = self.subset.jacobians(xc)
                     factors = None

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from laplace_cli.batches import split_batch
+from laplace_cli.batches import split_batch, to_device
 from laplace_cli.enums import Likelihood, LinkApprox, PredType
-from laplace_cli.errors import BadInputError, NumericalError
+from laplace_cli.errors import BadInputError, LaplaceCliError, NumericalError
 from laplace_cli.io.checkpoints import (
     ModelRef,
     load_model,
@@ -49,6 +49,38 @@ def _len_or_none(obj: Any) -> int | None:
         return len(obj)
     except TypeError:
         return None
+
+
+def check_model_accepts(la: Laplace, x: Any, source: str) -> None:
+    """Raise `BadInputError` (exit 2) when the model cannot run on inputs like `x`.
+
+    Features of the wrong shape for the model (64 flat CSV columns for a CNN that takes
+    (1, 8, 8) images, a data spec of another model) would otherwise fail deep inside the
+    curvature or predictive code as an internal error (exit 70). One forward pass of the model
+    on the first batch tells the two apart before any work starts; the engine's own input
+    errors (`LaplaceCliError`, e.g. sequence outputs) keep their class and get `source` in front.
+
+    Args:
+        la: The Laplace approximation whose model will run on the inputs.
+        x: A batch of inputs (tensor, or dict of tensors for text models), as the loader gives it.
+        source: Where the inputs come from, for the message (file, split).
+    """
+    try:
+        la.subset.output(to_device(x, la._device, la._dtype))
+    except torch.OutOfMemoryError:
+        raise
+    except LaplaceCliError as exc:
+        raise type(exc)(f"{source}: {exc}") from exc
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        shape = (
+            {k: tuple(v.shape[1:]) for k, v in x.items()}
+            if isinstance(x, Mapping)
+            else tuple(x.shape[1:])
+        )
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BadInputError(
+            f"{source}: the model does not accept inputs of shape {shape} per row ({first})"
+        ) from exc
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -159,6 +191,8 @@ def _check_recorded_factory(factory: str) -> None:
         if found is None:
             return  # not importable: loading the model reports it
         origin = found.origin if found.has_location else None
+        if origin is None and found.submodule_search_locations:  # a namespace package
+            origin = next(iter(found.submodule_search_locations))
     where = Path(origin).resolve() if origin else None
     if where is None or _is_installed_code(where):
         raise BadInputError(
@@ -204,6 +238,13 @@ class FitOptions:
     batch_size: int | None = None
     seed: int = 0
     max_memory: int | None = None
+    #: Resumable fits (`laplace_cli.resume`): save the partial sums every N batches (0: never)
+    #: to the checkpoint of `output` (`<output>.ckpt`), and/or continue from it.
+    checkpoint_every: int = 0
+    resume: bool = False
+    output: str | None = None
+    #: Fit this rank's shard and all-reduce when launched by torchrun (`laplace_cli.distributed`).
+    distributed: bool = True
 
 
 @dataclass
@@ -212,6 +253,10 @@ class FitResult:
     loaded: LoadedModel
     data_path: str
     seconds: float
+    #: The fit's checkpoint (remove it once the posterior is written), if any.
+    checkpoint: Any = None
+    #: Batches restored from a checkpoint instead of fitted now (0: a fresh fit).
+    resumed_batches: int = 0
 
 
 def fit(
@@ -253,21 +298,112 @@ def fit(
         if set_prior is None:
             raise BadInputError("--prior (a posterior as prior) is not implemented yet")
         set_prior(prior_la)
-    loader = split_loader(spec, options.split, likelihood, options.batch_size)
+    from laplace_cli import distributed
+
+    ctx = distributed.context(device) if options.distributed else None
+    if ctx is not None:
+        # The MC Fisher draws targets from a stream seeded by `seed`: one stream per rank, so
+        # the shards' draws are independent (rank 0's equals a one-process fit's over its rows).
+        la.seed = options.seed + ctx.rank
+    loader = distributed.shard_loader(
+        split_loader(spec, options.split, likelihood, options.batch_size), ctx
+    )
+    shard = len(loader.dataset) if hasattr(loader, "dataset") else None
+    with torch.random.fork_rng(devices=[]):  # a loader iterator draws a seed: keep the stream
+        first = next(iter(loader), None)
+    if first is not None:
+        x_first, _ = split_batch(first, la.dict_key_x, la.dict_key_y)
+        check_model_accepts(la, x_first, f"{data_path}: split {options.split!r}")
+    checkpoint = _fit_checkpoint(options, la, loaded, data_path, loader, ctx)
+    start_batch = checkpoint.restore(la) if checkpoint is not None and options.resume else 0
     start = time.perf_counter()
     try:
-        la.fit(progress(loader, _len_or_none(loader), f"fit {options.structure}"))
+        la.fit(
+            progress(loader, _len_or_none(loader), f"fit {options.structure}"),
+            override=start_batch == 0,
+            reduce=None if ctx is None else lambda ts: distributed.all_reduce_sum(ts, ctx),
+            start_batch=start_batch,
+            on_batch=checkpoint.on_batch if checkpoint is not None else None,
+        )
     except (BadInputError, NumericalError) as err:
         # The engine knows the batch, not the file: name the data file and split as well
         # (same class, so the exit code is unchanged).
         raise type(err)(f"{data_path}: split {options.split!r}: {err}") from err
-    return FitResult(la, loaded, str(data_path), time.perf_counter() - start)
+    if ctx is not None:
+        # Recorded in the posterior's metadata by `save_posterior` (world_size, shard_sizes).
+        la.shard_sizes = distributed.all_gather_ints(shard or 0, ctx)
+    return FitResult(
+        la,
+        loaded,
+        str(data_path),
+        time.perf_counter() - start,
+        checkpoint=checkpoint,
+        resumed_batches=start_batch,
+    )
+
+
+def _fit_checkpoint(options: FitOptions, la: Laplace, loaded: LoadedModel, data_path, loader, ctx):
+    """The `FitCheckpoint` of this fit (per rank), or None without --checkpoint-every/--resume."""
+    if not options.checkpoint_every and not options.resume:
+        return None
+    if options.checkpoint_every < 0:
+        raise BadInputError(
+            f"--checkpoint-every: expected a positive integer, got {options.checkpoint_every}"
+        )
+    if not options.output:
+        raise BadInputError("a resumable fit needs the output file (-o) to name its checkpoint")
+    if getattr(la.posterior, "needs_loader", False):
+        raise BadInputError(
+            f"structure {options.structure!r} passes over the data several times and cannot be "
+            "checkpointed or resumed; use diag, kron or full"
+        )
+    if getattr(loader, "sampler", None) is not None and not isinstance(
+        loader.sampler, torch.utils.data.SequentialSampler
+    ):
+        raise BadInputError("a resumable fit needs the data in a fixed order (no shuffling)")
+    from laplace_cli.resume import FitCheckpoint, checkpoint_path, fit_config
+
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
+    config = fit_config(
+        fingerprint=loaded.fingerprint,
+        data=str(Path(data_path).resolve()),
+        split=options.split,
+        batch_size=getattr(loader, "batch_size", None),
+        shard_rows=len(loader.dataset) if hasattr(loader, "dataset") else None,
+        likelihood=la.likelihood,
+        subset=la.subset_of_weights,
+        structure=la.hessian_structure,
+        curvature=la.curvature,
+        kron_approx=la.kron_approx,
+        last_layer_name=options.last_layer_name,
+        prior=options.prior,
+        seed=options.seed,
+        dtype=la._dtype,
+        n_params=la.n_params,
+        rank=rank,
+        world_size=world,
+    )
+    return FitCheckpoint(
+        checkpoint_path(options.output, rank, world), options.checkpoint_every, config
+    ).attach(la)
 
 
 def save_posterior(
     la: Laplace, path: str | Path, loaded: LoadedModel, extra: dict[str, Any] | None = None
 ) -> None:
-    """Write the posterior file atomically, with the model reference and fingerprint."""
+    """Write the posterior file atomically, with the model reference and fingerprint.
+
+    In a distributed run only rank 0 writes, and the metadata records `world_size` and the
+    examples of each rank's shard (`shard_sizes`) of a sharded fit.
+    """
+    from laplace_cli import distributed
+
+    ctx = distributed.context()
+    if ctx is not None and not ctx.is_main:
+        return
+    shards = getattr(la, "shard_sizes", None)
+    if shards is not None:
+        extra = {"world_size": len(shards), "shard_sizes": list(shards), **(extra or {})}
     tensors, metadata = laplace_state(
         la, model_ref=loaded.ref.to_dict(), fingerprint=loaded.fingerprint, extra=extra
     )
@@ -399,14 +535,21 @@ def iter_prediction_rows(
     la: Laplace,
     chunks: Iterable[tuple[list[Any], Tensor]],
     options: PredictOptions,
+    source: str = "input",
 ) -> Iterator[list[dict[str, Any]]]:
-    """Stream rows chunk by chunk: memory is bounded by one chunk, whatever the input length."""
+    """Stream rows chunk by chunk: memory is bounded by one chunk, whatever the input length.
+
+    `source` names the inputs in errors (the first chunk is checked against the model)."""
     pred_type, link_approx = default_pred_options(la, options)
     generator = torch.Generator(device=la._device).manual_seed(options.seed)
+    checked = False
     for ids, x in chunks:
+        if not checked:
+            check_model_accepts(la, x, source)
+            checked = True
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero()[0, 0])
-            raise BadInputError(f"input row {ids[bad]}: features contain NaN or Inf")
+            raise BadInputError(f"{source}: row {ids[bad]}: features contain NaN or Inf")
         pred = predict_batch(
             la, x, pred_type, link_approx, options.n_samples, generator, options.interval
         )

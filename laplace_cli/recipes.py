@@ -330,6 +330,11 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
     extra = {"data": str(recipe.data), "fit_seconds": round(fitted.seconds, 3)}
     pipeline.save_posterior(la, posterior_path, fitted.loaded, extra)
     result.files["posterior"] = str(posterior_path)
+    from laplace_cli import distributed
+
+    ctx = distributed.context()
+    if ctx is not None and not ctx.is_main:
+        return result  # under torchrun, rank 0 alone tunes, evaluates, predicts and writes
     lp = pipeline.LoadedPosterior(la, extra, fitted.loaded, str(posterior_path))
 
     if "tune" in recipe.stages:
@@ -411,7 +416,9 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
         single = la.likelihood == Likelihood.REGRESSION and (la.n_outputs or 1) == 1
         with open(path, "w", encoding="utf-8", newline="") as stream:
             writer = RowWriter(stream, fmt, cfg.get("columns"), single_output=single)
-            rows = pipeline.iter_prediction_rows(la, pipeline.loader_chunks(loader), opts)
+            source = f"{recipe.data}: split {cfg.get('split', 'test')!r}"
+            chunks = pipeline.loader_chunks(loader)
+            rows = pipeline.iter_prediction_rows(la, chunks, opts, source)
             for batch in progress(rows, len(loader), "predict"):
                 writer.write_batch(batch)
         result.files["predictions"] = str(path)

@@ -80,7 +80,7 @@ def evaluate(
     check_output_file(html, "--html")
     parse_gates(fail_if or [])
     if model is not None:
-        require_file(model, "--model")
+        require_file(model, "--model", allow_model_dir=True)
     check_factory(model_factory)
     parse_json_object(model_kwargs, "--model-kwargs")
     check_device(device)
@@ -89,6 +89,14 @@ def evaluate(
         from laplace_cli.report import _figure_class
 
         _figure_class()  # fail now, before the work, when matplotlib is missing
+
+    from laplace_cli import distributed
+
+    ctx = distributed.context(device or "auto")
+    if ctx is not None and not ctx.is_main:
+        # Under torchrun the evaluation runs whole on rank 0 (the metrics of the whole split,
+        # one report); the other processes have nothing to do.
+        return
 
     from laplace_cli.cli.console import emit_json, stderr_console
     from laplace_cli.cli.render import print_evaluation

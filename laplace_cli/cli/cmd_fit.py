@@ -14,6 +14,7 @@ from laplace_cli.cli.common import (
 from laplace_cli.cli.options import (
     BackendOpt,
     BatchSizeOpt,
+    CheckpointEveryOpt,
     CurvatureOpt,
     DataOpt,
     DebugOpt,
@@ -30,6 +31,7 @@ from laplace_cli.cli.options import (
     PriorPrecisionOpt,
     QuietOpt,
     RankOpt,
+    ResumeOpt,
     SeedOpt,
     SplitOpt,
     StructureOpt,
@@ -44,6 +46,8 @@ EXAMPLES = [
     "laplace fit model.pt2 --data data.yaml -o post.st",
     "laplace fit weights.safetensors --model-factory mypkg.nets:make_mlp "
     "--model-kwargs '{\"hidden\": 64}' --data data.yaml --structure diag -o post.st",
+    "laplace fit model.pt2 --data data.yaml -o post.st --checkpoint-every 100 --resume",
+    "torchrun --nproc-per-node 4 -m laplace_cli fit model.pt2 --data data.yaml -o post.st",
 ]
 
 
@@ -69,6 +73,8 @@ def fit(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     seed: SeedOpt = None,
+    checkpoint_every: CheckpointEveryOpt = None,
+    resume: ResumeOpt = False,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -77,8 +83,12 @@ def fit(
 
     The posterior holds the MAP parameters of the chosen subset and the curvature in the chosen
     structure; tune its prior precision with 'laplace tune', score it with 'laplace evaluate'.
+
+    Under torchrun (`torchrun --nproc-per-node N -m laplace_cli fit ...`) each process fits a
+    shard of the split and the sums are all-reduced; rank 0 writes the same posterior as one
+    process would. --checkpoint-every N and --resume make a long fit resumable.
     """
-    require_file(model, "MODEL")
+    require_file(model, "MODEL", allow_model_dir=True)
     require_file(data, "--data")
     check_output_file(output)
     if prior is not None:
@@ -116,6 +126,9 @@ def fit(
         split=split,
         batch_size=batch_size,
         seed=seed if seed is not None else 0,
+        checkpoint_every=checkpoint_every or 0,
+        resume=resume,
+        output=str(output),
     )
     spec = ModelSpec(str(model), model_factory, kwargs, trust_checkpoint)
     result = run_fit(
@@ -133,6 +146,15 @@ def fit(
         result.loaded,
         {"data": str(data.resolve()), "fit_seconds": round(result.seconds, 3)},
     )
+    from laplace_cli import distributed
+
+    ctx = distributed.context()
+    if ctx is not None:
+        ctx.barrier()  # rank 0 has written the posterior: the checkpoints are no longer needed
+    if result.checkpoint is not None:
+        result.checkpoint.remove()
+    if ctx is not None and not ctx.is_main:
+        return  # one summary, from rank 0
     summary = {
         "posterior": str(output),
         "likelihood": la.likelihood.value,
@@ -144,6 +166,11 @@ def fit(
         "log_marginal_likelihood": float(la.log_marginal_likelihood()),
         "fit_seconds": result.seconds,
     }
+    if ctx is not None:
+        summary["world_size"] = ctx.world_size
+        summary["shard_sizes"] = list(getattr(la, "shard_sizes", []))
+    if result.resumed_batches:
+        summary["resumed_batches"] = result.resumed_batches
     if json_:
         emit_json(summary)
     elif not quiet:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
 from laplace_cli.cli.common import (
     check_device,
     check_factory,
@@ -41,6 +48,7 @@ from laplace_cli.errors import BadInputError
 EXAMPLES = [
     "laplace predict -p post.st --input x.npz > rows.jsonl",
     "laplace predict -p post.st --data data.yaml --split test -o preds.csv",
+    "torchrun --nproc-per-node 2 -m laplace_cli predict -p post.st --data data.yaml -o preds.csv",
 ]
 
 
@@ -71,6 +79,9 @@ def predict(
 
     Rows go to stdout (JSONL) unless -o names a file (.csv or .jsonl). Inputs come from
     --input (a file, or - for stdin) or from a split of --data.
+
+    Under torchrun the chunks of --batch-size rows are dealt round-robin to the processes and
+    rank 0 writes every row in input order.
     """
     require_file(posterior, "--posterior")
     if (input_ is None) == (data is None):
@@ -86,12 +97,21 @@ def predict(
     check_output_file(output)
     resolve_format(format_, output)
     if model is not None:
-        require_file(model, "--model")
+        require_file(model, "--model", allow_model_dir=True)
     check_factory(model_factory)
     parse_json_object(model_kwargs, "--model-kwargs")
     check_device(device)
     spec = model_override(model, model_factory, model_kwargs)
     fmt = resolve_format(format_, output)
+
+    from laplace_cli import distributed
+
+    ctx = distributed.context(device or "auto")
+    if ctx is not None and input_ is not None and str(input_) == "-":
+        raise BadInputError(
+            "--input -: a distributed predict cannot share stdin between processes; "
+            "give --input FILE or --data"
+        )
 
     import sys
 
@@ -131,15 +151,104 @@ def predict(
         seed=seed if seed is not None else 0,
     )
     fields = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    source = "<stdin>" if input_ == "-" else str(input_ or f"{data}: split {split!r}")
     single = la.likelihood == Likelihood.REGRESSION and (la.n_outputs or 1) == 1
+    if ctx is not None:
+        # Each rank predicts its chunks (chunk i on rank i mod W); rank 0 gathers them round
+        # by round, which is the input order, and writes them as one process would.
+        mine = iter_prediction_rows(la, distributed.round_robin(chunks, ctx), options, source)
+        batches_all = distributed.gather_rounds(mine, ctx)
+        if not ctx.is_main:
+            for _ in batches_all:
+                pass
+            return
     # Rows are streamed, not written atomically: a consumer may read them as they come, and a
     # failure half way leaves only whole rows behind (each row is one write).
     stream = open(output, "w", encoding="utf-8", newline="") if output is not None else sys.stdout
+    written, rows_done = _position(stream), 0  # end of the last whole, flushed batch
+    counted = _CountingStream(stream)
+    failed: OSError | None = None
     try:
-        writer = RowWriter(stream, fmt.value, fields, single_output=single)
-        batches = iter_prediction_rows(la, chunks, options)
+        writer = RowWriter(counted, fmt.value, fields, single_output=single)
+        batches = (
+            batches_all if ctx is not None else iter_prediction_rows(la, chunks, options, source)
+        )
         for rows in progress_for(quiet)(batches, total, "predict"):
             writer.write_batch(rows)
+            position, sent = _position(stream), counted.take()
+            if position is not None and written is not None and position < written + sent:
+                # An unbuffered stdout (PYTHONUNBUFFERED) drops the tail of a short write
+                # on a full disk without raising: the rows did not all reach the file.
+                raise OSError(errno.ENOSPC, "short write, the device took only part of the rows")
+            written, rows_done = position, writer.rows_written
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            raise  # `| head`: exit 0 (see cli/errors.py)
+        failed = exc  # disk full, quota, file size limit, I/O error
     finally:
         if output is not None:
-            stream.close()
+            try:
+                stream.close()
+            except OSError as exc:
+                failed = failed or exc
+    if failed is not None:
+        raise _write_failed(failed, stream, output, written, rows_done) from failed
+
+
+class _CountingStream:
+    """A text stream that counts the bytes given to it, to check them against the file offset."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.encoding = getattr(stream, "encoding", None) or "utf-8"
+        self.pending = 0
+
+    def write(self, text: str) -> int:
+        self.pending += len(text.encode(self.encoding, errors="replace"))
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def take(self) -> int:
+        """The bytes written since the last call."""
+        n, self.pending = self.pending, 0
+        return n
+
+
+def _position(stream: Any) -> int | None:
+    """The byte offset of a regular file (flushed); None for a pipe, terminal or /dev/null."""
+    try:
+        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            return None  # /dev/null is seekable but its offset never moves
+        return stream.tell()
+    except (OSError, ValueError, AttributeError):  # no fd (a test runner's stdout)
+        return None
+
+
+def _write_failed(
+    exc: OSError, stream: Any, output: Path | None, written: int | None, rows_done: int
+) -> BadInputError:
+    """Cut a regular file back to its last whole row and say so (exit 2).
+
+    A full disk can fail a write half way through a row (the OS takes what fits); the rows of
+    the batches flushed before the failure are kept, the partial batch is removed. On stdout the
+    interpreter's final flush would fail again: fd 1 goes to /dev/null (as after EPIPE).
+    """
+    import sys
+
+    from laplace_cli.cli.errors import _silence_stdout
+
+    where = str(output) if output is not None else "<stdout>"
+    kept = ""
+    if written is not None:
+        with contextlib.suppress(OSError, ValueError):
+            if output is not None:
+                os.truncate(output, written)
+                kept = f"; kept the {rows_done} whole rows written before the failure"
+            elif stream is sys.__stdout__:
+                os.ftruncate(stream.fileno(), written)
+                kept = f"; kept the {rows_done} whole rows written before the failure"
+    if output is None:
+        _silence_stdout()
+    return BadInputError(f"{where}: cannot write the predictions ({exc.strerror or exc}){kept}")

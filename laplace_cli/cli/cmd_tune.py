@@ -78,7 +78,7 @@ def tune(
         require_file(data, "--data")
     check_output_file(output)
     if model is not None:
-        require_file(model, "--model")
+        require_file(model, "--model", allow_model_dir=True)
     check_factory(model_factory)
     parse_json_object(model_kwargs, "--model-kwargs")
     check_device(device)

@@ -29,13 +29,18 @@ __all__ = [
 ]
 
 
-def require_file(path: Path, what: str) -> Path:
-    """`path` must be an existing file.
+def require_file(path: Path, what: str, allow_model_dir: bool = False) -> Path:
+    """`path` must be an existing file (or, for models, a Hugging Face / PEFT folder).
 
     Args:
         path: The file.
         what: The argument or option it came from, e.g. `"MODEL"` or `"--data"`.
+        allow_model_dir: accept a folder holding `config.json` or `adapter_config.json`.
     """
+    if allow_model_dir and path.is_dir() and (
+        (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+    ):
+        return path
     if path.is_dir():
         raise BadInputError(f"{path}: is a folder, expected a file ({what})")
     if not path.is_file():

@@ -407,6 +407,26 @@ SeedOpt = Annotated[
     int | None,
     typer.Option("--seed", help="Random seed (sampling, Monte Carlo).", rich_help_panel=_RUN),
 ]
+CheckpointEveryOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--checkpoint-every",
+        min=1,
+        metavar="N",
+        help="Save the fit's partial sums every N batches to OUTPUT.ckpt (next to -o, written "
+        "atomically), so an interrupted fit can continue with --resume.",
+        rich_help_panel=_RUN,
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted fit from OUTPUT.ckpt (same settings; a fresh fit when "
+        "there is no checkpoint). The posterior equals an uninterrupted fit's.",
+        rich_help_panel=_RUN,
+    ),
+]
 JsonOpt = Annotated[
     bool,
     typer.Option(

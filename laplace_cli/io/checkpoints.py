@@ -84,6 +84,8 @@ class ModelForm(StrEnum):
     """A ``torch.save``'d mapping of names to tensors; needs a factory."""
     PICKLE = "pickle"
     """A whole pickled ``nn.Module``; loads only with ``trust_checkpoint=True``."""
+    HF = "hf"
+    """A Hugging Face model folder or a PEFT adapter folder (``laplace_cli.io.hf``)."""
 
 
 _HOOKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
@@ -383,7 +385,6 @@ def _sniff(path: Path) -> str:
     """Classify the container by its bytes: export, torchscript, aoti, torch_save, safetensors."""
     with path.open("rb") as fh:
         head = fh.read(16)
-    size = path.stat().st_size
     if head[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(path) as zf:
@@ -401,9 +402,9 @@ def _sniff(path: Path) -> str:
             return "torch_save"
         return "unknown"
     if len(head) >= 9:
-        # safetensors: u64 little-endian header length, then a JSON object.
-        (n,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and 8 + n <= size:
+        # safetensors: u64 little-endian header length, then a JSON object. A length beyond
+        # the file still counts as safetensors, so that loading refuses it as such.
+        if head[8:9] == b"{":
             return "safetensors"
     if head[:1] == b"\x80":  # pickle protocol marker: legacy (non-zip) torch.save
         return "torch_save"
@@ -849,6 +850,8 @@ def load_model(
             ``trust_checkpoint``, a weight-only file without factory, an architecture mismatch,
             or a bad factory, device or dtype.
     """
+    if Path(path).expanduser().is_dir():
+        return _load_hf_dir(path, factory, factory_kwargs, device, dtype)
     p = _check_file(path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
@@ -871,6 +874,9 @@ def load_model(
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        from laplace_cli.io.posterior_file import read_safetensors_header
+
+        read_safetensors_header(p)  # absurd lengths, offsets or shapes: refused before allocating
         try:
             state = load_file(str(p), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
@@ -897,6 +903,42 @@ def load_model(
         kwargs=kwargs if form in (ModelForm.SAFETENSORS, ModelForm.STATE_DICT) else {},
         fingerprint=fingerprint,
     )
+    return model, ref
+
+
+def _load_hf_dir(
+    path: str | Path,
+    factory: str | None,
+    factory_kwargs: Mapping[str, Any] | str | None,
+    device: str | torch.device,
+    dtype: str | torch.dtype | None,
+) -> tuple[nn.Module, ModelRef]:
+    """A Hugging Face model or PEFT adapter folder; its kwargs are recorded in the reference."""
+    from laplace_cli.io.hf import is_hf_dir, load_hf_model
+
+    if not is_hf_dir(path):
+        raise BadInputError(
+            f"{path}: not a file, and not a Hugging Face model folder (config.json) or PEFT "
+            "adapter folder (adapter_config.json)"
+        )
+    if factory is not None:
+        raise BadInputError(f"{path}: a Hugging Face folder; --model-factory is not used with it")
+    kwargs = _parse_kwargs(factory_kwargs)
+    for key in ("base_model", "adapter"):
+        # Folders given as kwargs are relative to the working directory; recorded absolute so
+        # that the posterior reloads the model from anywhere (package: specs stay as they are).
+        value = kwargs.get(key)
+        if isinstance(value, str) and value and not value.startswith("package:"):
+            kwargs[key] = str(Path(value).expanduser().resolve())
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype)
+    model = load_hf_model(Path(path).expanduser(), kwargs)
+    fingerprint = model_fingerprint(model)
+    model = model.to(dev)
+    if dt is not None:
+        model = model.to(dt)
+    model.eval()
+    ref = ModelRef(path=str(path), form=ModelForm.HF.value, kwargs=kwargs, fingerprint=fingerprint)
     return model, ref
 
 

@@ -38,7 +38,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from laplace_cli.enums import Likelihood
-from laplace_cli.errors import BadInputError, NotImplementedYetError
+from laplace_cli.errors import BadInputError
 from laplace_cli.io.checkpoints import import_callable
 from laplace_cli.io.tabular import (
     ARRAY_FORMATS,
@@ -200,7 +200,7 @@ def load_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as err:
         raise BadInputError(f"{path}: cannot read ({err})") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -208,6 +208,46 @@ def load_yaml(path: str | Path) -> Any:
         context = getattr(err, "context", None)
         detail = f"{problem} ({context})" if context else problem
         raise BadInputError(f"{where}: invalid YAML: {detail}") from None
+    except RecursionError:
+        raise BadInputError(f"{path}: invalid YAML: nested too deeply") from None
+    _check_expanded_size(data, path)
+    return data
+
+
+MAX_YAML_NODES = 100_000
+"""Refuse YAML whose aliases expand to more values than this (a "billion laughs" file)."""
+
+
+def _check_expanded_size(data: Any, path: str | Path) -> None:
+    """Count the values of `data` with every alias expanded, refusing cycles and huge files.
+
+    PyYAML builds an alias as a reference to the same object, so a file of 10 lines can stand
+    for 10⁹ values (`b: [*a, *a, ...]`, `c: [*b, *b, ...]`); printing or walking it would hang.
+    The count is memoised per object, so this costs one pass over the distinct objects.
+    """
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:  # iterative post-order walk: no recursion limit on deep nesting
+        obj, done = stack.pop()
+        if not isinstance(obj, (list, dict)) or (id(obj) in sizes and not done):
+            continue
+        children = list(obj.keys()) + list(obj.values()) if isinstance(obj, dict) else obj
+        if done:
+            open_ids.discard(id(obj))
+            total = 1 + sum(sizes.get(id(c), 1) for c in children)
+            if total > MAX_YAML_NODES:
+                raise BadInputError(
+                    f"{path}: YAML aliases expand to more than {MAX_YAML_NODES:,} values; "
+                    "refused (a 'billion laughs' file?)"
+                )
+            sizes[id(obj)] = total
+            continue
+        if id(obj) in open_ids:
+            raise BadInputError(f"{path}: YAML alias refers to itself (a recursive structure)")
+        open_ids.add(id(obj))
+        stack.append((obj, True))
+        stack.extend((c, False) for c in children)
 
 
 # --------------------------------------------------------------------------- validation
@@ -628,21 +668,18 @@ def load_split(
         require_labels: Raise when a file split has no targets (predict does not need them).
 
     Returns:
-        An :class:`ArrayDataset` for file splits, or what the callable returns.
+        An :class:`ArrayDataset` for file splits, a :class:`~laplace_cli.io.text.TextDataset`
+        for text splits (dict batches through its `collate`), or what the callable returns.
 
     Raises:
         BadInputError: Missing file or key, bad values (NaN / Inf, bad labels, naming file and
             row), empty split, or a callable that fails or returns no Dataset.
-        NotImplementedYetError: Text splits (``text:`` / ``tokenizer:``).
     """
     split = spec.split(name)
     the_task = spec.task if task is None else Likelihood.parse(task, "--likelihood")
     at = f"{spec.source}: splits.{name}"
     if split.kind == "text":
-        raise NotImplementedYetError(
-            f"{at}: text datasets (text: / tokenizer:) are not built yet; give tokenized "
-            "features as a file, or a callable: returning a Dataset"
-        )
+        return _load_text(spec, split, at, the_task, require_labels)
     if split.kind == "callable":
         return _load_callable(spec, split, at)
 
@@ -687,6 +724,39 @@ def load_split(
             raise BadInputError(f"{at}: {src}: {len(x)} feature rows but {len(y)} targets")
         y = _convert_targets(y, the_task, spec.n_classes, src)
     return ArrayDataset(x, y, ids=ids, source=src)
+
+
+def _load_text(
+    spec: DatasetSpec,
+    split: SplitSpec,
+    at: str,
+    task: Likelihood | None,
+    require_labels: bool,
+) -> Dataset:
+    """A text split (``text:`` + ``tokenizer:``), tokenised; see :mod:`laplace_cli.io.text`."""
+    from laplace_cli.io.text import load_text_split
+
+    if split.text is None or split.tokenizer is None:
+        missing = "text" if split.text is None else "tokenizer"
+        raise BadInputError(f"{at}.{missing}: required for a text split (text: and tokenizer:)")
+    if split.path is None:
+        raise BadInputError(f"{at}.path: required for a text split (a .jsonl, .csv or .tsv file)")
+    fmt = split.format or "jsonl"
+    ds, y = load_text_split(
+        split.path,
+        fmt,
+        split.text,
+        None if split.y is None else str(split.y),
+        split.tokenizer,
+        max_length=split.max_length,
+        id_key=split.id,
+        base_dir=spec.base_dir,
+        source=f"{at}: {split.path}",
+        require_labels=require_labels,
+    )
+    if y is not None:
+        ds.y = _convert_targets(y, task, spec.n_classes, str(split.path))
+    return ds
 
 
 def _load_callable(spec: DatasetSpec, split: SplitSpec, at: str) -> Dataset:
@@ -748,4 +818,12 @@ def make_loader(
         raise BadInputError(f"--batch-size: expected a positive integer, got {bs!r}")
     ds = load_split(spec, name, task=task, require_labels=require_labels)
     iterable = isinstance(ds, IterableDataset)
-    return DataLoader(ds, batch_size=bs, shuffle=shuffle and not iterable, generator=generator)
+    # Text datasets pad per batch (dict batches); other datasets use the default collation.
+    collate = getattr(ds, "collate", None)
+    return DataLoader(
+        ds,
+        batch_size=bs,
+        shuffle=shuffle and not iterable,
+        generator=generator,
+        collate_fn=collate if callable(collate) else None,
+    )

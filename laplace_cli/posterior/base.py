@@ -142,6 +142,25 @@ class Posterior(ABC):
         """The `blocks` metadata entry (K-FAC only)."""
         return None
 
+    # --- raw sums (fits over data shards, resumable fits) ---------------------------------
+    def raw_state(self) -> dict[str, Tensor]:
+        """The curvature *sums over the data* before `finalize`, by name.
+
+        Every entry is additive over disjoint parts of the data (shards, batch ranges), so a
+        fit over shards is the sum of the shards' raw states. A posterior folded in as prior
+        (continual learning) is left out; `load_raw_state` adds it back once.
+        """
+        raise BadInputError(
+            f"structure {self.structure.value!r} cannot be fitted in shards or resumed "
+            "(it is not a single sum over the data); use diag, kron or full"
+        )
+
+    def load_raw_state(self, tensors: dict[str, Tensor]) -> None:
+        """Inverse of `raw_state` (the tensors are copied)."""
+        raise BadInputError(
+            f"structure {self.structure.value!r} cannot be fitted in shards or resumed"
+        )
+
     # --- per-output curvature (regression with one noise level per output) -----------------
     #: C when the curvature is kept per output (H_k for k = 1..C), None when kept summed.
     split_outputs: int | None = None

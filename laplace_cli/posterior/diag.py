@@ -158,6 +158,12 @@ class DiagPosterior(Posterior):
         )
         return eps / self.precision(prior, scale).sqrt()
 
+    def raw_state(self):
+        return {"h": self.h}
+
+    def load_raw_state(self, tensors):
+        self.h = tensors["h"].to(dtype=self.dtype, device=self.device).clone()
+
     def state(self):
         key = "diag.curvature" if self.split_outputs is None else "diag.curvature_per_output"
         out = {key: self.h}

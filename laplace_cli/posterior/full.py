@@ -187,6 +187,13 @@ class FullPosterior(Posterior):
         # z = L⁻ᵀ ε has covariance (L Lᵀ)⁻¹ = Λ⁻¹.
         return torch.linalg.solve_triangular(L.T, eps.T, upper=True).T
 
+    def raw_state(self):
+        return {"H": self.H}
+
+    def load_raw_state(self, tensors):
+        self.H = tensors["H"].to(dtype=self.dtype, device=self.device).clone()
+        self._eig = None
+
     def state(self):
         key = "full.curvature" if self.split_outputs is None else "full.curvature_per_output"
         out = {key: self.H}

@@ -160,7 +160,7 @@ class KronPosterior(Posterior):
         if kind == "diag":
             return torch.diag(lam)
         e = self._eigs()[i]
-        Q = e["B.eigvecs"] if kind == "kron_bias" else torch.kron(e["B.eigvecs"], e["A.eigvecs"])
+        Q = e["B.eigvecs"] if kind == "kron_bias" else torch.kron(e["B.eigvecs"].contiguous(), e["A.eigvecs"].contiguous())
         return (Q * lam.reshape(-1)) @ Q.T
 
     def quad_form(self, v, prior, scale):
@@ -275,6 +275,33 @@ class KronPosterior(Posterior):
             {"name": g.name, "kind": block_kind(g.kind), "shape": list(g.shape)}
             for g in self.groups
         ]
+
+    def raw_state(self):
+        """B, Σaaᵀ (`A_sum`, not yet divided by N), diagonal blocks and N, without a folded prior."""
+        f = getattr(self, "_folded", None)
+        out: dict[str, Tensor] = {}
+        for name, store in (("B", self.B), ("A_sum", self.A_sum), ("diag", self.diag)):
+            for i, t in enumerate(store):
+                if t is not None:
+                    out[f"{name}.{i}"] = t if f is None else t - f[name][i]
+        n = self.n_data - (f["n_data"] if f is not None else 0)
+        out["n_data"] = torch.tensor(n, dtype=torch.int64, device=self.device)
+        return out
+
+    def load_raw_state(self, tensors):
+        f = getattr(self, "_folded", None)
+        for name, store in (("B", self.B), ("A_sum", self.A_sum), ("diag", self.diag)):
+            for i, t in enumerate(store):
+                if t is None:
+                    continue
+                new = tensors[f"{name}.{i}"].to(dtype=self.dtype, device=self.device).clone()
+                if tuple(new.shape) != tuple(t.shape):
+                    raise BadInputError(
+                        f"{name}.{i}: expected shape {tuple(t.shape)}, got {tuple(new.shape)}"
+                    )
+                store[i] = new if f is None else new + f[name][i]
+        self.n_data = int(tensors["n_data"]) + (f["n_data"] if f is not None else 0)
+        self.eigs = None
 
     def state(self):
         out: dict[str, Tensor] = {}

@@ -50,7 +50,7 @@ def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
-    """Existing (dummy) inputs: the skeleton commands only check that files exist."""
+    """Existing but empty inputs: enough for the argument checks, refused once read."""
     out = {}
     for name in ("model.pt", "data.yaml", "post.st", "recipe.yaml", "x.npz"):
         out[name] = tmp_path / name
@@ -126,7 +126,7 @@ def test_version(runner: CliRunner) -> None:
     assert result.stdout.strip() == f"laplace-cli {__version__}"
 
 
-# --- skeleton commands: arguments checked, then "not implemented yet" -------------------------
+# --- arguments checked first, then the (empty) input files refused ------------------------------
 def _valid_args(command: str, f: dict[str, Path]) -> list[str]:
     return {
         "fit": [
@@ -153,14 +153,29 @@ def _valid_args(command: str, f: dict[str, Path]) -> list[str]:
     }[command]
 
 
+# The first file each command reads, and what it says about an empty one.
+EMPTY_FILE_ERRORS = {
+    "fit": ("data.yaml", "expected a mapping with a `splits:` section, got an empty file"),
+    "tune": ("post.st", "not a safetensors file: 0 bytes, shorter than the 8-byte header length"),
+    "evaluate": ("post.st", "not a safetensors file: 0 bytes"),
+    "predict": ("post.st", "not a safetensors file: 0 bytes"),
+    "run": ("recipe.yaml", "expected a mapping at the top level, got NoneType"),
+    "marglik": ("post.st", "not a safetensors file: 0 bytes"),
+}
+
+
 @pytest.mark.parametrize("command", [c for c in COMMANDS if c != "inspect"])
-def test_not_implemented_commands_exit_2(
+def test_empty_input_files_exit_2_naming_the_file(
     runner: CliRunner, files: dict[str, Path], command: str
 ) -> None:
+    """Every command runs now: valid arguments get as far as reading the files, and an empty
+    file is bad input (exit 2) named in one line, with no output on stdout."""
     result = runner.invoke(app, _valid_args(command, files))
+    name, message = EMPTY_FILE_ERRORS[command]
     assert result.exit_code == 2
-    assert result.stderr == f"error: laplace {command}: not implemented yet\n"
-    assert result.stdout == ""  # no fake output
+    assert result.stderr.startswith(f"error: {files[name]}: {message}")
+    assert result.stderr.count("\n") == 1
+    assert result.stdout == ""  # no partial output
 
 
 @pytest.mark.parametrize(
@@ -185,7 +200,9 @@ def test_bad_option_value_exits_2(
 
 def test_enum_choice_is_case_insensitive(runner: CliRunner, files: dict[str, Path]) -> None:
     result = runner.invoke(app, _valid_args("fit", files) + ["--structure", "DIAG"])
-    assert "not implemented yet" in result.stderr
+    # The choice is accepted: the command gets past parsing to the (empty) data spec.
+    assert "Invalid value" not in result.stderr
+    assert result.stderr.startswith(f"error: {files['data.yaml']}: ")
 
 
 def test_missing_required_option_exits_2(runner: CliRunner, files: dict[str, Path]) -> None:
@@ -219,7 +236,7 @@ def test_argument_checks_exit_2(
     result = runner.invoke(app, _valid_args(command, files) + extra)
     assert result.exit_code == 2
     assert message in result.stderr
-    assert "not implemented" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_missing_file_is_named(runner: CliRunner, tmp_path: Path, files: dict[str, Path]) -> None:

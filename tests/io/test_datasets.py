@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from laplace_cli.enums import Likelihood
-from laplace_cli.errors import BadInputError, NotImplementedYetError
+from laplace_cli.errors import BadInputError
 from laplace_cli.io.datasets import (
     ArrayDataset,
     check_labels,
@@ -425,7 +425,7 @@ def test_callable_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             load_split(spec, name)
 
 
-def test_text_splits_validate_but_are_not_built(tmp_path: Path):
+def test_text_split_with_missing_file_is_bad_input(tmp_path: Path):
     spec = parse_dataset_spec(
         {
             "splits": {
@@ -440,7 +440,7 @@ def test_text_splits_validate_but_are_not_built(tmp_path: Path):
         },
         base_dir=tmp_path,
     )
-    with pytest.raises(NotImplementedYetError, match="text datasets"):
+    with pytest.raises(BadInputError):
         load_split(spec, "texts")
 
 

@@ -1,0 +1,283 @@
+"""Faults: interrupted writes, Ctrl-C during a fit, a full disk during predict.
+
+Posterior writes are atomic (a temporary file in the same folder, renamed into place): whatever
+fails, the old file stays as it was and no temporary file is left. Prediction rows are streamed;
+when the disk fills up, the file is cut back to its last whole row and the command exits 2.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hardening_support import Workspace, invoke
+from typer.testing import CliRunner
+
+import laplace_cli.io.atomic as atomic
+from laplace_cli.cli import cmd_predict
+from laplace_cli.io.posterior_file import read_posterior
+
+
+def _litter(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+# --- interrupted writes ------------------------------------------------------------------------
+
+
+def _fail_fsync_with(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    """Simulate a write that dies after the bytes went out and before the rename."""
+
+    def broken(fd: int) -> None:
+        raise exc
+
+    monkeypatch.setattr(atomic.os, "fsync", broken)
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "message"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), 2, "cannot write (No space left"),
+        (KeyboardInterrupt(), 130, "error: interrupted"),
+    ],
+    ids=["disk-full", "ctrl-c"],
+)
+def test_interrupted_fit_write_keeps_the_old_posterior(
+    runner: CliRunner,
+    fitted: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    exc: BaseException,
+    code: int,
+    message: str,
+) -> None:
+    out = fitted / "keep.st"
+    out.write_bytes((fitted / "post_full.st").read_bytes())
+    before = out.read_bytes()
+    _fail_fsync_with(monkeypatch, exc)
+    result = invoke(runner, fitted.fit_args(fitted / "data.yaml", out, structure="diag"), code)
+    assert message in result.stderr
+    if code == 2:
+        assert str(out) in result.stderr
+    assert out.read_bytes() == before
+    assert _litter(fitted.root) == []
+
+
+def test_interrupted_tune_in_place_keeps_the_old_posterior(
+    runner: CliRunner, fitted: Workspace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    post = tmp_path / "post.st"
+    post.write_bytes((fitted / "post_full.st").read_bytes())
+    before = post.read_bytes()
+    _fail_fsync_with(monkeypatch, OSError(errno.EIO, "Input/output error"))
+    invoke(runner, ["tune", "-p", str(post), "-q"], 2, f"{post}: cannot write (Input/output")
+    assert post.read_bytes() == before
+    read_posterior(post)
+    assert _litter(tmp_path) == []
+
+
+# --- Ctrl-C during a fit (a real process and a real SIGINT) ------------------------------------
+
+SLOW_DATA = textwrap.dedent(
+    '''
+    """A slow split: 2 ms per item, and a marker file once fitting has started."""
+    import time
+    from pathlib import Path
+
+    import torch
+    from torch.utils.data import Dataset
+
+
+    class Slow(Dataset):
+        def __init__(self, marker, n):
+            self.marker, self.n = Path(marker), n
+            g = torch.Generator().manual_seed(0)
+            self.x = torch.randn(n, 4, generator=g)
+            self.y = torch.arange(n) % 3
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            if i == 1:  # item 0 is read once when the split is checked; 1 only by the fit
+                self.marker.touch()
+            time.sleep(0.002)
+            return self.x[i], self.y[i]
+
+
+    def make(marker, n=20000):
+        return Slow(marker, n)
+    '''
+)
+
+
+def test_sigint_during_fit_exits_130_and_writes_nothing(ws: Workspace) -> None:
+    (ws / "slow.py").write_text(SLOW_DATA)
+    marker = ws / "fitting"
+    ws.spec(
+        "slow.yaml",
+        f"task: classification\nbatch_size: 4\nsplits:\n"
+        f"  train: {{callable: slow.py:make, kwargs: {{marker: {str(marker)!r}}}}}\n",
+    )
+    args = ws.fit_args(ws / "slow.yaml", ws / "post.st")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "laplace_cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "LAPLACE_DEBUG"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the fit never started"
+            time.sleep(0.05)
+        time.sleep(0.3)  # well inside the 40 s loop over 20,000 slow items
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().endswith("error: interrupted"), stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert not (ws / "post.st").exists()
+    assert _litter(ws.root) == []
+
+
+# --- a full disk during predict ----------------------------------------------------------------
+
+
+class _FillingDisk:
+    """A text file on a device with `capacity` bytes: a write that does not fit puts what fits
+    on disk (a short write, as the OS does) and raises ENOSPC."""
+
+    def __init__(self, path: Path, capacity: int) -> None:
+        self.raw = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
+        self.capacity, self.used = capacity, 0
+        self.encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        data = text.encode()
+        room = self.capacity - self.used
+        if len(data) > room:
+            self.used += self.raw.write(data[:room])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.used += self.raw.write(data)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _predict_rows(path: Path, fmt: str) -> list:
+    lines = path.read_text().splitlines(keepends=True)
+    assert all(line.endswith("\n") for line in lines)  # no partial last line
+    if fmt == "jsonl":
+        return [json.loads(line) for line in lines]
+    header = lines[0].rstrip("\n").split(",")
+    rows = [line.rstrip("\n").split(",") for line in lines[1:]]
+    assert all(len(r) == len(header) for r in rows)
+    return rows
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_disk_full_during_predict_keeps_whole_rows(
+    runner: CliRunner,
+    fitted: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    fmt: str,
+) -> None:
+    out = tmp_path / f"rows.{fmt}"
+    args = ["predict", "-p", str(fitted / "post_full.st"), "--data", str(fitted / "data.yaml")]
+    args += ["--split", "train", "-b", "4", "-o", str(out), "-q"]
+    full = tmp_path / f"full.{fmt}"
+    invoke(runner, [*args[:-3], "-o", str(full), "-q"], 0)
+    capacity = len(full.read_bytes()) * 3 // 5  # the disk fills up in the middle of a batch
+    monkeypatch.setattr(
+        cmd_predict, "open", lambda path, *a, **k: _FillingDisk(path, capacity), raising=False
+    )
+    result = invoke(runner, args, 2, f"{out}: cannot write the predictions (No space left")
+    rows = _predict_rows(out, fmt)
+    assert 0 < len(rows) < 20 and len(rows) % 4 == 0  # whole batches of 4
+    assert f"kept the {len(rows)} whole rows" in result.stderr
+    # What was kept is exactly the beginning of the complete output.
+    assert full.read_bytes().startswith(out.read_bytes())
+
+
+def _predict_process(fitted: Workspace, stdout, env_extra: dict[str, str], limit: int | None):
+    def set_limit() -> None:
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    args = ["predict", "-p", str(fitted / "post_full.st"), "--data", str(fitted / "data.yaml")]
+    return subprocess.run(
+        [sys.executable, "-m", "laplace_cli", *args, "--split", "train", "-b", "4"],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=set_limit,
+        env={**os.environ, **env_extra},
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_predict_to_dev_full_exits_2(fitted: Workspace) -> None:
+    with open("/dev/full", "w") as sink:
+        proc = _predict_process(fitted, sink, {}, None)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        "error: <stdout>: cannot write the predictions (No space left on device)"
+    )
+
+
+def test_file_size_limit_on_redirected_stdout_keeps_whole_rows(
+    fitted: Workspace, tmp_path: Path
+) -> None:
+    """`laplace predict > rows.jsonl` on a disk that fills up (RLIMIT_FSIZE: the OS takes what
+    fits, then EFBIG). An unbuffered stdout (PYTHONUNBUFFERED=1, the hard case) drops a short
+    write's tail without an error; the offset check catches it. The file ends on a whole row."""
+    out = tmp_path / "rows.jsonl"
+    with open(out, "w") as sink:
+        proc = _predict_process(fitted, sink, {"PYTHONUNBUFFERED": "1"}, 3000)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: <stdout>: cannot write the predictions ("), proc.stderr
+    rows = _predict_rows(out, "jsonl")
+    assert 0 < len(rows) < 20 and len(rows) % 4 == 0
+    assert f"kept the {len(rows)} whole rows" in proc.stderr
+    assert [r["id"] for r in rows] == list(range(len(rows)))
+
+
+def test_row_offsets_are_checked_only_on_regular_files(tmp_path: Path) -> None:
+    """/dev/null is seekable but its offset stays 0: taking it for a short write would turn
+    `laplace predict > /dev/null` into an error."""
+    position = cmd_predict._position
+    with open(tmp_path / "f.jsonl", "w") as f:
+        f.write("{}\n")
+        f.flush()
+        assert position(f) == 3
+    with open(os.devnull, "w") as f:
+        assert position(f) is None
+    read, write = os.pipe()
+    with os.fdopen(read) as r, os.fdopen(write, "w") as w:
+        assert position(w) is None and position(r) is None
