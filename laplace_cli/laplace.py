@@ -82,7 +82,8 @@ class Laplace:
         model: a trained `nn.Module` mapping a batch of inputs to (B, C) outputs. It is not
             mutated: hooks are removed after use and no copy of it is kept.
         likelihood: "classification", "regression" or "binary".
-        subset_of_weights: "all", "last_layer" or "subnetwork" (with `subnetwork_indices`).
+        subset_of_weights: "last_layer" (default, as laplace-torch), "all" or "subnetwork" (with
+            `subnetwork_indices`).
         hessian_structure: "diag", "kron", "full" or "lowrank" (with `rank`, default
             min(P, 100): top-k GGN eigenpairs found matrix-free, see posterior/lowrank.py).
         curvature: "ggn" (exact generalised Gauss-Newton), "ef" (empirical Fisher) or
@@ -106,7 +107,7 @@ class Laplace:
         self,
         model: nn.Module,
         likelihood: Likelihood | str,
-        subset_of_weights: Subset | str = "all",
+        subset_of_weights: Subset | str = "last_layer",
         hessian_structure: Structure | str = "kron",
         *,
         curvature: Curvature | str = "ggn",

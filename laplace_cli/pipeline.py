@@ -223,7 +223,7 @@ def split_loader(
 @dataclass
 class FitOptions:
     likelihood: str | None = None
-    subset: str = "all"
+    subset: str = "last_layer"
     structure: str = "kron"
     curvature: str = "ggn"
     backend: str = "auto"

@@ -302,7 +302,7 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
     )
     options = pipeline.FitOptions(
         likelihood=fit_cfg.get("likelihood"),
-        subset=fit_cfg.get("subset", "all"),
+        subset=fit_cfg.get("subset", "last_layer"),
         structure=fit_cfg.get("structure", "kron"),
         curvature=fit_cfg.get("curvature", "ggn"),
         backend=fit_cfg.get("backend", "auto"),
