@@ -80,7 +80,7 @@ def test_resume_refuses_other_settings_and_starts_fresh_without_checkpoint(tmp_p
     from laplace_cli.pipeline import FitOptions, ModelSpec, fit
 
     spec = ModelSpec(str(p["model"]), f"{p['factory']}:make")
-    opts = FitOptions(structure="diag", batch_size=4, checkpoint_every=1, output=str(out))
+    opts = FitOptions(subset="all", structure="diag", batch_size=4, checkpoint_every=1, output=str(out))
     result = fit(spec, p["data"], opts, dtype="float64")
     assert result.checkpoint.saves == 5  # kept, as after a kill
     res = runner.invoke(
