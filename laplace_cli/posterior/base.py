@@ -243,6 +243,21 @@ class Posterior(ABC):
         return v @ (self.dense_precision(prior, scale) @ v)
 
 
+def scale_curvature(curvature: Tensor, scale: Tensor, split_outputs: int | None) -> Tensor:
+    """s·H for a scalar factor s, or Σ_k s_k H_k when H is kept per output (per-output σ).
+
+    `curvature` is H, or (C, ...) per-output pieces when `split_outputs` = C.
+    """
+    if split_outputs is None:
+        if scale.numel() != 1:
+            raise BadInputError(
+                "a per-output likelihood factor needs the curvature kept per output "
+                "(fit with a per-output sigma_noise)"
+            )
+        return scale.reshape(()) * curvature
+    return torch.tensordot(scale.reshape(-1).expand(split_outputs), curvature, dims=1)
+
+
 def fv_dense_diag(J: Tensor, variances: Tensor) -> Tensor:
     """Σ_p J[b,c,p] J[b,d,p] v[p] for a diagonal covariance v (P,): (B, C, C)."""
     return torch.einsum("bcp,bdp->bcd", J * variances, J)

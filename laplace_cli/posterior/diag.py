@@ -7,7 +7,7 @@ from torch import Tensor
 
 from laplace_cli.enums import Structure
 from laplace_cli.errors import BadInputError
-from laplace_cli.posterior.base import Posterior, expand_prior, fv_dense_diag
+from laplace_cli.posterior.base import Posterior, expand_prior, fv_dense_diag, scale_curvature
 from laplace_cli.subsets import DenseFactor, Factor
 
 
@@ -91,16 +91,7 @@ class DiagPosterior(Posterior):
 
     def scaled_curvature(self, scale: Tensor) -> Tensor:
         """s·h (+ c), the data part of the precision without δ, (P,)."""
-        if self.split_outputs is None:
-            if scale.numel() != 1:
-                raise BadInputError(
-                    "a per-output likelihood factor needs the curvature kept per output "
-                    "(fit with a per-output sigma_noise)"
-                )
-            out = scale.reshape(()) * self.h
-        else:
-            s = scale.reshape(-1).expand(self.split_outputs)
-            out = (s.unsqueeze(-1) * self.h).sum(0)
+        out = scale_curvature(self.h, scale, self.split_outputs)
         if self.prior_curvature is not None:
             out = out + self.prior_curvature
         return out

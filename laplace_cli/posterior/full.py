@@ -13,7 +13,7 @@ from torch import Tensor
 
 from laplace_cli.enums import Structure
 from laplace_cli.errors import BadInputError, NumericalError
-from laplace_cli.posterior.base import Posterior, expand_prior
+from laplace_cli.posterior.base import Posterior, expand_prior, scale_curvature
 
 
 def robust_cholesky(
@@ -82,16 +82,7 @@ class FullPosterior(Posterior):
 
     def scaled_curvature(self, scale: Tensor) -> Tensor:
         """s·H (+ C), the data part of the precision without δ, (P, P)."""
-        if self.split_outputs is None:
-            if scale.numel() != 1:
-                raise BadInputError(
-                    "a per-output likelihood factor needs the curvature kept per output "
-                    "(fit with a per-output sigma_noise)"
-                )
-            out = scale.reshape(()) * self.H
-        else:
-            s = scale.reshape(-1).expand(self.split_outputs)
-            out = torch.einsum("k,kpq->pq", s, self.H)
+        out = scale_curvature(self.H, scale, self.split_outputs)
         if self.prior_curvature is not None:
             out = out + self.prior_curvature
         return out

@@ -160,7 +160,11 @@ class KronPosterior(Posterior):
         if kind == "diag":
             return torch.diag(lam)
         e = self._eigs()[i]
-        Q = e["B.eigvecs"] if kind == "kron_bias" else torch.kron(e["B.eigvecs"].contiguous(), e["A.eigvecs"].contiguous())
+        Q = (
+            e["B.eigvecs"]
+            if kind == "kron_bias"
+            else torch.kron(e["B.eigvecs"].contiguous(), e["A.eigvecs"].contiguous())
+        )
         return (Q * lam.reshape(-1)) @ Q.T
 
     def quad_form(self, v, prior, scale):
