@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from laplace_cli.cli.common import (
     check_device,
-    check_factory,
     check_output_file,
     model_override,
-    parse_json_object,
     progress_for,
     require_file,
 )
@@ -79,10 +77,6 @@ def evaluate(
     check_output_file(plot, "--plot")
     check_output_file(html, "--html")
     parse_gates(fail_if or [])
-    if model is not None:
-        require_file(model, "--model", allow_model_dir=True)
-    check_factory(model_factory)
-    parse_json_object(model_kwargs, "--model-kwargs")
     check_device(device)
     spec = model_override(model, model_factory, model_kwargs)
     if plot is not None or html is not None:

@@ -11,10 +11,8 @@ from typing import Any
 
 from laplace_cli.cli.common import (
     check_device,
-    check_factory,
     check_output_file,
     model_override,
-    parse_json_object,
     progress_for,
     require_file,
     require_input,
@@ -96,10 +94,6 @@ def predict(
         raise BadInputError(f"--interval: expected a level in (0, 1), e.g. 0.95, got {interval}")
     check_output_file(output)
     resolve_format(format_, output)
-    if model is not None:
-        require_file(model, "--model", allow_model_dir=True)
-    check_factory(model_factory)
-    parse_json_object(model_kwargs, "--model-kwargs")
     check_device(device)
     spec = model_override(model, model_factory, model_kwargs)
     fmt = resolve_format(format_, output)

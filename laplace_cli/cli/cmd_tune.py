@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from laplace_cli.cli.common import (
     check_device,
-    check_factory,
     check_output_file,
     model_override,
-    parse_json_object,
     progress_for,
     require_file,
 )
@@ -77,10 +75,6 @@ def tune(
     if data is not None:
         require_file(data, "--data")
     check_output_file(output)
-    if model is not None:
-        require_file(model, "--model", allow_model_dir=True)
-    check_factory(model_factory)
-    parse_json_object(model_kwargs, "--model-kwargs")
     check_device(device)
     spec = model_override(model, model_factory, model_kwargs)
 

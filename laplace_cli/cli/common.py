@@ -37,8 +37,10 @@ def require_file(path: Path, what: str, allow_model_dir: bool = False) -> Path:
         what: The argument or option it came from, e.g. `"MODEL"` or `"--data"`.
         allow_model_dir: accept a folder holding `config.json` or `adapter_config.json`.
     """
-    if allow_model_dir and path.is_dir() and (
-        (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+    if (
+        allow_model_dir
+        and path.is_dir()
+        and ((path / "config.json").is_file() or (path / "adapter_config.json").is_file())
     ):
         return path
     if path.is_dir():
@@ -185,7 +187,15 @@ def progress_for(quiet: bool):
 
 
 def model_override(model, factory, kwargs_text, trust: bool = False):
-    """A `ModelSpec` from --model/--model-factory/--model-kwargs, or None when --model is absent."""
+    """A `ModelSpec` from --model/--model-factory/--model-kwargs, or None when --model is absent.
+
+    Checks all three first (the file or Hugging Face folder exists, the factory's syntax, the
+    kwargs' JSON), so the commands that take a posterior share one validation.
+    """
+    if model is not None:
+        require_file(model, "--model", allow_model_dir=True)
+    check_factory(factory)
+    parse_json_object(kwargs_text, "--model-kwargs")
     if model is None:
         if factory is not None or kwargs_text is not None:
             raise BadInputError("--model-factory and --model-kwargs need --model")
