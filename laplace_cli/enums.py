@@ -101,3 +101,24 @@ class KronApprox(StrEnum):
     """Weight-sharing dimension treated as extra data points."""
     REDUCE = "reduce"
     """Inputs averaged, output gradients summed over the weight-sharing dimension."""
+
+
+class TuneLoss(StrEnum):
+    NLL = "nll"
+    """Negative log-likelihood of the predictive."""
+    ECE = "ece"
+    """Expected calibration error (classification)."""
+    BRIER = "brier"
+    """Brier score (classification)."""
+
+
+class Dtype(StrEnum):
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+
+class OutputFormat(StrEnum):
+    CSV = "csv"
+    """One header row, then one row per input; list columns are spread (`prob_0`, `prob_1`)."""
+    JSONL = "jsonl"
+    """One JSON object per line; per-class values as lists (`probs`, `var`)."""

@@ -18,12 +18,14 @@ Conventions (shared by the CLI's ``evaluate`` command, the JSON report and the p
 * Regression inputs are a predictive mean and the *total* predictive variance (epistemic plus
   observation noise) of shape (N, D), and targets of the same shape ((N,) targets are taken
   as (N, 1)). Predictive distributions are independent Gaussians per output.
+
+Validation lives in ``metrics_checks`` and the regression metrics in ``metrics_regression``;
+their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,32 @@ import torch
 from torch import Tensor
 
 from laplace_cli.errors import BadInputError
+from laplace_cli.metrics_checks import (
+    _as_tensor,
+    _check_binary_labels,
+    _check_classification,
+    _check_n_bins,
+    _check_probs,
+    _check_scores,
+    _clamp_eps,
+)
+
+# Re-exported: laplace_cli.temperature imports these three checks from this module.
+from laplace_cli.metrics_checks import _check_finite as _check_finite
+from laplace_cli.metrics_checks import _check_labels as _check_labels
+from laplace_cli.metrics_checks import _check_regression as _check_regression
+from laplace_cli.metrics_regression import (
+    CoverageCurve,
+    coverage,
+    coverage_curve,
+    coverage_key,
+    crps_gaussian,
+    gaussian_nll,
+    interval,
+    mae,
+    regression_metrics,
+    rmse,
+)
 
 __all__ = [
     "CoverageCurve",
@@ -59,197 +87,6 @@ __all__ = [
     "reliability_bins",
     "rmse",
 ]
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-# --------------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------------
-
-
-def _describe(t: Tensor) -> str:
-    return f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
-
-
-def _as_tensor(x: Any, name: str) -> Tensor:
-    """Turn an array-like into a tensor, refusing things that are not real numbers."""
-    try:
-        t = torch.as_tensor(x)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise BadInputError(
-            f"{name}: expected a tensor of numbers, got {type(x).__name__}"
-        ) from exc
-    if t.is_complex():
-        raise BadInputError(f"{name}: expected real numbers, got {_describe(t)}")
-    return t
-
-
-def _clamp_eps(t: Tensor) -> float:
-    """Smallest probability used before a log: the machine epsilon of the input's dtype.
-
-    This matches scikit-learn's ``log_loss`` (``eps="auto"``) so that a zero probability on the
-    true class costs a large but finite amount (about 36 nats in float64, 16 in float32).
-    """
-    dtype = t.dtype if t.is_floating_point() else torch.float64
-    return float(torch.finfo(dtype).eps)
-
-
-def _check_finite(t: Tensor, name: str) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        n_bad = int((~torch.isfinite(t)).sum())
-        raise BadInputError(f"{name}: expected finite values, got {n_bad} NaN/Inf entries")
-
-
-def _check_probs(probs: Any, *, name: str = "probs", simplex: bool = True) -> Tensor:
-    """Validate probabilities and return them as float64.
-
-    Args:
-        probs: (N, C) class probabilities (``simplex=True``: rows sum to 1, C >= 2), or (N,) /
-            (N, K) independent Bernoulli probabilities (``simplex=False``).
-        name: name used in error messages.
-        simplex: whether rows must sum to 1.
-
-    Raises:
-        BadInputError: wrong shape, empty, non-finite, outside [0, 1] or rows not summing to 1.
-    """
-    t = _as_tensor(probs, name)
-    if t.dtype == torch.bool:
-        raise BadInputError(f"{name}: expected probabilities, got {_describe(t)}")
-    if simplex:
-        if t.ndim != 2 or t.shape[1] < 2:
-            raise BadInputError(
-                f"{name}: expected class probabilities of shape (N, C) with C >= 2, got "
-                f"{_describe(t)}"
-            )
-    elif t.ndim not in (1, 2):
-        raise BadInputError(
-            f"{name}: expected probabilities of shape (N,) or (N, K), got {_describe(t)}"
-        )
-    if t.shape[0] == 0:
-        raise BadInputError(f"{name}: expected at least one sample, got {_describe(t)}")
-    _check_finite(t, name)
-    # Loose on purpose: the check is there to catch logits or unnormalised scores passed by
-    # mistake, not rounding. float32 probabilities cast to float64 by a caller are off by
-    # ~1e-6; half precision by ~1e-2 (hence sqrt(eps) for low-precision dtypes).
-    tol = max(1e-3, math.sqrt(_clamp_eps(t)))
-    t64 = t.to(torch.float64)
-    lo, hi = float(t64.min()), float(t64.max())
-    if lo < -tol or hi > 1.0 + tol:
-        raise BadInputError(
-            f"{name}: expected values in [0, 1], got values in [{lo:.6g}, {hi:.6g}]"
-        )
-    if simplex:
-        worst = float((t64.sum(dim=1) - 1.0).abs().max())
-        if worst > tol:
-            raise BadInputError(
-                f"{name}: expected rows summing to 1 (probabilities, not logits), got a row "
-                f"off by {worst:.3g}"
-            )
-    return t64.clamp(0.0, 1.0)
-
-
-def _check_labels(labels: Any, n: int, n_classes: int, *, name: str = "labels") -> Tensor:
-    """Validate integer class labels of shape (N,) in ``[0, n_classes)``; returns int64.
-
-    Float labels are accepted when every value is a whole number (CSV readers produce them).
-    """
-    t = _as_tensor(labels, name)
-    if t.ndim != 1 or t.shape[0] != n:
-        raise BadInputError(f"{name}: expected shape ({n},) to match probs, got {_describe(t)}")
-    if t.dtype == torch.bool:
-        raise BadInputError(f"{name}: expected integer class labels, got {_describe(t)}")
-    if t.is_floating_point():
-        _check_finite(t, name)
-        if not bool((t == t.round()).all()):
-            raise BadInputError(f"{name}: expected integer class labels, got non-integer floats")
-    t = t.to(torch.int64)
-    lo, hi = int(t.min()), int(t.max())
-    if lo < 0 or hi >= n_classes:
-        raise BadInputError(
-            f"{name}: expected labels in [0, {n_classes - 1}] for {n_classes} classes, got "
-            f"values in [{lo}, {hi}]"
-        )
-    return t
-
-
-def _check_binary_labels(labels: Any, shape: torch.Size, *, name: str = "labels") -> Tensor:
-    """Validate {0, 1} targets with the same shape as the probabilities; returns float64."""
-    t = _as_tensor(labels, name)
-    if t.shape != shape:
-        raise BadInputError(
-            f"{name}: expected shape {tuple(shape)} to match probs, got {_describe(t)}"
-        )
-    _check_finite(t, name)
-    t = t.to(torch.float64)
-    if not bool(((t == 0) | (t == 1)).all()):
-        raise BadInputError(f"{name}: expected binary targets in {{0, 1}}, got other values")
-    return t
-
-
-def _check_classification(probs: Any, labels: Any) -> tuple[Tensor, Tensor]:
-    p = _check_probs(probs)
-    y = _check_labels(labels, p.shape[0], p.shape[1])
-    return p, y.to(p.device)
-
-
-def _check_n_bins(n_bins: Any) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise BadInputError(f"n_bins: expected a positive integer, got {n_bins!r}")
-    return n_bins
-
-
-def _check_level(level: Any, name: str = "level") -> float:
-    try:
-        value = float(level)
-    except (TypeError, ValueError):
-        raise BadInputError(f"{name}: expected a number in (0, 1), got {level!r}") from None
-    if not 0.0 < value < 1.0:
-        hint = f" (a fraction: {value / 100:g} for {value:g}%)" if 1.0 < value < 100.0 else ""
-        raise BadInputError(f"{name}: expected a number in (0, 1), got {level!r}{hint}")
-    return value
-
-
-def _check_scores(scores: Any, name: str) -> Tensor:
-    t = _as_tensor(scores, name)
-    if t.ndim != 1 or t.shape[0] == 0 or t.dtype == torch.bool:
-        raise BadInputError(
-            f"{name}: expected a non-empty 1-D tensor of scores, got {_describe(t)}"
-        )
-    _check_finite(t, name)
-    return t.to(torch.float64)
-
-
-def _check_mean_var(mean: Any, var: Any) -> tuple[Tensor, Tensor]:
-    m = _as_tensor(mean, "mean")
-    v = _as_tensor(var, "var")
-    if m.ndim not in (1, 2) or m.shape[0] == 0:
-        raise BadInputError(f"mean: expected shape (N, D) or (N,) with N >= 1, got {_describe(m)}")
-    if v.shape != m.shape:
-        raise BadInputError(
-            f"var: expected the shape of mean {tuple(m.shape)} (per-output total variance, not a "
-            f"covariance), got {_describe(v)}"
-        )
-    _check_finite(m, "mean")
-    _check_finite(v, "var")
-    v = v.to(torch.float64)
-    if not bool((v > 0).all()):
-        raise BadInputError(
-            f"var: expected strictly positive variances, got minimum {float(v.min()):.6g}"
-        )
-    return m.to(torch.float64), v
-
-
-def _check_regression(mean: Any, var: Any, y: Any) -> tuple[Tensor, Tensor, Tensor]:
-    m, v = _check_mean_var(mean, var)
-    t = _as_tensor(y, "y")
-    # (N,) targets with a single-output (N, 1) model are taken as (N, 1), as in DESIGN.md §1b.
-    if t.ndim == 1 and m.ndim == 2 and m.shape[1] == 1 and t.shape[0] == m.shape[0]:
-        t = t.unsqueeze(1)
-    if t.shape != m.shape:
-        raise BadInputError(f"y: expected shape {tuple(m.shape)} to match mean, got {_describe(t)}")
-    _check_finite(t, "y")
-    return m, v, t.to(device=m.device, dtype=torch.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,191 +456,3 @@ def fpr_at_tpr(scores_in: Tensor, scores_out: Tensor, tpr: float = 0.95) -> floa
 def ood_metrics(scores_in: Tensor, scores_out: Tensor) -> dict[str, float]:
     """``{"auroc", "fpr95"}`` for OOD scores (higher = more likely OOD)."""
     return {"auroc": auroc(scores_in, scores_out), "fpr95": fpr_at_tpr(scores_in, scores_out, 0.95)}
-
-
-# --------------------------------------------------------------------------------------------
-# Regression
-# --------------------------------------------------------------------------------------------
-
-
-def _z(level: float) -> float:
-    """Half-width of the central ``level`` interval of N(0, 1): ``Φ⁻¹((1 + level) / 2)``."""
-    return float(torch.special.ndtri(torch.tensor((1.0 + level) / 2.0, dtype=torch.float64)))
-
-
-def _rmse(m: Tensor, t: Tensor) -> float:
-    return float(((m - t) ** 2).mean().sqrt())
-
-
-def _mae(m: Tensor, t: Tensor) -> float:
-    return float((m - t).abs().mean())
-
-
-def _gaussian_nll(m: Tensor, v: Tensor, t: Tensor) -> float:
-    return float((0.5 * (_LOG_2PI + v.log() + (t - m) ** 2 / v)).mean())
-
-
-def _crps(m: Tensor, v: Tensor, t: Tensor) -> float:
-    sigma = v.sqrt()
-    z = (t - m) / sigma
-    pdf = torch.exp(-0.5 * z**2) / math.sqrt(2.0 * math.pi)
-    cdf = torch.special.ndtr(z)
-    crps = sigma * (z * (2.0 * cdf - 1.0) + 2.0 * pdf - 1.0 / math.sqrt(math.pi))
-    return float(crps.mean())
-
-
-def _coverage(m: Tensor, v: Tensor, t: Tensor, level: float) -> float:
-    return float(((t - m).abs() <= _z(level) * v.sqrt()).to(torch.float64).mean())
-
-
-def rmse(mean: Tensor, var: Tensor, y: Tensor) -> float:
-    """Root mean squared error over all elements: ``sqrt(mean (μ − y)²)``.
-
-    ``var`` is validated but unused, so every regression metric takes the same arguments.
-    """
-    m, _, t = _check_regression(mean, var, y)
-    return _rmse(m, t)
-
-
-def mae(mean: Tensor, var: Tensor, y: Tensor) -> float:
-    """Mean absolute error over all elements: ``mean |μ − y|`` (``var`` validated, unused)."""
-    m, _, t = _check_regression(mean, var, y)
-    return _mae(m, t)
-
-
-def gaussian_nll(mean: Tensor, var: Tensor, y: Tensor) -> float:
-    """Mean Gaussian negative log-likelihood per element.
-
-    ``mean ½ [log 2π + log σ² + (y − μ)² / σ²]`` with ``σ²`` the total predictive variance.
-
-    Args:
-        mean: (N, D) predictive mean.
-        var: (N, D) total predictive variance (> 0).
-        y: (N, D) targets ((N,) for D = 1 is fine).
-    """
-    m, v, t = _check_regression(mean, var, y)
-    return _gaussian_nll(m, v, t)
-
-
-def crps_gaussian(mean: Tensor, var: Tensor, y: Tensor) -> float:
-    """Mean continuous ranked probability score of Gaussian predictions (closed form).
-
-    ``CRPS(N(μ, σ²), y) = σ [z (2Φ(z) − 1) + 2φ(z) − 1/√π]`` with ``z = (y − μ)/σ``
-    (Gneiting et al., 2005); equals ``∫ (F(x) − 1[x ≥ y])² dx``. Lower is better, in the units
-    of y.
-
-    Args:
-        mean: (N, D) predictive mean.
-        var: (N, D) total predictive variance (> 0).
-        y: (N, D) targets.
-    """
-    m, v, t = _check_regression(mean, var, y)
-    return _crps(m, v, t)
-
-
-def interval(mean: Tensor, var: Tensor, level: float = 0.95) -> tuple[Tensor, Tensor]:
-    """Central predictive interval ``μ ± Φ⁻¹((1 + level)/2) σ``.
-
-    Args:
-        mean: (N, D) predictive mean.
-        var: (N, D) total predictive variance (> 0).
-        level: probability mass inside the interval, in (0, 1).
-
-    Returns:
-        ``(lower, upper)``, each of the shape of ``mean``, in float64.
-    """
-    level = _check_level(level)
-    m, v = _check_mean_var(mean, var)
-    half = _z(level) * v.sqrt()
-    return m - half, m + half
-
-
-def coverage(mean: Tensor, var: Tensor, y: Tensor, level: float = 0.95) -> float:
-    """Fraction of target elements inside the central ``level`` interval (bounds included).
-
-    A calibrated Gaussian predictive gives ``coverage ≈ level``.
-
-    Args:
-        mean: (N, D) predictive mean.
-        var: (N, D) total predictive variance (> 0).
-        y: (N, D) targets.
-        level: nominal level in (0, 1).
-    """
-    level = _check_level(level)
-    m, v, t = _check_regression(mean, var, y)
-    return _coverage(m, v, t, level)
-
-
-@dataclass(frozen=True)
-class CoverageCurve:
-    """Nominal versus empirical coverage of central intervals (for the calibration plot).
-
-    Attributes:
-        nominal: (L,) nominal levels in (0, 1).
-        empirical: (L,) observed fraction of targets inside each interval.
-    """
-
-    nominal: Tensor
-    empirical: Tensor
-
-
-def coverage_curve(
-    mean: Tensor, var: Tensor, y: Tensor, levels: Iterable[float] | None = None
-) -> CoverageCurve:
-    """Empirical coverage at many nominal levels (default 0.05, 0.10, ..., 0.95, 0.99).
-
-    Args:
-        mean: (N, D) predictive mean.
-        var: (N, D) total predictive variance (> 0).
-        y: (N, D) targets.
-        levels: nominal levels in (0, 1).
-    """
-    if levels is None:
-        levels = [k / 20 for k in range(1, 20)] + [0.99]
-    checked = [_check_level(lv, "levels") for lv in levels]
-    if not checked:
-        raise BadInputError("levels: expected at least one level, got none")
-    m, v, t = _check_regression(mean, var, y)
-    empirical = [_coverage(m, v, t, lv) for lv in checked]
-    return CoverageCurve(
-        nominal=torch.tensor(checked, dtype=torch.float64),
-        empirical=torch.tensor(empirical, dtype=torch.float64),
-    )
-
-
-def coverage_key(level: float) -> str:
-    """Metric name of a coverage level: 0.9 → ``coverage_90``, 0.975 → ``coverage_97_5``.
-
-    The decimal point becomes ``_`` so the name stays an identifier usable in gates.
-    """
-    pct = round(_check_level(level) * 100.0, 6)
-    text = f"{pct:g}" if pct != int(pct) else str(int(pct))
-    return "coverage_" + text.replace(".", "_")
-
-
-def regression_metrics(
-    mean: Tensor, var: Tensor, y: Tensor, levels: Sequence[float] = (0.5, 0.9, 0.95)
-) -> dict[str, float]:
-    """All regression metrics at once (inputs validated once).
-
-    Args:
-        mean: (N, D) predictive mean.
-        var: (N, D) total predictive variance (> 0), observation noise included.
-        y: (N, D) targets.
-        levels: nominal levels of the coverage metrics.
-
-    Returns:
-        ``{"rmse", "mae", "nll", "crps", "coverage_<pct>" per level}`` as floats.
-    """
-    checked = [_check_level(lv, "levels") for lv in levels]
-    keys = {coverage_key(lv): lv for lv in checked}
-    m, v, t = _check_regression(mean, var, y)
-    out = {
-        "rmse": _rmse(m, t),
-        "mae": _mae(m, t),
-        "nll": _gaussian_nll(m, v, t),
-        "crps": _crps(m, v, t),
-    }
-    for key, lv in keys.items():
-        out[key] = _coverage(m, v, t, lv)
-    return out

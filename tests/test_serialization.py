@@ -296,6 +296,8 @@ def test_posterior_refuses_another_checkpoint(fitted: dict[str, Path]) -> None:
         f"error: {fitted['post']} was fitted on a model with fingerprint"
     )
     assert f"but {other} has" in result.stderr and result.stderr.count("\n") == 1
+    assert "the model given with --model is not the one it was fitted on" in result.stderr
+    assert "pass --model" not in result.stderr
 
 
 def test_posterior_refuses_same_architecture_other_weights(
@@ -336,6 +338,7 @@ def test_posterior_refuses_its_checkpoint_changed_on_disk(tmp_path: Path) -> Non
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {post} was fitted on a model with fingerprint")
     assert f"({weights})" in result.stderr  # names the checkpoint the posterior records
+    assert "pass --model for the checkpoint it was fitted on" in result.stderr  # none was given
 
 
 # --- atomic writes ----------------------------------------------------------------------------

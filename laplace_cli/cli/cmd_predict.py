@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import stat
 from pathlib import Path
@@ -93,10 +94,9 @@ def predict(
     if not 0.0 < interval < 1.0:
         raise BadInputError(f"--interval: expected a level in (0, 1), e.g. 0.95, got {interval}")
     check_output_file(output)
-    resolve_format(format_, output)
+    fmt = resolve_format(format_, output)
     check_device(device)
     spec = model_override(model, model_factory, model_kwargs)
-    fmt = resolve_format(format_, output)
 
     from laplace_cli import distributed
 
@@ -112,7 +112,7 @@ def predict(
     from laplace_cli.enums import Likelihood
     from laplace_cli.io.datasets import load_dataset_spec
     from laplace_cli.io.tabular import iter_feature_chunks
-    from laplace_cli.io.writers import RowWriter
+    from laplace_cli.io.writers import RowWriter, check_columns
     from laplace_cli.pipeline import (
         PredictOptions,
         iter_prediction_rows,
@@ -156,6 +156,13 @@ def predict(
             for _ in batches_all:
                 pass
             return
+    batches = batches_all if ctx is not None else iter_prediction_rows(la, chunks, options, source)
+    batches = iter(progress_for(quiet)(batches, total, "predict"))
+    # The first batch is predicted and --columns checked against it before -o is opened: what
+    # fails on the first chunk (a column, --x-key, --pred-type, the input's shape) creates no file.
+    first = next(batches, None)
+    if first:
+        check_columns(first[0], fields, fmt.value, single_output=single)
     # Rows are streamed, not written atomically: a consumer may read them as they come, and a
     # failure half way leaves only whole rows behind (each row is one write).
     stream = open(output, "w", encoding="utf-8", newline="") if output is not None else sys.stdout
@@ -164,10 +171,7 @@ def predict(
     failed: OSError | None = None
     try:
         writer = RowWriter(counted, fmt.value, fields, single_output=single)
-        batches = (
-            batches_all if ctx is not None else iter_prediction_rows(la, chunks, options, source)
-        )
-        for rows in progress_for(quiet)(batches, total, "predict"):
+        for rows in itertools.chain([first] if first is not None else [], batches):
             writer.write_batch(rows)
             position, sent = _position(stream), counted.take()
             if position is not None and written is not None and position < written + sent:

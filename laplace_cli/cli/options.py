@@ -20,37 +20,20 @@ import typer
 from laplace_cli.enums import (
     Backend,
     Curvature,
+    Dtype,
     Likelihood,
     LinkApprox,
+    OutputFormat,
     PredType,
     PriorStructure,
-    StrEnum,
     Structure,
     Subset,
+    TuneLoss,
     TuneMethod,
 )
 
-# Choices that laplace_cli.enums does not have (yet); they belong there once other code needs
-# them (the YAML recipes will).
-
-
-class Dtype(StrEnum):
-    FLOAT32 = "float32"
-    FLOAT64 = "float64"
-
-
-class OutputFormat(StrEnum):
-    CSV = "csv"
-    """One header row, then one row per input; list columns are spread (`prob_0`, `prob_1`)."""
-    JSONL = "jsonl"
-    """One JSON object per line; per-class values as lists (`probs`, `var`)."""
-
-
-class TuneLoss(StrEnum):
-    NLL = "nll"
-    ECE = "ece"
-    BRIER = "brier"
-
+# Dtype, OutputFormat and TuneLoss lived here before moving to laplace_cli.enums; importing
+# them from this module still works.
 
 _CHOICE = {"case_sensitive": False}
 _INPUTS = "Inputs"

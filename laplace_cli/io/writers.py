@@ -73,6 +73,26 @@ def flatten_row(row: dict[str, Any], single_output: bool) -> dict[str, Any]:
     return out
 
 
+def check_columns(
+    row: dict[str, Any], columns: Sequence[str] | None, fmt: str, single_output: bool = False
+) -> None:
+    """Raise `BadInputError` when a `--columns` field is not in `row` (a JSONL-style row, as
+    `iter_prediction_rows` yields it; flattened first for CSV).
+
+    Lets a command check the columns against its first row before it opens the output file.
+    """
+    if columns:
+        _require_fields(flatten_row(row, single_output) if fmt == "csv" else row, columns)
+
+
+def _require_fields(row: dict[str, Any], columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in row]
+    if missing:
+        raise BadInputError(
+            f"--columns: unknown field(s) {', '.join(missing)}; available: {', '.join(row)}"
+        )
+
+
 class RowWriter:
     """Writes rows to a text stream; each row is written whole and the stream flushed per batch.
 
@@ -100,14 +120,10 @@ class RowWriter:
     def _select(self, row: dict[str, Any]) -> dict[str, Any]:
         if not self.columns:
             return row
+        if self.rows_written == 0:
+            _require_fields(row, self.columns)
         keep = {"id", *self.columns}
-        out = {k: v for k, v in row.items() if k in keep}
-        missing = [c for c in self.columns if c not in row]
-        if missing and self.rows_written == 0:
-            raise BadInputError(
-                f"--columns: unknown field(s) {', '.join(missing)}; available: {', '.join(row)}"
-            )
-        return out
+        return {k: v for k, v in row.items() if k in keep}
 
     def write_batch(self, rows: list[dict[str, Any]]) -> None:
         """Write a batch of rows and flush. Each row goes out in one `write` call, so a failure

@@ -222,6 +222,38 @@ def test_columns_selection(setup: dict[str, Any], tmp_path: Path) -> None:
     assert bad.stderr.startswith("error: --columns: unknown field(s) bogus; available: id, pred")
 
 
+def test_a_failure_before_the_first_row_creates_no_output_file(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """--columns (and whatever else fails on the first chunk: --x-key, the input itself) is
+    checked before -o is opened: no empty file is left behind."""
+    x = tmp_path / "x.csv"
+    write_csv(x, setup["x"][:8])
+    npz = tmp_path / "x.npz"
+    np.savez(npz, features=setup["x"][:8])
+    nan = setup["x"][:8].copy()
+    nan[0, 0] = np.nan
+    bad_row = tmp_path / "nan.csv"
+    write_csv(bad_row, nan)
+    post = setup["digits_mlp"]
+    cases = {
+        "cols.csv": (["--input", x, "--columns", "bogus"], "--columns: unknown field(s) bogus"),
+        "cols.jsonl": (["--input", x, "--columns", "prob_3"], "--columns: unknown field(s)"),
+        "key.csv": (["--input", npz, "--x-key", "nope"], "no feature key 'nope'"),
+        "nan.jsonl": (["--input", bad_row], "non-finite value nan"),
+    }
+    for name, (args, message) in cases.items():
+        out = tmp_path / name
+        result = invoke(["predict", "-p", post, *args, "-o", out])
+        assert result.exit_code == 2 and message in result.stderr, (name, result.stderr)
+        assert not out.exists(), name
+    # An existing file is left as it was.
+    kept = tmp_path / "kept.csv"
+    kept.write_text("before\n")
+    result = invoke(["predict", "-p", post, "--input", x, "-o", kept, "--columns", "bogus"])
+    assert result.exit_code == 2 and kept.read_text() == "before\n"
+
+
 def test_regression_columns(setup: dict[str, Any], tmp_path: Path) -> None:
     post = setup["diabetes_mlp"]
     sigma = read_posterior(post).metadata["sigma_noise"][0]

@@ -287,7 +287,7 @@ def test_posterior_for_another_model(runner: CliRunner, fitted: Workspace) -> No
         2,
         "post_full.st was fitted on a model with fingerprint",
         "mlp_hidden7.safetensors has",
-        "pass --model",
+        "the model given with --model is not the one it was fitted on",
     )
 
 

@@ -619,6 +619,14 @@ def test_fingerprint_mismatch(valid_file: Path) -> None:
         "other.pt has cd34cd34cd34…; pass --model for the checkpoint it was fitted on"
     )
     assert info.value.exit_code == 2
+    # A model given with --model: the hint says it is the wrong one, not "pass --model".
+    with pytest.raises(FingerprintMismatchError) as given:
+        check_fingerprint(pf.metadata, "cd34" * 16, valid_file, model="other.pt", overridden=True)
+    assert str(given.value).endswith(
+        "other.pt has cd34cd34cd34…; the model given with --model is not the one it was fitted "
+        "on; pass that checkpoint, or leave out --model to load the one the posterior names"
+    )
+    assert "pass --model" not in str(given.value)
 
 
 def test_read_header_only(valid_file: Path) -> None:

@@ -1,0 +1,184 @@
+"""Array data files (``.npz``, ``.npy``, ``.pt``, ``.safetensors``): read whole, or by row
+slices for ``.npy`` (memory-mapped) and ``.safetensors`` where only features are streamed.
+
+Split out of `laplace_cli.io.tabular`, which re-exports `read_arrays`.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from laplace_cli.errors import BadInputError
+from laplace_cli.io.data_formats import _did_you_mean
+
+
+def _to_tensor(value: Any, source: str, key: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        t = value
+    else:
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise BadInputError(f"{source}: {key}: expected a numeric array, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_complex() or not (t.is_floating_point() or t.dtype == torch.bool or _is_int(t)):
+        raise BadInputError(f"{source}: {key}: expected a numeric array, got {t.dtype}")
+    if t.dim() == 0:
+        raise BadInputError(
+            f"{source}: {key}: expected an array with one row per example, got a scalar"
+        )
+    return t
+
+
+def _is_int(t: torch.Tensor) -> bool:
+    return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+
+
+def _pick(
+    mapping: dict[str, Any], key: str | None, default: str, source: str, what: str, required: bool
+) -> tuple[Any, str | None]:
+    """mapping[key]; the default key is optional unless ``required``."""
+    name = key if key is not None else default
+    if name in mapping:
+        return mapping[name], name
+    if key is None and not required:
+        return None, None
+    raise BadInputError(
+        f"{source}: no {what} key {name!r}; keys: {', '.join(sorted(mapping)) or '(none)'}"
+        f"{_did_you_mean(name, mapping)}"
+    )
+
+
+def _safe_torch_load(path: Path, source: str) -> Any:
+    try:
+        # mmap keeps a streamed input from being read whole; only zip-format files support it.
+        mmap = zipfile.is_zipfile(path)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise BadInputError(
+            f"{source}: holds pickled objects, not only tensors; data files are read with "
+            "weights_only=True and never run code: save tensors, a dict of tensors or an (x, y) "
+            "tuple of tensors"
+        ) from None
+    except Exception as err:
+        raise BadInputError(
+            f"{source}: unreadable .pt file ({type(err).__name__}: {err})"
+        ) from None
+
+
+def read_arrays(
+    path: str | Path,
+    fmt: str,
+    x_key: str | None = None,
+    y_key: str | None = None,
+    *,
+    y_path: str | Path | None = None,
+    source: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Read features (and targets) from an array file.
+
+    Args:
+        path: The file.
+        fmt: ``npz``, ``npy``, ``pt`` or ``safetensors``.
+        x_key: Key of the features (default ``x``). Unused for ``npy``.
+        y_key: Key of the targets; default ``y`` when present, else no targets.
+        y_path: For ``npy`` only: a second ``.npy`` file holding the targets.
+        source: Name for messages (default: the path).
+
+    Returns:
+        ``(x, y)`` as stored (dtype unchanged); ``y`` is None when there are no targets.
+        A ``.pt`` file may hold a tensor (features), a dict of tensors, or an ``(x, y)`` tuple.
+    """
+    src = source or str(path)
+    p = Path(path)
+    y: Any = None
+    if fmt == "npz":
+        try:
+            with np.load(p, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except ValueError as err:  # object arrays need pickle, which is refused
+            raise BadInputError(f"{src}: unreadable .npz ({err})") from None
+        except Exception as err:
+            raise BadInputError(f"{src}: unreadable .npz ({type(err).__name__}: {err})") from None
+        x, xk = _pick(arrays, x_key, "x", src, "feature", required=True)
+        y, yk = _pick(arrays, y_key, "y", src, "target", required=False)
+    elif fmt == "npy":
+        x, xk = _load_npy(p, src), "x"
+        yk = "y"
+        if y_path is not None:
+            y = _load_npy(Path(y_path), str(y_path))
+    elif fmt == "pt":
+        obj = _safe_torch_load(p, src)
+        if isinstance(obj, torch.Tensor):
+            x, xk = obj, "x"
+            if y_key is not None:
+                raise BadInputError(f"{src}: holds a single tensor, so it has no key {y_key!r}")
+            yk = None
+        elif isinstance(obj, (tuple, list)) and len(obj) == 2:
+            (x, y), xk, yk = obj, "[0]", "[1]"
+        elif isinstance(obj, dict):
+            x, xk = _pick(obj, x_key, "x", src, "feature", required=True)
+            y, yk = _pick(obj, y_key, "y", src, "target", required=False)
+        else:
+            raise BadInputError(
+                f"{src}: expected a tensor, a dict of tensors or an (x, y) tuple, got "
+                f"{type(obj).__name__}"
+            )
+    elif fmt == "safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            arrays = load_file(str(p), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise BadInputError(f"{src}: unreadable safetensors file ({err})") from None
+        x, xk = _pick(arrays, x_key, "x", src, "feature", required=True)
+        y, yk = _pick(arrays, y_key, "y", src, "target", required=False)
+    else:
+        raise BadInputError(f"{src}: {fmt!r} is not an array format")
+    xt = _to_tensor(x, src, xk or "x")
+    yt = None if y is None else _to_tensor(y, src if y_path is None else str(y_path), yk or "y")
+    return xt, yt
+
+
+def _load_npy(p: Path, src: str, mmap: bool = False) -> np.ndarray:
+    try:
+        return np.load(p, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except ValueError as err:
+        raise BadInputError(f"{src}: unreadable .npy ({err})") from None
+    except Exception as err:
+        raise BadInputError(f"{src}: unreadable .npy ({type(err).__name__}: {err})") from None
+
+
+class _safetensors_slicer:  # noqa: N801 - behaves like an array, named like a helper
+    """Row slices of one safetensors tensor without reading the rest of the file."""
+
+    def __init__(self, p: Path, key: str, source: str) -> None:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            self._fh = safe_open(str(p), framework="pt", device="cpu")
+            keys = list(self._fh.keys())
+        except (SafetensorError, OSError, ValueError) as err:
+            raise BadInputError(f"{source}: unreadable safetensors file ({err})") from None
+        if key not in keys:
+            raise BadInputError(
+                f"{source}: no feature key {key!r}; keys: {', '.join(sorted(keys))}"
+                f"{_did_you_mean(key, keys)}"
+            )
+        self._slice = self._fh.get_slice(key)
+        shape = self._slice.get_shape()
+        if not shape:
+            raise BadInputError(f"{source}: {key}: expected an array with one row per example")
+        self._n = int(shape[0])
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        return self._slice[index]

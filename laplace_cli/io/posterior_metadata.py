@@ -1,0 +1,421 @@
+"""Posterior file metadata: the schema of its keys, their str <-> Python encoding, and the
+checks of every value (format and version first).
+
+Split out of `laplace_cli.io.posterior_file`, which re-exports the public names. The layout is
+specified in `docs/posterior-format.md`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from laplace_cli.enums import (
+    Curvature,
+    KronApprox,
+    Likelihood,
+    LinkApprox,
+    PredType,
+    PriorStructure,
+    StrEnum,
+    Structure,
+    Subset,
+)
+from laplace_cli.errors import BadInputError, LaplaceCliError
+from laplace_cli.io.safetensors_header import _clip, _fail, _is_int, _join_problems
+
+FORMAT = "laplace-cli/posterior"
+FORMAT_VERSION = "1"
+KNOWN_VERSIONS: tuple[str, ...] = ("1",)
+
+
+# --- metadata schema ------------------------------------------------------------------------
+
+# Keys whose value is stored verbatim as a string, and the enum (if any) it must belong to.
+_STR_KEYS: dict[str, type[StrEnum] | None] = {
+    "format": None,
+    "format_version": None,
+    "library_version": None,
+    "created": None,
+    "likelihood": Likelihood,
+    "subset": Subset,
+    "structure": Structure,
+    "curvature": Curvature,
+    "fingerprint": None,
+    "last_layer_name": None,
+    "pred_type": PredType,
+    "link_approx": LinkApprox,
+    "prior_structure": PriorStructure,
+    "kron_approx": KronApprox,
+    "backend": None,
+    "feature_reduction": None,
+    "data": None,
+}
+# Keys whose value is stored as a JSON string.
+_JSON_KEYS: frozenset[str] = frozenset(
+    {
+        "n_data",
+        "n_outputs",
+        "loss",
+        "temperature",
+        "sigma_noise",
+        "param_names",
+        "param_shapes",
+        "blocks",
+        "model",
+        "tuning",
+        "world_size",
+        "shard_sizes",
+        "rank",
+        "fit_seconds",
+    }
+)
+_REQUIRED_KEYS: tuple[str, ...] = (
+    "format",
+    "format_version",
+    "library_version",
+    "created",
+    "likelihood",
+    "subset",
+    "structure",
+    "curvature",
+    "n_data",
+    "n_outputs",
+    "loss",
+    "temperature",
+    "sigma_noise",
+    "param_names",
+    "param_shapes",
+    "model",
+    "fingerprint",
+)
+_KNOWN_KEYS: frozenset[str] = frozenset(_STR_KEYS) | _JSON_KEYS
+_BLOCK_KINDS = ("kron", "kron_bias", "diag")
+
+
+# --- metadata encoding ----------------------------------------------------------------------
+
+
+def _json_default(obj: Any) -> Any:
+    """JSON for the few non-JSON types writers naturally pass (paths, tensors, numpy scalars)."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (tuple, set, frozenset)):
+        return list(obj)
+    if hasattr(obj, "tolist"):  # torch / numpy arrays and scalars
+        return obj.tolist()
+    raise TypeError(f"cannot store a {type(obj).__name__} in posterior metadata")
+
+
+def _encode_metadata(metadata: dict[str, Any]) -> dict[str, str]:
+    """Python values -> safetensors' str -> str metadata (strings verbatim, the rest as JSON)."""
+    bad_keys = [k for k in metadata if not isinstance(k, str)]
+    if bad_keys:
+        raise BadInputError(f"posterior metadata keys must be strings, got {bad_keys[0]!r}")
+    out: dict[str, str] = {}
+    for key in sorted(metadata):  # sorted, so that the same state gives the same bytes
+        value = metadata[key]
+        if isinstance(value, Enum):
+            value = value.value  # enum members of the str-valued keys
+        elif isinstance(value, os.PathLike) and key not in _JSON_KEYS:
+            value = os.fspath(value)
+        if isinstance(value, str) and key not in _JSON_KEYS:
+            out[key] = str(value)
+        elif isinstance(value, str):
+            out[key] = value  # already JSON (or will fail decoding with a clear message)
+        else:
+            try:
+                # NaN is encoded (Python's JSON accepts it) so that validation, not encoding,
+                # reports it with the key's name; validation runs before anything is written.
+                out[key] = json.dumps(
+                    value, default=_json_default, separators=(",", ":"), sort_keys=True
+                )
+            except (TypeError, ValueError) as exc:
+                raise BadInputError(f"posterior metadata {key!r}: {exc}") from None
+    return out
+
+
+def _decode_metadata(raw: dict[str, str], source: object) -> dict[str, Any]:
+    """safetensors' str -> str metadata -> Python values (the inverse of `_encode_metadata`)."""
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in raw.items():
+        if key in _JSON_KEYS:
+            try:
+                out[key] = json.loads(value)
+            except (ValueError, RecursionError):
+                problems.append(f"metadata {key!r} is not valid JSON: {_clip(value)}")
+        else:
+            out[key] = value
+    _join_problems(source, problems, BadInputError)
+    return out
+
+
+def _with_defaults(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Fill in `format`, `format_version`, `library_version` and `created` unless given."""
+    from laplace_cli import __version__  # lazy: the package root may import this module
+
+    meta = dict(metadata)
+    meta.setdefault("format", FORMAT)
+    meta.setdefault("format_version", FORMAT_VERSION)
+    meta.setdefault("library_version", __version__)
+    meta.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return meta
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def _check_format(meta: dict[str, Any], source: object) -> None:
+    """Format and version first: nothing else is meaningful for another format or version."""
+    if not meta:
+        raise _fail(
+            source,
+            f"not a laplace-cli posterior: the file has no metadata (expected format {FORMAT!r})",
+        )
+    fmt = meta.get("format")
+    if fmt is None:
+        raise _fail(
+            source, f"not a laplace-cli posterior: no 'format' metadata key (expected {FORMAT!r})"
+        )
+    if fmt != FORMAT:
+        raise _fail(
+            source,
+            f"not a laplace-cli posterior: metadata format is {_clip(fmt)}, expected {FORMAT!r}",
+        )
+    version = meta.get("format_version")
+    if version is None:
+        raise _fail(source, "missing metadata key(s): format_version")
+    if version not in KNOWN_VERSIONS:
+        from laplace_cli import __version__
+
+        known = ", ".join(KNOWN_VERSIONS)
+        raise _fail(
+            source,
+            f"format_version {_clip(version)} is not supported; laplace-cli {__version__} reads version {known}"
+            " (a newer laplace-cli may read it)",
+        )
+
+
+def _check_metadata(
+    meta: dict[str, Any], source: object, nonfinite: type[LaplaceCliError]
+) -> dict[str, Any]:
+    """Check every metadata value's type and range; return it with enum keys as members."""
+    missing = [k for k in _REQUIRED_KEYS if k not in meta]
+    if meta.get("structure") == Structure.KRON.value and "blocks" not in meta:
+        missing.append("blocks")
+    if missing:
+        raise _fail(source, f"missing metadata key(s): {', '.join(missing)}")
+    unknown = sorted(set(meta) - _KNOWN_KEYS)
+    if unknown:
+        raise _fail(
+            source,
+            f"unknown metadata key(s): {', '.join(_with_hint(k, _KNOWN_KEYS) for k in unknown)}",
+        )
+
+    out = dict(meta)
+    problems: list[str] = []
+    nonfinite_problems: list[str] = []
+
+    for key, enum in _STR_KEYS.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        if not isinstance(value, str):
+            problems.append(f"metadata {key!r} must be a string, got {_clip(value)}")
+        elif enum is not None:
+            try:
+                out[key] = enum(value)
+            except ValueError:
+                allowed = "|".join(m.value for m in enum)
+                problems.append(f"metadata {key!r} must be one of {allowed}, got {_clip(value)}")
+    if isinstance(meta.get("created"), str):
+        try:
+            datetime.fromisoformat(meta["created"])
+        except ValueError:
+            problems.append(
+                f"metadata 'created' must be an ISO 8601 time, got {_clip(meta['created'])}"
+            )
+    fp = meta.get("fingerprint")
+    if isinstance(fp, str) and (not fp or any(c not in "0123456789abcdef" for c in fp)):
+        problems.append(f"metadata 'fingerprint' must be a lower-case hex string, got {_clip(fp)}")
+
+    def positive_int(key: str) -> None:
+        v = meta.get(key)
+        if key in meta and not (_is_int(v) and v >= 1):
+            problems.append(f"metadata {key!r} must be a positive integer, got {_clip(v)}")
+
+    for key in ("n_data", "n_outputs", "world_size", "rank"):
+        positive_int(key)
+
+    def real(key: str, positive: bool) -> None:
+        v = meta[key]
+        if not _is_number(v):
+            problems.append(f"metadata {key!r} must be a number, got {_clip(v)}")
+        elif not _finite(v):
+            nonfinite_problems.append(f"metadata {key!r} is not finite ({v})")
+        elif positive and v <= 0:
+            problems.append(f"metadata {key!r} must be positive, got {_clip(v)}")
+
+    n_out = meta["n_outputs"]
+    loss = meta["loss"]
+    if isinstance(loss, list):  # per output (regression with one noise level per output)
+        if not (loss and all(_is_number(v) for v in loss)):
+            problems.append(
+                f"metadata 'loss' must be a number or a list of numbers, got {_clip(loss)}"
+            )
+        elif _is_int(n_out) and len(loss) != n_out:
+            problems.append(
+                f"metadata 'loss' has {len(loss)} entries, expected one per output ({n_out})"
+            )
+        elif not all(_finite(v) for v in loss):
+            nonfinite_problems.append(f"metadata 'loss' is not finite ({_clip(loss)})")
+    else:
+        real("loss", positive=False)
+    real("temperature", positive=True)
+    if "fit_seconds" in meta:
+        fs = meta["fit_seconds"]
+        if not (_is_number(fs) and _finite(fs) and fs >= 0):
+            problems.append(f"metadata 'fit_seconds' must be a number >= 0, got {_clip(fs)}")
+
+    sigma = meta["sigma_noise"]
+    if not (isinstance(sigma, list) and sigma and all(_is_number(s) for s in sigma)):
+        problems.append(
+            f"metadata 'sigma_noise' must be a non-empty list of numbers, got {_clip(sigma)}"
+        )
+    elif not all(_finite(s) for s in sigma):
+        nonfinite_problems.append(f"metadata 'sigma_noise' is not finite ({sigma})")
+    elif not all(s > 0 for s in sigma):
+        problems.append(f"metadata 'sigma_noise' must be positive, got {_clip(sigma)}")
+    elif _is_int(n_out) and len(sigma) not in (1, n_out):
+        problems.append(
+            f"metadata 'sigma_noise' must have 1 or n_outputs={n_out} entries, got {len(sigma)}"
+        )
+
+    names, shapes = meta["param_names"], meta["param_shapes"]
+    names_ok = isinstance(names, list) and all(isinstance(n, str) and n for n in names)
+    if not names_ok:
+        problems.append(
+            f"metadata 'param_names' must be a list of non-empty strings, got {_clip(names)}"
+        )
+    elif len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        problems.append(f"metadata 'param_names' repeats {', '.join(dup)}")
+    shapes_ok = isinstance(shapes, list) and all(_is_shape(s) for s in shapes)
+    if not shapes_ok:
+        problems.append(
+            f"metadata 'param_shapes' must be a list of lists of non-negative integers, got {_clip(shapes)}"
+        )
+    elif names_ok and len(shapes) != len(names):
+        problems.append(
+            f"metadata 'param_shapes' has {len(shapes)} entries but 'param_names' has {len(names)}"
+        )
+    elif names_ok and not names:
+        problems.append(
+            "metadata 'param_names' is empty: a posterior covers at least one parameter tensor"
+        )
+
+    if "blocks" in meta:
+        problems.extend(_check_blocks(meta["blocks"], names, shapes))
+
+    model = meta["model"]
+    if not isinstance(model, dict):
+        problems.append(
+            f"metadata 'model' must be a JSON object {{path, form, factory, kwargs}}, got {_clip(model)}"
+        )
+    else:
+        # All may be null: a posterior saved from the Python API has no checkpoint to name
+        # (then tune / evaluate / predict need --model).
+        for k in ("path", "form", "factory", "fingerprint"):
+            if model.get(k) is not None and not isinstance(model[k], str):
+                problems.append(
+                    f"metadata 'model.{k}' must be a string or null, got {_clip(model[k])}"
+                )
+        if model.get("kwargs") is not None and not isinstance(model["kwargs"], dict):
+            problems.append(
+                f"metadata 'model.kwargs' must be an object or null, got {_clip(model['kwargs'])}"
+            )
+
+    if "tuning" in meta and not isinstance(meta["tuning"], dict):
+        problems.append(f"metadata 'tuning' must be a JSON object, got {_clip(meta['tuning'])}")
+    if "shard_sizes" in meta:
+        sizes = meta["shard_sizes"]
+        if not (isinstance(sizes, list) and all(_is_int(s) and s >= 0 for s in sizes)):
+            problems.append(
+                f"metadata 'shard_sizes' must be a list of non-negative integers, got {_clip(sizes)}"
+            )
+        elif _is_int(meta.get("world_size")) and len(sizes) != meta["world_size"]:
+            problems.append(
+                f"metadata 'shard_sizes' has {len(sizes)} entries but world_size is {meta['world_size']}"
+            )
+
+    if (
+        meta.get("structure") == Structure.KRON.value
+        and meta.get("subset") == Subset.SUBNETWORK.value
+    ):
+        problems.append(
+            "structure 'kron' cannot be combined with subset 'subnetwork' (use diag, full or lowrank)"
+        )
+
+    _join_problems(source, problems, BadInputError)
+    _join_problems(source, nonfinite_problems, nonfinite)
+    return out
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _finite(x: int | float) -> bool:
+    # math.isfinite overflows on huge ints (JSON allows them); an int is always finite.
+    return isinstance(x, int) or math.isfinite(x)
+
+
+def _is_shape(s: Any) -> bool:
+    return isinstance(s, list) and all(_is_int(d) and d >= 0 for d in s)
+
+
+def _check_blocks(blocks: Any, names: Any, shapes: Any) -> list[str]:
+    """K-FAC blocks: one per parameter tensor, in order, with a kind that fits its shape."""
+    if not isinstance(blocks, list) or not all(
+        isinstance(b, dict) and isinstance(b.get("name"), str) and _is_shape(b.get("shape"))
+        for b in blocks
+    ):
+        return [
+            f"metadata 'blocks' must be a list of {{name, kind, shape}} objects, got {_clip(blocks)}"
+        ]
+    problems: list[str] = []
+    block_names = [b["name"] for b in blocks]
+    if isinstance(names, list) and block_names != names:
+        problems.append(
+            f"metadata 'blocks' names {block_names} do not match param_names {names} (one block per parameter tensor, same order)"
+        )
+    for i, b in enumerate(blocks):
+        kind, shape = b.get("kind"), b["shape"]
+        if kind not in _BLOCK_KINDS:
+            problems.append(
+                f"metadata 'blocks'[{i}] ({b['name']}): kind must be one of {'|'.join(_BLOCK_KINDS)}, got {_clip(kind)}"
+            )
+        elif kind == "kron" and (len(shape) < 2 or shape[0] == 0):
+            problems.append(
+                f"metadata 'blocks'[{i}] ({b['name']}): kind 'kron' needs a weight of shape [d_out, d_in, ...], got {shape}"
+            )
+        elif kind == "kron_bias" and len(shape) != 1:
+            problems.append(
+                f"metadata 'blocks'[{i}] ({b['name']}): kind 'kron_bias' needs a bias of shape [d_out], got {shape}"
+            )
+        if isinstance(shapes, list) and i < len(shapes) and shapes[i] != shape:
+            problems.append(
+                f"metadata 'blocks'[{i}] ({b['name']}): shape {shape} differs from param_shapes[{i}] = {shapes[i]}"
+            )
+    return problems
+
+
+def _with_hint(name: str, candidates: Any) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)

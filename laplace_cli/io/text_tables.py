@@ -1,0 +1,527 @@
+"""Text tables (CSV / TSV with a header row, JSONL with one JSON object or array per line),
+parsed row by row into chunks so that memory stays flat however long the file or stdin is.
+
+Split out of `laplace_cli.io.tabular`, which re-exports the public names.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+
+from laplace_cli.errors import BadInputError
+from laplace_cli.io.data_formats import (
+    _DEFAULT_CHUNK_ROWS,
+    TARGET_NAMES,
+    _did_you_mean,
+    _row_where,
+    check_finite,
+    detect_format,
+)
+
+
+@dataclass
+class TableChunk:
+    """Up to ``chunk_rows`` parsed rows of a CSV / JSONL table.
+
+    Attributes:
+        x: Features, float64, shape (n, D) for CSV, (n, ...) for JSONL lists.
+        y: Targets, float64, shape (n,) or (n, K), or None.
+        ids: The ``id`` column's values, or the row indices when there is no id column.
+        start: Row index of the first row (0-based over data rows).
+        lines: Line number of each row in the file (1-based).
+        feature_names: Feature columns (empty for JSONL list features).
+        has_ids: Whether ``ids`` come from an id column (else they are row indices).
+    """
+
+    x: np.ndarray
+    y: np.ndarray | None
+    ids: list[Any]
+    start: int
+    lines: list[int]
+    feature_names: list[str]
+    has_ids: bool = False
+
+
+def _open_text(path: str | Path | TextIO) -> tuple[Iterator[str], str, TextIO | None]:
+    """Line iterator, display name, and a handle to close (None for stdin / caller's handle)."""
+    if not isinstance(path, (str, Path)):
+        return iter(path), getattr(path, "name", "<stream>"), None
+    if str(path) == "-":
+        return iter(sys.stdin), "<stdin>", None
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"{path}: file not found")
+    try:
+        # newline="" so the csv module sees embedded newlines in quoted fields.
+        fh = p.open("r", encoding="utf-8-sig", newline="")
+    except OSError as err:
+        raise BadInputError(f"{path}: cannot read ({err.strerror or err})") from None
+    return iter(fh), str(path), fh
+
+
+def _sniff_text_format(lines: Iterator[str]) -> tuple[str, Iterator[str]]:
+    """JSONL when the first non-blank line starts with ``{`` or ``[``, else CSV."""
+    buffered = []
+    for line in lines:
+        buffered.append(line)
+        if line.strip():
+            fmt = "jsonl" if line.lstrip().startswith(("{", "[")) else "csv"
+            return fmt, itertools.chain(buffered, lines)
+    return "jsonl", iter(buffered)
+
+
+def _parse_float(cell: str) -> float:
+    text = cell.strip()
+    if not text:
+        raise ValueError("missing value")
+    return float(text)
+
+
+def _csv_chunks(
+    lines: Iterator[str],
+    source: str,
+    *,
+    delimiter: str,
+    x_cols: Sequence[str] | None,
+    target: str | None,
+    want_target: bool,
+    id_key: str | None,
+    chunk_rows: int,
+) -> Iterator[TableChunk]:
+    reader = csv.reader(lines, delimiter=delimiter)
+    header: list[str] | None = None
+    for row in reader:
+        if row and any(c.strip() for c in row):
+            header = [c.strip() for c in row]
+            break
+    if header is None:
+        raise BadInputError(f"{source}: empty file; expected a header row and data rows")
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raise BadInputError(f"{source}: duplicate column names in the header: {', '.join(dupes)}")
+    col = {name: i for i, name in enumerate(header)}
+
+    target_idx: int | None = None
+    excluded: set[str] = set()
+    if target is not None:
+        if target in col:
+            target_idx = col[target]
+            excluded.add(target)
+        elif want_target:
+            raise BadInputError(
+                f"{source}: no target column {target!r}; columns: {', '.join(header)}"
+                f"{_did_you_mean(target, header)}"
+            )
+    else:
+        # No target named: the conventional names are targets, never features.
+        present = [n for n in TARGET_NAMES if n in col]
+        excluded.update(present)
+        if want_target and present:
+            target_idx = col[present[0]]
+    id_idx = col.get(id_key) if id_key else None
+    if id_key:
+        excluded.add(id_key)
+
+    names: list[str] | None = None
+    if x_cols is not None:
+        missing = [c for c in x_cols if c not in col]
+        if missing:
+            raise BadInputError(
+                f"{source}: no feature column {missing[0]!r}; columns: {', '.join(header)}"
+                f"{_did_you_mean(missing[0], header)}"
+            )
+        names = list(x_cols)
+
+    row_index = 0
+    xs: list[list[float]] = []
+    ys: list[float] = []
+    ids: list[Any] = []
+    line_nos: list[int] = []
+    start = 0
+    for row in reader:
+        if not row or not any(c.strip() for c in row):
+            continue
+        line = reader.line_num
+        if len(row) != len(header):
+            raise BadInputError(
+                f"{source}: {_row_where(row_index, line)}: expected {len(header)} fields, got {len(row)}"
+            )
+        if names is None:
+            # Feature columns are decided from the first data row: every column whose value
+            # parses as a number, except id and target. A later non-number in one of them is
+            # an error naming the row, so chunked and whole-file reading agree.
+            names = []
+            for name, cell in zip(header, row, strict=True):
+                if name in excluded:
+                    continue
+                try:
+                    float(cell) if cell.strip() else 0.0
+                except ValueError:
+                    continue
+                names.append(name)
+            if not names:
+                raise BadInputError(
+                    f"{source}: no numeric feature columns (columns: {', '.join(header)})"
+                )
+        idx = [col[n] for n in names]
+        try:
+            xs.append([_parse_float(row[j]) for j in idx])
+        except ValueError:
+            for n, j in zip(names, idx, strict=True):
+                try:
+                    _parse_float(row[j])
+                except ValueError:
+                    got = row[j].strip()
+                    what = "missing value" if not got else f"expected a number, got {got!r}"
+                    raise BadInputError(
+                        f"{source}: {_row_where(row_index, line)}: column {n!r}: {what}"
+                    ) from None
+        if target_idx is not None:
+            try:
+                ys.append(_parse_float(row[target_idx]))
+            except ValueError:
+                got = row[target_idx].strip()
+                what = "missing value" if not got else f"expected a number, got {got!r}"
+                raise BadInputError(
+                    f"{source}: {_row_where(row_index, line)}: target column "
+                    f"{header[target_idx]!r}: {what}"
+                ) from None
+        ids.append(row[id_idx] if id_idx is not None else row_index)
+        line_nos.append(line)
+        row_index += 1
+        if len(xs) >= chunk_rows:
+            yield _finish_chunk(
+                xs,
+                ys if target_idx is not None else None,
+                ids,
+                start,
+                line_nos,
+                names,
+                source,
+                has_ids=id_idx is not None,
+            )
+            start = row_index
+            xs, ys, ids, line_nos = [], [], [], []
+    if xs:
+        yield _finish_chunk(
+            xs,
+            ys if target_idx is not None else None,
+            ids,
+            start,
+            line_nos,
+            names or [],
+            source,
+            has_ids=id_idx is not None,
+        )
+
+
+def _finish_chunk(
+    xs: list[Any],
+    ys: list[Any] | None,
+    ids: list[Any],
+    start: int,
+    lines: list[int],
+    names: list[str],
+    source: str,
+    has_ids: bool = False,
+) -> TableChunk:
+    x = np.asarray(xs, dtype=np.float64)
+    check_finite(torch.from_numpy(x), source, "features", lines, start)
+    y = None
+    if ys is not None:
+        y = np.asarray(ys, dtype=np.float64)
+        check_finite(torch.from_numpy(y), source, "targets", lines, start)
+    return TableChunk(
+        x=x, y=y, ids=ids, start=start, lines=lines, feature_names=names, has_ids=has_ids
+    )
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _numeric_array(value: Any, source: str, where: str, what: str) -> np.ndarray:
+    if value is None:
+        raise BadInputError(f"{source}: {where}: {what}: missing value")
+    if isinstance(value, bool) or not (_is_number(value) or isinstance(value, list)):
+        raise BadInputError(
+            f"{source}: {where}: {what}: expected a number or a list of numbers, got {value!r}"
+        )
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise BadInputError(
+            f"{source}: {where}: {what}: expected a (regular) list of numbers, got "
+            f"{json.dumps(value)[:60]}"
+        ) from None
+    return arr
+
+
+def _jsonl_chunks(
+    lines: Iterator[str],
+    source: str,
+    *,
+    x_key: str | Sequence[str] | None,
+    target: str | None,
+    want_target: bool,
+    id_key: str | None,
+    chunk_rows: int,
+) -> Iterator[TableChunk]:
+    row_index = 0
+    start = 0
+    mode: str | None = None  # "list" (whole line / x key is a list) or "columns"
+    names: list[str] = []
+    list_key: str | None = None
+    target_key: str | None = None
+    has_id = False
+    shape: tuple[int, ...] | None = None
+    xs: list[Any] = []
+    ys: list[Any] = []
+    ids: list[Any] = []
+    line_nos: list[int] = []
+    for line_no, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        where = _row_where(row_index, line_no)
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise BadInputError(f"{source}: {where}: invalid JSON ({err.msg})") from None
+        if not isinstance(rec, (dict, list)):
+            raise BadInputError(
+                f"{source}: {where}: expected a JSON object or array, got {type(rec).__name__}"
+            )
+        if mode is None:
+            # The first record decides the layout, as the first CSV row does.
+            if isinstance(rec, list):
+                mode = "list"
+            elif isinstance(x_key, str):
+                mode, list_key = "list", x_key
+            elif x_key is not None:
+                mode, names = "columns", list(x_key)
+            elif isinstance(rec.get("x"), list):
+                mode, list_key = "list", "x"
+            else:
+                mode = "columns"
+            if isinstance(rec, dict):
+                if target is not None:
+                    if target in rec:
+                        target_key = target
+                    elif want_target:
+                        raise BadInputError(
+                            f"{source}: {where}: no target key {target!r}; keys: "
+                            f"{', '.join(rec)}{_did_you_mean(target, rec)}"
+                        )
+                elif want_target:
+                    target_key = next((n for n in TARGET_NAMES if n in rec), None)
+                has_id = bool(id_key) and id_key in rec
+                if mode == "columns" and not names:
+                    skip = set(TARGET_NAMES) | {target, id_key}
+                    names = [k for k, v in rec.items() if k not in skip and _is_number(v)]
+                    if not names:
+                        raise BadInputError(
+                            f"{source}: {where}: no numeric feature keys (keys: {', '.join(rec)}); "
+                            "name a key holding a list of numbers with x:"
+                        )
+        if isinstance(rec, list):
+            if mode != "list" or list_key is not None:
+                raise BadInputError(
+                    f"{source}: {where}: expected a JSON object like the first row, got an array"
+                )
+            feat = _numeric_array(rec, source, where, "features")
+        else:
+            if mode == "list" and list_key is None:
+                raise BadInputError(
+                    f"{source}: {where}: expected a JSON array like the first row, got an object"
+                )
+            if mode == "list":
+                if list_key not in rec:
+                    raise BadInputError(
+                        f"{source}: {where}: no feature key {list_key!r}; keys: {', '.join(rec)}"
+                        f"{_did_you_mean(str(list_key), rec)}"
+                    )
+                feat = _numeric_array(rec[list_key], source, where, f"key {list_key!r}")
+            else:
+                values = []
+                for n in names:
+                    if n not in rec:
+                        raise BadInputError(
+                            f"{source}: {where}: missing feature key {n!r}{_did_you_mean(n, rec)}"
+                        )
+                    v = rec[n]
+                    if not _is_number(v):
+                        raise BadInputError(
+                            f"{source}: {where}: key {n!r}: expected a number, got {v!r}"
+                        )
+                    values.append(v)
+                feat = np.asarray(values, dtype=np.float64)
+            if target_key is not None:
+                if target_key not in rec:
+                    raise BadInputError(f"{source}: {where}: missing target key {target_key!r}")
+                ys.append(_numeric_array(rec[target_key], source, where, f"target {target_key!r}"))
+        if shape is None:
+            shape = feat.shape
+        elif feat.shape != shape:
+            raise BadInputError(
+                f"{source}: {where}: features of shape {feat.shape}, but the first row has {shape}"
+            )
+        xs.append(feat)
+        ids.append(rec.get(id_key) if has_id and isinstance(rec, dict) else row_index)
+        line_nos.append(line_no)
+        row_index += 1
+        if len(xs) >= chunk_rows:
+            yield _finish_json_chunk(
+                xs, ys if target_key else None, ids, start, line_nos, names, source, has_id
+            )
+            start = row_index
+            xs, ys, ids, line_nos = [], [], [], []
+    if xs:
+        yield _finish_json_chunk(
+            xs, ys if target_key else None, ids, start, line_nos, names, source, has_id
+        )
+
+
+def _finish_json_chunk(
+    xs: list[np.ndarray],
+    ys: list[np.ndarray] | None,
+    ids: list[Any],
+    start: int,
+    lines: list[int],
+    names: list[str],
+    source: str,
+    has_ids: bool,
+) -> TableChunk:
+    x = np.stack(xs)
+    if ys is not None:
+        shapes = {y.shape for y in ys}
+        if len(shapes) > 1:
+            raise BadInputError(f"{source}: targets of different shapes: {sorted(shapes)}")
+        y = np.stack(ys)  # (n,) or (n, K)
+        return _finish_chunk(x, y, ids, start, lines, names, source, has_ids)
+    return _finish_chunk(x, None, ids, start, lines, names, source, has_ids)
+
+
+def iter_table_chunks(
+    path: str | Path | TextIO,
+    *,
+    fmt: str | None = None,
+    x_key: str | Sequence[str] | None = None,
+    target: str | None = None,
+    want_target: bool = False,
+    id_key: str | None = "id",
+    chunk_rows: int = _DEFAULT_CHUNK_ROWS,
+) -> Iterator[TableChunk]:
+    """Parse a CSV / TSV / JSONL table chunk by chunk (memory bounded by ``chunk_rows``).
+
+    Args:
+        path: A file, ``"-"`` for stdin, or an open text stream.
+        fmt: ``csv``, ``tsv`` or ``jsonl``; default from the suffix, or for streams sniffed from
+            the first non-blank line (``{`` or ``[``: JSONL, else CSV).
+        x_key: Features: for JSONL the key holding a list of numbers (default ``x`` when the
+            first record has a list there); a list of column / key names selects those columns.
+            Default: every numeric column of the first row except id and target columns.
+        target: Target column / key. When None, columns named like a target (``y``, ``label``,
+            ``target``, ``labels``, ``targets``) are never features, and with ``want_target``
+            the first of them present is the target.
+        want_target: Read the target (error when a named one is missing).
+        id_key: Column / key holding row ids (kept as given); rows without one get their index.
+        chunk_rows: Rows per chunk.
+
+    Yields:
+        :class:`TableChunk` objects with float64 features; NaN / Inf raise, naming row and line.
+    """
+    if chunk_rows < 1:
+        raise BadInputError(f"chunk_rows: expected a positive integer, got {chunk_rows}")
+    lines, source, handle = _open_text(path)
+    try:
+        if fmt is None and (isinstance(path, (str, Path)) and str(path) != "-"):
+            fmt = detect_format(path)
+        elif fmt is None:
+            fmt, lines = _sniff_text_format(lines)
+        else:
+            fmt = detect_format(source, fmt)
+        if fmt in ("csv", "tsv"):
+            if isinstance(x_key, str):
+                x_key = [x_key]
+            yield from _csv_chunks(
+                lines,
+                source,
+                delimiter="\t" if fmt == "tsv" else ",",
+                x_cols=x_key,
+                target=target,
+                want_target=want_target,
+                id_key=id_key,
+                chunk_rows=chunk_rows,
+            )
+        elif fmt == "jsonl":
+            yield from _jsonl_chunks(
+                lines,
+                source,
+                x_key=x_key,
+                target=target,
+                want_target=want_target,
+                id_key=id_key,
+                chunk_rows=chunk_rows,
+            )
+        else:
+            raise BadInputError(f"{source}: {fmt!r} is not a text table format (csv, tsv, jsonl)")
+    except UnicodeDecodeError as err:
+        raise BadInputError(f"{source}: not UTF-8 text ({err.reason})") from None
+    except csv.Error as err:
+        raise BadInputError(f"{source}: malformed CSV ({err})") from None
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+@dataclass
+class Table:
+    """A whole CSV / JSONL table (see :func:`read_table`)."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    ids: list[Any]
+    has_ids: bool
+    feature_names: list[str]
+
+
+def read_table(
+    path: str | Path,
+    *,
+    fmt: str | None = None,
+    x_key: str | Sequence[str] | None = None,
+    target: str | None = None,
+    id_key: str | None = "id",
+    source: str | None = None,
+) -> Table:
+    """Read a whole CSV / TSV / JSONL table with its target (see :func:`iter_table_chunks`)."""
+    chunks = list(
+        iter_table_chunks(
+            path,
+            fmt=fmt,
+            x_key=x_key,
+            target=target,
+            want_target=True,
+            id_key=id_key,
+            chunk_rows=65536,
+        )
+    )
+    src = source or str(path)
+    if not chunks:
+        raise BadInputError(f"{src}: no data rows")
+    x = np.concatenate([c.x for c in chunks])
+    ys = [c.y for c in chunks]
+    y = None if ys[0] is None else np.concatenate(ys)  # type: ignore[arg-type]
+    ids = [i for c in chunks for i in c.ids]
+    has_ids = chunks[0].has_ids
+    return Table(x=x, y=y, ids=ids, has_ids=has_ids, feature_names=chunks[0].feature_names)
