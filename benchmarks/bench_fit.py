@@ -62,7 +62,9 @@ def run(name: str, subset: str, structure: str, repeats: int, fit: bool, threads
     code = CHILD.format(root=str(ROOT), threads=threads)
     out = subprocess.run(
         [sys.executable, "-c", code, name, subset, structure, str(repeats), "1" if fit else "0"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -82,18 +84,29 @@ def main() -> None:
             baselines[name] = run(name, subset, structure, 0, False, args.threads)["max_rss"]
         r = run(name, subset, structure, args.repeats, True, args.threads)
         times = sorted(r["times"])
-        results.append({
-            "model": name, "subset": subset, "structure": structure, "n_params": r["n_params"],
-            "fit_seconds_median": times[len(times) // 2], "fit_seconds_min": times[0],
-            "peak_rss_mib": round(r["max_rss"] / 2**20, 1),
-            "peak_rss_over_baseline_mib": round((r["max_rss"] - baselines[name]) / 2**20, 1),
-        })
+        results.append(
+            {
+                "model": name,
+                "subset": subset,
+                "structure": structure,
+                "n_params": r["n_params"],
+                "fit_seconds_median": times[len(times) // 2],
+                "fit_seconds_min": times[0],
+                "peak_rss_mib": round(r["max_rss"] / 2**20, 1),
+                "peak_rss_over_baseline_mib": round((r["max_rss"] - baselines[name]) / 2**20, 1),
+            }
+        )
         print(json.dumps(results[-1]), file=sys.stderr)
     report = {
-        "machine": {"cpu_count": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "threads": args.threads,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
         "note": "fit over the train split (batch 256), float32; peak RSS of a fresh process; baseline = "
-                "process that loaded torch, the model and the data",
+        "process that loaded torch, the model and the data",
         "baseline_rss_mib": {k: round(v / 2**20, 1) for k, v in baselines.items()},
         "results": results,
     }
