@@ -403,12 +403,7 @@ class Laplace(PredictiveMixin):
                     f = asdl_accumulate(self, xc, yc).to(self._dtype)
                     self._record_batch(index, f, yc)
                     continue
-                if dense:
-                    f, J = self.subset.jacobians(xc)
-                    factors = None
-                else:
-                    f, factors = self.subset.factors(xc)
-                    J = None
+                f, factors, J = self._jacobian_pieces(xc)
                 f = f.to(self._dtype)
                 self._record_batch(index, f, yc)
                 W = self._output_sqrt(f, yc)

@@ -44,7 +44,7 @@ from laplace_cli.scores import (
     predictive_entropy,
     regression_variance_split,
 )
-from laplace_cli.subsets import LastLayer, iter_rows
+from laplace_cli.subsets import Factor, LastLayer, NoLayerFactorsError, iter_rows
 
 
 class PredictiveMixin:
@@ -71,6 +71,24 @@ class PredictiveMixin:
         per_row, inputs_per_row = cache[key]
         return factor_chunk_rows(batch_size(x), per_row, inputs_per_row, self.max_memory // 4)
 
+    def _jacobian_pieces(self, x: Inputs) -> tuple[Tensor, list[Factor] | None, Tensor | None]:
+        """(f, factors, J) of a chunk: the layer factors, or a dense Jacobian (B, C, P) for the
+        structures that need one; a dense structure that `accepts_factors` gets the factors
+        unless the model has none (a layer that runs twice per pass)."""
+        posterior = self.posterior
+        if not posterior.needs_dense_jacobian or (
+            posterior.accepts_factors and not self.__dict__.get("_no_layer_factors", False)
+        ):
+            try:
+                f, factors = self.subset.factors(x)
+                return f, factors, None
+            except NoLayerFactorsError:
+                if not posterior.needs_dense_jacobian:
+                    raise
+                self._no_layer_factors = True
+        f, J = self.subset.jacobians(x)
+        return f, None, J.to(self._dtype)
+
     def _empty_prediction(self) -> tuple[Tensor, Tensor]:
         n_out = self.n_outputs or 1
         empty = lambda *s: torch.empty(*s, dtype=self._dtype, device=self._device)  # noqa: E731
@@ -85,8 +103,9 @@ class PredictiveMixin:
         form, and the rows are chunked so that the factors and the largest per-layer
         intermediate stay within a small multiple of the batch's activations and under
         `max_memory // 4` (`predictive.factor_chunk_rows`). full, low-rank and subnetwork
-        posteriors use dense Jacobians (for the last layer built from the features in closed
-        form) in row chunks bounded by `max_memory // 4`.
+        posteriors work in row chunks whose dense Jacobian would fit `max_memory // 4`; full
+        computes J V from the layer factors where that is cheaper
+        (`jacobian_products.matmul`), the others use dense Jacobians.
         """
         self._require_fit()
         x = self._inputs(x)
@@ -97,12 +116,8 @@ class PredictiveMixin:
         rows = self._jacobian_rows() if dense else self._factor_rows(x)
         mus, vars_ = [], []
         for xc in iter_rows(x, rows):
-            if dense:
-                f, J = self.subset.jacobians(xc)  # (rows, C, P)
-                var = self.posterior.functional_variance(prior, scale, J=J.to(self._dtype))
-            else:
-                f, factors = self.subset.factors(xc)
-                var = self.posterior.functional_variance(prior, scale, factors=factors)
+            f, factors, J = self._jacobian_pieces(xc)
+            var = self.posterior.functional_variance(prior, scale, factors=factors, J=J)
             mus.append(f.to(self._dtype))
             vars_.append(var)
         return torch.cat(mus), torch.cat(vars_)

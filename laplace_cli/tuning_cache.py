@@ -38,13 +38,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from laplace_cli import jacobian_products
 from laplace_cli.batches import batch_size
 from laplace_cli.enums import Structure, Subset
 from laplace_cli.errors import BadInputError, MemoryBudgetError
 from laplace_cli.memory import format_bytes
 from laplace_cli.posterior.base import expand_prior
 from laplace_cli.posterior.full import robust_cholesky
-from laplace_cli.subsets import DenseFactor, LayerFactor, iter_rows
+from laplace_cli.subsets import DenseFactor, LayerFactor, dense_from_factors, iter_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from laplace_cli.laplace import Laplace
@@ -359,9 +360,15 @@ class PredictiveCache:
         if self.structure == Structure.FULL:
             V = self._full_basis()
             for xc in iter_rows(x, la._jacobian_rows()):
-                f, J = la.subset.jacobians(xc)
-                J = J.to(self.dtype)
-                yield f, [(J if V is None else J @ V, None)]  # U = J V, (rows, C, P)
+                f, factors, J = la._jacobian_pieces(xc)
+                if J is None and V is None:
+                    J = dense_from_factors(factors)
+                if J is not None:
+                    J = J.to(self.dtype)
+                    U = J if V is None else J @ V
+                else:
+                    U = jacobian_products.matmul(factors, V)
+                yield f, [(U, None)]  # U = J V, (rows, C, P)
             return
         rows_fn = getattr(la, "_factor_rows", None)
         rows = rows_fn(x) if rows_fn is not None else n

@@ -163,16 +163,27 @@ def test_diag_on_lora_matches_dense_ggn_diagonal(float64):
     assert_close(la.posterior_precision.diagonal() - 1e-3, H.diagonal(), "diag GGN")
 
 
-def test_full_on_lora_matches_dense_ggn(float64):
-    # Without an attention mask: under vmap, transformers' mask code branches on the mask's
-    # values (`padding_mask.all()`), which vmap cannot batch (see docs/llm.md).
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_full_on_lora_matches_dense_ggn(float64, with_mask):
+    # full takes its Jacobians from the layer factors (forward hooks + one batched backward),
+    # not torch.func.vmap, so batches with a padded attention mask work too.
     model = tiny_lora_bert()
-    b = batch(2, 4)
-    del b["attention_mask"]
+    b = batch(3, 5, pad_last=2 if with_mask else 0)
+    if not with_mask:
+        del b["attention_mask"]
     la = Laplace(model, "classification", "all", "full", prior_precision=1.0)
     la.fit([b])
-    H = dense_ggn(model, b)
+    reference = b if not with_mask else {k: v[:2] for k, v in b.items()}
+    H = dense_ggn(model, reference)
+    if with_mask:  # the padded example alone, unpadded: padding must not change its curvature
+        last = {k: v[2:, :3] if v.ndim == 2 else v[2:] for k, v in b.items()}
+        H = H + dense_ggn(model, last)
     assert_close(la.posterior_precision, H + torch.eye(H.shape[0], dtype=H.dtype), "full GGN")
+    if with_mask:  # the GLM predictive of the padded batch row by row, as without padding
+        x = {k: v for k, v in b.items() if k != "labels"}
+        _, var = la.functional_variance(x)
+        _, var_unpadded = la.functional_variance({k: v[2:, :3] for k, v in x.items()})
+        assert_close(var[2:], var_unpadded, "f_var of the padded example")
 
 
 def reduce_kron_reference(model: nn.Module, b: dict[str, torch.Tensor], name: str):

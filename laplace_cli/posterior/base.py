@@ -62,8 +62,11 @@ class Posterior(ABC):
     """A Gaussian posterior precision in one structure; see the module docstring."""
 
     structure: Structure
-    #: True when fitting needs dense per-sample Jacobians (B, C, P) rather than layer factors.
+    #: True when fitting needs dense per-sample Jacobians (B, C, P) rather than layer factors;
+    #: batches are then chunked so that a dense Jacobian of a chunk fits the memory budget.
     needs_dense_jacobian: bool = False
+    #: A dense structure that also takes the factors (and forms J only where that is cheaper).
+    accepts_factors: bool = False
 
     def __init__(
         self, groups: Sequence[ParamGroup], dtype: torch.dtype, device: torch.device
@@ -80,7 +83,8 @@ class Posterior(ABC):
 
         W (B, C, K) is the output-space square root of the loss curvature: for the GGN the
         square root of the loss Hessian, for the empirical Fisher the loss gradient (K = 1).
-        Structures with `needs_dense_jacobian` get `J` (B, C, P), the others `factors`.
+        Structures with `needs_dense_jacobian` get `J` (B, C, P), unless they set
+        `accepts_factors`; the others get `factors`.
         """
 
     def finalize(self) -> None:  # noqa: B027 - optional hook, empty by default

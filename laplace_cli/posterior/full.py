@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from laplace_cli import jacobian_products
 from laplace_cli.enums import Structure
 from laplace_cli.errors import BadInputError, NumericalError
 from laplace_cli.posterior.base import Posterior, expand_prior, scale_curvature
+from laplace_cli.subsets import dense_from_factors
 
 
 def robust_cholesky(
@@ -49,6 +51,7 @@ class FullPosterior(Posterior):
 
     structure = Structure.FULL
     needs_dense_jacobian = True
+    accepts_factors = True  # J Jᵀ and J V from the factors: about C× fewer flops
     keeps_prior_copy = False
 
     def __init__(self, groups, dtype, device) -> None:
@@ -67,15 +70,21 @@ class FullPosterior(Posterior):
         self.reset()
 
     def accumulate(self, W, factors, J) -> None:
+        self._eig = None
         if self.split_outputs is not None:
             # Column k of W is the square root of output k's Hessian (W = I for regression).
             for k in range(W.shape[-1]):
-                m = torch.einsum("bc,bcp->bp", W[:, :, k], J)
-                self.H[k] += m.T @ m
+                if J is None:
+                    self.H[k] += jacobian_products.gram(W[:, :, k : k + 1], factors)
+                else:
+                    m = torch.einsum("bc,bcp->bp", W[:, :, k], J)
+                    self.H[k] += m.T @ m
+            return
+        if J is None:
+            self.H += jacobian_products.gram(W, factors)
             return
         m = torch.einsum("bck,bcp->bkp", W, J).reshape(-1, self.n_params)
         self.H += m.T @ m
-        self._eig = None
 
     def curvature_dense(self) -> Tensor:
         return self.H if self.split_outputs is None else self.H.sum(0)
@@ -152,14 +161,16 @@ class FullPosterior(Posterior):
         return torch.cholesky_inverse(self.cholesky(prior, scale))
 
     def functional_variance(self, prior, scale, factors=None, J=None):
-        if J is None:
-            raise BadInputError(
-                "the full structure needs dense Jacobians for the functional variance"
-            )
+        if J is None and factors is None:
+            raise BadInputError("the full functional variance needs Jacobians or their factors")
         if self._is_scalar(prior):
             d, V = self.eig()
-            U = J @ V  # (B, C, P)
-            return torch.einsum("bcp,bdp->bcd", U / (scale * d + prior.reshape(())), U)
+            # U = J V (B, C, P), a fresh tensor: scaled in place by (s·d + δ)^(-1/2).
+            U = J @ V if J is not None else jacobian_products.matmul(factors, V.to(self.dtype))
+            U.mul_((scale * d + prior.reshape(())).rsqrt())
+            return U @ U.transpose(1, 2)
+        if J is None:
+            J = dense_from_factors(factors).to(self.dtype)
         L = self.cholesky(prior, scale)
         batch, n_out, n_params = J.shape
         # V = L⁻¹ Jᵀ, then J Λ⁻¹ Jᵀ = Vᵀ V.
