@@ -39,6 +39,7 @@ from laplace_cli.errors import BadInputError
 __all__ = [
     "DistContext",
     "all_reduce_sum",
+    "broadcast_from_main",
     "context",
     "gather_to_main",
     "gather_rounds",
@@ -211,6 +212,21 @@ def gather_to_main(obj: Any, ctx: DistContext | None = None) -> list[Any] | None
     out: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
     dist.gather_object(obj, out, dst=0)
     return out
+
+
+def broadcast_from_main(obj: Any, ctx: DistContext | None = None) -> Any:
+    """Rank 0's `obj` (picklable; keep tensors on the CPU) on every rank; `obj` when alone.
+
+    For a result only rank 0 computes (a tuned prior precision) that every rank then needs.
+    """
+    ctx = ctx if ctx is not None else _CONTEXT
+    if ctx is None:
+        return obj
+    if ctx.backend == "nccl":
+        torch.cuda.set_device(ctx.local_rank)
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def round_robin(chunks: Iterable[Any], ctx: DistContext | None) -> Iterator[Any]:

@@ -4,6 +4,12 @@ Rows `map`, `temperature` (fitted on the validation split; absent without one) a
 map metric names to numbers; gates (`--fail-if`) are checked against them. For regression the
 MAP row uses the fitted observation noise as its variance and the baseline rescales that
 variance on the validation split.
+
+Under torchrun each rank runs the model and the predictive over its contiguous shard of every
+split (`distributed.shard_loader`); rank 0 gathers the per-row outputs in row order and computes
+the metrics, the temperature / variance scale and the gates exactly as one process would. Monte
+Carlo predictives (`link_approx: mc`, `pred_type: nn`) draw from one stream per rank seeded alike,
+so their estimates differ from one process's by Monte Carlo noise.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from laplace_cli import metrics
+from laplace_cli import distributed, metrics
 from laplace_cli.batches import split_batch, to_device
 from laplace_cli.enums import Likelihood
 from laplace_cli.gates import evaluate_gates, parse_gates
@@ -50,6 +56,21 @@ class SplitOutputs:
     var_total: Tensor | None = None
     f_mu: Tensor | None = None
 
+    @classmethod
+    def concat(cls, parts: list[SplitOutputs | None]) -> SplitOutputs:
+        """The parts' rows one after the other (None: a part without rows, e.g. an empty shard)."""
+        kept = [p for p in parts if p is not None]
+        if not kept:
+            raise ValueError("empty split")
+        if len(kept) == 1:
+            return kept[0]
+
+        def cat(name: str) -> Tensor | None:
+            xs = [getattr(p, name) for p in kept]
+            return torch.cat(xs) if xs[0] is not None else None
+
+        return cls(*(cat(n) for n in ("f_map", "targets", "probs", "var_total", "f_mu")))
+
 
 def collect_outputs(
     la: Laplace,
@@ -58,31 +79,38 @@ def collect_outputs(
     progress: Progress = no_progress,
     what: str = "",
     source: str = "",
-) -> SplitOutputs:
+    ctx: distributed.DistContext | None = None,
+) -> SplitOutputs | None:
     """Run the MAP model and the Laplace predictive over a loader.
 
     `source` names the data in errors (default: `what`); the first batch is checked against
-    the model (`pipeline.check_model_accepts`)."""
+    the model (`pipeline.check_model_accepts`). With `ctx` (a distributed run) each rank runs
+    its contiguous shard of the loader and rank 0 gets the whole split's outputs in row order;
+    the other ranks get None."""
+    loader = distributed.shard_loader(loader, ctx)
     pred_type, link_approx = default_pred_options(la, options)
     generator = torch.Generator(device=la._device).manual_seed(options.seed)
     f_map, ys, probs, var_total, f_mu = [], [], [], [], []
-    for i, batch in enumerate(progress(loader, _len_or_none(loader), what)):
-        x, y = split_batch(batch)
-        if i == 0:
-            check_model_accepts(la, x, source or what)
-        x = to_device(x, la._device, la._dtype)  # dict (text) batches too
-        f_map.append(la.subset.output(x).to(la._dtype).cpu())
-        pred = predict_batch(la, x, pred_type, link_approx, options.n_samples, generator)
-        ys.append(y.cpu())
-        if "probs" in pred:
-            probs.append(pred["probs"].cpu())
-        if "var_total" in pred:
-            var_total.append(pred["var_total"].cpu())
-            f_mu.append(pred["mean"].cpu())
-    if not ys:
-        raise ValueError("empty split")
+    # One forward pass per batch where the subset can share it (last layer: the MAP outputs,
+    # the model check and the predictive all read the same features).
+    with la.subset.reuse_forward():
+        for i, batch in enumerate(progress(loader, _len_or_none(loader), what)):
+            x, y = split_batch(batch)
+            x = to_device(x, la._device, la._dtype)  # dict (text) batches too
+            if i == 0:
+                check_model_accepts(la, x, source or what)
+            f_map.append(la.subset.output(x).to(la._dtype).cpu())
+            pred = predict_batch(la, x, pred_type, link_approx, options.n_samples, generator)
+            ys.append(y.cpu())
+            if "probs" in pred:
+                probs.append(pred["probs"].cpu())
+            if "var_total" in pred:
+                var_total.append(pred["var_total"].cpu())
+                f_mu.append(pred["mean"].cpu())
     cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
-    return SplitOutputs(cat(f_map), cat(ys), cat(probs), cat(var_total), cat(f_mu))
+    mine = SplitOutputs(cat(f_map), cat(ys), cat(probs), cat(var_total), cat(f_mu)) if ys else None
+    parts = distributed.gather_to_main(mine, ctx)
+    return None if parts is None else SplitOutputs.concat(parts)
 
 
 @dataclass
@@ -180,21 +208,29 @@ def evaluate(
     batch_size: int | None = None,
     n_bins: int = 15,
     progress: Progress = no_progress,
-) -> EvaluationResult:
-    """Score MAP, temperature scaling and Laplace on `split`; check `gates` (failures recorded)."""
+    shard: bool = True,
+) -> EvaluationResult | None:
+    """Score MAP, temperature scaling and Laplace on `split`; check `gates` (failures recorded).
+
+    Under torchrun (and `shard`) every rank must call this: the ranks share the predictive
+    work, rank 0 returns the result of the whole split (the same as one process) and the other
+    ranks return None.
+    """
     options = options or PredictOptions()
     parsed_gates = parse_gates(gates or [])  # malformed gates fail before any work
+    ctx = distributed.context(la._device) if shard else None
     pred_type, link_approx = default_pred_options(la, options)
     spec = load_dataset_spec(data_path)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     test = collect_outputs(
         la,
-        split_loader(spec, split, la.likelihood, batch_size),
+        split_loader(spec, split, la.likelihood, batch_size, any_order=True),
         options,
         progress,
         f"evaluate {split}",
         source=f"{data_path}: split {split!r}",
+        ctx=ctx,
     )
     timings[f"predict_{split}"] = time.perf_counter() - start
     val = None
@@ -202,29 +238,35 @@ def evaluate(
         start = time.perf_counter()
         val = collect_outputs(
             la,
-            split_loader(spec, val_split, la.likelihood, batch_size),
+            split_loader(spec, val_split, la.likelihood, batch_size, any_order=True),
             options,
             progress,
             f"evaluate {val_split}",
             source=f"{data_path}: split {val_split!r}",
+            ctx=ctx,
         )
         timings[f"predict_{val_split}"] = time.perf_counter() - start
+    ood = None
+    if ood_data is not None:
+        ood_spec = load_dataset_spec(ood_data)
+        ood = collect_outputs(
+            la,
+            split_loader(ood_spec, ood_split, la.likelihood, batch_size, any_order=True),
+            options,
+            progress,
+            "evaluate ood",
+            source=f"{ood_data}: split {ood_split!r}",
+            ctx=ctx,
+        )
+    if test is None:
+        return None  # not rank 0: the metrics are computed there
     if la.likelihood == Likelihood.CLASSIFICATION:
         rows, plots, baseline = _classification_rows(la, test, val, n_bins)
     elif la.likelihood == Likelihood.BINARY:
         rows, plots, baseline = _binary_rows(la, test)
     else:
         rows, plots, baseline = _regression_rows(la, test, val)
-    if ood_data is not None:
-        ood_spec = load_dataset_spec(ood_data)
-        ood = collect_outputs(
-            la,
-            split_loader(ood_spec, ood_split, la.likelihood, batch_size),
-            options,
-            progress,
-            "evaluate ood",
-            source=f"{ood_data}: split {ood_split!r}",
-        )
+    if ood is not None:
         temperature = baseline.get("temperature")
         for row in list(rows):
             s_in, s_out = _ood_scores(la, test, row), _ood_scores(la, ood, row)

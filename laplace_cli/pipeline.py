@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from laplace_cli.batches import split_batch, to_device
+from laplace_cli.batches import batch_size, split_batch, to_device
 from laplace_cli.enums import Likelihood, LinkApprox, PredType
 from laplace_cli.errors import BadInputError, LaplaceCliError, NumericalError
 from laplace_cli.io.checkpoints import (
@@ -214,9 +214,16 @@ def resolve_likelihood(flag: str | None, spec: DatasetSpec | None) -> Likelihood
 
 
 def split_loader(
-    spec: DatasetSpec, split: str, likelihood: Likelihood, batch_size: int | None = None
+    spec: DatasetSpec,
+    split: str,
+    likelihood: Likelihood,
+    batch_size: int | None = None,
+    *,
+    any_order: bool = False,
 ) -> Any:
-    return make_loader(spec, split, batch_size=batch_size, task=likelihood)
+    """The split's loader; `any_order=True` (fit, tune, evaluate: results that do not depend on
+    the row order) lets text splits batch rows of similar length together (less padding)."""
+    return make_loader(spec, split, batch_size=batch_size, task=likelihood, by_length=any_order)
 
 
 # --- fit ----------------------------------------------------------------------------------------
@@ -306,7 +313,7 @@ def fit(
         # the shards' draws are independent (rank 0's equals a one-process fit's over its rows).
         la.seed = options.seed + ctx.rank
     loader = distributed.shard_loader(
-        split_loader(spec, options.split, likelihood, options.batch_size), ctx
+        split_loader(spec, options.split, likelihood, options.batch_size, any_order=True), ctx
     )
     shard = len(loader.dataset) if hasattr(loader, "dataset") else None
     with torch.random.fork_rng(devices=[]):  # a loader iterator draws a seed: keep the stream
@@ -434,7 +441,9 @@ def load_posterior(
     if dtype is None:
         dtype = {torch.float64: "float64", torch.float32: "float32"}.get(pf.tensors["mean"].dtype)
     loaded = load_model_spec(spec, device, dtype)
-    check_fingerprint(meta, loaded.fingerprint, str(path), model=spec.path)
+    check_fingerprint(
+        meta, loaded.fingerprint, str(path), model=spec.path, overridden=model_override is not None
+    )
     la = laplace_from_state(loaded.model, pf.tensors, meta)
     return LoadedPosterior(la, meta, loaded, str(path))
 
@@ -470,7 +479,7 @@ def tune(
         if not data_path:
             raise BadInputError("grid search needs validation data: pass --data")
         spec = load_dataset_spec(data_path)
-        loader = split_loader(spec, split, la.likelihood, batch_size)
+        loader = split_loader(spec, split, la.likelihood, batch_size, any_order=True)
         kwargs["val_loader"] = progress(loader, _len_or_none(loader), "validation pass")
     return la.optimize_prior_precision(method=method, **kwargs)
 
@@ -544,15 +553,17 @@ def iter_prediction_rows(
     generator = torch.Generator(device=la._device).manual_seed(options.seed)
     checked = False
     for ids, x in chunks:
-        if not checked:
-            check_model_accepts(la, x, source)
-            checked = True
-        if not torch.isfinite(x).all():
-            bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero()[0, 0])
-            raise BadInputError(f"{source}: row {ids[bad]}: features contain NaN or Inf")
-        pred = predict_batch(
-            la, x, pred_type, link_approx, options.n_samples, generator, options.interval
-        )
+        with la.subset.reuse_forward():  # the check's forward pass serves the prediction
+            if not checked:
+                check_model_accepts(la, x, source)
+                checked = True
+            # Float features are checked; token ids (dict / integer batches) cannot be NaN.
+            if isinstance(x, Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+                bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero()[0, 0])
+                raise BadInputError(f"{source}: row {ids[bad]}: features contain NaN or Inf")
+            pred = predict_batch(
+                la, x, pred_type, link_approx, options.n_samples, generator, options.interval
+            )
         yield prediction_rows(la, list(ids), pred)
 
 
@@ -561,6 +572,6 @@ def loader_chunks(loader: Iterable[Any]) -> Iterator[tuple[list[int], Tensor]]:
     start = 0
     for batch in loader:
         x, _ = split_batch(batch)
-        n = x.shape[0]
+        n = batch_size(x)  # dict (text) batches too
         yield list(range(start, start + n)), x
         start += n

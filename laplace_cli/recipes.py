@@ -332,27 +332,31 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
     result.files["posterior"] = str(posterior_path)
     from laplace_cli import distributed
 
+    # Under torchrun every rank holds the whole posterior after the fit. Rank 0 alone tunes and
+    # writes files; the ranks share the evaluate and predict work (rank 0 gathers the rows).
     ctx = distributed.context()
-    if ctx is not None and not ctx.is_main:
-        return result  # under torchrun, rank 0 alone tunes, evaluates, predicts and writes
+    main = ctx is None or ctx.is_main
     lp = pipeline.LoadedPosterior(la, extra, fitted.loaded, str(posterior_path))
 
     if "tune" in recipe.stages:
-        cfg = recipe.section("tune")
-        method = cfg.pop("method", "marglik")
-        split = cfg.pop("split", "val")
-        cfg.setdefault("prior_structure", "scalar" if method == "gridsearch" else "layerwise")
-        result.tuning = pipeline.tune(
-            lp,
-            method=method,
-            data_path=str(recipe.data),
-            split=split,
-            batch_size=recipe.batch_size,
-            progress=progress,
-            seed=recipe.seed,
-            **cfg,
-        )
-        pipeline.resave(lp, posterior_path)
+        if main:
+            cfg = recipe.section("tune")
+            method = cfg.pop("method", "marglik")
+            split = cfg.pop("split", "val")
+            cfg.setdefault("prior_structure", "scalar" if method == "gridsearch" else "layerwise")
+            result.tuning = pipeline.tune(
+                lp,
+                method=method,
+                data_path=str(recipe.data),
+                split=split,
+                batch_size=recipe.batch_size,
+                progress=progress,
+                seed=recipe.seed,
+                **cfg,
+            )
+            pipeline.resave(lp, posterior_path)
+        if ctx is not None:
+            result.tuning = _share_tuning(la, ctx)
     result.log_marginal_likelihood = float(la.log_marginal_likelihood())
 
     if "evaluate" in recipe.stages:
@@ -375,22 +379,23 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
             progress=progress,
         )
         result.evaluation = evaluation
-        report = out / cfg.get("report", "report.json")
-        written = save_evaluation_outputs(
-            evaluation,
-            la.likelihood,
-            report=report,
-            plot=out / cfg["plot"] if cfg.get("plot") else None,
-            html=out / cfg["html"] if cfg.get("html") else None,
-            extra={
-                "posterior": str(posterior_path),
-                "fingerprint": fitted.loaded.fingerprint,
-                "recipe": recipe.source,
-                "fit_seconds": fitted.seconds,
-                "tuning": result.tuning,
-            },
-        )
-        result.files.update(written)
+        if evaluation is not None:  # rank 0 writes the report
+            report = out / cfg.get("report", "report.json")
+            written = save_evaluation_outputs(
+                evaluation,
+                la.likelihood,
+                report=report,
+                plot=out / cfg["plot"] if cfg.get("plot") else None,
+                html=out / cfg["html"] if cfg.get("html") else None,
+                extra={
+                    "posterior": str(posterior_path),
+                    "fingerprint": fitted.loaded.fingerprint,
+                    "recipe": recipe.source,
+                    "fit_seconds": fitted.seconds,
+                    "tuning": result.tuning,
+                },
+            )
+            result.files.update(written)
 
     if "predict" in recipe.stages:
         from laplace_cli.enums import Likelihood
@@ -414,12 +419,41 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
             recipe.batch_size,
         )
         single = la.likelihood == Likelihood.REGRESSION and (la.n_outputs or 1) == 1
+        source = f"{recipe.data}: split {cfg.get('split', 'test')!r}"
+        # Chunk i on rank i mod W; rank 0 gathers them round by round (input order), as
+        # `laplace predict` does. Alone, round_robin and gather_rounds pass everything through.
+        chunks = distributed.round_robin(pipeline.loader_chunks(loader), ctx)
+        rows = distributed.gather_rounds(
+            pipeline.iter_prediction_rows(la, chunks, opts, source), ctx
+        )
+        if not main:
+            for _ in rows:  # a collective: take part to the end
+                pass
+            return result
         with open(path, "w", encoding="utf-8", newline="") as stream:
             writer = RowWriter(stream, fmt, cfg.get("columns"), single_output=single)
-            source = f"{recipe.data}: split {cfg.get('split', 'test')!r}"
-            chunks = pipeline.loader_chunks(loader)
-            rows = pipeline.iter_prediction_rows(la, chunks, opts, source)
             for batch in progress(rows, len(loader), "predict"):
                 writer.write_batch(batch)
         result.files["predictions"] = str(path)
     return result
+
+
+def _share_tuning(la: Any, ctx: Any) -> dict[str, Any] | None:
+    """Rank 0's tuned hyperparameters set on every rank's posterior (exactly, not re-tuned)."""
+    from laplace_cli import distributed
+
+    tuned = None
+    if ctx.is_main:
+        tuned = {
+            "prior_precision": la.prior_precision.detach().cpu(),
+            "sigma_noise": la.sigma_noise.detach().cpu(),
+            "temperature": la.temperature,
+            "tuning": la.tuning,
+        }
+    tuned = distributed.broadcast_from_main(tuned, ctx)
+    if not ctx.is_main:
+        la.sigma_noise = tuned["sigma_noise"]
+        la.prior_precision = tuned["prior_precision"]
+        la.temperature = tuned["temperature"]
+        la.tuning = tuned["tuning"]
+    return tuned["tuning"]

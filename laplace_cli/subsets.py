@@ -15,7 +15,7 @@ found it: hooks are removed, train/eval mode is put back, nothing is stored on t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,6 +55,10 @@ class ParamGroup:
     def kron_shape(self) -> tuple[int, int]:
         """(d_out, d_in) of a weight; conv weights flatten (C_in, kh, kw) into d_in."""
         return self.shape[0], self.numel // self.shape[0]
+
+
+class NoLayerFactorsError(BadInputError):
+    """A layer's Jacobian has no per-layer factors (the layer ran more than once per pass)."""
 
 
 @dataclass
@@ -144,6 +148,9 @@ def _layer_output_grad(module: nn.Module, g: Tensor) -> Tensor:
 def iter_rows(x: Inputs, rows: int) -> Iterator[Inputs]:
     """Split a batch of inputs into chunks of at most `rows` samples."""
     n = x[next(iter(x))].shape[0] if isinstance(x, dict) else x.shape[0]
+    if 0 < n <= rows:  # one chunk: the batch itself (`LastLayer.reuse_forward` recognises it)
+        yield x
+        return
     for start in range(0, n, rows):
         if isinstance(x, dict):
             yield {k: v[start : start + rows] for k, v in x.items()}
@@ -188,6 +195,16 @@ class ParameterSubset:
     def output_fn(self, x: Inputs) -> Callable[[Tensor], Tensor]:
         """θ (P,) ↦ outputs (B, C) at inputs x, differentiable in θ (matrix-free products)."""
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def reuse_forward(self) -> Iterator[None]:
+        """Within the block, calls on the *same* input batch may share one forward pass.
+
+        For callers that run several methods on each batch of a loop (MAP outputs, then the
+        predictive) while the model stays unchanged. A no-op here; `LastLayer` memoises the
+        features of the latest batch, so its outputs, factors and predictive cost one pass.
+        """
+        yield
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """Split a flat vector (P,) into named tensors of the groups' shapes."""
@@ -293,7 +310,7 @@ class AllWeights(ParameterSubset):
                             if not outputs[mname]
                             else "shared layers have no per-layer factors"
                         )
-                        raise BadInputError(
+                        raise NoLayerFactorsError(
                             f"layer {mname!r} ran {len(outputs[mname])} times in one forward "
                             f"pass ({why}); use structure 'diag' or 'full' (dense Jacobians)"
                         )
@@ -402,6 +419,46 @@ def _dense_jacobians(
     return f.detach(), {n: j.reshape(j.shape[0], j.shape[1], -1).detach() for n, j in jac.items()}
 
 
+def _memo_rows(memo: list[Tensor], versions: list[int], leaves: list[Tensor]) -> slice | None:
+    """The rows of the memoised batch `memo` that `leaves` are, or None.
+
+    A leaf matches when it is the memoised tensor, or a slice of rows of it (a view on the same
+    storage with the same strides and trailing shape, as `iter_rows` makes for chunks and
+    probes), unmodified since (views share the version counter), the same rows for every leaf.
+    """
+    rows: slice | None = None
+    for m, v, q in zip(memo, versions, leaves, strict=True):
+        if q._version != v:
+            return None
+        if m.ndim == 0:
+            return None
+        if q is m:
+            r = slice(0, m.shape[0])
+        else:
+            if (
+                q.ndim == 0
+                or q.ndim != m.ndim
+                or q.dtype != m.dtype
+                or q.device != m.device
+                or q.shape[1:] != m.shape[1:]
+                or q.stride() != m.stride()
+                or m.stride(0) <= 0
+                or q.untyped_storage().data_ptr() != m.untyped_storage().data_ptr()
+            ):
+                return None
+            offset = q.storage_offset() - m.storage_offset()
+            if offset % m.stride(0):
+                return None
+            start = offset // m.stride(0)
+            if start < 0 or start + q.shape[0] > m.shape[0]:
+                return None
+            r = slice(start, start + q.shape[0])
+        if rows is not None and r != rows:
+            return None
+        rows = r
+    return rows
+
+
 class LastLayer(ParameterSubset):
     """The last `nn.Linear` layer (or the one named `last_layer_name`).
 
@@ -454,12 +511,47 @@ class LastLayer(ParameterSubset):
             for n, p in self.params
         ]
         self._checked = False
+        self._memo: tuple[tuple | None, list[Tensor], list[int], tuple[Tensor, Tensor]] | None = (
+            None
+        )
+        self._memo_depth = 0
 
     def mean(self) -> Tensor:
         return torch.cat([p.detach().reshape(-1) for _, p in self.params])
 
+    @contextlib.contextmanager
+    def reuse_forward(self) -> Iterator[None]:
+        """Memoise the features of the latest input batch within the block (see the base class).
+
+        A batch is recognised by the identity and version counters of its tensors (the memo
+        holds references to them, so their memory cannot be reused by another batch); the
+        model must not change inside the block. Only one batch is kept.
+        """
+        self._memo_depth += 1
+        try:
+            yield
+        finally:
+            self._memo_depth -= 1
+            if self._memo_depth == 0:
+                self._memo = None
+
     def features(self, x: Inputs) -> tuple[Tensor, Tensor]:
         """Features φ (B, d) entering the head, and the outputs (B, C) at the MAP."""
+        if self._memo_depth == 0:
+            return self._features(x)
+        keys = tuple(x) if isinstance(x, Mapping) else None
+        leaves = list(x.values()) if isinstance(x, Mapping) else [x]
+        memo = self._memo
+        if memo is not None and memo[0] == keys and len(memo[1]) == len(leaves):
+            rows = _memo_rows(memo[1], memo[2], leaves)
+            if rows is not None:
+                phi, out = memo[3]
+                return phi[rows], out[rows]
+        result = self._features(x)
+        self._memo = (keys, leaves, [t._version for t in leaves], result)
+        return result
+
+    def _features(self, x: Inputs) -> tuple[Tensor, Tensor]:
         captured: list[Tensor] = []
         handle = self.head.register_forward_hook(lambda m, a, o: captured.append(a[0].detach()))
         try:

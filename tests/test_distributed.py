@@ -85,9 +85,34 @@ def fit_args(p: dict[str, Path], structure: str, out: Path) -> list[str]:
 
 
 DRIVER = """
-import json, sys
+import json, os, sys
+from laplace_cli import distributed
 from laplace_cli.cli.app import app
 
+shard_loader = distributed.shard_loader
+
+
+def recording_shard_loader(loader, ctx):  # each shard's rows, to show the work was shared
+    shard = shard_loader(loader, ctx)
+    with open(f"shards.rank{os.environ['RANK']}.txt", "a") as f:
+        f.write(f"{len(shard.dataset)}\\n")
+    return shard
+
+
+distributed.shard_loader = recording_shard_loader
+if os.environ.get("KILL_AFTER_CHECKPOINTS"):  # "1,2": rank r dies after its n_r-th save
+    import signal
+    from laplace_cli.resume import FitCheckpoint
+
+    save = FitCheckpoint.save
+    limit = int(os.environ["KILL_AFTER_CHECKPOINTS"].split(",")[int(os.environ["RANK"])])
+
+    def save_then_die(self, batches_done):
+        save(self, batches_done)
+        if self.saves >= limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    FitCheckpoint.save = save_then_die
 for args in json.load(open(sys.argv[1])):
     try:
         app(args, prog_name="laplace")
@@ -97,12 +122,22 @@ for args in json.load(open(sys.argv[1])):
 """
 
 
-def torchrun(commands: list[list[str]], cwd: Path, nproc: int = 2) -> None:
+def torchrun(commands: list[list[str]], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     """Run CLI commands in order under `torchrun --standalone --nproc-per-node N` (gloo, CPU).
 
     One launch for several commands: the processes start (and import torch) once, as they
     would for `torchrun -m laplace_cli ...`, and run the same `app` the entry point runs.
     """
+    cmd, env = torchrun_command(commands, cwd, nproc)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def torchrun_command(
+    commands: list[list[str]], cwd: Path, nproc: int = 2
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of `torchrun` (writes the driver and commands to `cwd`)."""
     import json
 
     (cwd / "driver.py").write_text(DRIVER)
@@ -112,10 +147,7 @@ def torchrun(commands: list[list[str]], cwd: Path, nproc: int = 2) -> None:
     runner = shutil.which("torchrun")
     launcher = [runner] if runner else [sys.executable, "-m", "torch.distributed.run"]
     cmd = [*launcher, "--standalone", "--nproc-per-node", str(nproc), "driver.py"]
-    proc = subprocess.run(
-        [*cmd, "commands.json"], cwd=cwd, env=env, capture_output=True, text=True, timeout=180
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [*cmd, "commands.json"], env
 
 
 def assert_same_posterior(a: Path, b: Path) -> None:
@@ -131,29 +163,57 @@ def assert_same_posterior(a: Path, b: Path) -> None:
     )
 
 
+RECIPE = """
+model: {path: m.safetensors, factory: factory.py:make}
+data: data.yaml
+dtype: float64
+batch_size: 5
+stages: [fit, tune, evaluate, predict]
+fit: {subset: all, structure: kron}
+tune: {method: marglik}
+evaluate: {split: test, fail_if: ["ece>0.99"]}
+predict: {split: test}
+"""
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
-    """One process and two processes (torchrun, gloo): fit diag and kron, predict with kron.
+    """One process and two processes (torchrun, gloo): fit diag and kron, predict and evaluate
+    with kron, and run a recipe (fit, tune, evaluate, predict); one launch for all.
 
     45 training rows (contiguous shards of 23 and 22), batches of 4; 23 test rows predicted
-    in chunks of 5 (dealt 0, 1, 0, 1, 0 to the ranks).
+    in chunks of 5 (dealt 0, 1, 0, 1, 0 to the ranks) and evaluated in batches of 5 (shards of
+    12 and 11 rows, cut mid-batch); 22 validation rows fit the temperature.
     """
     folder = tmp_path_factory.mktemp("dist")
     p = write_problem(folder)
+    train = np.load(folder / "train.npz")
+    np.savez(folder / "val.npz", x=train["x"][23:], y=train["y"][23:])
+    p["data"].write_text(p["data"].read_text() + "  val: {path: val.npz}\n")
+    (folder / "recipe.yaml").write_text(RECIPE)
     post = folder / "one-kron.st"
     predict = ["predict", "-p", str(post), "--data", str(p["data"]), "--split", "test"]
     predict += ["--batch-size", "5", "-q"]
+    evaluate = ["evaluate", "-p", str(post), "--data", str(p["data"]), "--batch-size", "5", "-q"]
+    run = ["run", str(folder / "recipe.yaml"), "-q", "--output"]
     runner = CliRunner()
     for structure in ("diag", "kron"):
         res = runner.invoke(app, fit_args(p, structure, folder / f"one-{structure}.st"))
         assert res.exit_code == 0, res.output
-    res = runner.invoke(app, [*predict, "-o", str(folder / "one.csv")])
-    assert res.exit_code == 0, res.output
+    for args in (
+        [*predict, "-o", str(folder / "one.csv")],
+        [*evaluate, "--report", str(folder / "one.json")],
+        [*run, str(folder / "one")],
+    ):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
     torchrun(
         [
             fit_args(p, "diag", folder / "two-diag.st"),
             fit_args(p, "kron", folder / "two-kron.st"),
             [*predict, "-o", str(folder / "two.csv")],
+            [*evaluate, "--report", str(folder / "two.json")],
+            [*run, str(folder / "two")],
         ],
         folder,
     )
@@ -182,6 +242,54 @@ def test_torchrun_predict_matches_one_process(two_process_run):
             if key == "mutual_info":
                 continue  # a Monte Carlo estimate: each rank has its own random stream
             assert float(r2[key]) == pytest.approx(float(r1[key]), rel=1e-9, abs=1e-12), key
+
+
+def assert_same_report(one: dict, two: dict) -> None:
+    """Same metrics, settings (the fitted temperature included) and gates, rtol 1e-6."""
+    assert one["rows"].keys() == two["rows"].keys() == {"map", "temperature", "laplace"}
+    for row in one["rows"]:
+        assert one["rows"][row].keys() == two["rows"][row].keys()
+        for name, value in one["rows"][row].items():
+            assert two["rows"][row][name] == pytest.approx(value, rel=1e-6, abs=1e-12), (row, name)
+    assert two["settings"].keys() == one["settings"].keys()
+    for name, value in one["settings"].items():
+        if isinstance(value, float) or (isinstance(value, list) and value):
+            assert two["settings"][name] == pytest.approx(value, rel=1e-6), name
+        else:
+            assert two["settings"][name] == value, name
+    assert [g["failed"] for g in two["gates"]] == [g["failed"] for g in one["gates"]]
+
+
+def test_torchrun_evaluate_and_run_match_one_process(two_process_run):
+    """`laplace evaluate` and a `laplace run` recipe under torchrun share the predictive work
+    and write the report, posterior and predictions of one process; the recipe's marglik
+    tuning runs on rank 0 and is shared.
+    """
+    import json
+
+    tmp_path = two_process_run
+    # Rank 1's shards: fit diag, fit kron, evaluate (test, val), run (fit; evaluate test, val).
+    shards = (tmp_path / "shards.rank1.txt").read_text().split()
+    assert [int(n) for n in shards] == [22, 22, 11, 11, 22, 11, 11]
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two["settings"]["n_test"] == 23 and "temperature" in two["settings"]
+    assert_same_report(one, two)
+
+    one, two = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two"))
+    assert_same_report(one, two)
+    assert two["tuning"]["prior_precision"] == pytest.approx(one["tuning"]["prior_precision"])
+    assert_same_posterior(
+        tmp_path / "one/posterior.safetensors", tmp_path / "two/posterior.safetensors"
+    )
+    rows1 = list(csv.DictReader((tmp_path / "one/predictions.csv").open()))
+    rows2 = list(csv.DictReader((tmp_path / "two/predictions.csv").open()))
+    assert [r["id"] for r in rows2] == [str(i) for i in range(23)]  # input order
+    for r1, r2 in zip(rows1, rows2, strict=True):
+        for key in r1.keys() - {"mutual_info"}:  # mutual_info: Monte Carlo, a stream per rank
+            assert float(r2[key]) == pytest.approx(float(r1[key]), rel=1e-6, abs=1e-12), key
+    assert sorted(f.name for f in (tmp_path / "two").iterdir()) == sorted(
+        f.name for f in (tmp_path / "one").iterdir()
+    )
 
 
 # --- sharding -------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Resumable fits (laplace_cli.resume): checkpoints of the partial sums, and fits continued.
 
 The acceptance test kills a `laplace fit --checkpoint-every 2` process (SIGKILL) after its first
-checkpoint, resumes it and gets the posterior of an uninterrupted fit. The in-process tests
+checkpoint, resumes it and gets the posterior of an uninterrupted fit; a second does the same
+with both processes of a 2-process torchrun fit (one checkpoint per rank). The in-process tests
 check `partial_state` / `load_partial_state` per structure (the MC Fisher's random stream
 included), the refusal of a checkpoint written with other settings, and lowrank's refusal.
 """
@@ -24,7 +25,13 @@ from laplace_cli.errors import BadInputError
 from laplace_cli.laplace import Laplace
 from laplace_cli.pipeline import load_posterior
 from tests.conftest import tiny_data, tiny_mlp
-from tests.test_distributed import assert_same_posterior, fit_args, write_problem
+from tests.test_distributed import (
+    assert_same_posterior,
+    fit_args,
+    torchrun,
+    torchrun_command,
+    write_problem,
+)
 
 
 def checkpoint_meta(path) -> dict:
@@ -68,6 +75,34 @@ def test_killed_fit_resumes_to_the_same_posterior(tmp_path):
     assert load_posterior(out).metadata["n_data"] == 400
 
 
+def test_killed_torchrun_fit_resumes_to_the_same_posterior(tmp_path):
+    # 96 rows, shards of 48 in batches of 8: 6 batches per rank, a checkpoint every 2. Each
+    # worker SIGKILLs itself right after a checkpoint, rank 0 after batch 2 and rank 1 after
+    # batch 4 (the driver's KILL_AFTER_CHECKPOINTS); each rank resumes from its own checkpoint.
+    from laplace_cli.resume import checkpoint_path
+
+    p = write_problem(tmp_path, n_train=96)
+    ref, out = tmp_path / "ref.st", tmp_path / "post.st"
+    args = [*fit_args(p, "kron", out), "--batch-size", "8", "--checkpoint-every", "2"]
+    ckpts = [checkpoint_path(out, rank, 2) for rank in range(2)]
+    cmd, env = torchrun_command([args], tmp_path)
+    env["KILL_AFTER_CHECKPOINTS"] = "1,2"
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0  # the workers were killed
+    assert all(c.exists() for c in ckpts), proc.stderr[-2000:]
+    assert not out.exists()
+    assert [int(checkpoint_meta(c)["batches_done"]) for c in ckpts] == [2, 4]
+
+    res = torchrun([[*args, "--resume", "--json"]], tmp_path)
+    summary = json.loads(res.stdout[res.stdout.index("{") :])  # rank 0's
+    assert summary["resumed_batches"] == 2 and summary["world_size"] == 2
+    assert not any(c.exists() for c in ckpts)  # removed once the posterior is written
+    res = CliRunner().invoke(app, [*fit_args(p, "kron", ref), "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    assert_same_posterior(ref, out)
+    assert load_posterior(out).metadata["shard_sizes"] == [48, 48]
+
+
 def test_resume_refuses_other_settings_and_starts_fresh_without_checkpoint(tmp_path):
     p = write_problem(tmp_path, n_train=20)
     out = tmp_path / "post.st"
@@ -80,7 +115,9 @@ def test_resume_refuses_other_settings_and_starts_fresh_without_checkpoint(tmp_p
     from laplace_cli.pipeline import FitOptions, ModelSpec, fit
 
     spec = ModelSpec(str(p["model"]), f"{p['factory']}:make")
-    opts = FitOptions(subset="all", structure="diag", batch_size=4, checkpoint_every=1, output=str(out))
+    opts = FitOptions(
+        subset="all", structure="diag", batch_size=4, checkpoint_every=1, output=str(out)
+    )
     result = fit(spec, p["data"], opts, dtype="float64")
     assert result.checkpoint.saves == 5  # kept, as after a kill
     res = runner.invoke(

@@ -66,6 +66,7 @@ def evaluate(
 
     Metrics: acc, nll, ece, mce, brier (classification); rmse, nll, crps, coverage
     (regression); AUROC with --ood-data. With --fail-if, exits 1 when a gate holds.
+    Under torchrun the processes share the predictive work; rank 0 reports.
     """
     from laplace_cli.gates import parse_gates
 
@@ -86,11 +87,9 @@ def evaluate(
 
     from laplace_cli import distributed
 
-    ctx = distributed.context(device or "auto")
-    if ctx is not None and not ctx.is_main:
-        # Under torchrun the evaluation runs whole on rank 0 (the metrics of the whole split,
-        # one report); the other processes have nothing to do.
-        return
+    # Under torchrun every rank predicts its shard of the splits; rank 0 gathers the outputs,
+    # computes the metrics of the whole split and alone writes and prints.
+    distributed.context(device or "auto")
 
     from laplace_cli.cli.console import emit_json, stderr_console
     from laplace_cli.cli.render import print_evaluation
@@ -120,6 +119,8 @@ def evaluate(
         batch_size=batch_size,
         progress=progress_for(quiet),
     )
+    if result is None:
+        return  # not rank 0
     extra = {"posterior": str(posterior), "fingerprint": lp.metadata.get("fingerprint")}
     save_evaluation_outputs(
         result, lp.la.likelihood, report=report, plot=plot, html=html, extra=extra

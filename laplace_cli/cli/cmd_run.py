@@ -39,6 +39,11 @@ def run(
     parsed = load_recipe(recipe, overrides)
     out_dir = output if output is not None else Path("runs") / recipe.stem
     result = run_recipe(parsed, out_dir, progress=progress_for(quiet))
+    from laplace_cli import distributed
+
+    ctx = distributed.context()
+    if ctx is not None and not ctx.is_main:
+        return  # under torchrun, rank 0 reports (and checks the gates)
     summary = {
         "recipe": str(recipe),
         "output": str(out_dir),

@@ -37,12 +37,13 @@ def require_file(path: Path, what: str, allow_model_dir: bool = False) -> Path:
         what: The argument or option it came from, e.g. `"MODEL"` or `"--data"`.
         allow_model_dir: accept a folder holding `config.json` or `adapter_config.json`.
     """
-    if (
-        allow_model_dir
-        and path.is_dir()
-        and ((path / "config.json").is_file() or (path / "adapter_config.json").is_file())
-    ):
-        return path
+    if allow_model_dir and path.is_dir():
+        if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+            return path
+        raise BadInputError(
+            f"{path}: is a folder without config.json or adapter_config.json ({what}); a model "
+            "is a checkpoint file, a Hugging Face model folder or a PEFT adapter folder"
+        )
     if path.is_dir():
         raise BadInputError(f"{path}: is a folder, expected a file ({what})")
     if not path.is_file():

@@ -800,6 +800,7 @@ def make_loader(
     task: Likelihood | str | None = None,
     require_labels: bool = True,
     generator: torch.Generator | None = None,
+    by_length: bool = False,
 ) -> DataLoader:
     """A DataLoader over one split, yielding ``(x, y)`` batches.
 
@@ -812,11 +813,16 @@ def make_loader(
         task: Likelihood overriding ``spec.task``.
         require_labels: See :func:`load_split`.
         generator: Random generator for shuffling.
+        by_length: For text splits without shuffling, order the rows by token count
+            (`TextDataset.by_length`) so batches carry little padding; only for callers
+            whose results do not depend on row order. Other datasets ignore it.
     """
     bs = batch_size if batch_size is not None else (spec.batch_size or DEFAULT_BATCH_SIZE)
     if not _positive_int(bs):
         raise BadInputError(f"--batch-size: expected a positive integer, got {bs!r}")
     ds = load_split(spec, name, task=task, require_labels=require_labels)
+    if by_length and not shuffle and callable(getattr(ds, "by_length", None)):
+        ds = ds.by_length()
     iterable = isinstance(ds, IterableDataset)
     # Text datasets pad per batch (dict batches); other datasets use the default collation.
     collate = getattr(ds, "collate", None)
