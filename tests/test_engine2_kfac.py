@@ -68,7 +68,11 @@ def test_kron_sequence_factors_match_independent(float64, approx):
     sl = block_slices(la)
     for (wi, bi), layer in (((0, 1), "fc1"), ((2, 3), "fc2")):
         B, A = independent_seq_factors(model, X, y, layer, approx)
-        assert_close(kron[sl[wi], sl[wi]], torch.kron(B.contiguous(), A.contiguous()), what=f"{approx} {layer} weight")
+        assert_close(
+            kron[sl[wi], sl[wi]],
+            torch.kron(B.contiguous(), A.contiguous()),
+            what=f"{approx} {layer} weight",
+        )
         assert_close(kron[sl[bi], sl[bi]], B, what=f"{approx} {layer} bias")
 
 

@@ -128,7 +128,11 @@ def test_kron_matches_independent_kronecker_mlp(float64, likelihood):
     sl = block_slices(la)
     for (wi, bi), layer_index in (((0, 1), 0), ((2, 3), 2)):
         B, A = independent_kron_factors(model, X, y, likelihood, layer_index)
-        assert_close(kron[sl[wi], sl[wi]], torch.kron(B.contiguous(), A.contiguous()), what=f"weight {layer_index}")
+        assert_close(
+            kron[sl[wi], sl[wi]],
+            torch.kron(B.contiguous(), A.contiguous()),
+            what=f"weight {layer_index}",
+        )
         assert_close(kron[sl[bi], sl[bi]], B, what=f"bias {layer_index}")
 
 
@@ -140,7 +144,11 @@ def test_kron_matches_independent_kronecker_cnn(float64):
     sl = block_slices(la)
     for (wi, bi), layer_index in (((0, 1), 0), ((2, 3), 2)):
         B, A = independent_kron_factors(model, X, y, "classification", layer_index, conv=True)
-        assert_close(kron[sl[wi], sl[wi]], torch.kron(B.contiguous(), A.contiguous()), what=f"conv weight {layer_index}")
+        assert_close(
+            kron[sl[wi], sl[wi]],
+            torch.kron(B.contiguous(), A.contiguous()),
+            what=f"conv weight {layer_index}",
+        )
         assert_close(kron[sl[bi], sl[bi]], B, what=f"conv bias {layer_index}")
 
 
