@@ -100,14 +100,18 @@ class KronPosterior(Posterior):
 
     def accumulate(self, W, factors, J) -> None:
         self.n_data += W.shape[0]
+        # A layer's weight and bias share G and so their output factor: computed once.
+        shared: tuple[Tensor, Tensor] | None = None
         for i, (g, fac) in enumerate(zip(self.groups, factors)):
             kind = block_kind(g.kind)
             if kind == "diag":
                 self.diag[i] += factor_diag(W, fac)
                 continue
             assert isinstance(fac, LayerFactor)
-            gg = self._output_factor(W, fac)
-            self.B[i] += gg.T @ gg
+            if shared is None or shared[0] is not fac.G:
+                gg = self._output_factor(W, fac)
+                shared = (fac.G, gg.T @ gg)
+            self.B[i] += shared[1]
             if kind == "kron":
                 a = fac.a
                 if self.kron_approx == KronApprox.REDUCE:
