@@ -521,7 +521,15 @@ class Laplace(PredictiveMixin):
     def _check_finite(self, batch_index: int) -> None:
         if not torch.isfinite(self.loss).all():
             raise NumericalError(f"batch {batch_index}: the training loss is not finite")
-        for key, t in self.posterior_state_partial().items():
+        state = self.posterior_state_partial()
+        floats = [t for t in state.values() if t.is_floating_point() and t.numel()]
+        # One max-|x| per tensor in a single call (NaN and ±Inf propagate); the tensors are
+        # searched one by one only when something is not finite.
+        if not floats or bool(
+            torch.isfinite(torch.stack(torch._foreach_norm(floats, float("inf")))).all()
+        ):
+            return
+        for key, t in state.items():
             if not torch.isfinite(t).all():
                 where = self._nonfinite_params(key, t) if key in ("diag", "full") else key
                 raise NumericalError(
