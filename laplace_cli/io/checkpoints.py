@@ -27,34 +27,57 @@ form            how it loads
 
 Nothing here prints; every user-fixable problem raises :class:`~laplace_cli.errors.BadInputError`
 naming the file.
+
+The parts live in :mod:`~laplace_cli.io.checkpoint_types` (forms, :class:`ModelRef`),
+:mod:`~laplace_cli.io.model_factories` (importing factories), :mod:`~laplace_cli.io.exported_models`
+(``.pt2`` loading, layer restoration, :func:`module_tree`) and :mod:`~laplace_cli.io.state_dicts`
+(``torch.save`` files, strict weight loading); this module detects forms, loads models, and
+re-exports those modules' names so that ``laplace_cli.io.checkpoints`` stays the one import path.
 """
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 import hashlib
-import importlib
-import importlib.util
-import json
-import os
 import pickle
-import re
 import struct
-import sys
-import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 from torch import nn
 
-from laplace_cli.enums import StrEnum
 from laplace_cli.errors import BadInputError
+from laplace_cli.io.checkpoint_types import _FACTORY_HINT as _FACTORY_HINT
+from laplace_cli.io.checkpoint_types import _HOOKABLE_TYPES as _HOOKABLE_TYPES
+from laplace_cli.io.checkpoint_types import ModelForm as ModelForm
+from laplace_cli.io.checkpoint_types import ModelRef as ModelRef
+from laplace_cli.io.checkpoint_types import ModuleInfo as ModuleInfo
+from laplace_cli.io.checkpoint_types import _fmt_names as _fmt_names
+from laplace_cli.io.exported_models import _as_real_layer as _as_real_layer
+from laplace_cli.io.exported_models import _load_export as _load_export
+from laplace_cli.io.exported_models import _nn_module_type as _nn_module_type
+from laplace_cli.io.exported_models import _normalized_args as _normalized_args
+from laplace_cli.io.exported_models import _static_batch_inputs as _static_batch_inputs
+from laplace_cli.io.exported_models import module_tree as module_tree
+from laplace_cli.io.exported_models import require_hookable_layers as require_hookable_layers
+from laplace_cli.io.exported_models import restore_layer_types as restore_layer_types
+from laplace_cli.io.model_factories import _build_from_factory as _build_from_factory
+from laplace_cli.io.model_factories import _on_sys_path as _on_sys_path
+from laplace_cli.io.model_factories import _parse_kwargs as _parse_kwargs
+from laplace_cli.io.model_factories import import_callable as import_callable
+from laplace_cli.io.state_dicts import _describe_non_state_dict as _describe_non_state_dict
+from laplace_cli.io.state_dicts import _from_weights as _from_weights
+from laplace_cli.io.state_dicts import _is_tensor_mapping as _is_tensor_mapping
+from laplace_cli.io.state_dicts import _load_state_dict_strict as _load_state_dict_strict
+from laplace_cli.io.state_dicts import _load_torch_save as _load_torch_save
+from laplace_cli.io.state_dicts import _safe_torch_load as _safe_torch_load
+from laplace_cli.io.state_dicts import _trusted_torch_load as _trusted_torch_load
+from laplace_cli.io.state_dicts import _unpickler_reason as _unpickler_reason
 
+# The part modules' names above are re-exported (``name as name``): callers and tests
+# import them from laplace_cli.io.checkpoints.
 __all__ = [
     "ModelForm",
     "ModelRef",
@@ -69,100 +92,6 @@ __all__ = [
     "resolve_dtype",
     "restore_layer_types",
 ]
-
-
-class ModelForm(StrEnum):
-    """How a checkpoint file holds its model."""
-
-    EXPORT = "export"
-    """A ``torch.export`` archive (``*.pt2``); self-contained."""
-    TORCHSCRIPT = "torchscript"
-    """A TorchScript archive (``torch.jit.save``); self-contained."""
-    SAFETENSORS = "safetensors"
-    """A safetensors file of weights; needs a factory."""
-    STATE_DICT = "state_dict"
-    """A ``torch.save``'d mapping of names to tensors; needs a factory."""
-    PICKLE = "pickle"
-    """A whole pickled ``nn.Module``; loads only with ``trust_checkpoint=True``."""
-    HF = "hf"
-    """A Hugging Face model folder or a PEFT adapter folder (``laplace_cli.io.hf``)."""
-
-
-_HOOKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
-
-# Printed in errors so that users learn which form to switch to.
-_FACTORY_HINT = (
-    "save the weights (model.state_dict()) as .safetensors or .pt and pass "
-    "--model-factory pkg.module:function"
-)
-
-
-@dataclass
-class ModelRef:
-    """Where a model came from; stored in the posterior so later commands can reload it.
-
-    Attributes:
-        path: The checkpoint path as given (not resolved, so that a posterior stays portable).
-        form: One of :class:`ModelForm`'s values.
-        factory: ``pkg.module:function`` or ``path/to/file.py:function`` for the weight-only
-            forms, else ``None``.
-        kwargs: Keyword arguments for the factory (JSON-serialisable).
-        fingerprint: :func:`model_fingerprint` of the model *as stored in the file*, before any
-            ``dtype`` / ``device`` conversion, so that ``--dtype float64`` at fit time and
-            ``float32`` at predict time still match.
-    """
-
-    path: str
-    form: str
-    factory: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    fingerprint: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON / safetensors metadata."""
-        return {
-            "path": self.path,
-            "form": str(self.form),
-            "factory": self.factory,
-            "kwargs": dict(self.kwargs),
-            "fingerprint": self.fingerprint,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelRef:
-        """Inverse of :meth:`to_dict`; raises :class:`BadInputError` on a malformed mapping."""
-        try:
-            form = ModelForm(str(data["form"]))
-            return cls(
-                path=str(data["path"]),
-                form=form.value,
-                factory=None if data.get("factory") is None else str(data["factory"]),
-                kwargs=dict(data.get("kwargs") or {}),
-                fingerprint=str(data.get("fingerprint", "")),
-            )
-        except (KeyError, ValueError, TypeError) as err:
-            raise BadInputError(f"model reference: malformed ({err!r}): {dict(data)!r}") from None
-
-
-@dataclass(frozen=True)
-class ModuleInfo:
-    """One row of :func:`module_tree`.
-
-    Attributes:
-        name: Qualified submodule name (``""`` for the root), as in ``named_modules()``.
-        type_name: The original class, e.g. ``torch.nn.modules.linear.Linear``. For export
-            graphs it comes from the graph's ``nn_module_stack`` metadata; for TorchScript it
-            is the scripted module's ``original_name`` (e.g. ``Linear``).
-        loaded_class: The class of the object actually loaded (``Linear``,
-            ``InterpreterModule``, ``RecursiveScriptModule``, ...).
-        hookable: True for real ``nn.Linear`` / ``nn.Conv2d`` instances, the layers that K-FAC
-            and last-layer hooks use.
-    """
-
-    name: str
-    type_name: str
-    loaded_class: str
-    hookable: bool
 
 
 # --------------------------------------------------------------------------- devices, dtypes
@@ -262,122 +191,6 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-# --------------------------------------------------------------------------- importing callables
-
-
-@contextlib.contextmanager
-def _on_sys_path(*folders: Path) -> Iterator[None]:
-    """Put folders at the front of ``sys.path`` for the duration (as ``python -m`` does)."""
-    added = []
-    for folder in folders:
-        text = str(folder)
-        if text not in sys.path:
-            sys.path.insert(0, text)
-            added.append(text)
-    importlib.invalidate_caches()  # files may have been written since the last import
-    try:
-        yield
-    finally:
-        for text in added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(text)
-
-
-def import_callable(
-    spec: str, *, base_dir: str | Path | None = None, what: str = "--model-factory"
-) -> Callable[..., Any]:
-    """Import ``pkg.module:function`` or ``path/to/file.py:function``.
-
-    Module-style specs import with the current working directory first on ``sys.path``, as
-    ``python -m`` would. File-style specs resolve relative paths against ``base_dir`` (default:
-    the working directory) and import with the file's own folder on ``sys.path``, as running
-    the file as a script would, so it can import its neighbours. Dotted attributes after the
-    colon (``mod:Class.build``) are followed.
-
-    Args:
-        spec: The callable, ``module:attr`` or ``file.py:attr``.
-        base_dir: Folder that relative file paths resolve against.
-        what: How the user gave it (an option or a YAML key), for error messages.
-
-    Returns:
-        The callable.
-
-    Raises:
-        BadInputError: Malformed spec, module not importable, attribute missing or not callable.
-    """
-    target, sep, attr = str(spec).rpartition(":")
-    # "C:\\x.py" without an attribute would split at the drive colon; require a real attr.
-    if not sep or not target or not attr or "/" in attr or "\\" in attr:
-        raise BadInputError(
-            f"{what}: expected 'pkg.module:function' or 'path/to/file.py:function', got {spec!r}"
-        )
-    cwd = Path.cwd()
-    if target.endswith(".py") or "/" in target or os.sep in target:
-        file = Path(target).expanduser()
-        if not file.is_absolute():
-            file = Path(base_dir) / file if base_dir is not None else cwd / file
-        if not file.is_file():
-            raise BadInputError(f"{what}: {spec!r}: file not found: {file}")
-        file = file.resolve()
-        digest = hashlib.sha256(str(file).encode()).hexdigest()[:12]
-        mod_name = f"_laplace_user_{file.stem}_{digest}"
-        module = sys.modules.get(mod_name)
-        if module is None:
-            loader_spec = importlib.util.spec_from_file_location(mod_name, file)
-            if loader_spec is None or loader_spec.loader is None:
-                raise BadInputError(f"{what}: {spec!r}: cannot import {file}")
-            module = importlib.util.module_from_spec(loader_spec)
-            # Registered before running so that dataclasses / pickling inside it work.
-            sys.modules[mod_name] = module
-            try:
-                with _on_sys_path(file.parent):
-                    loader_spec.loader.exec_module(module)
-            except Exception as err:
-                sys.modules.pop(mod_name, None)
-                raise BadInputError(
-                    f"{what}: {spec!r}: importing {file} failed: {type(err).__name__}: {err}"
-                ) from err
-    else:
-        try:
-            with _on_sys_path(cwd):
-                module = importlib.import_module(target)
-        except ModuleNotFoundError as err:
-            raise BadInputError(
-                f"{what}: {spec!r}: cannot import module {target!r} ({err}); the working "
-                f"directory {cwd} is on the import path"
-            ) from None
-        except Exception as err:
-            raise BadInputError(
-                f"{what}: {spec!r}: importing {target!r} failed: {type(err).__name__}: {err}"
-            ) from err
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            names = [n for n in dir(obj) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise BadInputError(f"{what}: {spec!r}: {target!r} has no attribute {part!r}{hint}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise BadInputError(f"{what}: {spec!r}: {attr!r} is not callable")
-    return obj
-
-
-def _parse_kwargs(kwargs: Mapping[str, Any] | str | None) -> dict[str, Any]:
-    if kwargs is None:
-        return {}
-    if isinstance(kwargs, str):
-        try:
-            kwargs = json.loads(kwargs) if kwargs.strip() else {}
-        except json.JSONDecodeError as err:
-            raise BadInputError(f"--model-kwargs: invalid JSON ({err}): {kwargs!r}") from None
-    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-        raise BadInputError(
-            f"--model-kwargs: expected a JSON object of keyword arguments, got {kwargs!r}"
-        )
-    return dict(kwargs)
-
-
 # --------------------------------------------------------------------------- detection
 
 
@@ -425,15 +238,6 @@ def _check_file(path: str | Path) -> Path:
     return p
 
 
-def _safe_torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(weights_only=True)``: refuses any pickle that would import or call code."""
-    with warnings.catch_warnings():
-        # Plain pickle.dump files trigger a protocol warning before being refused; the
-        # refusal itself is reported as an error, so the warning is noise.
-        warnings.filterwarnings("ignore", message=".*pickle protocol.*", category=UserWarning)
-        return torch.load(path, map_location=map_location, weights_only=True)
-
-
 def detect_form(path: str | Path) -> ModelForm:
     """Which form a checkpoint file is, from its contents (not its extension).
 
@@ -475,259 +279,7 @@ def _raise_unknown(path: str | Path, kind: str) -> NoReturn:
     )
 
 
-# --------------------------------------------------------------------------- export helpers
-
-
-def _nn_module_type(graph_module: nn.Module, qualname: str) -> str | None:
-    """The original class of submodule ``qualname``, read from its graph's node metadata."""
-    graph = getattr(graph_module, "graph", None)
-    if graph is None:
-        return None
-    for node in graph.nodes:
-        stack = node.meta.get("nn_module_stack") or {}
-        for path, type_name in stack.values():
-            if path == qualname:
-                return (
-                    type_name
-                    if isinstance(type_name, str)
-                    else getattr(type_name, "__qualname__", str(type_name))
-                )
-    return None
-
-
-def _normalized_args(node: Any) -> dict[str, Any] | None:
-    """Bind an ``aten`` call's args to its schema's argument names, defaults filled in."""
-    schema = getattr(node.target, "_schema", None)
-    if schema is None:
-        return None
-    bound: dict[str, Any] = {}
-    arguments = list(schema.arguments)
-    if len(node.args) > len(arguments):
-        return None
-    for arg, value in zip(arguments, node.args, strict=False):
-        bound[arg.name] = value
-    for key, value in node.kwargs.items():
-        bound[key] = value
-    for arg in arguments:
-        if arg.name not in bound:
-            if not arg.has_default_value():
-                return None
-            bound[arg.name] = arg.default_value
-    return bound
-
-
-def _as_real_layer(module: nn.Module) -> nn.Module | None:
-    """A real nn.Linear / nn.Conv2d equivalent to an ``InterpreterModule``, or None.
-
-    Only a graph of exactly ``placeholder -> aten.linear | aten.conv2d -> output`` whose weight
-    and bias are ``get_attr`` of this module's own parameters qualifies, so the swap computes
-    the very same function with the very same parameter objects.
-    """
-    graph = getattr(module, "graph", None)
-    if graph is None:
-        return None
-    nodes = list(graph.nodes)
-    placeholders = [n for n in nodes if n.op == "placeholder"]
-    calls = [n for n in nodes if n.op == "call_function"]
-    outputs = [n for n in nodes if n.op == "output"]
-    others = [
-        n for n in nodes if n.op not in ("placeholder", "call_function", "output", "get_attr")
-    ]
-    if len(placeholders) != 1 or len(calls) != 1 or len(outputs) != 1 or others:
-        return None
-    call, out = calls[0], outputs[0]
-    if out.args != (call,) or placeholders[0].kwargs:
-        return None
-    ops = torch.ops.aten
-    linear_ops = (ops.linear.default,)
-    conv_ops = (ops.conv2d.default, getattr(ops.conv2d, "padding", None))
-    if call.target not in linear_ops and call.target not in conv_ops:
-        return None
-    bound = _normalized_args(call)
-    if bound is None or bound.get("input") is not placeholders[0]:
-        return None
-
-    def param(node: Any) -> nn.Parameter | None | bool:
-        # None: no bias; False: not a plain parameter of this module (do not swap).
-        if node is None:
-            return None
-        if getattr(node, "op", None) != "get_attr" or "." in str(node.target):
-            return False
-        value = getattr(module, str(node.target), None)
-        return value if isinstance(value, nn.Parameter) else False
-
-    weight, bias = param(bound.get("weight")), param(bound.get("bias"))
-    if weight is None or weight is False or bias is False:
-        return None
-    if call.target in linear_ops:
-        if weight.dim() != 2:
-            return None
-        layer: nn.Module = nn.Linear(
-            weight.shape[1], weight.shape[0], bias=bias is not None, device="meta"
-        )
-    else:
-        groups = int(bound["groups"])
-        if weight.dim() != 4:
-            return None
-        layer = nn.Conv2d(
-            weight.shape[1] * groups,
-            weight.shape[0],
-            kernel_size=tuple(weight.shape[2:]),
-            stride=tuple(bound["stride"]),
-            padding=bound["padding"]
-            if isinstance(bound["padding"], str)
-            else tuple(bound["padding"]),
-            dilation=tuple(bound["dilation"]),
-            groups=groups,
-            bias=bias is not None,
-            device="meta",
-        )
-    # Share the parameter objects: names, order, storage and fingerprint are unchanged.
-    layer.weight = weight
-    if bias is not None:
-        layer.bias = bias
-    layer.train(module.training)
-    return layer
-
-
-def restore_layer_types(model: nn.Module) -> list[str]:
-    """Swap unflattened ``InterpreterModule`` leaves back to real ``nn.Linear`` / ``nn.Conv2d``.
-
-    ``torch.export.unflatten`` rebuilds the module tree with the original names, but every
-    submodule is an ``InterpreterModule`` (an FX graph), so ``isinstance(m, nn.Linear)`` fails
-    and K-FAC / last-layer code cannot find the layers. A leaf whose graph is one
-    ``aten.linear`` or ``aten.conv2d`` call on its own ``weight`` / ``bias`` is replaced by the
-    equivalent ``nn`` layer holding the same ``Parameter`` objects; the parent graph calls the
-    submodule by name, so forward hooks on the new layer fire. Anything else is left alone
-    (see :func:`module_tree` for what remains).
-
-    Args:
-        model: An ``UnflattenedModule`` (other modules are returned unchanged).
-
-    Returns:
-        Names of the submodules swapped, in ``named_modules()`` order.
-    """
-    swapped: list[str] = []
-    for name, module in list(model.named_modules()):
-        if not name or type(module).__name__ != "InterpreterModule":
-            continue
-        if any(True for _ in module.children()):
-            continue
-        layer = _as_real_layer(module)
-        if layer is None:
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer)
-        swapped.append(name)
-    return swapped
-
-
-def module_tree(model: nn.Module) -> list[ModuleInfo]:
-    """Every submodule with its original type and whether hooks can use it as a layer.
-
-    Useful to see what a ``.pt2`` or TorchScript model looks like after loading: which
-    ``Linear`` / ``Conv2d`` layers are real (``hookable``) and which stayed graph modules.
-    """
-    rows = []
-    for name, module in model.named_modules():
-        cls = type(module)
-        loaded = cls.__name__
-        if loaded == "InterpreterModule":
-            type_name = _nn_module_type(module, name) or loaded
-        elif isinstance(module, torch.jit.ScriptModule):
-            type_name = getattr(module, "original_name", loaded)
-        else:
-            type_name = f"{cls.__module__}.{cls.__qualname__}"
-        rows.append(ModuleInfo(name, type_name, loaded, isinstance(module, _HOOKABLE_TYPES)))
-    return rows
-
-
-def require_hookable_layers(model: nn.Module, ref: ModelRef | None, feature: str) -> None:
-    """Raise a clear error when ``feature`` (e.g. ``--structure kron``) needs real layers.
-
-    Args:
-        model: The loaded model.
-        ref: Its reference (for the form and path in the message), if known.
-        feature: What needs the layers, for the message.
-
-    Raises:
-        BadInputError: No submodule is an ``nn.Linear`` / ``nn.Conv2d``; the message names the
-            form that works.
-    """
-    rows = module_tree(model)
-    if any(r.hookable for r in rows):
-        return
-    # Layers that exist but as graph / script modules: name them, so the user sees why.
-    lost = [
-        f"{r.name} ({r.type_name.rsplit('.', 1)[-1]} as {r.loaded_class})"
-        for r in rows
-        if r.name and r.type_name.rsplit(".", 1)[-1] in ("Linear", "Conv2d")
-    ]
-    where = f"{ref.path} ({ref.form} form)" if ref is not None else "this model"
-    detail = f" (only {_fmt_names(lost, 5)})" if lost else ""
-    raise BadInputError(
-        f"{where}: {feature} needs real nn.Linear / nn.Conv2d modules, found none{detail}; "
-        f"{_FACTORY_HINT}, or export with torch.export to .pt2"
-    )
-
-
-def _static_batch_inputs(ep: Any) -> list[str]:
-    """User inputs of an ExportedProgram whose first dimension is a fixed number."""
-    user_inputs = set(ep.graph_signature.user_inputs)
-    fixed = []
-    for node in ep.graph.nodes:
-        if node.op != "placeholder" or node.name not in user_inputs:
-            continue
-        val = node.meta.get("val")
-        shape = getattr(val, "shape", None)
-        if shape is not None and len(shape) > 0 and isinstance(shape[0], int) and shape[0] > 1:
-            fixed.append(
-                f"{node.name} {tuple(int(s) if isinstance(s, int) else -1 for s in shape)}"
-            )
-    return fixed
-
-
 # --------------------------------------------------------------------------- loading
-
-
-def _load_export(p: Path, device: torch.device) -> nn.Module:
-    try:
-        with warnings.catch_warnings():
-            # torch's own deserialiser trips its own deprecation warning (LeafSpec); users
-            # cannot act on it.
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-            ep = torch.export.load(str(p))
-    except Exception as err:
-        raise BadInputError(
-            f"{p}: cannot load torch.export archive ({type(err).__name__}: {err})"
-        ) from None
-    fixed = _static_batch_inputs(ep)
-    if fixed:
-        # A static batch size makes every other batch size (including vmap's per-sample
-        # calls) fail deep inside fitting; say so now.
-        raise BadInputError(
-            f"{p}: exported with a fixed batch size (inputs {', '.join(fixed)}); re-export with "
-            "torch.export.export(model, args, dynamic_shapes=({0: torch.export.Dim.AUTO},)) "
-            f"or {_FACTORY_HINT}"
-        )
-    if device.type != "cpu":
-        from torch.export.passes import move_to_device_pass
-
-        ep = move_to_device_pass(ep, device)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-            model = torch.export.unflatten(ep)
-    except Exception:
-        # Some programs cannot be unflattened. ExportedProgram.module() still runs them (and
-        # keeps parameter names, so the fingerprint is unchanged), but as one flat graph: no
-        # submodule is called, so no hook fires. Diagonal / full / low-rank Laplace over all
-        # weights still work; K-FAC and last-layer are refused by require_hookable_layers,
-        # whose message names the factory form.
-        return ep.module()
-    restore_layer_types(model)
-    return model
 
 
 def _load_torchscript(p: Path, device: torch.device) -> nn.Module:
@@ -737,87 +289,6 @@ def _load_torchscript(p: Path, device: torch.device) -> nn.Module:
         raise BadInputError(
             f"{p}: cannot load TorchScript archive ({type(err).__name__}: {err})"
         ) from None
-
-
-def _is_tensor_mapping(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    )
-
-
-def _describe_non_state_dict(obj: Any) -> str:
-    if isinstance(obj, Mapping):
-        bad = [
-            f"{k!r} holds {type(v).__name__}"
-            for k, v in obj.items()
-            if not isinstance(v, torch.Tensor)
-        ]
-        nested = [k for k, v in obj.items() if _is_tensor_mapping(v)]
-        hint = (
-            f"; the weights seem to be under {nested[0]!r}: save that mapping alone"
-            if nested
-            else ""
-        )
-        return f"a mapping whose values are not all tensors ({', '.join(bad[:3])}){hint}"
-    return f"a {type(obj).__name__}"
-
-
-def _fmt_names(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _load_state_dict_strict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], p: Path, factory: str
-) -> None:
-    """Strict load with one message listing every missing / unexpected / mis-shaped key."""
-    expected = model.state_dict()
-    # Tied weights appear under several names in state_dict() but once in safetensors files;
-    # a missing name whose tensor is shared with a present one is not really missing.
-    ptr_to_names: dict[tuple[int, int], list[str]] = {}
-    for name, tensor in expected.items():
-        if tensor.device.type != "meta" and tensor.numel() > 0:
-            ptr_to_names.setdefault((tensor.data_ptr(), tensor.numel()), []).append(name)
-    aliases: dict[str, list[str]] = {}
-    for names in ptr_to_names.values():
-        for n in names:
-            aliases[n] = [m for m in names if m != n]
-    missing = [
-        k for k in expected if k not in state and not any(a in state for a in aliases.get(k, []))
-    ]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in state
-        if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_fmt_names(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_fmt_names(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches: {_fmt_names(mismatched, 5)}")
-        raise BadInputError(
-            f"{p}: checkpoint of another architecture than {factory!r} builds: " + "; ".join(parts)
-        )
-    model.load_state_dict(state, strict=False)
-
-
-def _build_from_factory(factory: str, kwargs: dict[str, Any]) -> nn.Module:
-    fn = import_callable(factory)
-    try:
-        model = fn(**kwargs)
-    except Exception as err:
-        raise BadInputError(
-            f"--model-factory: {factory!r} failed with kwargs {kwargs!r}: {type(err).__name__}: {err}"
-        ) from err
-    if not isinstance(model, nn.Module):
-        raise BadInputError(
-            f"--model-factory: {factory!r} returned {type(model).__name__}, expected a torch.nn.Module"
-        )
-    return model
 
 
 def load_model(
@@ -940,82 +411,3 @@ def _load_hf_dir(
     model.eval()
     ref = ModelRef(path=str(path), form=ModelForm.HF.value, kwargs=kwargs, fingerprint=fingerprint)
     return model, ref
-
-
-def _load_torch_save(
-    p: Path, factory: str | None, kwargs: dict[str, Any], trust_checkpoint: bool
-) -> tuple[nn.Module, ModelForm]:
-    """A ``torch.save`` file: a state dict (safe) or, only when trusted, a pickled module."""
-    try:
-        obj = _safe_torch_load(p)
-    except pickle.UnpicklingError as err:
-        # weights_only=True stopped at the first global it would have imported or called, so
-        # nothing from the file ran.
-        if not trust_checkpoint:
-            reason = _unpickler_reason(err)
-            raise BadInputError(
-                f"{p}: not a state dict of tensors but a pickle that would import or run code "
-                "(e.g. a whole pickled nn.Module), refused without running it; if you trust this "
-                f"file pass --trust-checkpoint, or better {_FACTORY_HINT} "
-                f"(weights-only unpickler: {reason})"
-            ) from None
-        obj = None
-    except Exception as err:
-        raise BadInputError(
-            f"{p}: unreadable torch checkpoint ({type(err).__name__}: {err})"
-        ) from None
-    if obj is None:
-        module = _trusted_torch_load(p)
-        if not isinstance(module, nn.Module):
-            raise BadInputError(
-                f"{p}: unpickled a {type(module).__name__}, expected a torch.nn.Module"
-            )
-        if factory is not None:
-            raise BadInputError(
-                f"{p}: a whole pickled module; --model-factory {factory!r} is only for weights"
-            )
-        return module, ModelForm.PICKLE
-    if not _is_tensor_mapping(obj):
-        raise BadInputError(
-            f"{p}: expected a state dict (a mapping of parameter names to tensors), got "
-            f"{_describe_non_state_dict(obj)}"
-        )
-    return _from_weights(p, obj, factory, kwargs), ModelForm.STATE_DICT
-
-
-def _unpickler_reason(err: BaseException) -> str:
-    """The informative part of torch's long weights-only error, e.g. the refused global."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    match = re.search(r"GLOBAL (\S+)", text)
-    if match:
-        return f"it names {match.group(1)}"
-    _, _, rest = text.partition("WeightsUnpickler error:")
-    for line in rest.splitlines():
-        if line.strip():
-            return line.strip().split(". ")[0]
-    return type(err).__name__
-
-
-def _trusted_torch_load(p: Path) -> Any:
-    try:
-        return torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise BadInputError(
-            f"{p}: unpickling the trusted checkpoint failed ({type(err).__name__}: {err}); the "
-            "classes it names must be importable (run from the project folder), or "
-            f"{_FACTORY_HINT}"
-        ) from None
-
-
-def _from_weights(
-    p: Path, state: Mapping[str, torch.Tensor], factory: str | None, kwargs: dict[str, Any]
-) -> nn.Module:
-    if factory is None:
-        raise BadInputError(
-            f"{p}: holds weights only ({len(state)} tensors) and needs the code that builds the "
-            "model: pass --model-factory pkg.module:function (or path/to/file.py:function) and, "
-            "if it takes arguments, --model-kwargs '{\"hidden\": 64}'"
-        )
-    model = _build_from_factory(factory, kwargs)
-    _load_state_dict_strict(model, state, p, factory)
-    return model

@@ -1,0 +1,410 @@
+"""Dataset specs: parse and validate the YAML that names each split's file or callable.
+
+The spec format is described in :mod:`laplace_cli.io.datasets`, which turns a validated
+:class:`DatasetSpec` into datasets and loaders. Validation collects every problem and raises
+one :class:`~laplace_cli.errors.BadInputError`, one line per problem.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from laplace_cli.enums import Likelihood
+from laplace_cli.errors import BadInputError
+from laplace_cli.io.safe_yaml import load_yaml
+from laplace_cli.io.tabular import (
+    FORMATS,
+    SUFFIX_FORMATS,
+    TABLE_FORMATS,
+)
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DatasetSpec",
+    "SplitSpec",
+    "load_dataset_spec",
+    "parse_dataset_spec",
+    "validate_dataset_spec",
+]
+
+
+DEFAULT_BATCH_SIZE = 256
+
+
+_TOP_KEYS = ("task", "batch_size", "n_classes", "splits")
+
+
+_SPLIT_KEYS = (
+    "path",
+    "format",
+    "x",
+    "y",
+    "target",
+    "id",
+    "callable",
+    "kwargs",
+    "text",
+    "tokenizer",
+    "max_length",
+)
+
+
+@dataclass
+class SplitSpec:
+    """One split: a data file, a callable returning a Dataset, or (later) a text file.
+
+    Attributes:
+        name: The split's name (``train``, ``val``, ...).
+        path: The data file, resolved against the YAML file's folder.
+        format: ``npz``, ``npy``, ``pt``, ``safetensors``, ``csv``, ``tsv`` or ``jsonl``.
+        x: Feature key, or a list of feature columns (CSV / JSONL).
+        y: Target key / column (``y:`` or ``target:``); for ``npy``, the resolved path of a
+            second ``.npy`` holding the targets.
+        id: Id column / key (CSV / JSONL), never a feature.
+        callable: ``pkg.module:function`` or ``file.py:function`` returning a Dataset.
+        kwargs: Keyword arguments for the callable.
+        text: Text field (text datasets; not built yet).
+        tokenizer: Tokenizer folder or name (text datasets).
+        max_length: Token limit (text datasets).
+    """
+
+    name: str
+    path: Path | None = None
+    format: str | None = None
+    x: str | list[str] | None = None
+    y: str | Path | None = None
+    id: str = "id"
+    callable: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None
+    tokenizer: str | None = None
+    max_length: int | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"callable"``, ``"text"`` or ``"file"``."""
+        if self.callable is not None:
+            return "callable"
+        if self.text is not None or self.tokenizer is not None:
+            return "text"
+        return "file"
+
+
+@dataclass
+class DatasetSpec:
+    """A validated dataset spec.
+
+    Attributes:
+        splits: Split name to its spec, in file order.
+        task: The likelihood, if the spec names one (``--likelihood`` overrides it).
+        batch_size: Batch size, if the spec names one (``--batch-size`` overrides it).
+        n_classes: Number of classes, if given; classification labels must be below it.
+        source: The YAML file as given (for messages).
+        base_dir: Folder that relative paths resolved against.
+    """
+
+    splits: dict[str, SplitSpec]
+    task: Likelihood | None = None
+    batch_size: int | None = None
+    n_classes: int | None = None
+    source: str = "<spec>"
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def split(self, name: str) -> SplitSpec:
+        """The split called ``name``; a clear error listing the splits when there is none."""
+        if name not in self.splits:
+            close = difflib.get_close_matches(name, list(self.splits), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise BadInputError(
+                f"{self.source}: splits: no split {name!r}; the spec has "
+                f"{', '.join(self.splits) or 'none'}{hint}"
+            )
+        return self.splits[name]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _got(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})" if not isinstance(value, str) else text
+
+
+def _unknown_keys(mapping: Mapping[Any, Any], allowed: Sequence[str], at: str, err: Any) -> None:
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(allowed)}"
+            err(f"{at}{key}", f"unknown key{hint}")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def validate_dataset_spec(
+    data: Any,
+    *,
+    source: str = "<spec>",
+    base_dir: str | Path | None = None,
+    prefix: str = "",
+) -> tuple[DatasetSpec | None, list[str]]:
+    """Check a parsed spec mapping and build the typed spec, collecting every problem.
+
+    Meant for callers that merge errors from several sections (a recipe's ``data:`` section
+    uses ``prefix="data."``); most code calls :func:`parse_dataset_spec` instead.
+
+    Args:
+        data: The mapping parsed from YAML.
+        source: File name for messages.
+        base_dir: Folder relative paths resolve against (default: the working directory).
+        prefix: Key path prefix for messages.
+
+    Returns:
+        ``(spec, errors)``: ``spec`` is None when there are errors; each error is a full line
+        ``source: key.path: message``.
+    """
+    errors: list[str] = []
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+
+    def err(key: str, message: str) -> None:
+        errors.append(f"{source}: {prefix}{key}: {message}")
+
+    if not isinstance(data, Mapping):
+        what = "an empty file" if data is None else _got(data)
+        errors.append(f"{source}: expected a mapping with a `splits:` section, got {what}")
+        return None, errors
+
+    _unknown_keys(data, _TOP_KEYS, "", err)
+    task = None
+    if data.get("task") is not None:
+        try:
+            task = Likelihood(str(data["task"]).lower().replace("-", "_"))
+        except ValueError:
+            err(
+                "task",
+                f"expected one of {', '.join(m.value for m in Likelihood)}, got {_got(data['task'])}",
+            )
+    batch_size = data.get("batch_size")
+    if batch_size is not None and not _positive_int(batch_size):
+        err("batch_size", f"expected a positive integer, got {_got(batch_size)}")
+        batch_size = None
+    n_classes = data.get("n_classes")
+    if n_classes is not None and not _positive_int(n_classes):
+        err("n_classes", f"expected a positive integer, got {_got(n_classes)}")
+        n_classes = None
+
+    splits: dict[str, SplitSpec] = {}
+    raw_splits = data.get("splits")
+    if raw_splits is None:
+        err("splits", "missing; expected a mapping of split names (train, val, ...) to files")
+    elif not isinstance(raw_splits, Mapping) or not raw_splits:
+        err(
+            "splits",
+            f"expected a non-empty mapping of split names to files, got {_got(raw_splits)}",
+        )
+    else:
+        for name, raw in raw_splits.items():
+            at = f"splits.{name}"
+
+            def split_err(key: str, message: str, at: str = at) -> None:
+                err(f"{at}.{key}" if key else at, message)
+
+            split = _validate_split(str(name), raw, base, split_err)
+            if split is not None:
+                splits[str(name)] = split
+
+    if errors:
+        return None, errors
+    spec = DatasetSpec(
+        splits=splits,
+        task=task,
+        batch_size=batch_size,
+        n_classes=n_classes,
+        source=source,
+        base_dir=base,
+    )
+    return spec, []
+
+
+def _validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | None:
+    if not isinstance(raw, Mapping):
+        err("", f"expected a mapping with `path:` or `callable:`, got {_got(raw)}")
+        return None
+    problems = 0
+
+    def bad(key: str, message: str) -> None:
+        nonlocal problems
+        problems += 1
+        err(key, message)
+
+    _unknown_keys(raw, _SPLIT_KEYS, "", bad)
+
+    def string(key: str, what: str = "a string") -> str | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            bad(key, f"expected {what}, got {_got(value)}")
+            return None
+        return value
+
+    path = string("path", "a file path (string)")
+    call = string("callable", "'pkg.module:function' or 'file.py:function'")
+    text = string("text", "a field name (string)")
+    tokenizer = string("tokenizer", "a tokenizer folder or name (string)")
+    fmt_raw = string("format", f"one of {', '.join(FORMATS)}")
+    id_key = string("id", "a column name (string)") or "id"
+    y_val = string("y", "a key or column name (string)")
+    target = string("target", "a key or column name (string)")
+    if y_val is not None and target is not None:
+        bad("target", "give either y: or target: (they mean the same), not both")
+    y_key = y_val if y_val is not None else target
+
+    if call is not None and ":" not in call:
+        bad("callable", f"expected 'pkg.module:function' or 'file.py:function', got {call!r}")
+    if path is None and call is None and "path" not in raw and "callable" not in raw:
+        bad(
+            "",
+            "expected `path:` (a data file) or `callable:` (a function returning a Dataset), got neither",
+        )
+    if path is not None and call is not None:
+        bad("callable", "give either path: or callable:, not both")
+
+    kwargs = raw.get("kwargs")
+    if kwargs is not None:
+        if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+            bad("kwargs", f"expected a mapping of keyword arguments, got {_got(kwargs)}")
+            kwargs = None
+        elif call is None and "callable" not in raw:
+            bad("kwargs", "only used with callable:")
+    max_length = raw.get("max_length")
+    if max_length is not None and not _positive_int(max_length):
+        bad("max_length", f"expected a positive integer, got {_got(max_length)}")
+        max_length = None
+    is_text = "text" in raw or "tokenizer" in raw
+    if not is_text and "max_length" in raw:
+        bad("max_length", "only used with text: / tokenizer:")
+
+    fmt: str | None = None
+    if fmt_raw is not None:
+        key = fmt_raw.lower().lstrip(".")
+        key = {"ndjson": "jsonl", "pth": "pt", "st": "safetensors"}.get(key, key)
+        if key not in FORMATS:
+            bad("format", f"expected one of {', '.join(FORMATS)}, got {fmt_raw!r}")
+        else:
+            fmt = key
+    elif path is not None:
+        suffix = Path(path).suffix.lower()
+        if suffix in SUFFIX_FORMATS:
+            fmt = SUFFIX_FORMATS[suffix]
+        elif not is_text:
+            bad(
+                "path",
+                f"expected a data file ending in {' '.join(SUFFIX_FORMATS)} (or set format:), "
+                f"got {path!r}",
+            )
+
+    x_raw = raw.get("x")
+    x: str | list[str] | None = None
+    if x_raw is not None:
+        if isinstance(x_raw, str) and x_raw.strip():
+            x = x_raw
+        elif isinstance(x_raw, list) and x_raw and all(isinstance(c, str) and c for c in x_raw):
+            if fmt is not None and fmt not in TABLE_FORMATS:
+                bad(
+                    "x",
+                    f"a list of columns is for CSV / JSONL files; {fmt} files take one key name",
+                )
+            else:
+                x = list(x_raw)
+        else:
+            bad("x", f"expected a key name or a list of column names, got {_got(x_raw)}")
+    if call is not None:
+        for key in ("x", "y", "target", "id", "format"):
+            if key in raw:
+                bad(key, "not used with callable: (the Dataset yields (x, y) itself)")
+    if fmt == "npy" and x is not None:
+        bad("x", "a .npy file holds one array (the features); it has no keys")
+    if fmt is not None and fmt not in TABLE_FORMATS and "id" in raw:
+        bad("id", "id columns exist only in CSV / JSONL files")
+
+    y_out: str | Path | None = y_key
+    if fmt == "npy" and y_key is not None:
+        if not y_key.lower().endswith(".npy"):
+            bad(
+                "y" if y_val is not None else "target",
+                f"for a .npy split, expected the path of a second .npy with the targets, got {y_key!r}",
+            )
+        else:
+            y_out = _resolve(base, y_key)
+
+    if problems:
+        return None
+    return SplitSpec(
+        name=name,
+        path=_resolve(base, path) if path is not None else None,
+        format=fmt,
+        x=x,
+        y=y_out,
+        id=id_key,
+        callable=call,
+        kwargs=dict(kwargs or {}),
+        text=text,
+        tokenizer=tokenizer,
+        max_length=max_length,
+    )
+
+
+def _resolve(base: Path, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def parse_dataset_spec(
+    data: Any,
+    *,
+    source: str = "<spec>",
+    base_dir: str | Path | None = None,
+    prefix: str = "",
+) -> DatasetSpec:
+    """Build a :class:`DatasetSpec` from a mapping, raising every problem at once.
+
+    Raises:
+        BadInputError: One line per problem.
+    """
+    spec, errors = validate_dataset_spec(data, source=source, base_dir=base_dir, prefix=prefix)
+    if errors or spec is None:
+        raise BadInputError("\n".join(errors))
+    return spec
+
+
+def load_dataset_spec(path: str | Path, *, check_files: bool = False) -> DatasetSpec:
+    """Read and validate a dataset spec YAML file.
+
+    Args:
+        path: The YAML file; relative data paths resolve against its folder.
+        check_files: Also report every split file that does not exist (in the same message).
+            Off by default, so that ``fit`` does not fail over a test file not made yet; missing
+            files are reported when a split is loaded.
+
+    Raises:
+        BadInputError: Invalid YAML (with line), or one line per problem in the spec.
+    """
+    data = load_yaml(path)
+    source = str(path)
+    spec, errors = validate_dataset_spec(data, source=source, base_dir=Path(path).parent)
+    if spec is not None and check_files:
+        for split in spec.splits.values():
+            for key, p in (("path", split.path), ("y", split.y)):
+                if isinstance(p, Path) and not p.is_file():
+                    errors.append(f"{source}: splits.{split.name}.{key}: file not found: {p}")
+    if errors or spec is None:
+        raise BadInputError("\n".join(errors))
+    return spec
