@@ -134,6 +134,9 @@ def test_sigint_during_fit_exits_130_and_writes_nothing(ws: Workspace) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env={k: v for k, v in os.environ.items() if k != "LAPLACE_DEBUG"},
+        # A test run started in the background of a non-interactive shell (`cmd &`) inherits
+        # SIGINT ignored, and Python then keeps it ignored: give the child the default back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
