@@ -20,6 +20,7 @@ from laplace_cli.enums import (
     PredType,
 )
 from laplace_cli.errors import BadInputError, MemoryBudgetError
+from laplace_cli.last_layer import LastLayer
 from laplace_cli.memory import (
     format_bytes,
 )
@@ -44,7 +45,7 @@ from laplace_cli.scores import (
     predictive_entropy,
     regression_variance_split,
 )
-from laplace_cli.subsets import Factor, LastLayer, NoLayerFactorsError, iter_rows
+from laplace_cli.subsets import Factor, NoLayerFactorsError, iter_rows
 
 
 class PredictiveMixin:
