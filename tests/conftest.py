@@ -18,6 +18,18 @@ def float64():
         torch.set_default_dtype(old)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`).
+    Its matrices are small, and two threads on a busy 2-core machine spin-wait on each other
+    (the diabetes full curvature's 1,441² eigh took ~3 s with one thread and ~20 s with two
+    under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_mlp(n_in: int = 3, hidden: int = 5, n_out: int = 4, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))

@@ -41,15 +41,7 @@ SAMPLES = REPO / "sample_models"
 MODEL_REF = {"path": "model.pt", "form": "state_dict", "factory": "m:f", "kwargs": {}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    """One intra-op thread for this module. The matrices here are small, and two threads on a
-    busy 2-core machine spin-wait on each other (the diabetes full curvature's 1,441² eigh
-    took ~3 s with one thread and ~20 s with two under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loader(X: torch.Tensor, y: torch.Tensor, bs: int = 5) -> list[tuple[torch.Tensor, ...]]:

@@ -166,7 +166,7 @@ class FullPosterior(Posterior):
         if self._is_scalar(prior):
             d, V = self.eig()
             # U = J V (B, C, P), a fresh tensor: scaled in place by (s·d + δ)^(-1/2).
-            U = J @ V if J is not None else jacobian_products.matmul(factors, V.to(self.dtype))
+            U = J @ V if J is not None else jacobian_products.matmul(factors, V)
             U.mul_((scale * d + prior.reshape(())).rsqrt())
             return U @ U.transpose(1, 2)
         if J is None:

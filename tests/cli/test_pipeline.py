@@ -41,15 +41,7 @@ SMALL_ROWS = {"train": 400, "val": 150, "test": 150}  # digits only
 RTOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    """One intra-op thread for this module. The matrices here are small, and two threads on a
-    busy 2-core machine spin-wait on each other (the diabetes full curvature's 1,441² eigh
-    took ~3 s with one thread and ~20 s with two under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _models_module() -> Any:
