@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from laplace_cli import Laplace  # noqa: E402
-from laplace_cli.tuning import TuningWarning  # noqa: E402
+from laplace_cli.tuning.api import TuningWarning  # noqa: E402
 
 
 def load_sample(name: str) -> tuple[torch.nn.Module, dict[str, tuple[torch.Tensor, torch.Tensor]]]:

@@ -9,9 +9,7 @@ probs = la(x, pred_type="glm", link_approx="probit")
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from laplace_cli.enums import (  # noqa: E402
+from laplace_cli.core.enums import (  # noqa: E402
     Curvature,
     Likelihood,
     LinkApprox,
@@ -20,13 +18,14 @@ from laplace_cli.enums import (  # noqa: E402
     Structure,
     Subset,
 )
-from laplace_cli.errors import (  # noqa: E402
+from laplace_cli.core.errors import (  # noqa: E402
     BadInputError,
     GateFailed,
     LaplaceCliError,
     NumericalError,
 )
-from laplace_cli.laplace import Laplace  # noqa: E402
+from laplace_cli.core.version import __version__  # noqa: E402
+from laplace_cli.laplace.approximation import Laplace  # noqa: E402
 
 __all__ = [
     "Laplace",

@@ -61,7 +61,7 @@ for _module, _name in (
 
 def _version(value: bool) -> None:
     if value:
-        from laplace_cli import __version__
+        from laplace_cli.core.version import __version__
 
         typer.echo(f"laplace-cli {__version__}")
         raise typer.Exit()

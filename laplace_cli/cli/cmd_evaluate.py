@@ -68,7 +68,7 @@ def evaluate(
     (regression); AUROC with --ood-data. With --fail-if, exits 1 when a gate holds.
     Under torchrun the processes share the predictive work; rank 0 reports.
     """
-    from laplace_cli.gates import parse_gates
+    from laplace_cli.pipeline.gates import parse_gates
 
     require_file(posterior, "--posterior")
     require_file(data, "--data")
@@ -81,11 +81,11 @@ def evaluate(
     check_device(device)
     spec = model_override(model, model_factory, model_kwargs)
     if plot is not None or html is not None:
-        from laplace_cli.report import _figure_class
+        from laplace_cli.pipeline.report import _figure_class
 
         _figure_class()  # fail now, before the work, when matplotlib is missing
 
-    from laplace_cli import distributed
+    from laplace_cli.pipeline import distributed
 
     # Under torchrun every rank predicts its shard of the splits; rank 0 gathers the outputs,
     # computes the metrics of the whole split and alone writes and prints.
@@ -93,9 +93,9 @@ def evaluate(
 
     from laplace_cli.cli.console import emit_json, stderr_console
     from laplace_cli.cli.render import print_evaluation
-    from laplace_cli.evaluation import evaluate as run_evaluate
-    from laplace_cli.evaluation import save_evaluation_outputs
-    from laplace_cli.pipeline import PredictOptions, load_posterior
+    from laplace_cli.pipeline.evaluation import evaluate as run_evaluate
+    from laplace_cli.pipeline.evaluation import save_evaluation_outputs
+    from laplace_cli.pipeline.stages import PredictOptions, load_posterior
 
     lp = load_posterior(
         posterior,
@@ -133,7 +133,7 @@ def evaluate(
 
 
 def raise_for_gates(result) -> None:
-    from laplace_cli.errors import GateFailed
+    from laplace_cli.core.errors import GateFailed
 
     failed = [g["message"] for g in result.gates if g["failed"]]
     if failed:

@@ -39,8 +39,8 @@ from laplace_cli.cli.options import (
     TemperatureOpt,
     TrustCheckpointOpt,
 )
-from laplace_cli.enums import Backend, Curvature, Structure, Subset
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.enums import Backend, Curvature, Structure, Subset
+from laplace_cli.core.errors import BadInputError
 
 EXAMPLES = [
     "laplace fit model.pt2 --data data.yaml -o post.st",
@@ -109,8 +109,8 @@ def fit(
     kwargs = parse_json_object(model_kwargs, "--model-kwargs")
 
     from laplace_cli.cli.console import emit_json, stderr_console
-    from laplace_cli.pipeline import FitOptions, ModelSpec, save_posterior
-    from laplace_cli.pipeline import fit as run_fit
+    from laplace_cli.pipeline.stages import FitOptions, ModelSpec, save_posterior
+    from laplace_cli.pipeline.stages import fit as run_fit
 
     options = FitOptions(
         likelihood=likelihood.value if likelihood is not None else None,
@@ -146,7 +146,7 @@ def fit(
         result.loaded,
         {"data": str(data.resolve()), "fit_seconds": round(result.seconds, 3)},
     )
-    from laplace_cli import distributed
+    from laplace_cli.pipeline import distributed
 
     ctx = distributed.context()
     if ctx is not None:

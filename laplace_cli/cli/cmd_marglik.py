@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from laplace_cli.cli.common import require_file
 from laplace_cli.cli.options import DebugOpt, JsonOpt, PosteriorsArg, QuietOpt
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 
 EXAMPLES = [
     "laplace marglik post.st",
@@ -33,7 +33,7 @@ def marglik(
         raise BadInputError("\n".join(problems))
     from laplace_cli.cli.console import emit_json, stderr_console
     from laplace_cli.cli.render import print_marglik
-    from laplace_cli.pipeline import load_posterior
+    from laplace_cli.pipeline.stages import load_posterior
 
     entries = []
     for path in posteriors:

@@ -42,7 +42,7 @@ from laplace_cli.cli.options import (
     SplitOpt,
     XKeyOpt,
 )
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 
 EXAMPLES = [
     "laplace predict -p post.st --input x.npz > rows.jsonl",
@@ -98,7 +98,7 @@ def predict(
     check_device(device)
     spec = model_override(model, model_factory, model_kwargs)
 
-    from laplace_cli import distributed
+    from laplace_cli.pipeline import distributed
 
     ctx = distributed.context(device or "auto")
     if ctx is not None and input_ is not None and str(input_) == "-":
@@ -109,11 +109,11 @@ def predict(
 
     import sys
 
-    from laplace_cli.enums import Likelihood
+    from laplace_cli.core.enums import Likelihood
     from laplace_cli.io.datasets import load_dataset_spec
     from laplace_cli.io.tabular import iter_feature_chunks
     from laplace_cli.io.writers import RowWriter, check_columns
-    from laplace_cli.pipeline import (
+    from laplace_cli.pipeline.stages import (
         PredictOptions,
         iter_prediction_rows,
         load_posterior,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from laplace_cli.cli.common import parse_overrides, progress_for, require_file
 from laplace_cli.cli.options import DebugOpt, JsonOpt, OutputDirOpt, QuietOpt, RecipeArg, SetOpt
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 
 EXAMPLES = [
     "laplace run recipes/mnist_kron.yaml --output runs/mnist",
@@ -34,12 +34,12 @@ def run(
     from laplace_cli.cli.cmd_evaluate import raise_for_gates
     from laplace_cli.cli.console import emit_json, stderr_console
     from laplace_cli.cli.render import print_evaluation
-    from laplace_cli.recipes import load_recipe, run_recipe
+    from laplace_cli.pipeline.recipes import load_recipe, run_recipe
 
     parsed = load_recipe(recipe, overrides)
     out_dir = output if output is not None else Path("runs") / recipe.stem
     result = run_recipe(parsed, out_dir, progress=progress_for(quiet))
-    from laplace_cli import distributed
+    from laplace_cli.pipeline import distributed
 
     ctx = distributed.context()
     if ctx is not None and not ctx.is_main:

@@ -31,8 +31,8 @@ from laplace_cli.cli.options import (
     TuneLoss,
     TuneLossOpt,
 )
-from laplace_cli.enums import TuneMethod
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.enums import TuneMethod
+from laplace_cli.core.errors import BadInputError
 
 EXAMPLES = [
     "laplace tune --posterior post.st",
@@ -79,8 +79,8 @@ def tune(
     spec = model_override(model, model_factory, model_kwargs)
 
     from laplace_cli.cli.console import emit_json, stderr_console
-    from laplace_cli.pipeline import load_posterior, resave
-    from laplace_cli.pipeline import tune as run_tune
+    from laplace_cli.pipeline.stages import load_posterior, resave
+    from laplace_cli.pipeline.stages import tune as run_tune
 
     lp = load_posterior(
         posterior,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from laplace_cli.cli.options import OutputFormat
-from laplace_cli.errors import BadInputError, NotImplementedYetError
+from laplace_cli.core.errors import BadInputError, NotImplementedYetError
 
 __all__ = [
     "check_device",
@@ -201,6 +201,6 @@ def model_override(model, factory, kwargs_text, trust: bool = False):
         if factory is not None or kwargs_text is not None:
             raise BadInputError("--model-factory and --model-kwargs need --model")
         return None
-    from laplace_cli.pipeline import ModelSpec
+    from laplace_cli.pipeline.stages import ModelSpec
 
     return ModelSpec(str(model), factory, parse_json_object(kwargs_text, "--model-kwargs"), trust)

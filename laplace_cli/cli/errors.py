@@ -31,7 +31,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from laplace_cli.cli.console import stderr_console
-from laplace_cli.errors import LaplaceCliError
+from laplace_cli.core.errors import LaplaceCliError
 
 try:  # Typer >= 0.20 vendors Click as `typer._click`; its exceptions are not Click's.
     from typer._click.exceptions import ClickException, UsageError

@@ -6,7 +6,7 @@ come from a YAML file (`--likelihood` over the data spec's `task`, `--batch-size
 `batch_size`) default to `None`, meaning "not given", so a flag always wins over YAML and YAML
 over the built-in default.
 
-Choices are the `str` enums of `laplace_cli.enums`, so `--help` lists them and Typer converts
+Choices are the `str` enums of `laplace_cli.core.enums`, so `--help` lists them and Typer converts
 and checks the value (case-insensitively).
 """
 
@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from laplace_cli.enums import (
+from laplace_cli.core.enums import (
     Backend,
     Curvature,
     Dtype,
@@ -32,7 +32,7 @@ from laplace_cli.enums import (
     TuneMethod,
 )
 
-# Dtype, OutputFormat and TuneLoss lived here before moving to laplace_cli.enums; importing
+# Dtype, OutputFormat and TuneLoss lived here before moving to laplace_cli.core.enums; importing
 # them from this module still works.
 
 _CHOICE = {"case_sensitive": False}

@@ -10,7 +10,7 @@ for each ``nn.Linear``, ``fisher.kron.A = Σ_n a aᵀ`` and ``fisher.kron.B = Σ
 Fisher = GGN for cross-entropy and squared error, ``FISHER_EMP`` for the empirical Fisher), and
 ``fisher.diag.weight / .bias`` the exact diagonal. These are the native posterior's raw sums
 (A summed, divided by N at finalize), so the posterior, its file and everything downstream are
-the same whichever backend filled them; ``tests/test_asdl.py`` checks parity on small models.
+the same whichever backend filled them; ``tests/curvature/test_asdl.py`` checks parity on small models.
 
 Scope (refused with a clear error otherwise): structures ``kron`` and ``diag``; curvature
 ``ggn`` or ``ef``; likelihood ``classification`` or ``regression`` (scalar ``sigma_noise``);
@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from laplace_cli.enums import Curvature, Likelihood, Structure, Subset
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.enums import Curvature, Likelihood, Structure, Subset
+from laplace_cli.core.errors import BadInputError
 
 __all__ = ["asdl_accumulate", "check_asdl", "import_asdl"]
 

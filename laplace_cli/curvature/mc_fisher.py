@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from laplace_cli.enums import Likelihood
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.enums import Likelihood
+from laplace_cli.core.errors import BadInputError
 
 
 def sample_targets(

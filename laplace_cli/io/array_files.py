@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.data_formats import _did_you_mean
 
 

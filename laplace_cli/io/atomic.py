@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 
 __all__ = ["atomic_write", "atomic_write_bytes"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from laplace_cli.enums import StrEnum
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.enums import StrEnum
+from laplace_cli.core.errors import BadInputError
 
 __all__ = ["ModelForm", "ModelRef", "ModuleInfo"]
 

@@ -25,7 +25,7 @@ form            how it loads
                 (``--trust-checkpoint``).
 ==============  ===========================================================================
 
-Nothing here prints; every user-fixable problem raises :class:`~laplace_cli.errors.BadInputError`
+Nothing here prints; every user-fixable problem raises :class:`~laplace_cli.core.errors.BadInputError`
 naming the file.
 
 The parts live in :mod:`~laplace_cli.io.checkpoint_types` (forms, :class:`ModelRef`),
@@ -48,7 +48,7 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.checkpoint_types import _FACTORY_HINT as _FACTORY_HINT
 from laplace_cli.io.checkpoint_types import _HOOKABLE_TYPES as _HOOKABLE_TYPES
 from laplace_cli.io.checkpoint_types import ModelForm as ModelForm

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 
 SUFFIX_FORMATS = {
     ".npz": "npz",

@@ -2,7 +2,7 @@
 
 The spec format is described in :mod:`laplace_cli.io.datasets`, which turns a validated
 :class:`DatasetSpec` into datasets and loaders. Validation collects every problem and raises
-one :class:`~laplace_cli.errors.BadInputError`, one line per problem.
+one :class:`~laplace_cli.core.errors.BadInputError`, one line per problem.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from laplace_cli.enums import Likelihood
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.enums import Likelihood
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.safe_yaml import load_yaml
 from laplace_cli.io.tabular import (
     FORMATS,

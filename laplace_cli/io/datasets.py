@@ -18,7 +18,7 @@ holds one array, ``y:`` is the path of a second ``.npy`` file with the targets. 
 resolve against the YAML file's folder; module-style callables import with the working directory
 on the import path, file-style ones (``data.py:make``) resolve against the YAML's folder.
 
-Validation collects every problem and raises one :class:`~laplace_cli.errors.BadInputError`, one
+Validation collects every problem and raises one :class:`~laplace_cli.core.errors.BadInputError`, one
 line per problem: ``data.yaml: splits.train.y: expected a key name (string), got 3``.
 
 Loaded tensors: features float32 (the engine converts the dtype later); classification labels
@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from laplace_cli.enums import Likelihood
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.enums import Likelihood
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.dataset_specs import _SPLIT_KEYS as _SPLIT_KEYS
 from laplace_cli.io.dataset_specs import _TOP_KEYS as _TOP_KEYS
 from laplace_cli.io.dataset_specs import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE

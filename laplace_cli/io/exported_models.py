@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.checkpoint_types import (
     _FACTORY_HINT,
     _HOOKABLE_TYPES,

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.text import resolve_local_dir
 
 __all__ = ["CausalLMLogits", "is_hf_dir", "load_hf_model"]

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 
 __all__ = ["import_callable"]
 

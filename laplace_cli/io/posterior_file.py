@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from laplace_cli.errors import BadInputError, FingerprintMismatchError
+from laplace_cli.core.errors import BadInputError, FingerprintMismatchError
 from laplace_cli.io.atomic import atomic_write_bytes
 from laplace_cli.io.posterior_metadata import (
     _REQUIRED_KEYS,
@@ -114,7 +114,7 @@ def write_posterior(
     """
     from safetensors.torch import save
 
-    from laplace_cli.errors import NumericalError
+    from laplace_cli.core.errors import NumericalError
 
     meta = _with_defaults(metadata)
     validate_posterior(tensors, meta, source=path, nonfinite=NumericalError)

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from laplace_cli.enums import (
+from laplace_cli.core.enums import (
     Curvature,
     KronApprox,
     Likelihood,
@@ -26,7 +26,7 @@ from laplace_cli.enums import (
     Structure,
     Subset,
 )
-from laplace_cli.errors import BadInputError, LaplaceCliError
+from laplace_cli.core.errors import BadInputError, LaplaceCliError
 from laplace_cli.io.safetensors_header import _clip, _fail, _is_int, _join_problems
 
 FORMAT = "laplace-cli/posterior"
@@ -158,7 +158,9 @@ def _decode_metadata(raw: dict[str, str], source: object) -> dict[str, Any]:
 
 def _with_defaults(metadata: dict[str, Any]) -> dict[str, Any]:
     """Fill in `format`, `format_version`, `library_version` and `created` unless given."""
-    from laplace_cli import __version__  # lazy: the package root may import this module
+    from laplace_cli.core.version import (
+        __version__,  # lazy: the package root may import this module
+    )
 
     meta = dict(metadata)
     meta.setdefault("format", FORMAT)
@@ -192,7 +194,7 @@ def _check_format(meta: dict[str, Any], source: object) -> None:
     if version is None:
         raise _fail(source, "missing metadata key(s): format_version")
     if version not in KNOWN_VERSIONS:
-        from laplace_cli import __version__
+        from laplace_cli.core.version import __version__
 
         known = ", ".join(KNOWN_VERSIONS)
         raise _fail(

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from laplace_cli.enums import Structure, Subset
-from laplace_cli.errors import BadInputError, LaplaceCliError
+from laplace_cli.core.enums import Structure, Subset
+from laplace_cli.core.errors import BadInputError, LaplaceCliError
 from laplace_cli.io.posterior_metadata import (
     _check_format,
     _check_metadata,

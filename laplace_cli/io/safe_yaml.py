@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 
 __all__ = ["MAX_YAML_NODES", "load_yaml"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from laplace_cli.errors import BadInputError, LaplaceCliError
+from laplace_cli.core.errors import BadInputError, LaplaceCliError
 
 MAX_HEADER_BYTES = 100_000_000
 """Headers larger than this are refused before reading them (safetensors' own limit)."""

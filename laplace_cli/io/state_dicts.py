@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.checkpoint_types import _FACTORY_HINT, ModelForm, _fmt_names
 from laplace_cli.io.model_factories import _build_from_factory
 

@@ -7,7 +7,7 @@ streaming a huge file or stdin through :func:`iter_feature_chunks` keeps memory 
 whole table for a dataset split goes through the same chunk parser, so both agree by
 construction.
 
-Every problem raises :class:`~laplace_cli.errors.BadInputError` naming the file and, for rows,
+Every problem raises :class:`~laplace_cli.core.errors.BadInputError` naming the file and, for rows,
 the row index (0-based, data rows only) and the line number.
 
 The readers live in ``data_formats`` (format names, detection, ``check_finite``),
@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.array_files import _load_npy, _safetensors_slicer, read_arrays
 from laplace_cli.io.data_formats import (
     _DEFAULT_CHUNK_ROWS,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 
 __all__ = ["TextDataset", "load_text_split", "load_tokenizer", "resolve_local_dir"]
 

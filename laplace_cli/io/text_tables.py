@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.data_formats import (
     _DEFAULT_CHUNK_ROWS,
     TARGET_NAMES,

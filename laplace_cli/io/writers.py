@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 
 FORMATS = ("csv", "jsonl")
 

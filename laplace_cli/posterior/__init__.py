@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import torch
 
-from laplace_cli.enums import KronApprox, Structure
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.enums import KronApprox, Structure
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior.base import Posterior, expand_prior, per_group_prior
 from laplace_cli.posterior.diag import DiagPosterior
 from laplace_cli.posterior.full import FullPosterior
 from laplace_cli.posterior.kron import KronPosterior
-from laplace_cli.subsets import ParamGroup
+from laplace_cli.subsets.base import ParamGroup
 
 __all__ = [
     "Posterior",

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from laplace_cli.enums import Structure
-from laplace_cli.errors import BadInputError
-from laplace_cli.subsets import Factor, ParamGroup
+from laplace_cli.core.enums import Structure
+from laplace_cli.core.errors import BadInputError
+from laplace_cli.subsets.base import Factor, ParamGroup
 
 
 def group_sizes(groups: Sequence[ParamGroup]) -> list[int]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from laplace_cli.enums import Structure
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.enums import Structure
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior.base import Posterior, expand_prior, fv_dense_diag, scale_curvature
-from laplace_cli.subsets import DenseFactor, Factor
+from laplace_cli.subsets.base import DenseFactor, Factor
 
 
 def factor_diag(W: Tensor, fac: Factor) -> Tensor:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from laplace_cli import jacobian_products
-from laplace_cli.enums import Structure
-from laplace_cli.errors import BadInputError, NumericalError
+from laplace_cli.core.enums import Structure
+from laplace_cli.core.errors import BadInputError, NumericalError
 from laplace_cli.posterior.base import Posterior, expand_prior, scale_curvature
-from laplace_cli.subsets import dense_from_factors
+from laplace_cli.subsets import jacobian_products
+from laplace_cli.subsets.base import dense_from_factors
 
 
 def robust_cholesky(

@@ -20,11 +20,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from laplace_cli.enums import KronApprox, Structure
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.enums import KronApprox, Structure
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior.base import Posterior, per_group_prior
 from laplace_cli.posterior.diag import factor_diag, factor_functional_variance
-from laplace_cli.subsets import DenseFactor, LayerFactor
+from laplace_cli.subsets.base import DenseFactor, LayerFactor
 
 
 def symmetric_eig(M: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from laplace_cli.enums import Structure
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.enums import Structure
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior.base import Posterior, expand_prior
 
 DEFAULT_RANK = 100

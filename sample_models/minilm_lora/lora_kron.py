@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from laplace_cli import Laplace
-from laplace_cli.batches import split_batch
+from laplace_cli.core.batches import split_batch
 from laplace_cli.io.checkpoints import load_model
 from laplace_cli.io.datasets import load_dataset_spec, load_split
 

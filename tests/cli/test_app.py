@@ -27,7 +27,7 @@ from laplace_cli.cli.errors import (
     wants_debug,
 )
 from laplace_cli.cli.options import DebugOpt
-from laplace_cli.errors import (
+from laplace_cli.core.errors import (
     BadInputError,
     FingerprintMismatchError,
     GateFailed,

@@ -3,7 +3,7 @@
 `laplace fit DIR` and the `--model DIR` override of tune / evaluate / predict accept a folder
 holding `config.json` (a transformers model) or `adapter_config.json` (a PEFT adapter); any other
 folder is refused with exit 2 and a message that says what a model folder must hold. The model
-is the tiny randomly initialised BERT + LoRA of `tests/test_llm.py` (no download), on text
+is the tiny randomly initialised BERT + LoRA of `tests/laplace/test_llm.py` (no download), on text
 tokenised by a tiny local tokenizer.
 """
 
@@ -22,7 +22,7 @@ pytest.importorskip("peft")
 
 from laplace_cli.cli.app import app  # noqa: E402
 from laplace_cli.io.posterior_file import read_posterior  # noqa: E402
-from tests.test_llm import tiny_lora_bert, write_tokenizer  # noqa: E402
+from tests.laplace.test_llm import tiny_lora_bert, write_tokenizer  # noqa: E402
 
 HEAD = "base_model.model.classifier.modules_to_save.default"
 WORDS = ["good", "bad", "movie", "very", "not"]

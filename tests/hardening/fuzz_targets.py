@@ -21,7 +21,7 @@ import torch
 import yaml
 from hypothesis import strategies as st
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.datasets import load_dataset_spec
 from laplace_cli.io.posterior_file import read_posterior, write_posterior
 

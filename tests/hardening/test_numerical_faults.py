@@ -15,7 +15,7 @@ from hardening_support import Workspace, features, invoke, model_state
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from laplace_cli.errors import NumericalError
+from laplace_cli.core.errors import NumericalError
 from laplace_cli.io.posterior_file import read_posterior, write_posterior
 from laplace_cli.posterior.full import robust_cholesky
 
@@ -161,7 +161,7 @@ def test_robust_cholesky_jitter_fixes_a_singular_psd_matrix(float64) -> None:
 
 def test_library_raises_and_never_exits(indefinite) -> None:
     """The Python API raises NumericalError; only the CLI turns it into an exit code."""
-    from laplace_cli.pipeline import load_posterior
+    from laplace_cli.pipeline.stages import load_posterior
 
     lp = load_posterior(indefinite)
     try:

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.checkpoints import (
     ModelForm,
     ModelRef,

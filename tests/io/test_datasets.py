@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from laplace_cli.enums import Likelihood
-from laplace_cli.errors import BadInputError
+from laplace_cli.core.enums import Likelihood
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.datasets import (
     ArrayDataset,
     check_labels,

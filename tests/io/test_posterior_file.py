@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
-from laplace_cli.enums import Structure, Subset
-from laplace_cli.errors import BadInputError, FingerprintMismatchError, NumericalError
+from laplace_cli.core.enums import Structure, Subset
+from laplace_cli.core.errors import BadInputError, FingerprintMismatchError, NumericalError
 from laplace_cli.io import atomic
 from laplace_cli.io.atomic import atomic_write, atomic_write_bytes
 from laplace_cli.io.posterior_file import (

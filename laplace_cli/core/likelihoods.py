@@ -1,0 +1,107 @@
+"""Likelihoods: summed losses, their gradients and the square roots of their Hessians in output space.
+
+Conventions follow laplace-torch (DESIGN.md §5): the loss is summed over the data, regression uses
+unit observation noise (½‖y − f‖²) and the noise enters later as a factor 1/σ², so that the log
+marginal likelihood stays differentiable in σ without refitting.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from laplace_cli.core.enums import Likelihood
+
+
+def summed_loss(likelihood: Likelihood, f: Tensor, y: Tensor) -> Tensor:
+    """Summed negative log-likelihood of targets `y` under outputs `f` (B, C).
+
+    classification: Σ −log softmax(f)_y; regression: Σ ½‖y − f‖² (unit noise, no normaliser);
+    binary: Σ BCE(sigmoid(f), y).
+    """
+    if likelihood == Likelihood.CLASSIFICATION:
+        return F.cross_entropy(f, y, reduction="sum")
+    if likelihood == Likelihood.REGRESSION:
+        return 0.5 * ((f - y.reshape(f.shape)) ** 2).sum()
+    return F.binary_cross_entropy_with_logits(f, y.reshape(f.shape).to(f.dtype), reduction="sum")
+
+
+def summed_loss_per_output(likelihood: Likelihood, f: Tensor, y: Tensor) -> Tensor:
+    """Summed loss of each output, (C,): ½ Σ_n (y_nk − f_nk)² for regression.
+
+    The log-likelihood with one noise level per output needs these separately
+    (`log_likelihood` with a (C,) loss); only regression losses split over outputs.
+    """
+    if likelihood != Likelihood.REGRESSION:
+        raise ValueError("a per-output loss is defined for regression only")
+    return 0.5 * ((f - y.reshape(f.shape)) ** 2).sum(0)
+
+
+def output_gradient(likelihood: Likelihood, f: Tensor, y: Tensor) -> Tensor:
+    """∂ℓ/∂f per sample, (B, C): p − onehot(y), f − y, or sigmoid(f) − y."""
+    if likelihood == Likelihood.CLASSIFICATION:
+        p = torch.softmax(f, dim=-1)
+        return p - F.one_hot(y.long(), f.shape[-1]).to(f.dtype)
+    if likelihood == Likelihood.REGRESSION:
+        return f - y.reshape(f.shape).to(f.dtype)
+    return torch.sigmoid(f) - y.reshape(f.shape).to(f.dtype)
+
+
+def hessian_sqrt(likelihood: Likelihood, f: Tensor) -> Tensor:
+    """L (B, C, K) with L Lᵀ = ∂²ℓ/∂f² per sample.
+
+    classification: H = diag(p) − ppᵀ = (diag(√p) − p√pᵀ)(diag(√p) − √p pᵀ), K = C;
+    regression: L = I (unit noise); binary: L = diag(√(p(1 − p))).
+    """
+    batch, n_out = f.shape
+    if likelihood == Likelihood.CLASSIFICATION:
+        p = torch.softmax(f, dim=-1)
+        sqrt_p = p.sqrt()
+        return torch.diag_embed(sqrt_p) - p.unsqueeze(-1) * sqrt_p.unsqueeze(-2)
+    if likelihood == Likelihood.REGRESSION:
+        return torch.eye(n_out, dtype=f.dtype, device=f.device).expand(batch, n_out, n_out)
+    p = torch.sigmoid(f)
+    return torch.diag_embed((p * (1 - p)).sqrt())
+
+
+def hessian(likelihood: Likelihood, f: Tensor) -> Tensor:
+    """∂²ℓ/∂f² per sample, (B, C, C)."""
+    if likelihood == Likelihood.CLASSIFICATION:
+        p = torch.softmax(f, dim=-1)
+        return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    if likelihood == Likelihood.REGRESSION:
+        batch, n_out = f.shape
+        return torch.eye(n_out, dtype=f.dtype, device=f.device).expand(batch, n_out, n_out)
+    p = torch.sigmoid(f)
+    return torch.diag_embed(p * (1 - p))
+
+
+def log_likelihood(
+    likelihood: Likelihood,
+    loss: Tensor,
+    n_data: int,
+    n_outputs: int,
+    sigma_noise: Tensor,
+    temperature: float,
+) -> Tensor:
+    """Log-likelihood at the MAP from the stored summed loss (differentiable in `sigma_noise`).
+
+    regression: −loss / (σ² T) − N·C·log(σ√(2π)) for scalar σ; with one σ per output the loss
+    must be given per output (shape (C,)) and the normaliser is N·Σ_k log(σ_k√(2π)).
+    classification / binary: −loss / T.
+    """
+    if likelihood != Likelihood.REGRESSION:
+        return -loss / temperature
+    sigma = sigma_noise.reshape(-1)
+    if sigma.numel() == 1:
+        return -loss.sum() / (sigma[0] ** 2 * temperature) - n_data * n_outputs * torch.log(
+            sigma[0] * math.sqrt(2 * math.pi)
+        )
+    per_output = loss.reshape(-1)
+    return (
+        -(per_output / (sigma**2 * temperature)).sum()
+        - n_data * torch.log(sigma * math.sqrt(2 * math.pi)).sum()
+    )

@@ -1,0 +1,374 @@
+"""Predictive half of `Laplace`: GLM functional (co)variance, link approximations, samples and
+uncertainty scores, computed from the posterior's structure without dense Jacobians where the
+structure allows (diag and kron layer by layer; full, low-rank and subnetworks in bounded chunks).
+
+Kept apart from `laplace.py` (construction, fitting, marginal likelihood); `Laplace` inherits it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from laplace_cli.core.batches import Inputs, batch_size, to_device
+from laplace_cli.core.enums import (
+    Likelihood,
+    LinkApprox,
+    PredType,
+)
+from laplace_cli.core.errors import BadInputError, MemoryBudgetError
+from laplace_cli.core.scores import (
+    max_probability,
+    mutual_information,
+    predictive_entropy,
+    regression_variance_split,
+)
+from laplace_cli.metrics import classification as metrics
+from laplace_cli.posterior.memory import (
+    format_bytes,
+)
+from laplace_cli.posterior.predictive import (
+    RegressionPrediction,
+    check_generator,
+    check_n_samples,
+    check_pred_options,
+    factor_bytes,
+    factor_chunk_rows,
+    factors_as_one_sample,
+    glm_link,
+    input_signature,
+    joint_factor_bytes,
+    layer_input_bytes,
+    link,
+    sample_gaussian_outputs,
+)
+from laplace_cli.subsets.base import Factor, NoLayerFactorsError, iter_rows
+from laplace_cli.subsets.last_layer import LastLayer
+
+
+class PredictiveMixin:
+    """Predictive methods of `Laplace`; they use its subset, posterior and hyperparameters."""
+
+    # --- predictive -------------------------------------------------------------------------
+    def _inputs(self, x: Any) -> Inputs:
+        return to_device(x, self._device, self._dtype)
+
+    def _factor_rows(self, x: Inputs) -> int:
+        """Rows per chunk of the structured (diag / kron) functional variance.
+
+        The bytes per row of the layer factors plus the largest per-layer intermediate (a conv
+        layer's per-sample Jacobian (B, C, d_out, d_in)), and of the layer inputs, are measured
+        once per input signature on a one-row probe; `predictive.factor_chunk_rows` turns them
+        into a chunk bounded by a small multiple of the batch's activations and by
+        `max_memory // 4`.
+        """
+        cache: dict[tuple, tuple[int, int]] = self.__dict__.setdefault("_factor_row_bytes", {})
+        key = input_signature(x)
+        if key not in cache:
+            _, factors = self.subset.factors(next(iter_rows(x, 1)))
+            cache[key] = (factor_bytes(factors), layer_input_bytes(factors))
+        per_row, inputs_per_row = cache[key]
+        return factor_chunk_rows(batch_size(x), per_row, inputs_per_row, self.max_memory // 4)
+
+    def _jacobian_pieces(self, x: Inputs) -> tuple[Tensor, list[Factor] | None, Tensor | None]:
+        """(f, factors, J) of a chunk: the layer factors, or a dense Jacobian (B, C, P) for the
+        structures that need one; a dense structure that `accepts_factors` gets the factors
+        unless the model has none (a layer that runs twice per pass)."""
+        posterior = self.posterior
+        if not posterior.needs_dense_jacobian or (
+            posterior.accepts_factors and not self.__dict__.get("_no_layer_factors", False)
+        ):
+            try:
+                f, factors = self.subset.factors(x)
+                return f, factors, None
+            except NoLayerFactorsError:
+                if not posterior.needs_dense_jacobian:
+                    raise
+                self._no_layer_factors = True
+        f, J = self.subset.jacobians(x)
+        return f, None, J.to(self._dtype)
+
+    def _empty_prediction(self) -> tuple[Tensor, Tensor]:
+        n_out = self.n_outputs or 1
+        empty = lambda *s: torch.empty(*s, dtype=self._dtype, device=self._device)  # noqa: E731
+        return empty(0, n_out), empty(0, n_out, n_out)
+
+    def functional_variance(self, x: Any) -> tuple[Tensor, Tensor]:
+        """GLM mean f(x; θ*) (B, C) and covariance J Σ Jᵀ (B, C, C), Σ = Λ⁻¹.
+
+        No dense (B, C, P) Jacobian is built where the structure allows it: diag and kron work
+        layer by layer from the layer inputs a and the back-propagated output Jacobians G
+        (per-sample weight Jacobian Σ_t G_t ⊗ a_t), last-layer subsets have G = I in closed
+        form, and the rows are chunked so that the factors and the largest per-layer
+        intermediate stay within a small multiple of the batch's activations and under
+        `max_memory // 4` (`predictive.factor_chunk_rows`). full, low-rank and subnetwork
+        posteriors work in row chunks whose dense Jacobian would fit `max_memory // 4`; full
+        computes J V from the layer factors where that is cheaper
+        (`jacobian_products.matmul`), the others use dense Jacobians.
+        """
+        self._require_fit()
+        x = self._inputs(x)
+        if batch_size(x) == 0:
+            return self._empty_prediction()
+        prior, scale = self.prior_precision, self._scale()
+        dense = self.posterior.needs_dense_jacobian
+        rows = self._jacobian_rows() if dense else self._factor_rows(x)
+        mus, vars_ = [], []
+        for xc in iter_rows(x, rows):
+            f, factors, J = self._jacobian_pieces(xc)
+            var = self.posterior.functional_variance(prior, scale, factors=factors, J=J)
+            mus.append(f.to(self._dtype))
+            vars_.append(var)
+        return torch.cat(mus), torch.cat(vars_)
+
+    def glm_predictive_distribution(
+        self, x: Any, joint: bool = False, diagonal_output: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """(f_μ, f_var) of the linearised network.
+
+        f_var is (B, C, C); (B, C) with `diagonal_output`; with `joint`, f_μ is flattened to
+        (B·C,) and f_var is the covariance across the whole batch (B·C, B·C).
+        """
+        if joint and diagonal_output:
+            raise BadInputError("joint and diagonal_output exclude each other; pick one")
+        if joint:
+            return self.joint_functional_covariance(x)
+        f_mu, f_var = self.functional_variance(x)
+        if diagonal_output:
+            f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
+        return f_mu, f_var
+
+    def joint_functional_covariance(self, x: Any) -> tuple[Tensor, Tensor]:
+        """f_μ flattened (B·C,) and the joint covariance J Σ Jᵀ over all outputs of the batch.
+
+        Entry ((b, c), (b', d)) is J_bc Σ J_b'dᵀ; its (C, C) diagonal blocks are the marginal
+        `functional_variance`. It is computed by each structure's own functional variance,
+        treating the batch as one input with B·C outputs (`predictive.factors_as_one_sample`),
+        so kron and diag never form Σ. Meant for small batches (the output is (B·C)²); a batch
+        whose intermediates exceed `max_memory // 2` is refused with a MemoryBudgetError.
+        """
+        self._require_fit()
+        x = self._inputs(x)
+        prior, scale = self.prior_precision, self._scale()
+        n = batch_size(x)
+        if n == 0:
+            f_mu, f_var = self._empty_prediction()
+            return f_mu.reshape(0), f_var.reshape(0, 0)
+        if self.posterior.needs_dense_jacobian:
+            need = 4 * n * (self.n_outputs or 1) * self.n_params * self._itemsize
+            self._check_joint_budget(need, n)
+            pieces = [self.subset.jacobians(xc) for xc in iter_rows(x, self._jacobian_rows())]
+            f = torch.cat([p[0] for p in pieces]).to(self._dtype)
+            J = torch.cat([p[1] for p in pieces]).to(self._dtype)  # (B, C, P)
+            cov = self.posterior.functional_variance(prior, scale, J=J.reshape(1, -1, J.shape[-1]))
+        else:
+            f, factors = self.subset.factors(x)
+            f = f.to(self._dtype)
+            self._check_joint_budget(joint_factor_bytes(factors), n)
+            cov = self.posterior.functional_variance(
+                prior, scale, factors=factors_as_one_sample(factors)
+            )
+        return f.reshape(-1), cov[0]
+
+    def _check_joint_budget(self, need: int, n: int) -> None:
+        if need > self.max_memory // 2:
+            raise MemoryBudgetError(
+                f"the joint covariance of {n} inputs needs about {format_bytes(need)} "
+                f"(budget {format_bytes(self.max_memory)}); use a smaller batch or joint=False"
+            )
+
+    def __call__(
+        self,
+        x: Any,
+        pred_type: PredType | str = "glm",
+        link_approx: LinkApprox | str = "probit",
+        n_samples: int = 100,
+        joint: bool = False,
+        diagonal_output: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Predictive distribution at inputs `x`.
+
+        classification / binary: probabilities (B, C). `pred_type="glm"` pushes the Gaussian
+        over outputs N(f_μ, J Σ Jᵀ) through the link with `link_approx` ("probit", "bridge",
+        "bridge_norm" or "mc" with `n_samples` draws); `pred_type="nn"` averages the link over
+        `n_samples` networks with sampled weights (link_approx must be "mc").
+        `diagonal_output` drops the output correlations before the link.
+
+        regression: `(f_mu, f_var)` with f_var the *epistemic* covariance (B, C, C) — without
+        observation noise, as in laplace-torch; (B, C) with `diagonal_output`; (B·C, B·C) across
+        the batch with `joint`. For "nn" f_var is the unbiased sample covariance of the sampled
+        networks' outputs. `regression_predictive` gives both variances with and without noise.
+
+        Every random draw uses `generator` (same seed, same output). Combinations that make no
+        sense raise a BadInputError (see `predictive.check_pred_options`).
+        """
+        self._require_fit()
+        pt, la = check_pred_options(
+            pred_type, link_approx, self.likelihood, n_samples=n_samples, joint=joint
+        )
+        check_generator(generator, self._device)
+        if self.likelihood == Likelihood.REGRESSION:
+            if pt == PredType.GLM:
+                return self.glm_predictive_distribution(
+                    x, joint=joint, diagonal_output=diagonal_output
+                )
+            n = check_n_samples(n_samples, "the sample covariance of pred_type 'nn'", minimum=2)
+            samples = self.functional_samples(x, pred_type="nn", n_samples=n, generator=generator)
+            mean = samples.mean(0)
+            centred = samples - mean
+            cov = torch.einsum("sbc,sbd->bcd", centred, centred) / (n - 1)  # unbiased, as torch.var
+            return mean, torch.diagonal(cov, dim1=-2, dim2=-1) if diagonal_output else cov
+        if pt == PredType.GLM:
+            f_mu, f_var = self.functional_variance(x)
+            if diagonal_output:
+                f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
+            return glm_link(self.likelihood, la, f_mu, f_var, n_samples, generator)
+        return self.predictive_samples(
+            x, pred_type="nn", n_samples=n_samples, generator=generator
+        ).mean(0)
+
+    def functional_samples(
+        self,
+        x: Any,
+        pred_type: PredType | str = "glm",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+        diagonal_output: bool = False,
+    ) -> Tensor:
+        """Samples of the outputs before the link, (n_samples, B, C).
+
+        glm: f ~ N(f_μ, J Σ Jᵀ) (independent outputs with `diagonal_output`); nn: f(x; θ_s) with
+        θ_s ~ N(θ*, Σ). For a last-layer subset the head is linear in its weights, so the
+        features are computed once and all sampled heads are applied in one contraction.
+        """
+        self._require_fit()
+        pt = PredType.parse(pred_type, "pred_type")
+        n_samples = check_n_samples(n_samples, "functional_samples")
+        check_generator(generator, self._device)
+        if pt == PredType.GLM:
+            f_mu, f_var = self.functional_variance(x)
+            if diagonal_output:
+                f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
+            return sample_gaussian_outputs(f_mu, f_var, n_samples, generator)
+        x = self._inputs(x)
+        thetas = self.sample(n_samples, generator)  # (S, P)
+        if isinstance(self.subset, LastLayer):
+            phi, _ = self.subset.features(x)  # (B, d)
+            weight = self.subset.groups[0]
+            W = thetas[:, : weight.numel].reshape(n_samples, *weight.shape)  # (S, C, d)
+            f = torch.einsum("bi,sci->sbc", phi.to(self._dtype), W)
+            if len(self.subset.groups) > 1:
+                f = f + thetas[:, weight.numel :].unsqueeze(1)  # bias (S, 1, C)
+            return f
+        return torch.stack([self.subset.forward_with(x, theta).to(self._dtype) for theta in thetas])
+
+    def predictive_samples(
+        self,
+        x: Any,
+        pred_type: PredType | str = "glm",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+        diagonal_output: bool = False,
+    ) -> Tensor:
+        """Samples of the predictive after the link: probabilities or outputs, (n_samples, B, C)."""
+        samples = self.functional_samples(x, pred_type, n_samples, generator, diagonal_output)
+        return link(self.likelihood, samples)
+
+    def regression_predictive(
+        self,
+        x: Any,
+        pred_type: PredType | str = "glm",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> RegressionPrediction:
+        """Regression predictive y | x ~ N(mean, epistemic_var + aleatoric_var), all (B, C).
+
+        glm: mean f(x; θ*), epistemic_var = diag J Σ Jᵀ; nn: mean and unbiased variance of
+        `n_samples` sampled networks' outputs. aleatoric_var = σ² (`sigma_noise`), total_var the
+        sum: the variance of a new observation, while epistemic_var is that of f(x).
+        """
+        self._require_fit()
+        if self.likelihood != Likelihood.REGRESSION:
+            raise BadInputError(
+                f"regression_predictive is for the regression likelihood, this is "
+                f"{self.likelihood.value!r}; use la(x) or la.uncertainty(x)"
+            )
+        pt = PredType.parse(pred_type, "pred_type")
+        if pt == PredType.GLM:
+            mean, f_var = self.functional_variance(x)
+            epistemic = torch.diagonal(f_var, dim1=-2, dim2=-1)
+        else:
+            n = check_n_samples(n_samples, "the sample variance of pred_type 'nn'", minimum=2)
+            samples = self.functional_samples(x, pred_type="nn", n_samples=n, generator=generator)
+            mean, epistemic = samples.mean(0), samples.var(0)
+        epistemic, aleatoric, total = regression_variance_split(epistemic, self.sigma_noise)
+        return RegressionPrediction(mean, epistemic, aleatoric, total)
+
+    def uncertainty(
+        self,
+        x: Any,
+        pred_type: PredType | str = "glm",
+        link_approx: LinkApprox | str = "probit",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+        level: float = 0.95,
+    ) -> dict[str, Tensor]:
+        """Predictions and uncertainty scores for one batch, as used by `laplace predict`.
+
+        classification / binary, each (B,) or (B, C):
+            probs, pred (argmax; binary: p > 0.5 per label), entropy, max_prob
+            (`laplace_cli.core.scores`), var (glm: the functional variance of each logit, diag J Σ Jᵀ;
+            nn: the sample variance of the logits) and, when `n_samples > 0`, mutual_info (BALD)
+            from `n_samples` samples of the probabilities (GLM samples of the logits, or sampled
+            networks). With link_approx "mc" the probabilities are the mean of those samples.
+        regression, each (B, C):
+            mean, var (epistemic), var_aleatoric (σ²), var_total, lower and upper (the central
+            `level` interval of N(mean, var_total)).
+        """
+        self._require_fit()
+        if self.likelihood == Likelihood.REGRESSION:
+            pred = self.regression_predictive(x, pred_type, n_samples, generator)
+            lower, upper = metrics.interval(pred.mean, pred.total_var, level)
+            return {
+                "mean": pred.mean,
+                "var": pred.epistemic_var,
+                "var_aleatoric": pred.aleatoric_var,
+                "var_total": pred.total_var,
+                "lower": lower.to(pred.mean.dtype),
+                "upper": upper.to(pred.mean.dtype),
+            }
+        binary = self.likelihood == Likelihood.BINARY
+        pt, la = check_pred_options(pred_type, link_approx, self.likelihood, n_samples=n_samples)
+        check_generator(generator, self._device)
+        if n_samples != 0:
+            n_samples = check_n_samples(n_samples, "mutual information (n_samples = 0 skips it)")
+        prob_samples: Tensor | None = None
+        if pt == PredType.GLM:
+            f_mu, f_var = self.functional_variance(x)
+            var = torch.diagonal(f_var, dim1=-2, dim2=-1)
+            if n_samples > 0:
+                # The same draws as la(x, link_approx="mc") with a generator in the same state.
+                f = sample_gaussian_outputs(f_mu, var if binary else f_var, n_samples, generator)
+                prob_samples = link(self.likelihood, f)
+            if la == LinkApprox.MC:
+                probs = prob_samples.mean(0)
+            else:
+                probs = glm_link(self.likelihood, la, f_mu, f_var)
+        else:
+            n = check_n_samples(n_samples, "the logit variance of pred_type 'nn'", minimum=2)
+            f = self.functional_samples(x, pred_type="nn", n_samples=n, generator=generator)
+            prob_samples = link(self.likelihood, f)
+            probs, var = prob_samples.mean(0), f.var(0)
+        out = {
+            "probs": probs,
+            "pred": (probs > 0.5).long() if binary else probs.argmax(-1),
+            "entropy": predictive_entropy(probs, binary),
+            "max_prob": max_probability(probs, binary),
+            "var": var,
+        }
+        if prob_samples is not None:
+            out["mutual_info"] = mutual_information(prob_samples, binary)
+        return out

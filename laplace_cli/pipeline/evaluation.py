@@ -1,0 +1,374 @@
+"""The evaluate stage: MAP, temperature scaling and Laplace side by side on one split.
+
+Rows `map`, `temperature` (fitted on the validation split; absent without one) and `laplace`
+map metric names to numbers; gates (`--fail-if`) are checked against them. For regression the
+MAP row uses the fitted observation noise as its variance and the baseline rescales that
+variance on the validation split.
+
+Under torchrun each rank runs the model and the predictive over its contiguous shard of every
+split (`distributed.shard_loader`); rank 0 gathers the per-row outputs in row order and computes
+the metrics, the temperature / variance scale and the gates exactly as one process would. Monte
+Carlo predictives (`link_approx: mc`, `pred_type: nn`) draw from one stream per rank seeded alike,
+so their estimates differ from one process's by Monte Carlo noise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from laplace_cli.core.batches import split_batch, to_device
+from laplace_cli.core.enums import Likelihood
+from laplace_cli.io.datasets import load_dataset_spec
+from laplace_cli.laplace.approximation import Laplace
+from laplace_cli.metrics import classification as metrics
+from laplace_cli.metrics.temperature import (
+    apply_temperature,
+    apply_variance_scale,
+    fit_temperature,
+    fit_variance_scale,
+)
+from laplace_cli.pipeline import distributed
+from laplace_cli.pipeline.gates import evaluate_gates, parse_gates
+from laplace_cli.pipeline.stages import (
+    PredictOptions,
+    Progress,
+    _len_or_none,
+    check_model_accepts,
+    default_pred_options,
+    no_progress,
+    predict_batch,
+    split_loader,
+)
+
+
+@dataclass
+class SplitOutputs:
+    """MAP outputs, Laplace predictive quantities and targets of a whole split, concatenated."""
+
+    f_map: Tensor
+    targets: Tensor
+    probs: Tensor | None = None
+    var_total: Tensor | None = None
+    f_mu: Tensor | None = None
+
+    @classmethod
+    def concat(cls, parts: list[SplitOutputs | None]) -> SplitOutputs:
+        """The parts' rows one after the other (None: a part without rows, e.g. an empty shard)."""
+        kept = [p for p in parts if p is not None]
+        if not kept:
+            raise ValueError("empty split")
+        if len(kept) == 1:
+            return kept[0]
+
+        def cat(name: str) -> Tensor | None:
+            xs = [getattr(p, name) for p in kept]
+            return torch.cat(xs) if xs[0] is not None else None
+
+        return cls(*(cat(n) for n in ("f_map", "targets", "probs", "var_total", "f_mu")))
+
+
+def collect_outputs(
+    la: Laplace,
+    loader: Any,
+    options: PredictOptions,
+    progress: Progress = no_progress,
+    what: str = "",
+    source: str = "",
+    ctx: distributed.DistContext | None = None,
+) -> SplitOutputs | None:
+    """Run the MAP model and the Laplace predictive over a loader.
+
+    `source` names the data in errors (default: `what`); the first batch is checked against
+    the model (`pipeline.check_model_accepts`). With `ctx` (a distributed run) each rank runs
+    its contiguous shard of the loader and rank 0 gets the whole split's outputs in row order;
+    the other ranks get None."""
+    loader = distributed.shard_loader(loader, ctx)
+    pred_type, link_approx = default_pred_options(la, options)
+    generator = torch.Generator(device=la._device).manual_seed(options.seed)
+    f_map, ys, probs, var_total, f_mu = [], [], [], [], []
+    # One forward pass per batch where the subset can share it (last layer: the MAP outputs,
+    # the model check and the predictive all read the same features).
+    with la.subset.reuse_forward():
+        for i, batch in enumerate(progress(loader, _len_or_none(loader), what)):
+            x, y = split_batch(batch)
+            x = to_device(x, la._device, la._dtype)  # dict (text) batches too
+            if i == 0:
+                check_model_accepts(la, x, source or what)
+            f_map.append(la.subset.output(x).to(la._dtype).cpu())
+            pred = predict_batch(la, x, pred_type, link_approx, options.n_samples, generator)
+            ys.append(y.cpu())
+            if "probs" in pred:
+                probs.append(pred["probs"].cpu())
+            if "var_total" in pred:
+                var_total.append(pred["var_total"].cpu())
+                f_mu.append(pred["mean"].cpu())
+    cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
+    mine = SplitOutputs(cat(f_map), cat(ys), cat(probs), cat(var_total), cat(f_mu)) if ys else None
+    parts = distributed.gather_to_main(mine, ctx)
+    return None if parts is None else SplitOutputs.concat(parts)
+
+
+@dataclass
+class EvaluationResult:
+    rows: dict[str, dict[str, float]]
+    settings: dict[str, Any]
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    plot_inputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return any(g["failed"] for g in self.gates)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "settings": self.settings,
+            "gates": self.gates,
+            "timings": self.timings,
+        }
+
+
+def _classification_rows(la: Laplace, test: SplitOutputs, val: SplitOutputs | None, n_bins: int):
+    labels = test.targets.long().reshape(-1)
+    rows, plots = {}, {}
+    map_probs = torch.softmax(test.f_map, -1)
+    rows["map"] = metrics.classification_metrics(map_probs, labels, n_bins)
+    plots["map"] = (map_probs, labels)
+    temperature = None
+    if val is not None:
+        temperature = fit_temperature(val.f_map, val.targets.long().reshape(-1))
+        t_probs = torch.softmax(apply_temperature(test.f_map, temperature), -1)
+        rows["temperature"] = metrics.classification_metrics(t_probs, labels, n_bins)
+        plots["temperature"] = (t_probs, labels)
+    rows["laplace"] = metrics.classification_metrics(test.probs, labels, n_bins)
+    plots["laplace"] = (test.probs, labels)
+    return rows, plots, {"temperature": temperature}
+
+
+def _binary_rows(la: Laplace, test: SplitOutputs):
+    y = test.targets.reshape(test.probs.shape)
+    rows = {
+        "map": metrics.binary_metrics(torch.sigmoid(test.f_map), y),
+        "laplace": metrics.binary_metrics(test.probs, y),
+    }
+    return rows, {}, {}
+
+
+def _regression_rows(la: Laplace, test: SplitOutputs, val: SplitOutputs | None):
+    y = test.targets.reshape(test.f_map.shape).to(test.f_map.dtype)
+    noise = (
+        (la.sigma_noise.detach().cpu().reshape(-1) ** 2).to(test.f_map.dtype).expand_as(test.f_map)
+    )
+    rows, plots = {}, {}
+    rows["map"] = metrics.regression_metrics(test.f_map, noise, y)
+    plots["map"] = (test.f_map, noise, y)
+    scale = None
+    if val is not None:
+        yv = val.targets.reshape(val.f_map.shape).to(val.f_map.dtype)
+        noise_v = noise[:1].expand_as(val.f_map)
+        scale = fit_variance_scale(val.f_map, noise_v, yv)
+        scaled = apply_variance_scale(noise, scale)
+        rows["temperature"] = metrics.regression_metrics(test.f_map, scaled, y)
+        plots["temperature"] = (test.f_map, scaled, y)
+    rows["laplace"] = metrics.regression_metrics(test.f_mu, test.var_total, y)
+    plots["laplace"] = (test.f_mu, test.var_total, y)
+    return rows, plots, {"variance_scale": scale}
+
+
+def _ood_scores(la: Laplace, out: SplitOutputs, row: str) -> Tensor:
+    """Higher = more likely out of distribution: 1 − max prob (classification), variance (regression)."""
+    if la.likelihood == Likelihood.REGRESSION:
+        var = out.var_total if row == "laplace" else None
+        if var is None:
+            return torch.zeros(out.f_map.shape[0])
+        return var.sum(-1)
+    if la.likelihood == Likelihood.BINARY:
+        p = out.probs if row == "laplace" else torch.sigmoid(out.f_map)
+        return -(torch.maximum(p, 1 - p)).min(-1).values
+    probs = out.probs if row == "laplace" else torch.softmax(out.f_map, -1)
+    return 1 - probs.max(-1).values
+
+
+def evaluate(
+    la: Laplace,
+    data_path: str | Path,
+    *,
+    split: str = "test",
+    val_split: str | None = "val",
+    ood_data: str | Path | None = None,
+    ood_split: str = "test",
+    options: PredictOptions | None = None,
+    gates: list[str] | None = None,
+    batch_size: int | None = None,
+    n_bins: int = 15,
+    progress: Progress = no_progress,
+    shard: bool = True,
+) -> EvaluationResult | None:
+    """Score MAP, temperature scaling and Laplace on `split`; check `gates` (failures recorded).
+
+    Under torchrun (and `shard`) every rank must call this: the ranks share the predictive
+    work, rank 0 returns the result of the whole split (the same as one process) and the other
+    ranks return None.
+    """
+    options = options or PredictOptions()
+    parsed_gates = parse_gates(gates or [])  # malformed gates fail before any work
+    ctx = distributed.context(la._device) if shard else None
+    pred_type, link_approx = default_pred_options(la, options)
+    spec = load_dataset_spec(data_path)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    test = collect_outputs(
+        la,
+        split_loader(spec, split, la.likelihood, batch_size, any_order=True),
+        options,
+        progress,
+        f"evaluate {split}",
+        source=f"{data_path}: split {split!r}",
+        ctx=ctx,
+    )
+    timings[f"predict_{split}"] = time.perf_counter() - start
+    val = None
+    if val_split and val_split in spec.splits and la.likelihood != Likelihood.BINARY:
+        start = time.perf_counter()
+        val = collect_outputs(
+            la,
+            split_loader(spec, val_split, la.likelihood, batch_size, any_order=True),
+            options,
+            progress,
+            f"evaluate {val_split}",
+            source=f"{data_path}: split {val_split!r}",
+            ctx=ctx,
+        )
+        timings[f"predict_{val_split}"] = time.perf_counter() - start
+    ood = None
+    if ood_data is not None:
+        ood_spec = load_dataset_spec(ood_data)
+        ood = collect_outputs(
+            la,
+            split_loader(ood_spec, ood_split, la.likelihood, batch_size, any_order=True),
+            options,
+            progress,
+            "evaluate ood",
+            source=f"{ood_data}: split {ood_split!r}",
+            ctx=ctx,
+        )
+    if test is None:
+        return None  # not rank 0: the metrics are computed there
+    if la.likelihood == Likelihood.CLASSIFICATION:
+        rows, plots, baseline = _classification_rows(la, test, val, n_bins)
+    elif la.likelihood == Likelihood.BINARY:
+        rows, plots, baseline = _binary_rows(la, test)
+    else:
+        rows, plots, baseline = _regression_rows(la, test, val)
+    if ood is not None:
+        temperature = baseline.get("temperature")
+        for row in list(rows):
+            s_in, s_out = _ood_scores(la, test, row), _ood_scores(la, ood, row)
+            if row == "temperature" and temperature is not None:
+                p_in = torch.softmax(apply_temperature(test.f_map, temperature), -1)
+                p_out = torch.softmax(apply_temperature(ood.f_map, temperature), -1)
+                s_in, s_out = 1 - p_in.max(-1).values, 1 - p_out.max(-1).values
+            rows[row].update(metrics.ood_metrics(s_in, s_out))
+    settings = {
+        "split": split,
+        "val_split": val_split if val is not None else None,
+        "pred_type": pred_type.value,
+        "link_approx": link_approx.value,
+        "n_samples": options.n_samples,
+        "likelihood": la.likelihood.value,
+        "structure": la.hessian_structure.value,
+        "subset": la.subset_of_weights.value,
+        "prior_precision": [float(v) for v in la.prior_precision.reshape(-1)],
+        "sigma_noise": [float(v) for v in la.sigma_noise.reshape(-1)],
+        "temperature_la": la.temperature,
+        "n_test": int(test.targets.shape[0]),
+        **{k: v for k, v in baseline.items() if v is not None},
+    }
+    results = evaluate_gates(parsed_gates, rows) if parsed_gates else []
+    return EvaluationResult(
+        rows=rows,
+        settings=settings,
+        gates=[r.to_dict() for r in results],
+        timings=timings,
+        plot_inputs=plots,
+    )
+
+
+def save_evaluation_outputs(
+    result: EvaluationResult,
+    likelihood: Likelihood,
+    *,
+    report: str | Path | None = None,
+    plot: str | Path | None = None,
+    html: str | Path | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Write the JSON report, the reliability / coverage plot and the HTML page that were asked for.
+
+    The HTML page embeds the plot; without `plot` it draws one into a temporary file first.
+    Returns the paths written, by kind.
+    """
+    import json
+    import tempfile
+
+    from laplace_cli.io.atomic import atomic_write_bytes
+    from laplace_cli.pipeline.report import plot_coverage, plot_reliability, write_html_report
+
+    written: dict[str, str] = {}
+    payload = {**result.to_dict(), **(extra or {})}
+    if report is not None:
+        atomic_write_bytes(report, (json.dumps(_jsonable(payload), indent=2) + "\n").encode())
+        written["report"] = str(report)
+
+    def draw(path: str | Path) -> None:
+        if likelihood == Likelihood.REGRESSION:
+            plot_coverage(result.plot_inputs, path, title="coverage of central intervals")
+        elif likelihood == Likelihood.CLASSIFICATION:
+            plot_reliability(result.plot_inputs, path, title="reliability")
+        else:
+            from laplace_cli.core.errors import BadInputError
+
+            raise BadInputError(
+                "--plot: reliability diagrams are drawn for classification and regression"
+            )
+
+    if plot is not None:
+        draw(plot)
+        written["plot"] = str(plot)
+    if html is not None:
+        images: list[str | Path] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            if plot is not None:
+                images.append(plot)
+            elif likelihood != Likelihood.BINARY:
+                img = Path(tmp) / "plot.png"
+                draw(img)
+                images.append(img)
+            settings = {**result.settings, **(extra or {}).get("posterior_info", {})}
+            from types import SimpleNamespace
+
+            gates = [SimpleNamespace(text=g["gate"], **g) for g in result.gates]
+            write_html_report(html, "laplace evaluate", result.rows, settings, images, gates=gates)
+        written["html"] = str(html)
+    return written
+
+
+def _jsonable(obj: Any) -> Any:
+    import math
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

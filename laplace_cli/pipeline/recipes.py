@@ -1,0 +1,459 @@
+"""Recipes: one YAML file naming the model, the data and the stages to run, validated up front.
+
+    # Digits MLP, K-FAC over all weights.
+    # Run:      laplace run recipes/digits_mlp_kron.yaml --output runs/digits_mlp
+    # Override: --set fit.structure=diag --set tune.method=gridsearch
+    model: {path: ../sample_models/digits_mlp/model.pt2}
+    data: ../sample_models/digits_mlp/data.yaml
+    stages: [fit, tune, evaluate, predict]
+    fit: {subset: all, structure: kron}
+    tune: {method: marglik}
+    evaluate: {split: test, fail_if: ["ece>0.05"], plot: reliability.png}
+    predict: {split: test, format: csv}
+
+Relative paths resolve against the recipe's folder; output file names against the output folder.
+Every problem is collected and reported at once (`recipe.yaml: fit.structure: expected one of
+diag, kron, full, lowrank, got 'kronn' (did you mean 'kron'?)`).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from laplace_cli.core.enums import (
+    Curvature,
+    KronApprox,
+    Likelihood,
+    LinkApprox,
+    PredType,
+    PriorStructure,
+    Structure,
+    Subset,
+    TuneMethod,
+)
+from laplace_cli.core.errors import BadInputError
+
+STAGES = ("fit", "tune", "evaluate", "predict")
+
+# key -> (kind, choices): kind is "str", "float", "int", "bool", "list", "path", "dict"
+SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
+    "": {
+        "model": ("dict", None),
+        "data": ("path", None),
+        "stages": ("list", STAGES),
+        "device": ("str", None),
+        "dtype": ("str", ("float32", "float64")),
+        "seed": ("int", None),
+        "batch_size": ("int", None),
+        "fit": ("dict", None),
+        "tune": ("dict", None),
+        "evaluate": ("dict", None),
+        "predict": ("dict", None),
+        "name": ("str", None),
+        "description": ("str", None),
+    },
+    "model": {
+        "path": ("path", None),
+        "factory": ("str", None),
+        "kwargs": ("dict", None),
+        "trust_checkpoint": ("bool", None),
+    },
+    "fit": {
+        "likelihood": ("str", tuple(m.value for m in Likelihood)),
+        "subset": ("str", tuple(m.value for m in Subset)),
+        "structure": ("str", tuple(m.value for m in Structure)),
+        "curvature": ("str", tuple(m.value for m in Curvature)),
+        "backend": ("str", ("auto", "native", "asdl")),
+        "prior_precision": ("float", None),
+        "temperature": ("float", None),
+        "sigma_noise": ("float", None),
+        "last_layer_name": ("str", None),
+        "kron_approx": ("str", tuple(m.value for m in KronApprox)),
+        "rank": ("int", None),
+        "split": ("str", None),
+        "batch_size": ("int", None),
+    },
+    "tune": {
+        "method": ("str", tuple(m.value for m in TuneMethod)),
+        "prior_structure": ("str", tuple(m.value for m in PriorStructure)),
+        "split": ("str", None),
+        "pred_type": ("str", tuple(m.value for m in PredType)),
+        "link_approx": ("str", tuple(m.value for m in LinkApprox)),
+        "loss": ("str", ("nll", "ece", "brier", "mse")),
+        "grid_size": ("int", None),
+        "refine": ("int", None),
+    },
+    "evaluate": {
+        "split": ("str", None),
+        "ood_data": ("path", None),
+        "ood_split": ("str", None),
+        "pred_type": ("str", tuple(m.value for m in PredType)),
+        "link_approx": ("str", tuple(m.value for m in LinkApprox)),
+        "samples": ("int", None),
+        "fail_if": ("list", None),
+        "plot": ("str", None),
+        "html": ("str", None),
+        "report": ("str", None),
+    },
+    "predict": {
+        "split": ("str", None),
+        "format": ("str", ("csv", "jsonl")),
+        "output": ("str", None),
+        "pred_type": ("str", tuple(m.value for m in PredType)),
+        "link_approx": ("str", tuple(m.value for m in LinkApprox)),
+        "samples": ("int", None),
+        "interval": ("float", None),
+        "columns": ("list", None),
+    },
+}
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: plain dicts per section, paths resolved."""
+
+    source: str
+    base_dir: Path
+    model: dict[str, Any]
+    data: Path
+    stages: list[str]
+    device: str = "auto"
+    dtype: str | None = None
+    seed: int = 0
+    batch_size: int | None = None
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def section(self, name: str) -> dict[str, Any]:
+        return dict(self.sections.get(name) or {})
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`fit.structure`) in a copy of the raw recipe."""
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def _check_value(kind: str, choices: Any, value: Any, where: str, errors: list[str]) -> None:
+    ok = {
+        "str": isinstance(value, str),
+        "path": isinstance(value, str),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "list": isinstance(value, list),
+        "dict": isinstance(value, dict),
+    }[kind]
+    if value is None:
+        return
+    if not ok:
+        expected = {
+            "str": "a string",
+            "path": "a path",
+            "float": "a number",
+            "int": "an integer",
+            "bool": "true or false",
+            "list": "a list",
+            "dict": "a mapping",
+        }[kind]
+        errors.append(f"{where}: expected {expected}, got {value!r}")
+        return
+    if choices is not None:
+        values = value if kind == "list" else [value]
+        for v in values:
+            if v not in choices:
+                errors.append(
+                    f"{where}: expected one of {', '.join(choices)}, got {v!r}{_did_you_mean(v, choices)}"
+                )
+
+
+def validate_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
+    """Check every key and value; raise one BadInputError listing all problems."""
+    errors: list[str] = []
+    if not isinstance(raw, dict):
+        raise BadInputError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
+    for section, schema in SCHEMA.items():
+        node = raw if section == "" else raw.get(section)
+        if node is None:
+            continue
+        if not isinstance(node, dict):
+            continue  # reported as a type error of the parent
+        for key, value in node.items():
+            where = f"{source}: {section + '.' if section else ''}{key}"
+            if key not in schema:
+                errors.append(
+                    f"{where}: unknown key{_did_you_mean(key, schema)}; allowed: {', '.join(schema)}"
+                )
+                continue
+            kind, choices = schema[key]
+            _check_value(kind, choices, value, where, errors)
+    model = raw.get("model")
+    if not isinstance(model, dict) or not model.get("path"):
+        errors.append(f"{source}: model.path: required (the checkpoint to calibrate)")
+    if not raw.get("data"):
+        errors.append(f"{source}: data: required (a dataset spec YAML)")
+    stages = raw.get("stages") or [s for s in STAGES if s in raw] or ["fit"]
+    if isinstance(stages, list) and stages and stages[0] != "fit":
+        errors.append(f"{source}: stages: must start with fit, got {stages}")
+    if isinstance(stages, list) and len(set(stages)) != len(stages):
+        errors.append(f"{source}: stages: each stage once, got {stages}")
+    evaluate = raw.get("evaluate") if isinstance(raw.get("evaluate"), dict) else {}
+    gates = evaluate.get("fail_if") if isinstance(evaluate.get("fail_if"), list) else []
+    for gate in gates:
+        from laplace_cli.pipeline.gates import parse_gate
+
+        try:
+            parse_gate(str(gate))
+        except BadInputError as exc:
+            errors.append(f"{source}: evaluate.fail_if: {exc}")
+    if errors:
+        raise BadInputError("\n".join(errors))
+
+    def resolve(p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else (base_dir / path)
+
+    model = dict(model)
+    model["path"] = str(resolve(model["path"]))
+    if model.get("factory") and ".py:" in model["factory"]:
+        file, _, fn = model["factory"].rpartition(":")
+        model["factory"] = f"{resolve(file)}:{fn}"
+    sections = {s: dict(raw.get(s) or {}) for s in STAGES}
+    ev = sections["evaluate"]
+    if ev.get("ood_data"):
+        ev["ood_data"] = str(resolve(ev["ood_data"]))
+    return Recipe(
+        source=source,
+        base_dir=base_dir,
+        model=model,
+        data=resolve(raw["data"]),
+        stages=list(stages),
+        device=raw.get("device") or "auto",
+        dtype=raw.get("dtype"),
+        seed=int(raw.get("seed") or 0),
+        batch_size=raw.get("batch_size"),
+        sections=sections,
+    )
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read, override (`--set`) and validate a recipe file."""
+    from laplace_cli.io.datasets import load_yaml
+
+    path = Path(path)
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise BadInputError(
+            f"{path}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
+    raw = apply_overrides(raw, overrides or {})
+    return validate_recipe(raw, str(path), path.resolve().parent)
+
+
+@dataclass
+class RunResult:
+    """What `run_recipe` produced: files by kind, the evaluation (if run) and the tuning result."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    evaluation: Any = None
+    tuning: dict[str, Any] | None = None
+    fit_seconds: float | None = None
+    log_marginal_likelihood: float | None = None
+
+
+def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> RunResult:
+    """Run the recipe's stages in order into `output_dir`.
+
+    Writes `posterior.safetensors` (after fit, rewritten after tune), `report.json` (evaluate,
+    plus any plot / HTML asked for) and `predictions.<format>` (predict). Gate failures are
+    recorded in the result, not raised, so the caller can write everything first.
+    """
+    from laplace_cli.pipeline import stages as pipeline
+    from laplace_cli.pipeline.evaluation import evaluate, save_evaluation_outputs
+
+    progress = progress or pipeline.no_progress
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = RunResult()
+    fit_cfg = recipe.section("fit")
+    model_spec = pipeline.ModelSpec(
+        path=recipe.model["path"],
+        factory=recipe.model.get("factory"),
+        kwargs=dict(recipe.model.get("kwargs") or {}),
+        trust_checkpoint=bool(recipe.model.get("trust_checkpoint", False)),
+    )
+    options = pipeline.FitOptions(
+        likelihood=fit_cfg.get("likelihood"),
+        subset=fit_cfg.get("subset", "last_layer"),
+        structure=fit_cfg.get("structure", "kron"),
+        curvature=fit_cfg.get("curvature", "ggn"),
+        backend=fit_cfg.get("backend", "auto"),
+        prior_precision=float(fit_cfg.get("prior_precision", 1.0)),
+        temperature=float(fit_cfg.get("temperature", 1.0)),
+        sigma_noise=fit_cfg.get("sigma_noise"),
+        last_layer_name=fit_cfg.get("last_layer_name"),
+        kron_approx=fit_cfg.get("kron_approx", "expand"),
+        rank=fit_cfg.get("rank"),
+        split=fit_cfg.get("split", "train"),
+        batch_size=fit_cfg.get("batch_size", recipe.batch_size),
+        seed=recipe.seed,
+    )
+    fitted = pipeline.fit(
+        model_spec,
+        recipe.data,
+        options,
+        device=recipe.device,
+        dtype=recipe.dtype,
+        progress=progress,
+    )
+    la = fitted.la
+    result.fit_seconds = fitted.seconds
+    posterior_path = out / "posterior.safetensors"
+    extra = {"data": str(recipe.data), "fit_seconds": round(fitted.seconds, 3)}
+    pipeline.save_posterior(la, posterior_path, fitted.loaded, extra)
+    result.files["posterior"] = str(posterior_path)
+    from laplace_cli.pipeline import distributed
+
+    # Under torchrun every rank holds the whole posterior after the fit. Rank 0 alone tunes and
+    # writes files; the ranks share the evaluate and predict work (rank 0 gathers the rows).
+    ctx = distributed.context()
+    main = ctx is None or ctx.is_main
+    lp = pipeline.LoadedPosterior(la, extra, fitted.loaded, str(posterior_path))
+
+    if "tune" in recipe.stages:
+        if main:
+            cfg = recipe.section("tune")
+            method = cfg.pop("method", "marglik")
+            split = cfg.pop("split", "val")
+            cfg.setdefault("prior_structure", "scalar" if method == "gridsearch" else "layerwise")
+            result.tuning = pipeline.tune(
+                lp,
+                method=method,
+                data_path=str(recipe.data),
+                split=split,
+                batch_size=recipe.batch_size,
+                progress=progress,
+                seed=recipe.seed,
+                **cfg,
+            )
+            pipeline.resave(lp, posterior_path)
+        if ctx is not None:
+            result.tuning = _share_tuning(la, ctx)
+    result.log_marginal_likelihood = float(la.log_marginal_likelihood())
+
+    if "evaluate" in recipe.stages:
+        cfg = recipe.section("evaluate")
+        opts = pipeline.PredictOptions(
+            pred_type=cfg.get("pred_type"),
+            link_approx=cfg.get("link_approx"),
+            n_samples=int(cfg.get("samples", 100)),
+            seed=recipe.seed,
+        )
+        evaluation = evaluate(
+            la,
+            recipe.data,
+            split=cfg.get("split", "test"),
+            ood_data=cfg.get("ood_data"),
+            ood_split=cfg.get("ood_split", "test"),
+            options=opts,
+            gates=cfg.get("fail_if"),
+            batch_size=recipe.batch_size,
+            progress=progress,
+        )
+        result.evaluation = evaluation
+        if evaluation is not None:  # rank 0 writes the report
+            report = out / cfg.get("report", "report.json")
+            written = save_evaluation_outputs(
+                evaluation,
+                la.likelihood,
+                report=report,
+                plot=out / cfg["plot"] if cfg.get("plot") else None,
+                html=out / cfg["html"] if cfg.get("html") else None,
+                extra={
+                    "posterior": str(posterior_path),
+                    "fingerprint": fitted.loaded.fingerprint,
+                    "recipe": recipe.source,
+                    "fit_seconds": fitted.seconds,
+                    "tuning": result.tuning,
+                },
+            )
+            result.files.update(written)
+
+    if "predict" in recipe.stages:
+        from laplace_cli.core.enums import Likelihood
+        from laplace_cli.io.datasets import load_dataset_spec
+        from laplace_cli.io.writers import RowWriter
+
+        cfg = recipe.section("predict")
+        fmt = cfg.get("format", "csv")
+        path = out / cfg.get("output", f"predictions.{fmt}")
+        opts = pipeline.PredictOptions(
+            pred_type=cfg.get("pred_type"),
+            link_approx=cfg.get("link_approx"),
+            n_samples=int(cfg.get("samples", 100)),
+            interval=float(cfg.get("interval", 0.95)),
+            seed=recipe.seed,
+        )
+        loader = pipeline.split_loader(
+            load_dataset_spec(recipe.data),
+            cfg.get("split", "test"),
+            la.likelihood,
+            recipe.batch_size,
+        )
+        single = la.likelihood == Likelihood.REGRESSION and (la.n_outputs or 1) == 1
+        source = f"{recipe.data}: split {cfg.get('split', 'test')!r}"
+        # Chunk i on rank i mod W; rank 0 gathers them round by round (input order), as
+        # `laplace predict` does. Alone, round_robin and gather_rounds pass everything through.
+        chunks = distributed.round_robin(pipeline.loader_chunks(loader), ctx)
+        rows = distributed.gather_rounds(
+            pipeline.iter_prediction_rows(la, chunks, opts, source), ctx
+        )
+        if not main:
+            for _ in rows:  # a collective: take part to the end
+                pass
+            return result
+        with open(path, "w", encoding="utf-8", newline="") as stream:
+            writer = RowWriter(stream, fmt, cfg.get("columns"), single_output=single)
+            for batch in progress(rows, len(loader), "predict"):
+                writer.write_batch(batch)
+        result.files["predictions"] = str(path)
+    return result
+
+
+def _share_tuning(la: Any, ctx: Any) -> dict[str, Any] | None:
+    """Rank 0's tuned hyperparameters set on every rank's posterior (exactly, not re-tuned)."""
+    from laplace_cli.pipeline import distributed
+
+    tuned = None
+    if ctx.is_main:
+        tuned = {
+            "prior_precision": la.prior_precision.detach().cpu(),
+            "sigma_noise": la.sigma_noise.detach().cpu(),
+            "temperature": la.temperature,
+            "tuning": la.tuning,
+        }
+    tuned = distributed.broadcast_from_main(tuned, ctx)
+    if not ctx.is_main:
+        la.sigma_noise = tuned["sigma_noise"]
+        la.prior_precision = tuned["prior_precision"]
+        la.temperature = tuned["temperature"]
+        la.tuning = tuned["tuning"]
+    return tuned["tuning"]

@@ -1,0 +1,374 @@
+"""Evaluation reports: reliability and coverage plots (PNG) and a self-contained HTML page.
+
+matplotlib is an optional dependency (the ``plot`` extra) and is imported only when a plot is
+drawn. Figures are built with ``matplotlib.figure.Figure`` and rendered by the Agg canvas, so
+pyplot's global state and the user's interactive backend are never touched. Every file is
+written atomically (:mod:`laplace_cli.io.atomic`: a temporary file in the destination folder,
+then ``os.replace``); the folder must exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from laplace_cli.core.errors import BadInputError
+from laplace_cli.io.atomic import atomic_write_bytes
+from laplace_cli.metrics.classification import (
+    CoverageCurve,
+    ReliabilityBins,
+    coverage_curve,
+    reliability_bins,
+)
+
+__all__ = ["plot_coverage", "plot_reliability", "write_html_report"]
+
+_PLOT_EXTRA = "pip install 'laplace-cli[plot]'"
+
+_MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+
+def _figure_class() -> Any:
+    """Import matplotlib lazily; a missing install is bad input with the fix in the message."""
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise BadInputError(
+            f"plotting needs matplotlib, which is not installed: {_PLOT_EXTRA}"
+        ) from exc
+
+    def make(**kwargs: Any) -> Any:
+        fig = Figure(**kwargs)
+        FigureCanvasAgg(fig)  # render with Agg whatever backend the user has selected
+        return fig
+
+    return make
+
+
+def _write(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write atomically with the project's helper (temporary file + fsync + ``os.replace``)."""
+    atomic_write_bytes(path, data)
+    return Path(path)
+
+
+def _save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return _write(path, buf.getvalue())
+
+
+def _check_rows(rows: Mapping[str, Any], what: str) -> None:
+    if not isinstance(rows, Mapping) or not rows:
+        raise BadInputError(
+            f"{what}: expected a non-empty mapping of row name to data, got {rows!r}"
+        )
+
+
+def _as_bins(name: str, value: Any, n_bins: int) -> ReliabilityBins:
+    if isinstance(value, ReliabilityBins):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return reliability_bins(value[0], value[1], n_bins)
+    raise BadInputError(
+        f"plot_reliability: row {name!r}: expected (probs, labels) or ReliabilityBins, got "
+        f"{type(value).__name__}"
+    )
+
+
+def plot_reliability(
+    rows: Mapping[str, tuple[Tensor, Tensor] | ReliabilityBins],
+    path: str | os.PathLike[str],
+    *,
+    n_bins: int = 15,
+    title: str | None = None,
+) -> Path:
+    """Draw top-label reliability diagrams of several rows side by side into one PNG.
+
+    Each panel shows per-bin accuracy (bars) against the diagonal of perfect calibration, the
+    gap to the mean confidence of each bin (hatched), the ECE in the title, and below it the
+    number of samples per bin. Empty bins are left blank.
+
+    Args:
+        rows: row name (``map``, ``temperature``, ``laplace``) to ``(probs, labels)`` or
+            precomputed :class:`~laplace_cli.metrics.classification.ReliabilityBins`.
+        path: PNG file to write (atomically).
+        n_bins: number of equal-width bins when computing from probabilities.
+        title: optional figure title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        BadInputError: matplotlib is missing (naming the ``plot`` extra) or a row is malformed.
+    """
+    figure_cls = _figure_class()
+    _check_rows(rows, "plot_reliability")
+    bins = {name: _as_bins(name, value, n_bins) for name, value in rows.items()}
+
+    n = len(bins)
+    # Fixed margins in inches instead of bbox_inches="tight", which renders the figure twice.
+    width, height = 4.0 * n + 0.9, 5.0 + (0.3 if title else 0.0)
+    fig = figure_cls(figsize=(width, height))
+    grid = fig.add_gridspec(
+        2,
+        n,
+        height_ratios=(3, 1),
+        hspace=0.08,
+        wspace=0.12,
+        left=0.75 / width,
+        right=1.0 - 0.15 / width,
+        bottom=0.55 / height,
+        top=1.0 - (0.75 if title else 0.4) / height,
+    )
+    first_count = None
+    for col, (name, b) in enumerate(bins.items()):
+        ax = fig.add_subplot(grid[0, col])
+        # Count panels share one y scale so rows of different sizes compare at a glance.
+        ax_count = fig.add_subplot(grid[1, col], sharex=ax, sharey=first_count)
+        first_count = first_count or ax_count
+        edges = b.edges.detach().cpu().double()
+        lefts = edges[:-1].tolist()
+        widths = (edges[1:] - edges[:-1]).tolist()
+        nonempty = (b.count > 0).cpu().tolist()
+        acc = [a if ok else 0.0 for a, ok in zip(b.accuracy.cpu().tolist(), nonempty, strict=True)]
+        conf = [
+            c if ok else 0.0 for c, ok in zip(b.confidence.cpu().tolist(), nonempty, strict=True)
+        ]
+        keep = [i for i, ok in enumerate(nonempty) if ok]
+
+        ax.bar(
+            [lefts[i] for i in keep],
+            [acc[i] for i in keep],
+            width=[widths[i] for i in keep],
+            align="edge",
+            color="tab:blue",
+            edgecolor="black",
+            linewidth=0.5,
+            label="accuracy",
+        )
+        # The gap bar spans from accuracy to confidence: red hatching shows miscalibration.
+        ax.bar(
+            [lefts[i] for i in keep],
+            [conf[i] - acc[i] for i in keep],
+            bottom=[acc[i] for i in keep],
+            width=[widths[i] for i in keep],
+            align="edge",
+            color="tab:red",
+            alpha=0.3,
+            hatch="//",
+            edgecolor="tab:red",
+            linewidth=0.5,
+            label="gap to confidence",
+        )
+        ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfect")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name}  (ECE {b.ece():.4f}, N={b.n_samples})")
+        ax.tick_params(labelbottom=False)
+        if col == 0:
+            ax.set_ylabel("accuracy")
+            ax.legend(loc="upper left", fontsize="small")
+        else:
+            ax.tick_params(labelleft=False)
+
+        ax_count.bar(lefts, b.count.cpu().tolist(), width=widths, align="edge", color="gray")
+        ax_count.set_xlabel("confidence")
+        if col == 0:
+            ax_count.set_ylabel("count")
+        else:
+            ax_count.tick_params(labelleft=False)
+    if title:
+        fig.suptitle(title)
+    return _save_figure(fig, path)
+
+
+def _as_curve(name: str, value: Any, levels: Sequence[float] | None) -> CoverageCurve:
+    if isinstance(value, CoverageCurve):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 3:
+        return coverage_curve(value[0], value[1], value[2], levels)
+    raise BadInputError(
+        f"plot_coverage: row {name!r}: expected (mean, var, y) or CoverageCurve, got "
+        f"{type(value).__name__}"
+    )
+
+
+def plot_coverage(
+    rows: Mapping[str, tuple[Tensor, Tensor, Tensor] | CoverageCurve],
+    path: str | os.PathLike[str],
+    *,
+    levels: Sequence[float] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Plot nominal versus empirical coverage of central intervals, one line per row, to PNG.
+
+    A calibrated regressor follows the diagonal; curves below it are over-confident (intervals
+    too narrow), above it under-confident.
+
+    Args:
+        rows: row name to ``(mean, var, y)`` (total predictive variance) or a precomputed
+            :class:`~laplace_cli.metrics.classification.CoverageCurve`.
+        path: PNG file to write (atomically).
+        levels: nominal levels when computing from predictions (default 0.05 ... 0.95, 0.99).
+        title: optional figure title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        BadInputError: matplotlib is missing (naming the ``plot`` extra) or a row is malformed.
+    """
+    figure_cls = _figure_class()
+    _check_rows(rows, "plot_coverage")
+    curves = {name: _as_curve(name, value, levels) for name, value in rows.items()}
+
+    fig = figure_cls(figsize=(5.0, 5.0))
+    fig.subplots_adjust(left=0.14, right=0.96, bottom=0.11, top=0.92)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfect")
+    for name, curve in curves.items():
+        ax.plot(
+            curve.nominal.cpu().tolist(), curve.empirical.cpu().tolist(), marker="o", label=name
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("nominal coverage")
+    ax.set_ylabel("empirical coverage")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left")
+    ax.set_title(title or "interval coverage")
+    return _save_figure(fig, path)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or value is None:
+        return html.escape(str(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):  # float, numpy floats
+        value = float(value)
+        return "NaN" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, str):
+        return html.escape(value)
+    try:
+        return html.escape(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return html.escape(str(value))
+
+
+def _image_tag(path: Path) -> str:
+    mime = _MIME.get(path.suffix.lower())
+    if mime is None:
+        raise BadInputError(
+            f"{path}: expected an image ending in {', '.join(sorted(_MIME))}, got {path.suffix!r}"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read the image: {exc.strerror or exc}") from exc
+    encoded = base64.b64encode(data).decode("ascii")
+    alt = html.escape(path.stem)
+    return f'<figure><img src="data:{mime};base64,{encoded}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; }
+img { max-width: 100%; }
+figure { margin: 1em 0; }
+.failed { color: #b00020; font-weight: bold; }
+.passed { color: #1b7f3b; }
+"""
+
+
+def write_html_report(
+    path: str | os.PathLike[str],
+    title: str,
+    rows_table: Mapping[str, Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    images: Sequence[str | os.PathLike[str]] = (),
+    *,
+    gates: Sequence[Any] = (),
+) -> Path:
+    """Write one self-contained HTML page: metrics table, gates, settings and embedded images.
+
+    Images are embedded as base64 ``data:`` URIs, so the page has no external references.
+
+    Args:
+        path: HTML file to write (atomically).
+        title: page title.
+        rows_table: ``{row: {metric: value}}``; columns are the union of metric names in
+            first-seen order, blank where a row lacks a metric.
+        settings: evaluation settings (values shown as text, structured ones as JSON).
+        images: PNG/SVG/JPEG files to embed, in order.
+        gates: optional :class:`~laplace_cli.pipeline.gates.GateResult` objects (anything with
+            ``message`` and ``failed``), shown with their outcome.
+
+    Returns:
+        The path written.
+
+    Raises:
+        BadInputError: an image is missing or of an unknown type.
+    """
+    image_tags = [_image_tag(Path(p)) for p in images]
+
+    columns: list[str] = []
+    for metrics in rows_table.values():
+        for key in metrics:
+            if key not in columns:
+                columns.append(key)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body_rows = []
+    for name, metrics in rows_table.items():
+        cells = "".join(
+            f'<td class="num">{_fmt(metrics[c]) if c in metrics else ""}</td>' for c in columns
+        )
+        body_rows.append(f"<tr><th>{html.escape(str(name))}</th>{cells}</tr>")
+    metrics_html = (
+        f"<table><thead><tr><th>row</th>{head}</tr></thead>"
+        f"<tbody>{''.join(body_rows)}</tbody></table>"
+    )
+
+    settings_html = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in settings.items()
+    )
+    gates_html = ""
+    if gates:
+        items = "".join(
+            f'<li class="{"failed" if g.failed else "passed"}">{html.escape(g.message)}</li>'
+            for g in gates
+        )
+        gates_html = f"<h2>Gates</h2><ul>{items}</ul>"
+
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    page = (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f"<p>Written by laplace-cli on {created}.</p>"
+        f"<h2>Metrics</h2>{metrics_html}"
+        f"{gates_html}"
+        f"<h2>Settings</h2><table><tbody>{settings_html}</tbody></table>"
+        + (f"<h2>Figures</h2>{''.join(image_tags)}" if image_tags else "")
+        + "</body></html>\n"
+    )
+    return _write(path, page.encode("utf-8"))

@@ -1,0 +1,130 @@
+"""Memory guard: estimate what a choice needs before allocating, and refuse with advice.
+
+A dense P×P matrix for a million parameters is terabytes; failing fast with a message that names
+the alternatives beats an out-of-memory kill half way through a nightly job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from laplace_cli.core.enums import Structure
+from laplace_cli.core.errors import MemoryBudgetError
+from laplace_cli.subsets.base import ParamGroup
+
+DEFAULT_FRACTION = 0.5
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable size with binary prefixes: 3.6 TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def format_count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1_000:
+        return f"{n / 1e3:.1f}k"
+    return str(n)
+
+
+def available_memory(device: torch.device) -> int:
+    """Free memory on the device in bytes (CUDA: free device memory; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 1024**3
+
+
+def default_budget(device: torch.device) -> int:
+    """The default `max_memory`: half of what is free now."""
+    return int(DEFAULT_FRACTION * available_memory(device))
+
+
+def structure_bytes(
+    structure: Structure, groups: Sequence[ParamGroup], itemsize: int, rank: int | None = None
+) -> int:
+    """Bytes held by the curvature of a structure (one copy; decompositions roughly double it)."""
+    n_params = sum(g.numel for g in groups)
+    if structure == Structure.FULL:
+        return n_params * n_params * itemsize
+    if structure == Structure.KRON:
+        total = 0
+        for g in groups:
+            if g.kind == "weight":
+                d_out, d_in = g.kron_shape
+                total += d_out * d_out + d_in * d_in
+            elif g.kind == "bias":
+                total += g.numel * g.numel
+            else:
+                total += g.numel
+        return total * itemsize
+    if structure == Structure.LOWRANK:
+        # The block Krylov basis and its image under H (P × (k + 10)·5 each, at most P × P),
+        # plus U: see posterior/lowrank.py.
+        from laplace_cli.posterior.lowrank import (
+            DEFAULT_N_ITER,
+            DEFAULT_OVERSAMPLE,
+            DEFAULT_RANK,
+            krylov_basis_size,
+        )
+
+        k = min(rank or DEFAULT_RANK, n_params)
+        basis = krylov_basis_size(n_params, k, DEFAULT_OVERSAMPLE, DEFAULT_N_ITER)
+        return n_params * (2 * basis + k + 2) * itemsize
+    return n_params * itemsize
+
+
+def check_structure_memory(
+    structure: Structure,
+    groups: Sequence[ParamGroup],
+    itemsize: int,
+    budget: int,
+    rank: int | None = None,
+) -> None:
+    """Refuse a structure whose curvature (×3 for factorisations) does not fit in `budget` bytes.
+
+    The message leads with what the choice needs and what to use instead, e.g.
+    "full needs 7.3 TiB for 1.0M parameters; use kron, diag or subset_of_weights=last_layer
+    (budget 16.0 GiB; or raise max_memory)". Called before anything is allocated.
+    """
+    need = structure_bytes(structure, groups, itemsize, rank)
+    if 3 * need <= budget:
+        return
+    n_params = sum(g.numel for g in groups)
+    alternatives = {
+        Structure.FULL: "use kron, diag or subset_of_weights=last_layer",
+        Structure.KRON: "use diag or subset_of_weights=last_layer",
+        Structure.LOWRANK: "use a smaller rank, diag or subset_of_weights=last_layer",
+        Structure.DIAG: "use subset_of_weights=last_layer",
+    }[structure]
+    raise MemoryBudgetError(
+        f"{structure.value} needs {format_bytes(need)} for {format_count(n_params)} parameters; "
+        f"{alternatives} (budget {format_bytes(budget)}; or raise max_memory)"
+    )
+
+
+def jacobian_rows(n_outputs: int, n_params: int, itemsize: int, budget: int) -> int:
+    """Rows of a batch whose dense Jacobian (rows, C, P) fits a quarter of the budget (≥ 1)."""
+    per_row = 4 * n_outputs * n_params * itemsize  # Jacobian, projections and temporaries
+    rows = (budget // 4) // max(per_row, 1)
+    if rows < 1:
+        raise MemoryBudgetError(
+            f"one row of the dense Jacobian needs {format_bytes(per_row)} "
+            f"({n_outputs} outputs × {format_count(n_params)} parameters), more than the budget "
+            f"{format_bytes(budget)}; use kron or diag, or subset_of_weights=last_layer"
+        )
+    return int(rows)

@@ -1,0 +1,341 @@
+"""Predictive distributions as pure functions of the GLM mean and covariance or of samples.
+
+The GLM predictive linearises the network around the MAP: f(x; θ) ≈ f(x; θ*) + J(x)(θ − θ*),
+so under θ ~ N(θ*, Σ) the outputs are Gaussian, f ~ N(f_μ, J Σ Jᵀ). These functions validate
+prediction options, map that Gaussian to class probabilities (link approximations: probit,
+Laplace bridge, Monte Carlo), draw from it, and hold the small helpers `Laplace` uses to bound
+the memory of the functional variance (row chunking, the joint covariance of a batch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from laplace_cli.core.enums import Likelihood, LinkApprox, PredType
+from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.scores import mutual_information as mutual_information
+from laplace_cli.core.scores import predictive_entropy
+from laplace_cli.subsets.base import DenseFactor, Factor, LayerFactor
+
+
+def check_n_samples(n_samples: int, what: str, minimum: int = 1) -> int:
+    """`n_samples` as an int ≥ `minimum`, or a BadInputError naming what needs the samples."""
+    if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < minimum:
+        raise BadInputError(f"{what} needs n_samples ≥ {minimum}, got {n_samples!r}")
+    return int(n_samples)
+
+
+def check_generator(generator: torch.Generator | None, device: torch.device) -> None:
+    """A generator must be a `torch.Generator` on the device the draws are made on."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise BadInputError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator.device.type != device.type:
+        raise BadInputError(
+            f"generator is on {generator.device}, the Laplace approximation on {device}; "
+            f"use torch.Generator(device={str(device)!r})"
+        )
+
+
+def check_pred_options(
+    pred_type: PredType | str,
+    link_approx: LinkApprox | str,
+    likelihood: Likelihood | str | None = None,
+    *,
+    n_samples: int | None = None,
+    joint: bool = False,
+) -> tuple[PredType, LinkApprox]:
+    """Validate prediction options together; nonsense combinations raise a BadInputError.
+
+    The reference implementation quietly runs something else for some of these (it returns the
+    marginal predictive for `joint=True` in classification and ignores `diagonal_output` for
+    probit and bridge); here each one is refused with the alternative that works:
+
+    * `pred_type="nn"` samples weights and averages the link, so `link_approx` must be "mc"
+      (classification and binary; regression has no link and ignores `link_approx`);
+    * the Laplace bridge maps a Gaussian over softmax logits to a Dirichlet: softmax
+      classification only;
+    * `joint=True` (the covariance across a batch) is a GLM regression output;
+    * Monte Carlo (`link_approx="mc"` or `pred_type="nn"`) needs `n_samples ≥ 1`.
+    """
+    pt = PredType.parse(pred_type, "pred_type")
+    la = LinkApprox.parse(link_approx, "link_approx")
+    lik = None if likelihood is None else Likelihood.parse(likelihood, "likelihood")
+    if lik != Likelihood.REGRESSION:
+        if pt == PredType.NN and la != LinkApprox.MC:
+            raise BadInputError(
+                f"pred_type 'nn' samples weights and averages the link, so link_approx must be "
+                f"'mc', got {la.value!r}; use pred_type 'glm' for {la.value!r}"
+            )
+        if lik == Likelihood.BINARY and la in (LinkApprox.BRIDGE, LinkApprox.BRIDGE_NORM):
+            raise BadInputError(
+                f"link_approx {la.value!r} is for softmax classification; the binary likelihood "
+                "takes 'probit' or 'mc'"
+            )
+    if joint and (lik is not None and lik != Likelihood.REGRESSION):
+        raise BadInputError(
+            "joint=True gives the joint Gaussian over a batch's outputs, for regression only; "
+            "classification returns per-input probabilities"
+        )
+    if joint and pt == PredType.NN:
+        raise BadInputError("joint=True needs pred_type 'glm' (the linearised network)")
+    if n_samples is not None and (
+        pt == PredType.NN or (la == LinkApprox.MC and lik != Likelihood.REGRESSION)
+    ):
+        check_n_samples(n_samples, f"pred_type {pt.value!r} with link_approx {la.value!r}")
+    return pt, la
+
+
+def probit_scale(f_var_diag: Tensor) -> Tensor:
+    """κ = 1 / √(1 + π/8 · σ²), the probit approximation's scaling of the mean logits."""
+    return 1.0 / torch.sqrt(1.0 + math.pi / 8.0 * f_var_diag)
+
+
+def probit_softmax(f_mu: Tensor, f_var: Tensor) -> Tensor:
+    """softmax(μ / √(1 + π/8 · diag Σ)) (MacKay 1992; multiclass extension as in laplace-torch)."""
+    return torch.softmax(f_mu * probit_scale(torch.diagonal(f_var, dim1=-2, dim2=-1)), dim=-1)
+
+
+def probit_sigmoid(f_mu: Tensor, f_var_diag: Tensor) -> Tensor:
+    """σ(μ / √(1 + π/8 · σ²)) per output (binary / multi-label)."""
+    return torch.sigmoid(f_mu * probit_scale(f_var_diag))
+
+
+def laplace_bridge(f_mu: Tensor, f_var: Tensor, normalize: bool = False) -> Tensor:
+    """Laplace bridge to a Dirichlet and its mean (Hobbhahn et al. 2022), as in laplace-torch.
+
+    The Gaussian is first projected to zero-sum logits (the softmax is invariant to shifts);
+    α_k = (1 − 2/K + e^{μ_k} Σ_j e^{−μ_j} / K²) / σ²_k and the probabilities are α / Σα.
+    `normalize` ("bridge_norm") rescales means and variances by the mean variance first.
+    """
+    f_mu = f_mu.clone()
+    f_var = f_var.clone()
+    total = f_var.sum(dim=(1, 2)).reshape(-1, 1)
+    f_mu = f_mu - f_var.sum(-1) * f_mu.sum(-1).reshape(-1, 1) / total
+    f_var = f_var - torch.einsum("bi,bj->bij", f_var.sum(-1), f_var.sum(-2)) / total.reshape(
+        -1, 1, 1
+    )
+    n_classes = f_mu.shape[-1]
+    var_diag = torch.diagonal(f_var, dim1=1, dim2=2)
+    if normalize:
+        mean_var = var_diag.mean(dim=1) / math.sqrt(n_classes / 2)
+        f_mu = f_mu / mean_var.sqrt().unsqueeze(-1)
+        var_diag = var_diag / mean_var.unsqueeze(-1)
+    sum_exp = torch.exp(-f_mu).sum(dim=1, keepdim=True)
+    alpha = (1 - 2 / n_classes + f_mu.exp() / n_classes**2 * sum_exp) / var_diag
+    return torch.nan_to_num(alpha / alpha.sum(dim=1, keepdim=True), nan=1.0)
+
+
+def sample_gaussian_outputs(
+    f_mu: Tensor, f_var: Tensor, n_samples: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Draws from N(f_μ, f_var) per sample: (n_samples, B, C). f_var is (B, C, C) or (B, C)."""
+    eps = torch.randn(
+        (n_samples, *f_mu.shape), dtype=f_mu.dtype, device=f_mu.device, generator=generator
+    )
+    if f_var.ndim == f_mu.ndim:
+        return f_mu + eps * f_var.clamp_min(0).sqrt()
+    from laplace_cli.posterior.full import robust_cholesky
+
+    L = robust_cholesky(f_var, what="functional covariance")
+    return f_mu + torch.einsum("bcd,sbd->sbc", L, eps)
+
+
+def link(likelihood: Likelihood, f: Tensor) -> Tensor:
+    """Inverse link on logits/outputs: softmax, identity or sigmoid."""
+    if likelihood == Likelihood.CLASSIFICATION:
+        return torch.softmax(f, dim=-1)
+    if likelihood == Likelihood.BINARY:
+        return torch.sigmoid(f)
+    return f
+
+
+def glm_link(
+    likelihood: Likelihood,
+    link_approx: LinkApprox,
+    f_mu: Tensor,
+    f_var: Tensor,
+    n_samples: int = 100,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Probabilities E[link(f)] under f ~ N(f_μ, f_var), with the chosen link approximation.
+
+    f_var is (B, C, C), or (B, C) for independent outputs (`diagonal_output`). probit and the
+    binary likelihood only use the diagonal; the bridge uses the full matrix (a diagonal one is
+    embedded); MC draws `n_samples` Gaussian samples with `generator` and averages the link.
+    """
+    var_diag = torch.diagonal(f_var, dim1=-2, dim2=-1) if f_var.ndim == 3 else f_var
+    if likelihood == Likelihood.CLASSIFICATION:
+        if link_approx == LinkApprox.PROBIT:
+            return torch.softmax(f_mu * probit_scale(var_diag), dim=-1)
+        if link_approx in (LinkApprox.BRIDGE, LinkApprox.BRIDGE_NORM):
+            cov = f_var if f_var.ndim == 3 else torch.diag_embed(f_var)
+            return laplace_bridge(f_mu, cov, normalize=link_approx == LinkApprox.BRIDGE_NORM)
+        return torch.softmax(sample_gaussian_outputs(f_mu, f_var, n_samples, generator), -1).mean(0)
+    if likelihood == Likelihood.BINARY:
+        # Independent sigmoids: E[σ(f_k)] depends on the marginal of f_k only.
+        if link_approx == LinkApprox.PROBIT:
+            return probit_sigmoid(f_mu, var_diag)
+        if link_approx == LinkApprox.MC:
+            return torch.sigmoid(
+                sample_gaussian_outputs(f_mu, var_diag, n_samples, generator)
+            ).mean(0)
+        raise BadInputError("link_approx 'bridge' is for softmax classification; use probit or mc")
+    raise BadInputError("link approximations apply to classification and binary likelihoods")
+
+
+def input_signature(x: Tensor | Mapping[str, Tensor]) -> tuple:
+    """Shapes without the batch axis and dtypes of a batch of inputs (a cache key)."""
+    if isinstance(x, Mapping):
+        return tuple(sorted((k, tuple(v.shape[1:]), v.dtype) for k, v in x.items()))
+    return (tuple(x.shape[1:]), x.dtype)
+
+
+def entropy(probs: Tensor) -> Tensor:
+    """Predictive entropy −Σ p log p per row (B,); see `laplace_cli.core.scores`."""
+    return predictive_entropy(probs)
+
+
+@dataclass
+class RegressionPrediction:
+    """Gaussian predictive of a regression model, per input and output, all (B, C).
+
+    y | x ~ N(mean, total_var) with total_var = epistemic_var + aleatoric_var: the epistemic
+    part is the weight uncertainty (GLM: diag J Σ Jᵀ; nn: the variance of sampled networks'
+    outputs), the aleatoric part the observation noise σ².
+    """
+
+    mean: Tensor
+    epistemic_var: Tensor
+    aleatoric_var: Tensor
+    total_var: Tensor
+
+
+# --- memory bounds of the functional variance -------------------------------------------------
+
+
+def _storage_bytes(tensors: Sequence[Tensor]) -> int:
+    """Bytes held by `tensors`, each storage counted once.
+
+    A tensor holds the smaller of its storage and its own elements: an expanded view (stride 0,
+    e.g. the last-layer identity G) only holds its storage, a slice of a larger tensor (e.g. a
+    row of the caller's input batch) only its elements.
+    """
+    held: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        own = min(storage.nbytes(), t.numel() * t.element_size())
+        held[storage.data_ptr()] = max(held.get(storage.data_ptr(), 0), own)
+    return sum(held.values())
+
+
+def factor_bytes(factors: Sequence[Factor]) -> int:
+    """Peak bytes of `posterior.functional_variance` on these factors (an upper estimate).
+
+    The factors themselves are held for all layers at once: inputs a (B, T, d_in), output
+    Jacobians G (B, C, T, d_out), dense pieces (B, C, numel). On top, one layer at a time, a
+    layer with weight sharing (T > 1) forms its per-sample Jacobian (B, C, d_out, d_in) and two
+    temporaries of that size (kron: projected and scaled; diag: weighted); T = 1 layers and biases
+    only need (B, C, d_out)-sized temporaries, already covered by the held G.
+    """
+    held: list[Tensor] = []
+    peak = 0
+    for fac in factors:
+        if isinstance(fac, DenseFactor):
+            held.append(fac.J)
+            peak = max(peak, 2 * fac.J.numel() * fac.J.element_size())
+            continue
+        held.append(fac.G)
+        if fac.a is not None:
+            held.append(fac.a)
+            batch, n_out, n_pos, d_out = fac.G.shape
+            if n_pos > 1:
+                per_layer = batch * n_out * d_out * fac.a.shape[-1] * fac.G.element_size()
+                peak = max(peak, 3 * per_layer)
+    return _storage_bytes(held) + peak
+
+
+def layer_input_bytes(factors: Sequence[Factor]) -> int:
+    """Bytes of the layer inputs a among the factors: the batch's activations, as the layers see
+    them (Conv2d inputs unfolded into patches)."""
+    return _storage_bytes([f.a for f in factors if isinstance(f, LayerFactor) and f.a is not None])
+
+
+#: Row chunks of the structured functional variance hold at most this multiple of the batch's
+#: own activations (`layer_input_bytes`) in factors and intermediates ...
+CHUNK_ACTIVATION_MULTIPLE = 2
+#: ... or this many bytes, whichever is larger (tiny models are not cut into tiny chunks).
+CHUNK_FLOOR_BYTES = 256 * 1024
+
+
+def factor_chunk_rows(
+    n_rows: int, bytes_per_row: int, input_bytes_per_row: int, budget: int
+) -> int:
+    """Rows per chunk of the structured (diag / kron) functional variance, ≥ 1.
+
+    The factors hold, per row, C output Jacobians for every layer output, so one batch of
+    factors is about C × its activations. Chunking the rows keeps the working set within
+    max(CHUNK_ACTIVATION_MULTIPLE × the activations of the whole batch, CHUNK_FLOOR_BYTES), and
+    always within `budget` (`max_memory // 4`): peak memory then stays a small multiple of what
+    running the model on the batch costs, whatever the number of classes.
+
+    Args:
+        n_rows: rows in the batch being predicted.
+        bytes_per_row: `factor_bytes` of one row.
+        input_bytes_per_row: `layer_input_bytes` of one row.
+        budget: hard cap in bytes.
+    """
+    target = max(CHUNK_ACTIVATION_MULTIPLE * n_rows * input_bytes_per_row, CHUNK_FLOOR_BYTES)
+    return max(1, min(target, budget) // max(bytes_per_row, 1))
+
+
+def factors_as_one_sample(factors: Sequence[Factor]) -> list[Factor]:
+    """Rewrite the factors of a batch of B inputs as those of one input with B·C outputs.
+
+    The joint covariance over a batch, Cov[f(x_b)_c, f(x_b')_d] = J_bc Σ J_b'dᵀ, is the
+    functional variance of a single "sample" whose outputs are all (b, c) pairs, so every
+    structure computes it with its own `functional_variance`. For a layer, output (b, c) sees the
+    positions (b', t) with G'[(b, c), (b', t)] = δ_bb' G[b, c, t] and inputs a'[(b', t)] = a[b', t]
+    (shapes (1, B·C, B·T, d_out) and (1, B·T, d_in)); dense pieces are reshaped to (1, B·C, n).
+    """
+    out: list[Factor] = []
+    stacked: dict[int, Tensor] = {}  # a weight and its bias share G: build G' once
+    for fac in factors:
+        if isinstance(fac, DenseFactor):
+            batch, n_out, n = fac.J.shape
+            out.append(DenseFactor(fac.J.reshape(1, batch * n_out, n)))
+            continue
+        batch, n_out, n_pos, d_out = fac.G.shape
+        G = stacked.get(id(fac.G))
+        if G is None:
+            G = fac.G.new_zeros(batch, n_out, batch, n_pos, d_out)
+            rows = torch.arange(batch, device=G.device)
+            G[rows, :, rows] = fac.G  # block diagonal in (b, b')
+            G = stacked[id(fac.G)] = G.reshape(1, batch * n_out, batch * n_pos, d_out)
+        a = None if fac.a is None else fac.a.reshape(1, batch * n_pos, fac.a.shape[-1])
+        out.append(LayerFactor(a, G))
+    return out
+
+
+def joint_factor_bytes(factors: Sequence[Factor]) -> int:
+    """Peak bytes of the joint covariance through `factors_as_one_sample` (an upper estimate)."""
+    total, peak = 0, 0
+    seen: set[int] = set()
+    for fac in factors:
+        if isinstance(fac, DenseFactor):
+            total += fac.J.numel() * fac.J.element_size()
+            continue
+        batch, n_out, n_pos, d_out = fac.G.shape
+        item = fac.G.element_size()
+        if id(fac.G) not in seen:
+            seen.add(id(fac.G))
+            total += batch * batch * n_out * n_pos * d_out * item  # the block-diagonal G'
+        if fac.a is not None:
+            peak = max(peak, 3 * batch * n_out * d_out * fac.a.shape[-1] * item)
+    return total + peak

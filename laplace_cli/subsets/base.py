@@ -1,0 +1,419 @@
+"""Parameter subsets: which weights the Laplace approximation covers, and their Jacobians.
+
+A subset hides how outputs depend on its parameters. The posterior structures only ever see
+* per-layer *factors*: for an `nn.Linear` / `nn.Conv2d` weight the layer inputs `a` (B, T, d_in)
+  and the output Jacobians `G = ∂f_c/∂z` (B, C, T, d_out), so that the per-sample Jacobian of
+  the weight is Σ_t G[:, c, t] ⊗ a[:, t] and never has to be built; for any other parameter a
+  dense per-sample Jacobian piece (B, C, numel) from `torch.func`;
+* or dense per-sample Jacobians (B, C, P) for the structures that need them (full, low-rank).
+
+`AllWeights` hooks the Linear/Conv2d layers of the model; `last_layer.LastLayer` reads the
+features entering the last `nn.Linear` and has every Jacobian in closed form (G = I). Both restore the model as they
+found it: hooks are removed, train/eval mode is put back, nothing is stored on the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
+from torch.nn import functional as F
+
+from laplace_cli.core.batches import Inputs, as_2d_output, call_model
+from laplace_cli.core.enums import KronApprox
+from laplace_cli.core.errors import BadInputError
+
+GroupKind = Literal["weight", "bias", "other"]
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """One parameter tensor of the subset.
+
+    `kind` is "weight"/"bias" for parameters of a supported layer (`nn.Linear`, `nn.Conv2d` with
+    groups=1), whose Jacobians come as layer factors, and "other" for everything else.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    kind: GroupKind
+    module_name: str | None = None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def kron_shape(self) -> tuple[int, int]:
+        """(d_out, d_in) of a weight; conv weights flatten (C_in, kh, kw) into d_in."""
+        return self.shape[0], self.numel // self.shape[0]
+
+
+class NoLayerFactorsError(BadInputError):
+    """A layer's Jacobian has no per-layer factors (the layer ran more than once per pass)."""
+
+
+@dataclass
+class LayerFactor:
+    """Jacobian of one weight or bias in factored form.
+
+    a: (B, T, d_in) layer inputs (None for a bias); G: (B, C, T, d_out) output Jacobians.
+    T is the weight-sharing dimension (1 for plain Linear inputs, H·W for Conv2d).
+    """
+
+    a: Tensor | None
+    G: Tensor
+
+
+@dataclass
+class DenseFactor:
+    """Per-sample Jacobian of one parameter tensor, (B, C, numel)."""
+
+    J: Tensor
+
+
+Factor = LayerFactor | DenseFactor
+
+
+def supported_layer(module: nn.Module) -> bool:
+    """Layers with factored Jacobians: Linear, and Conv2d without groups."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Conv2d) and module.groups == 1
+
+
+def factored_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Supported layers that run as modules, so that forward hooks see their inputs and outputs.
+
+    `nn.MultiheadAttention` uses its `out_proj` Linear's weights functionally (the module is
+    never called); such layers are left out here and their parameters become "other" groups
+    with dense Jacobians, rather than being dropped or failing for lack of a hook call.
+    """
+    skip: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            skip.update(id(c) for c in m.modules() if c is not m)
+    return {n: m for n, m in model.named_modules() if supported_layer(m) and id(m) not in skip}
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run in eval mode (dropout off, BatchNorm on running statistics), then restore each module."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+def conv_patches(module: nn.Conv2d, x: Tensor) -> Tensor:
+    """Unfold Conv2d inputs (B, C_in, H, W) into patches (B, T, C_in·kh·kw), T = output positions."""
+    padding = module.padding
+    if isinstance(padding, str) or module.padding_mode != "zeros":
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+        padding = 0
+    patches = F.unfold(
+        x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride
+    )
+    return patches.transpose(1, 2)
+
+
+def _layer_input(module: nn.Module, x: Tensor) -> Tensor:
+    """Inputs of a supported layer as (B, T, d_in)."""
+    if isinstance(module, nn.Conv2d):
+        return conv_patches(module, x)
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _layer_output_grad(module: nn.Module, g: Tensor) -> Tensor:
+    """Output gradients (K, B, *out) of a supported layer as (B, K, T, d_out)."""
+    if isinstance(module, nn.Conv2d):
+        k, b, c = g.shape[:3]
+        return g.reshape(k, b, c, -1).permute(1, 0, 3, 2)
+    k, b = g.shape[:2]
+    return g.reshape(k, b, -1, g.shape[-1]).transpose(0, 1)
+
+
+def iter_rows(x: Inputs, rows: int) -> Iterator[Inputs]:
+    """Split a batch of inputs into chunks of at most `rows` samples."""
+    n = x[next(iter(x))].shape[0] if isinstance(x, dict) else x.shape[0]
+    if 0 < n <= rows:  # one chunk: the batch itself (`LastLayer.reuse_forward` recognises it)
+        yield x
+        return
+    for start in range(0, n, rows):
+        if isinstance(x, dict):
+            yield {k: v[start : start + rows] for k, v in x.items()}
+        else:
+            yield x[start : start + rows]
+
+
+class ParameterSubset:
+    """Interface shared by the subsets (all weights, last layer, subnetwork)."""
+
+    model: nn.Module
+    groups: list[ParamGroup]
+
+    @property
+    def n_params(self) -> int:
+        return sum(g.numel for g in self.groups)
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    def mean(self) -> Tensor:
+        """The MAP values of the subset, flattened in parameter order, (P,)."""
+        raise NotImplementedError
+
+    def output(self, x: Inputs) -> Tensor:
+        """Model outputs (B, C) at the MAP, without gradients."""
+        raise NotImplementedError
+
+    def factors(self, x: Inputs) -> tuple[Tensor, list[Factor]]:
+        """Outputs (B, C) and one Jacobian factor per group."""
+        raise NotImplementedError
+
+    def jacobians(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        """Outputs (B, C) and dense per-sample Jacobians (B, C, P). Callers chunk the batch."""
+        raise NotImplementedError
+
+    def forward_with(self, x: Inputs, theta: Tensor) -> Tensor:
+        """Outputs (B, C) with the subset's parameters set to `theta` (P,)."""
+        raise NotImplementedError
+
+    def output_fn(self, x: Inputs) -> Callable[[Tensor], Tensor]:
+        """θ (P,) ↦ outputs (B, C) at inputs x, differentiable in θ (matrix-free products)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def reuse_forward(self) -> Iterator[None]:
+        """Within the block, calls on the *same* input batch may share one forward pass.
+
+        For callers that run several methods on each batch of a loop (MAP outputs, then the
+        predictive) while the model stays unchanged. A no-op here; `LastLayer` memoises the
+        features of the latest batch, so its outputs, factors and predictive cost one pass.
+        """
+        yield
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        """Split a flat vector (P,) into named tensors of the groups' shapes."""
+        out, start = {}, 0
+        for g in self.groups:
+            out[g.name] = theta[start : start + g.numel].reshape(g.shape)
+            start += g.numel
+        return out
+
+
+def dense_from_factors(factors: Sequence[Factor]) -> Tensor:
+    """Assemble the dense per-sample Jacobian (B, C, P) from factors (tests and full structure)."""
+    pieces = []
+    for fac in factors:
+        if isinstance(fac, DenseFactor):
+            pieces.append(fac.J)
+        elif fac.a is None:
+            pieces.append(fac.G.sum(2))
+        else:
+            jw = torch.einsum("bcto,bti->bcoi", fac.G, fac.a)
+            pieces.append(jw.reshape(jw.shape[0], jw.shape[1], -1))
+    return torch.cat(pieces, dim=-1)
+
+
+class AllWeights(ParameterSubset):
+    """Every trainable parameter (`requires_grad=True`), in `model.parameters()` order.
+
+    Frozen parameters (e.g. the base weights of a LoRA model) are excluded and never
+    differentiated.
+    """
+
+    def __init__(self, model: nn.Module, kron_approx: KronApprox = KronApprox.EXPAND) -> None:
+        self.model = model
+        self.kron_approx = kron_approx
+        owner: dict[int, tuple[str, nn.Module, str]] = {}
+        for mname, module in factored_layers(model).items():
+            for role in ("weight", "bias"):
+                p = getattr(module, role, None)
+                if isinstance(p, nn.Parameter):
+                    owner.setdefault(id(p), (mname, module, role))
+        self.params: list[tuple[str, nn.Parameter]] = [
+            (n, p) for n, p in model.named_parameters() if p.requires_grad
+        ]
+        if not self.params:
+            raise BadInputError("the model has no trainable parameters (all requires_grad=False)")
+        self.groups = []
+        self._layers: dict[str, nn.Module] = {}
+        for name, p in self.params:
+            if id(p) in owner:
+                mname, module, role = owner[id(p)]
+                self.groups.append(ParamGroup(name, tuple(p.shape), role, mname))  # type: ignore[arg-type]
+                self._layers[mname] = module
+            else:
+                self.groups.append(ParamGroup(name, tuple(p.shape), "other", None))
+
+    def mean(self) -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for _, p in self.params])
+
+    def output(self, x: Inputs) -> Tensor:
+        with torch.no_grad(), eval_mode(self.model):
+            return as_2d_output(call_model(self.model, x))
+
+    def forward_with(self, x: Inputs, theta: Tensor) -> Tensor:
+        with torch.no_grad(), eval_mode(self.model):
+            out = _functional_forward(self.model, self.unflatten(theta), x)
+        return as_2d_output(out)
+
+    def output_fn(self, x: Inputs) -> Callable[[Tensor], Tensor]:
+        """θ (P,) ↦ outputs (B, C), differentiable in θ (for Jacobian-vector products)."""
+
+        def fn(theta: Tensor) -> Tensor:
+            with eval_mode(self.model):
+                return as_2d_output(_functional_forward(self.model, self.unflatten(theta), x))
+
+        return fn
+
+    def jacobians(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        names = [g.name for g in self.groups]
+        f, jac = _dense_jacobians(self.model, {n: p for n, p in self.params}, names, x)
+        return f, torch.cat([jac[n] for n in names], dim=-1)
+
+    def factors(self, x: Inputs) -> tuple[Tensor, list[Factor]]:
+        inputs: dict[str, list[Tensor]] = {m: [] for m in self._layers}
+        outputs: dict[str, list[Tensor]] = {m: [] for m in self._layers}
+        handles = []
+
+        def make_hook(mname: str):
+            def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+                inputs[mname].append(args[0].detach())
+                outputs[mname].append(out)
+
+            return hook
+
+        for mname, module in self._layers.items():
+            handles.append(module.register_forward_hook(make_hook(mname)))
+        try:
+            with torch.enable_grad(), eval_mode(self.model):
+                f = as_2d_output(call_model(self.model, x))
+                for mname in self._layers:
+                    if len(outputs[mname]) != 1:
+                        why = (
+                            "its weights are used without calling the module"
+                            if not outputs[mname]
+                            else "shared layers have no per-layer factors"
+                        )
+                        raise NoLayerFactorsError(
+                            f"layer {mname!r} ran {len(outputs[mname])} times in one forward "
+                            f"pass ({why}); use structure 'diag' or 'full' (dense Jacobians)"
+                        )
+                grads = _output_jacobians(f, [outputs[m][0] for m in self._layers])
+        finally:
+            for h in handles:
+                h.remove()
+        layer_in = {m: _layer_input(mod, inputs[m][0]) for m, mod in self._layers.items()}
+        layer_g = {
+            m: _layer_output_grad(mod, g) for (m, mod), g in zip(self._layers.items(), grads)
+        }
+        other = [g.name for g in self.groups if g.kind == "other"]
+        dense: dict[str, Tensor] = {}
+        if other:
+            params = {n: p for n, p in self.params}
+            _, dense = _dense_jacobians(self.model, params, other, x)
+        factors: list[Factor] = []
+        for g in self.groups:
+            if g.kind == "other":
+                factors.append(DenseFactor(dense[g.name]))
+            elif g.kind == "weight":
+                factors.append(LayerFactor(layer_in[g.module_name], layer_g[g.module_name]))
+            else:
+                factors.append(LayerFactor(None, layer_g[g.module_name]))
+        return f.detach(), factors
+
+
+def _output_jacobians(f: Tensor, outs: list[Tensor]) -> list[Tensor]:
+    """∂f_c/∂z for every output c and each captured layer output z: list of (C, B, *z.shape[1:]).
+
+    Samples are independent in eval mode, so the gradient of Σ_b f[b, c] w.r.t. z[b] is the
+    per-sample Jacobian row. One batched backward pass over the C outputs, with a loop as
+    fallback for operations that vmap cannot batch.
+    """
+    n_out = f.shape[1]
+    eye = torch.eye(n_out, dtype=f.dtype, device=f.device)
+    cotangents = eye.unsqueeze(1).expand(n_out, f.shape[0], n_out)
+    try:
+        grads = torch.autograd.grad(
+            f,
+            outs,
+            grad_outputs=cotangents,
+            is_grads_batched=True,
+            retain_graph=True,
+            allow_unused=True,
+        )
+    except RuntimeError:
+        per_c = [
+            torch.autograd.grad(
+                f, outs, grad_outputs=cotangents[c], retain_graph=True, allow_unused=True
+            )
+            for c in range(n_out)
+        ]
+        grads = tuple(
+            torch.stack(
+                [
+                    per_c[c][i] if per_c[c][i] is not None else torch.zeros_like(outs[i])
+                    for c in range(n_out)
+                ]
+            )
+            for i in range(len(outs))
+        )
+    return [
+        g if g is not None else torch.zeros((n_out, *o.shape), dtype=o.dtype, device=o.device)
+        for g, o in zip(grads, outs)
+    ]
+
+
+def _functional_forward(model: nn.Module, params: dict[str, Tensor], x: Inputs) -> Tensor:
+    if isinstance(x, dict):
+        return call_model_functional(model, params, (), dict(x))
+    return call_model_functional(model, params, (x,), {})
+
+
+def call_model_functional(
+    model: nn.Module, params: dict[str, Tensor], args: tuple, kwargs: dict
+) -> Tensor:
+    out = functional_call(model, params, args, kwargs, strict=False)
+    if hasattr(out, "logits"):
+        out = out.logits
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def _dense_jacobians(
+    model: nn.Module, all_params: dict[str, Tensor], names: list[str], x: Inputs
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-sample Jacobians of the outputs w.r.t. the named parameters: {name: (B, C, numel)}.
+
+    Only the named parameters are differentiated (the others are constants of the call), so a
+    subset never pays for a full Jacobian that is sliced afterwards.
+    """
+    wrt = {n: all_params[n].detach() for n in names}
+
+    def single(p: dict[str, Tensor], xi: Inputs) -> tuple[Tensor, Tensor]:
+        if isinstance(xi, dict):
+            out = call_model_functional(model, p, (), {k: v.unsqueeze(0) for k, v in xi.items()})
+        else:
+            out = call_model_functional(model, p, (xi.unsqueeze(0),), {})
+        out = out.reshape(-1)
+        return out, out
+
+    with eval_mode(model):
+        jac, f = vmap(jacrev(single, has_aux=True), in_dims=(None, 0))(wrt, x)
+    return f.detach(), {n: j.reshape(j.shape[0], j.shape[1], -1).detach() for n, j in jac.items()}

@@ -1,0 +1,235 @@
+"""The last-layer subset: the weights of the final `nn.Linear`, Jacobians in closed form.
+
+Kept apart from `subsets.py` (the shared factor types and `AllWeights`) because it carries its
+own machinery: a forward hook on the features, feature reduction for (B, T, d) inputs, and the
+memo that lets one forward pass per batch serve the MAP outputs and the predictive
+(`reuse_forward`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from laplace_cli.core.batches import Inputs, as_2d_output, call_model
+from laplace_cli.core.errors import BadInputError
+from laplace_cli.subsets.base import (
+    Factor,
+    LayerFactor,
+    ParameterSubset,
+    ParamGroup,
+    dense_from_factors,
+    eval_mode,
+)
+
+
+def _memo_rows(memo: list[Tensor], versions: list[int], leaves: list[Tensor]) -> slice | None:
+    """The rows of the memoised batch `memo` that `leaves` are, or None.
+
+    A leaf matches when it is the memoised tensor, or a slice of rows of it (a view on the same
+    storage with the same strides and trailing shape, as `iter_rows` makes for chunks and
+    probes), unmodified since (views share the version counter), the same rows for every leaf.
+    """
+    rows: slice | None = None
+    for m, v, q in zip(memo, versions, leaves, strict=True):
+        if q._version != v:
+            return None
+        if m.ndim == 0:
+            return None
+        if q is m:
+            r = slice(0, m.shape[0])
+        else:
+            if (
+                q.ndim == 0
+                or q.ndim != m.ndim
+                or q.dtype != m.dtype
+                or q.device != m.device
+                or q.shape[1:] != m.shape[1:]
+                or q.stride() != m.stride()
+                or m.stride(0) <= 0
+                or q.untyped_storage().data_ptr() != m.untyped_storage().data_ptr()
+            ):
+                return None
+            offset = q.storage_offset() - m.storage_offset()
+            if offset % m.stride(0):
+                return None
+            start = offset // m.stride(0)
+            if start < 0 or start + q.shape[0] > m.shape[0]:
+                return None
+            r = slice(start, start + q.shape[0])
+        if rows is not None and r != rows:
+            return None
+        rows = r
+    return rows
+
+
+class LastLayer(ParameterSubset):
+    """The last `nn.Linear` layer (or the one named `last_layer_name`).
+
+    Its features φ (the layer's inputs) are read with a forward hook; Jacobians are closed form:
+    ∂f_c/∂W = e_c ⊗ φ and ∂f_c/∂b = e_c, so no C·d-wide Jacobian is ever built.
+
+    `feature_reduction` ("pick_first", "pick_last", "average") reduces features of shape
+    (B, T, d) to (B, d); the outputs are then the head applied to the reduced features.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        last_layer_name: str | None = None,
+        feature_reduction: str | None = None,
+    ) -> None:
+        self.model = model
+        modules = dict(model.named_modules())
+        if last_layer_name is None:
+            linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise BadInputError(
+                    "last-layer Laplace needs an nn.Linear layer; the model has none "
+                    f"(module types: {sorted({type(m).__name__ for m in modules.values()})})"
+                )
+            last_layer_name = linears[-1]
+        elif last_layer_name not in modules:
+            raise BadInputError(f"no module named {last_layer_name!r} in the model")
+        head = modules[last_layer_name]
+        if not isinstance(head, nn.Linear):
+            raise BadInputError(
+                f"last layer {last_layer_name!r} is a {type(head).__name__}, expected nn.Linear"
+            )
+        if feature_reduction not in (None, "pick_first", "pick_last", "average"):
+            raise BadInputError(
+                f"feature_reduction: expected pick_first, pick_last or average, got {feature_reduction!r}"
+            )
+        self.head = head
+        self.last_layer_name = last_layer_name
+        self.feature_reduction = feature_reduction
+        self.params = [
+            (f"{last_layer_name}.{r}", getattr(head, r))
+            for r in ("weight", "bias")
+            if isinstance(getattr(head, r, None), nn.Parameter)
+        ]
+        self.groups = [
+            ParamGroup(
+                n, tuple(p.shape), "weight" if n.endswith("weight") else "bias", last_layer_name
+            )
+            for n, p in self.params
+        ]
+        self._checked = False
+        self._memo: tuple[tuple | None, list[Tensor], list[int], tuple[Tensor, Tensor]] | None = (
+            None
+        )
+        self._memo_depth = 0
+
+    def mean(self) -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for _, p in self.params])
+
+    @contextlib.contextmanager
+    def reuse_forward(self) -> Iterator[None]:
+        """Memoise the features of the latest input batch within the block (see the base class).
+
+        A batch is recognised by the identity and version counters of its tensors (the memo
+        holds references to them, so their memory cannot be reused by another batch); the
+        model must not change inside the block. Only one batch is kept.
+        """
+        self._memo_depth += 1
+        try:
+            yield
+        finally:
+            self._memo_depth -= 1
+            if self._memo_depth == 0:
+                self._memo = None
+
+    def features(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        """Features φ (B, d) entering the head, and the outputs (B, C) at the MAP."""
+        if self._memo_depth == 0:
+            return self._features(x)
+        keys = tuple(x) if isinstance(x, Mapping) else None
+        leaves = list(x.values()) if isinstance(x, Mapping) else [x]
+        memo = self._memo
+        if memo is not None and memo[0] == keys and len(memo[1]) == len(leaves):
+            rows = _memo_rows(memo[1], memo[2], leaves)
+            if rows is not None:
+                phi, out = memo[3]
+                return phi[rows], out[rows]
+        result = self._features(x)
+        self._memo = (keys, leaves, [t._version for t in leaves], result)
+        return result
+
+    def _features(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        captured: list[Tensor] = []
+        handle = self.head.register_forward_hook(lambda m, a, o: captured.append(a[0].detach()))
+        try:
+            with torch.no_grad(), eval_mode(self.model):
+                out = call_model(self.model, x)
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise BadInputError(
+                f"last layer {self.last_layer_name!r} ran {len(captured)} times in one forward pass"
+            )
+        phi = captured[0]
+        if self.feature_reduction is not None:
+            if phi.ndim != 3:
+                raise BadInputError(
+                    f"feature_reduction needs (B, T, d) features, got {tuple(phi.shape)}"
+                )
+            phi = {"pick_first": phi[:, 0], "pick_last": phi[:, -1], "average": phi.mean(1)}[
+                self.feature_reduction
+            ]
+            return phi, self._head(phi, self.mean())
+        if phi.ndim != 2:
+            raise BadInputError(
+                f"features entering {self.last_layer_name!r} have shape {tuple(phi.shape)}; "
+                "pass feature_reduction (pick_first, pick_last or average)"
+            )
+        out = as_2d_output(out)
+        if not self._checked:
+            # The closed forms assume the model's output *is* the head's output.
+            if out.shape != (phi.shape[0], self.head.out_features) or not torch.allclose(
+                out, self._head(phi, self.mean()), rtol=1e-4, atol=1e-5
+            ):
+                raise BadInputError(
+                    f"the model's output is not the output of its last layer {self.last_layer_name!r}; "
+                    "last-layer Laplace needs the model to end in that nn.Linear"
+                )
+            self._checked = True
+        return phi, out
+
+    def _head(self, phi: Tensor, theta: Tensor) -> Tensor:
+        p = self.unflatten(theta)
+        w = p[self.groups[0].name]
+        out = phi @ w.T
+        if len(self.groups) > 1:
+            out = out + p[self.groups[1].name]
+        return out
+
+    def output(self, x: Inputs) -> Tensor:
+        return self.features(x)[1]
+
+    def forward_with(self, x: Inputs, theta: Tensor) -> Tensor:
+        return self._head(self.features(x)[0], theta)
+
+    def output_fn(self, x: Inputs) -> Callable[[Tensor], Tensor]:
+        """θ (P,) ↦ head outputs (B, C) on fixed features, differentiable in θ."""
+        phi = self.features(x)[0]
+        return lambda theta: self._head(phi, theta)
+
+    def factors_from_features(self, phi: Tensor) -> list[Factor]:
+        n_out = self.head.out_features
+        eye = torch.eye(n_out, dtype=phi.dtype, device=phi.device)
+        g = eye.reshape(1, n_out, 1, n_out).expand(phi.shape[0], n_out, 1, n_out)
+        facs: list[Factor] = [LayerFactor(phi.unsqueeze(1), g)]
+        if len(self.groups) > 1:
+            facs.append(LayerFactor(None, g))
+        return facs
+
+    def factors(self, x: Inputs) -> tuple[Tensor, list[Factor]]:
+        phi, f = self.features(x)
+        return f, self.factors_from_features(phi)
+
+    def jacobians(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        phi, f = self.features(x)
+        return f, dense_from_factors(self.factors_from_features(phi))

@@ -1,0 +1,595 @@
+"""`PredictiveCache`: the prior-independent part of the GLM predictive on a fixed input set.
+
+The GLM predictive at inputs x is N(f_μ, J Λ⁻¹ Jᵀ) with Λ = s·H + diag(δ). Only Λ depends on the
+prior precision δ and the likelihood factor s = 1/T (1/(σ²T) for regression), and every posterior
+structure stores H in a basis in which Λ is diagonal block by block. So one pass over the
+validation data can project the Jacobians into that basis once, and every (δ, s) afterwards costs
+a few small tensor products:
+
+* K-FAC weight block, T = 1 (Linear input): per sample J_c = g_c ⊗ a; with u = G Q_B (N, C, d_out)
+  and s² = (a Q_A)² (N, d_in),
+  [J Λ⁻¹ Jᵀ]_cd = Σ_x u_cx u_dx w_x,  w = s² (1 / (s·λ_B λ_Aᵀ + δ))ᵀ  (N, d_out).
+  Its bias has the Jacobian g_c and, when the bias block's B has the same eigenvectors (it is
+  the same matrix for a Linear layer), adds 1 / (s·λ_B + δ_b) to w: one block for both.
+* diag weight block, T = 1: the same with u = G and s² = a², and 1/(s·h + δ) reshaped (d_out, d_in)
+  (the bias, with u = G, always folds in).
+* other K-FAC / diag bias blocks (u = Σ_t G_t Q_B or Σ_t G_t), weight blocks with a weight-sharing
+  dimension T > 1 (per-sample Jacobians in the eigenbasis, (N, C, d_out·d_in)) and parameters of
+  other modules (their dense Jacobian): [J Λ⁻¹ Jᵀ]_cd = Σ_k U_ck U_dk / λ_k.
+* full: H = V diag(d) Vᵀ and U = J V (N, C, P), so J Λ⁻¹ Jᵀ = Σ_p U_cp U_dp / (s·d_p + δ) for a
+  scalar prior; any other Λ (layer-wise or per-parameter δ, per-output σ, a posterior as prior)
+  is solved in that basis, Λ̃ = Vᵀ Λ V, by Cholesky.
+
+The eigenvalues s·λ without δ are taken from the posterior itself (`block_eigvals`,
+`diag_precision`, `eig`), so the cached variance is what `la.functional_variance` computes.
+
+Memory: per-sample pieces of size N·C·d_out and N·d_in per layer for diag/K-FAC (N·C·numel only
+for weight-shared layers and non-Linear parameters), N·C·P for full; the cache refuses with a
+`MemoryBudgetError` when it would exceed half of `la.max_memory`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from laplace_cli.core.batches import batch_size
+from laplace_cli.core.enums import Structure, Subset
+from laplace_cli.core.errors import BadInputError, MemoryBudgetError
+from laplace_cli.posterior.base import expand_prior
+from laplace_cli.posterior.full import robust_cholesky
+from laplace_cli.posterior.memory import format_bytes
+from laplace_cli.subsets import jacobian_products
+from laplace_cli.subsets.base import DenseFactor, LayerFactor, dense_from_factors, iter_rows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from laplace_cli.laplace.approximation import Laplace
+
+__all__ = ["PredictiveCache", "cache_unsupported_reason"]
+
+#: Structures and subsets the cache implements; anything else is scored by calling `la(...)`.
+CACHED_STRUCTURES = (Structure.DIAG, Structure.KRON, Structure.FULL)
+CACHED_SUBSETS = (Subset.ALL, Subset.LAST_LAYER)
+
+
+def cache_unsupported_reason(la: Laplace) -> str | None:
+    """Why `PredictiveCache` cannot serve `la` (None when it can)."""
+    if la.hessian_structure not in CACHED_STRUCTURES:
+        return f"structure {la.hessian_structure.value!r} has no predictive cache"
+    if la.subset_of_weights not in CACHED_SUBSETS:
+        return f"subset {la.subset_of_weights.value!r} has no predictive cache"
+    return None
+
+
+def _shared_rows(t: Tensor) -> Tensor:
+    """`t[:1]` when `t` is a view repeated along the batch (stride 0, last-layer G = I), else `t`."""
+    if t.shape[0] > 1 and t.stride(0) == 0:
+        return t[:1]
+    return t
+
+
+def _rotate(t: Tensor, Q: Tensor) -> Tensor:
+    """t @ Q over the last axis as one 2-D matmul (a batched matmul of 1-row matrices is slow)."""
+    return (t.reshape(-1, t.shape[-1]) @ Q).reshape(*t.shape[:-1], Q.shape[1])
+
+
+def _signature(x: Any) -> tuple:
+    if isinstance(x, Mapping):
+        return tuple(sorted((k, tuple(v.shape[1:]), v.dtype) for k, v in x.items()))
+    return (tuple(x.shape[1:]), x.dtype)
+
+
+def _joined(inputs: Iterable[Any]) -> Iterable[Any]:
+    """Consecutive batches with the same input shapes joined into one (empty ones dropped).
+
+    The rows are chunked again by memory (`_pieces`), so this only saves per-call overhead:
+    one Jacobian pass over the validation set instead of one per loader batch.
+    """
+    group: list[Any] = []
+    for x in inputs:
+        if batch_size(x) == 0:
+            continue
+        if group and _signature(x) != _signature(group[0]):
+            yield _cat_inputs(group)
+            group = []
+        group.append(x)
+    if group:
+        yield _cat_inputs(group)
+
+
+def _rows(x: Any, start: int, stop: int) -> Any:
+    if isinstance(x, Mapping):
+        return {k: v[start:stop] for k, v in x.items()}
+    return x[start:stop]
+
+
+def _cat_inputs(group: list[Any]) -> Any:
+    if len(group) == 1:
+        return group[0]
+    if isinstance(group[0], Mapping):
+        return {k: torch.cat([x[k] for x in group]) for k in group[0]}
+    return torch.cat(group)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Where one parameter tensor's eigenvalues and prior live.
+
+    `group` indexes the parameter tensor (layer-wise priors), `start` is its offset in the flat
+    parameter vector (per-parameter priors), `shape` the shape of its eigenvalues: (d_out, d_in)
+    for a weight with rank-one Jacobians, (numel,) otherwise.
+    """
+
+    group: int
+    start: int
+    shape: tuple[int, ...]
+    per_param_prior: bool
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def delta(self, prior: Tensor, n_groups: int) -> Tensor:
+        """δ at G grid points: prior (G, k) → (G, *shape) broadcastable."""
+        k = prior.shape[1]
+        ones = (1,) * len(self.shape)
+        if k == 1:
+            return prior[:, 0].reshape(-1, *ones)
+        if k == n_groups:
+            return prior[:, self.group].reshape(-1, *ones)
+        if not self.per_param_prior:
+            raise BadInputError(
+                "kron supports a scalar prior precision or one per parameter tensor, "
+                f"got {k} values"
+            )
+        return prior[:, self.start : self.start + self.numel].reshape(-1, *self.shape)
+
+
+@dataclass
+class _RankOneBlock:
+    """A weight with one input per sample (T = 1), and possibly its bias.
+
+    u (N or 1, C, d_out) and s2 (N, d_in) in the block's eigenbasis; `bias` is the bias's part
+    when it shares the basis (its Jacobian is then u as well).
+    """
+
+    weight: _Part
+    bias: _Part | None
+    u: Tensor
+    s2: Tensor
+
+    def __post_init__(self) -> None:
+        self.u2 = self.u**2  # (N or 1, C, d_out), reused at every grid point
+        if self.bias is not None:
+            # A column of ones: the bias's 1/λ_b[g, x] joins w inside the same matmul.
+            ones = torch.ones_like(self.s2[:, :1])
+            self.s2 = torch.cat([self.s2, ones], dim=1)  # (N, d_in + 1)
+
+    @property
+    def parts(self) -> list[_Part]:
+        return [self.weight] if self.bias is None else [self.weight, self.bias]
+
+    def nbytes(self) -> int:
+        return (2 * self.u.numel() + self.s2.numel()) * self.u.element_size()
+
+    def _weights(self, inv: list[Tensor]) -> Tensor:
+        """w[n, g, x] = Σ_y s2[n, y] inv_w[g, x, y] + inv_b[g, x]: one matmul, (N, G, d_out)."""
+        iw = inv[0]  # (G, d_out, d_in)
+        if self.bias is not None:
+            iw = torch.cat([iw, inv[1].unsqueeze(-1)], dim=-1)  # (G, d_out, d_in + 1)
+        g, d_out, d_in = iw.shape
+        return (self.s2 @ iw.reshape(g * d_out, d_in).T).reshape(-1, g, d_out)
+
+    def add_var(self, acc: Tensor, inv: list[Tensor]) -> None:
+        """acc[n, c, g] += Σ_x u_ncx² w_ngx, with acc (N, C, G)."""
+        w = self._weights(inv)  # (N, G, d_out)
+        if self.u2.shape[0] == 1:
+            n, g, d_out = w.shape
+            acc.add_((w.reshape(n * g, d_out) @ self.u2[0].T).reshape(n, g, -1).transpose(1, 2))
+        else:
+            acc.baddbmm_(self.u2, w.transpose(1, 2))
+
+    def covariance(self, inv: list[Tensor]) -> Tensor:
+        """Σ_x u_cx u_dx w_x per sample at one grid point: (N, C, C)."""
+        w = self._weights(inv)[:, 0]  # (N, d_out)
+        return (self.u * w.unsqueeze(1)) @ self.u.transpose(1, 2)
+
+
+@dataclass
+class _DenseBlock:
+    """A parameter tensor whose projected Jacobian is kept per parameter: U (N or 1, C, K)."""
+
+    part: _Part
+    U: Tensor
+
+    def __post_init__(self) -> None:
+        n, c = self.U.shape[:2]
+        self.U2 = (self.U**2).reshape(n * c, -1)  # (N·C, K)
+
+    @property
+    def parts(self) -> list[_Part]:
+        return [self.part]
+
+    def nbytes(self) -> int:
+        return 2 * self.U.numel() * self.U.element_size()
+
+    def add_var(self, acc: Tensor, inv: list[Tensor]) -> None:
+        """acc[n, c, g] += Σ_k U_nck² / λ_gk, with acc (N, C, G)."""
+        n, c = self.U.shape[:2]
+        r = inv[0].reshape(inv[0].shape[0], -1)  # (G, K)
+        if n == 1 and acc.shape[0] != 1:
+            acc.add_((self.U2 @ r.T).unsqueeze(0))
+        else:
+            acc.view(n * c, -1).addmm_(self.U2, r.T)
+
+    def covariance(self, inv: list[Tensor]) -> Tensor:
+        """Σ_k U_ck U_dk / λ_k at one grid point: (N or 1, C, C)."""
+        return (self.U * inv[0].reshape(-1)) @ self.U.transpose(1, 2)
+
+
+_Block = _RankOneBlock | _DenseBlock
+
+
+class PredictiveCache:
+    """Prior-independent GLM quantities on a fixed input set; see the module docstring.
+
+    Build it with `PredictiveCache.from_loader(la, loader)` (it keeps the targets too) or
+    `PredictiveCache(la, inputs)`; then `functional_variance(prior, scale)` equals
+    `la.functional_variance(x)[1]` at that prior and scale, and `variance_diag(priors, scales)`
+    gives the output variances at many (δ, s) at once. The hyperparameters are read from the
+    arguments only: the cache stays valid when `la.prior_precision`, `la.sigma_noise` or
+    `la.temperature` change, but not when `la` is refitted.
+
+    Attributes:
+        f_mu: MAP outputs (N, C).
+        y: targets (classification (N,), otherwise (N, C)), or None.
+        n: number of samples N.
+        blocks: rank-one weight blocks (with their biases) and dense blocks.
+    """
+
+    def __init__(self, la: Laplace, inputs: Iterable[Any], targets: Tensor | None = None) -> None:
+        la._require_fit()
+        reason = cache_unsupported_reason(la)
+        if reason is not None:
+            raise BadInputError(reason)
+        self.structure = la.hessian_structure
+        self.posterior = la.posterior
+        self.groups = la.subset.groups
+        self.n_groups = len(self.groups)
+        self.n_params = la.n_params
+        self.dtype, self.device = la._dtype, la._device
+        self.budget = la.max_memory // 2
+        self._data: dict[tuple[float, ...], list[Tensor]] = {}
+        self._layout = self._plan()
+        mus: list[Tensor] = []
+        pieces: list[list[tuple[Tensor, Tensor | None]]] = []
+        used = 0
+        for x in _joined(la._inputs(x) for x in inputs):
+            for f, parts in self._pieces(la, x):
+                mus.append(f.to(self.dtype))
+                pieces.append(parts)
+                # Pieces shared by every sample (a leading 1 in a chunk of several rows, e.g. the
+                # last layer's G = I) are held once; ×2 for their squares.
+                rows = f.shape[0]
+                used += sum(
+                    2 * (a.numel() + (0 if b is None else b.numel())) * a.element_size()
+                    for a, b in parts
+                    if a.shape[0] == rows or len(pieces) == 1
+                )
+                if used > self.budget:
+                    raise MemoryBudgetError(
+                        f"the grid-search cache needs more than {format_bytes(used)} for "
+                        f"{sum(m.shape[0] for m in mus)} validation samples ({self._what()}), "
+                        f"more than half of max_memory ({format_bytes(la.max_memory)}); use a "
+                        "smaller validation set, structure kron or diag, or raise max_memory"
+                    )
+        if not mus:
+            raise BadInputError("the validation data is empty")
+        self.f_mu = torch.cat(mus)
+        self.n = self.f_mu.shape[0]
+        self.n_outputs = self.f_mu.shape[1]
+        self.blocks = self._assemble(pieces, [m.shape[0] for m in mus])
+        self.y = targets
+
+    # --- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_loader(cls, la: Laplace, loader: Iterable[Any]) -> PredictiveCache:
+        """Build from a loader of `(x, y)` or dict batches; keeps the targets as `cache.y`."""
+        ys: list[Tensor] = []
+
+        def inputs() -> Iterable[Any]:
+            for batch in loader:
+                x, y = la._prepare(batch)
+                if batch_size(x) == 0:
+                    continue
+                ys.append(y)
+                yield x
+
+        cache = cls(la, inputs())
+        cache.y = torch.cat(ys)
+        if cache.y.shape[0] != cache.n:
+            raise BadInputError(
+                f"the validation data has {cache.n} inputs but {cache.y.shape[0]} targets"
+            )
+        return cache
+
+    def _what(self) -> str:
+        if self.structure == Structure.FULL:
+            return f"{self.n_params} projected Jacobian entries per sample and output"
+        return "per-layer projected inputs and output Jacobians"
+
+    def _plan(self) -> dict[int, int]:
+        """Biases that fold into their weight's block: {bias group: weight group}.
+
+        A bias shares its weight's block when both belong to the same layer, the weight's
+        Jacobian comes as factors (kind "weight") and, for K-FAC, the bias block's B has the
+        weight block's eigenvectors (the same matrix Σ g gᵀ, decomposed twice). Whether the
+        weight's inputs have T = 1 is only known from the data; see `_factor_pieces`.
+        """
+        if self.structure == Structure.FULL:
+            return {}
+        eigs = self.posterior._eigs() if self.structure == Structure.KRON else None
+        plan = {}
+        for i, g in enumerate(self.groups):
+            if g.kind != "bias" or g.module_name is None:
+                continue
+            for j, w in enumerate(self.groups):
+                if w.kind == "weight" and w.module_name == g.module_name:
+                    if j < i and (
+                        eigs is None or torch.equal(eigs[i]["B.eigvecs"], eigs[j]["B.eigvecs"])
+                    ):
+                        plan[i] = j
+                    break
+        return plan
+
+    def _pieces(self, la: Laplace, x: Any) -> Iterable[tuple[Tensor, list]]:
+        """Row chunks of a batch and their pieces.
+
+        full: dense Jacobian rows bounded as in `la.functional_variance`. diag / kron: the
+        first chunk as there (`la._factor_rows`); the later ones as large as `max_memory // 4`
+        allows for the layer factors, measured as 3× the pieces of the first chunk (the factors
+        G and a, the projections, the autograd intermediates). The cache keeps pieces of that
+        size for every row anyway, so small chunks would bound nothing and only cost calls.
+        """
+        n = batch_size(x)
+        if self.structure == Structure.FULL:
+            V = self._full_basis()
+            for xc in iter_rows(x, la._jacobian_rows()):
+                f, factors, J = la._jacobian_pieces(xc)
+                if J is None and V is None:
+                    J = dense_from_factors(factors)
+                if J is not None:
+                    J = J.to(self.dtype)
+                    U = J if V is None else J @ V
+                else:
+                    U = jacobian_products.matmul(factors, V)
+                yield f, [(U, None)]  # U = J V, (rows, C, P)
+            return
+        rows_fn = getattr(la, "_factor_rows", None)
+        rows = rows_fn(x) if rows_fn is not None else n
+        start = 0
+        while start < n:
+            xc = _rows(x, start, start + rows)
+            f, parts = self._factor_pieces(la, xc)
+            yield f, parts
+            done = f.shape[0]
+            start += done
+            per_row = sum(
+                (a.numel() + (0 if b is None else b.numel())) * a.element_size() for a, b in parts
+            ) / max(done, 1)
+            rows = max(rows, int((la.max_memory // 4) // max(3 * per_row, 1)))
+
+    def _factor_pieces(self, la: Laplace, x: Any) -> tuple[Tensor, list]:
+        """Per group: (u, s2) for rank-one weights, (U, None) otherwise, in the posterior's basis.
+
+        A folded bias (see `_plan`) gets (u of its weight, None) when the weight is rank-one,
+        and its own dense Jacobian otherwise (then it is not folded: `_assemble` checks).
+        """
+        f, factors = la.subset.factors(x)
+        kron = self.structure == Structure.KRON
+        eigs = self.posterior._eigs() if kron else None
+        parts: list[tuple[Tensor, Tensor | None]] = []
+        for i, fac in enumerate(factors):
+            if isinstance(fac, DenseFactor):
+                # Parameters of other modules: their dense Jacobian (a diagonal block in both).
+                parts.append((fac.J.to(self.dtype), None))
+                continue
+            assert isinstance(fac, LayerFactor)
+            G = _shared_rows(fac.G).to(self.dtype)  # (N or 1, C, T, d_out)
+            n_pos = G.shape[2]
+            if fac.a is None:
+                j = self._layout.get(i)
+                if j is not None and parts[j][1] is not None:
+                    parts.append((parts[j][0], None))  # folded: its weight's u
+                    continue
+                gsum = G[:, :, 0] if n_pos == 1 else G.sum(2)  # Σ_t G_t, (N or 1, C, d_out)
+                parts.append((_rotate(gsum, eigs[i]["B.eigvecs"]) if kron else gsum, None))
+                continue
+            a = fac.a.to(self.dtype)  # (N, T, d_in)
+            if a.shape[1] == 1:
+                u, s = G[:, :, 0], a[:, 0]  # (N or 1, C, d_out), (N, d_in)
+                if kron:
+                    u, s = _rotate(u, eigs[i]["B.eigvecs"]), _rotate(s, eigs[i]["A.eigvecs"])
+                parts.append((u, s**2))
+                continue
+            # Weight sharing: per-sample Jacobians Σ_t u_t ⊗ s_t, (N, C, d_out·d_in).
+            u, s = G, a
+            if kron:
+                u, s = _rotate(u, eigs[i]["B.eigvecs"]), _rotate(s, eigs[i]["A.eigvecs"])
+            p = torch.einsum("nctx,nty->ncxy", u.expand(s.shape[0], *u.shape[1:]), s)
+            parts.append((p.reshape(p.shape[0], p.shape[1], -1), None))
+        return f, parts
+
+    def _assemble(self, pieces: list[list], sizes: list[int]) -> list[_Block]:
+        if self.structure == Structure.FULL:
+            U = torch.cat([p[0][0] for p in pieces])
+            return [_DenseBlock(_Part(0, 0, (self.n_params,), True), U)]
+        per_param = self.structure == Structure.DIAG
+
+        def stacked(i: int, k: int) -> Tensor:
+            held = [p[i][k] for p in pieces]
+            if all(t.shape[0] == 1 for t in held) and all(torch.equal(held[0], t) for t in held):
+                return held[0]  # the same for every sample (last layer: G = I)
+            return torch.cat([t.expand(n, *t.shape[1:]) for t, n in zip(held, sizes)])
+
+        rank_one = {i for i, parts in enumerate(pieces[0]) if parts[1] is not None}
+        folded = {b: w for b, w in self._layout.items() if w in rank_one}
+        blocks: list[_Block] = []
+        starts = [0]
+        for g in self.groups:
+            starts.append(starts[-1] + g.numel)
+        for i, g in enumerate(self.groups):
+            if i in folded:
+                continue
+            if i in rank_one:
+                bias = next((b for b, w in folded.items() if w == i), None)
+                bias_part = (
+                    None
+                    if bias is None
+                    else _Part(bias, starts[bias], (self.groups[bias].numel,), per_param)
+                )
+                weight = _Part(i, starts[i], g.kron_shape, per_param)
+                blocks.append(_RankOneBlock(weight, bias_part, stacked(i, 0), stacked(i, 1)))
+            else:
+                blocks.append(
+                    _DenseBlock(_Part(i, starts[i], (g.numel,), per_param), stacked(i, 0))
+                )
+        return blocks
+
+    # --- the posterior's data part -------------------------------------------------------------
+    def _data_eigs(self, scale: Tensor) -> list[Tensor]:
+        """D(s) per parameter tensor (full: one for all): the precision eigenvalues without δ.
+
+        kron: `block_eigvals(i, 0, s)` = s·λ_B λ_Aᵀ (weights), s·λ_B (biases), s·h (other);
+        diag: `diag_precision(0, s)` (s·h, plus the curvature of a posterior used as prior);
+        full: s·d. Adding δ afterwards gives bit for bit what the posterior computes with δ.
+        """
+        key = tuple(float(v) for v in scale.reshape(-1))
+        if key not in self._data:
+            post = self.posterior
+            zero = torch.zeros(1, dtype=self.dtype, device=self.device)
+            if self.structure == Structure.KRON:
+                out = [post.block_eigvals(i, zero.reshape(()), scale) for i in range(self.n_groups)]
+            elif self.structure == Structure.DIAG:
+                d = post.diag_precision(zero, scale)
+                out, start = [], 0
+                for g in self.groups:
+                    out.append(d[start : start + g.numel])
+                    start += g.numel
+            else:
+                d, _ = post.eig()
+                out = [scale.reshape(()) * d]
+            if len(self._data) > 64:  # a temperature grid has few distinct scales
+                self._data.clear()
+            self._data[key] = out
+        return self._data[key]
+
+    def _inverse(self, part: _Part, priors: Tensor, scales: Tensor) -> Tensor:
+        """1 / (D(s_g) + δ_g) of one part at G grid points, (G, *part.shape)."""
+        if bool((scales == scales[:1]).all()):  # one scale for the whole grid (no T grid)
+            data = self._data_eigs(scales[0])[part.group].reshape(1, *part.shape)
+        else:
+            data = torch.stack([self._data_eigs(s)[part.group].reshape(part.shape) for s in scales])
+        return 1.0 / (data + part.delta(priors, self.n_groups))
+
+    # --- queries ------------------------------------------------------------------------------
+    def nbytes(self) -> int:
+        """Bytes held by the cached projections (and their squares)."""
+        return sum(b.nbytes() for b in self.blocks) + self.f_mu.numel() * self.f_mu.element_size()
+
+    def _priors(self, prior: Tensor | float) -> Tensor:
+        """Priors as (G, k), k ∈ {1, groups, P}."""
+        prior = torch.as_tensor(prior, dtype=self.dtype, device=self.device)
+        prior = prior.reshape(-1, 1) if prior.ndim <= 1 else prior
+        if prior.shape[1] not in (1, self.n_groups, self.n_params):
+            expand_prior(prior[0], self.groups)  # raises the standard message
+        if not torch.isfinite(prior).all() or (prior <= 0).any():
+            raise BadInputError("prior precisions must be positive and finite")
+        return prior
+
+    def _scales(self, scale: Tensor | float, n: int) -> Tensor:
+        """Likelihood factors as (G, m): m = 1, or one per output (per-output σ)."""
+        s = torch.as_tensor(scale, dtype=self.dtype, device=self.device)
+        if s.ndim == 0 or (s.ndim == 1 and s.numel() in (1, n) and n > 1):
+            s = s.reshape(-1, 1)
+        elif s.ndim == 1:
+            s = s.reshape(1, -1)
+        return s.expand(n, s.shape[1]) if s.shape[0] == 1 else s
+
+    def _is_eigen_path(self, prior_k: int, scale: Tensor) -> bool:
+        """full: whether Λ = s·H + δ·I, diagonal in H's eigenbasis."""
+        probe = torch.ones(prior_k, dtype=self.dtype, device=self.device)
+        return self.posterior._is_scalar(probe) and scale.shape[-1] == 1
+
+    def functional_variance(self, prior: Tensor | float, scale: Tensor | float) -> Tensor:
+        """J Λ⁻¹ Jᵀ per sample, (N, C, C), at one prior δ and likelihood factor s.
+
+        Args:
+            prior: δ as a scalar, one value per parameter tensor or one per parameter.
+            scale: s (`la._scale()`): 1/T, or 1/(σ²T) for regression.
+        """
+        priors = self._priors(torch.as_tensor(prior).reshape(1, -1))
+        scales = self._scales(torch.as_tensor(scale).reshape(-1), 1)
+        if self.structure == Structure.FULL and not self._is_eigen_path(priors.shape[1], scales):
+            return self._full_general(priors[0], scales[0])
+        out = torch.zeros(
+            self.n, self.n_outputs, self.n_outputs, dtype=self.dtype, device=self.device
+        )
+        for blk in self.blocks:
+            out.add_(blk.covariance([self._inverse(p, priors, scales) for p in blk.parts]))
+        return out
+
+    def variance_diag(self, priors: Tensor, scales: Tensor | float) -> Tensor:
+        """Output variances diag(J Λ⁻¹ Jᵀ) at G grid points (δ_g, s_g): (G, N, C).
+
+        Args:
+            priors: (G,) scalar priors or (G, k) with k = 1, the number of parameter tensors, or
+                the number of parameters.
+            scales: s per grid point (G,), one s for all, or (G, C) per-output factors.
+        """
+        return self.variance_ncg(priors, scales).permute(2, 0, 1)
+
+    def variance_ncg(self, priors: Tensor, scales: Tensor | float) -> Tensor:
+        """`variance_diag` in the layout it is computed in, (N, C, G) (contiguous)."""
+        priors = self._priors(priors)
+        scales = self._scales(scales, priors.shape[0])
+        if self.structure == Structure.FULL and not self._is_eigen_path(priors.shape[1], scales):
+            return torch.stack(
+                [
+                    self._full_general(p, s).diagonal(dim1=-2, dim2=-1)
+                    for p, s in zip(priors, scales)
+                ],
+                dim=-1,
+            )
+        acc = torch.zeros(
+            self.n, self.n_outputs, priors.shape[0], dtype=self.dtype, device=self.device
+        )
+        for blk in self.blocks:
+            blk.add_var(acc, [self._inverse(p, priors, scales) for p in blk.parts])
+        return acc
+
+    def _full_basis(self) -> Tensor | None:
+        """full: the eigenvectors V of H, or None (the parameter basis itself) when H is kept
+        per output (per-output σ), where no single eigenbasis diagonalises s·H."""
+        if getattr(self.posterior, "split_outputs", None) is not None:
+            return None
+        return self.posterior.eig()[1]
+
+    def _full_general(self, prior: Tensor, scale: Tensor) -> Tensor:
+        """full, any Λ: U Λ̃⁻¹ Uᵀ with Λ̃ = Vᵀ Λ V (H = V diag(d) Vᵀ, U = J V), by Cholesky."""
+        V = self._full_basis()
+        s = scale.reshape(()) if scale.numel() == 1 else scale
+        lam = self.posterior.dense_precision(prior, s)
+        if V is not None:
+            lam = V.T @ lam @ V
+        L = robust_cholesky(0.5 * (lam + lam.T))
+        U = self.blocks[0].U
+        n, c, p = U.shape
+        X = torch.linalg.solve_triangular(L, U.reshape(n * c, p).T, upper=False)  # (P, N·C)
+        X = X.T.reshape(n, c, p)
+        return X @ X.transpose(1, 2)

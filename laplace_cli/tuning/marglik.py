@@ -1,0 +1,169 @@
+"""Tuning by marginal likelihood: maximise the Laplace log evidence over log δ (and log σ).
+
+Split out of `laplace_cli.tuning.api` (see its docstring for the method), which re-exports
+`log_evidence` and `LOG_BOUND`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from laplace_cli.core.enums import Likelihood, PriorStructure
+from laplace_cli.core.errors import BadInputError, NumericalError
+from laplace_cli.posterior.base import expand_prior
+from laplace_cli.tuning.common import _short, _warn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from laplace_cli.laplace.approximation import Laplace
+
+
+#: Log-space bound on δ and σ during marglik (e^±25 ≈ 7e10): keeps exp() finite in float32.
+LOG_BOUND = 25.0
+
+
+def log_evidence(
+    la: Laplace, log_prior_precision: Tensor, log_sigma_noise: Tensor | None = None
+) -> Tensor:
+    """log p(D) as a function of log δ ((1,), (groups,) or (P,)) and log σ (regression).
+
+    The function marglik maximises (divided by N); differentiable in both arguments.
+    """
+    sigma = None if log_sigma_noise is None else log_sigma_noise.exp()
+    return la.log_marginal_likelihood(log_prior_precision.exp(), sigma)
+
+
+def _initial_prior(la: Laplace, ps: PriorStructure, init: Any) -> Tensor:
+    """Start value of δ in the requested structure (geometric means when reducing)."""
+    cur = la.prior_precision if init is None else torch.as_tensor(init, dtype=la._dtype)
+    cur = cur.detach().to(dtype=la._dtype, device=la._device).reshape(-1)
+    if not torch.isfinite(cur).all() or (cur <= 0).any():
+        raise BadInputError("init_prior_prec must be positive and finite")
+    vec = expand_prior(cur, la.subset.groups)  # (P,)
+    if ps == PriorStructure.SCALAR:
+        return vec.log().mean().exp().reshape(1)
+    if ps == PriorStructure.LAYERWISE:
+        out, start = [], 0
+        for g in la.subset.groups:
+            out.append(vec[start : start + g.numel].log().mean().exp())
+            start += g.numel
+        return torch.stack(out)
+    return vec.clone()
+
+
+def _marglik(
+    la: Laplace,
+    ps: PriorStructure,
+    *,
+    tune_prior: bool,
+    tune_sigma: bool | None,
+    init: Any,
+    n_steps: int,
+    lr: float | None,
+    optimizer: str,
+    tol: float | None,
+) -> dict[str, Any]:
+    regression = la.likelihood == Likelihood.REGRESSION
+    if tune_sigma is None:
+        tune_sigma = regression
+    if tune_sigma and not regression:
+        raise BadInputError("sigma_noise is tuned for regression only")
+    if not (tune_prior or tune_sigma):
+        raise BadInputError("nothing to tune: tune_prior and tune_sigma_noise are both off")
+    if optimizer not in ("lbfgs", "adam"):
+        raise BadInputError(f"optimizer: expected lbfgs or adam, got {optimizer!r}")
+    if n_steps < 1:
+        raise BadInputError(f"n_steps must be at least 1, got {n_steps}")
+    low_precision = la._dtype not in (torch.float64,)
+    gtol = tol if tol is not None else (1e-4 if low_precision else 1e-7)
+    ftol = 1e-6 if low_precision else 1e-13
+
+    if tune_prior:
+        log_prior = _initial_prior(la, ps, init).log().clone()
+    else:  # σ on its own: the prior stays exactly as it is
+        log_prior = la.prior_precision.detach().log().clone()
+    log_sigma = la.sigma_noise.detach().log().clone()
+    params = []
+    if tune_prior:
+        params.append(log_prior.requires_grad_(True))
+    if tune_sigma:
+        params.append(log_sigma.requires_grad_(True))
+
+    def objective() -> Tensor:
+        lp = log_prior.clamp(-LOG_BOUND, LOG_BOUND)
+        ls = log_sigma.clamp(-LOG_BOUND, LOG_BOUND) if regression else None
+        return -log_evidence(la, lp, ls) / la.n_data
+
+    if optimizer == "lbfgs":
+        opt: torch.optim.Optimizer = torch.optim.LBFGS(
+            params,
+            lr=1.0 if lr is None else lr,
+            max_iter=1,
+            max_eval=25,
+            tolerance_grad=0.0,
+            tolerance_change=0.0,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
+    else:
+        opt = torch.optim.Adam(params, lr=0.1 if lr is None else lr)
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        f = objective()
+        if not torch.isfinite(f):
+            raise NumericalError(
+                "the log marginal likelihood is not finite at prior precision "
+                f"{_short(log_prior.detach().exp())}, sigma_noise {_short(log_sigma.detach().exp())}"
+            )
+        f.backward()
+        return f
+
+    f_prev = float(closure().detach())
+    converged, stalled, steps = False, 0, 0
+    patience = 3 if optimizer == "lbfgs" else 20
+    for steps in range(1, n_steps + 1):  # noqa: B007 - steps is reported
+        opt.step(closure)
+        f_now = float(closure().detach())
+        gmax = max(float(p.grad.abs().max()) for p in params)
+        if gmax <= gtol:
+            converged = True
+            break
+        stalled = stalled + 1 if abs(f_prev - f_now) <= ftol * max(1.0, abs(f_now)) else 0
+        if stalled >= patience:
+            converged = True
+            break
+        f_prev = f_now
+    with torch.no_grad():
+        lp = log_prior.detach().clamp(-LOG_BOUND, LOG_BOUND)
+        ls = log_sigma.detach().clamp(-LOG_BOUND, LOG_BOUND)
+    on_edge = bool((lp.abs() >= LOG_BOUND).any()) or (
+        tune_sigma and bool((ls.abs() >= LOG_BOUND).any())
+    )
+    if tune_prior:
+        la.prior_precision = lp.exp()
+    if tune_sigma:
+        la.sigma_noise = ls.exp()
+    evidence = float(la.log_marginal_likelihood())
+    if not converged:
+        _warn(
+            f"marglik did not converge in {n_steps} steps (largest gradient {gmax:.2e} > "
+            f"tol {gtol:.1e}); raise n_steps or change lr"
+        )
+    if on_edge:
+        _warn(
+            f"marglik drove a hyperparameter to its bound exp(±{LOG_BOUND:g}): the evidence keeps "
+            "growing that way (check the model and the data)"
+        )
+    tuned = (["prior_precision"] if tune_prior else []) + (["sigma_noise"] if tune_sigma else [])
+    return {
+        "log_evidence": evidence,
+        "curve": None,
+        "n_steps": steps,
+        "converged": converged,
+        "on_edge": on_edge,
+        "tuned": tuned,
+        "optimizer": optimizer,
+    }
