@@ -81,9 +81,9 @@ def evaluate(
     check_device(device)
     spec = model_override(model, model_factory, model_kwargs)
     if plot is not None or html is not None:
-        from laplace_cli.pipeline.report import _figure_class
+        from laplace_cli.pipeline.report import figure_class
 
-        _figure_class()  # fail now, before the work, when matplotlib is missing
+        figure_class()  # fail now, before the work, when matplotlib is missing
 
     from laplace_cli.pipeline import distributed
 

@@ -235,7 +235,7 @@ def _write_failed(
     """
     import sys
 
-    from laplace_cli.cli.errors import _silence_stdout
+    from laplace_cli.cli.errors import silence_stdout
 
     where = str(output) if output is not None else "<stdout>"
     kept = ""
@@ -248,5 +248,5 @@ def _write_failed(
                 os.ftruncate(stream.fileno(), written)
                 kept = f"; kept the {rows_done} whole rows written before the failure"
     if output is None:
-        _silence_stdout()
+        silence_stdout()
     return BadInputError(f"{where}: cannot write the predictions ({exc.strerror or exc}){kept}")

@@ -140,7 +140,7 @@ def wants_debug(argv: Sequence[str] | None = None) -> bool:
     return "--debug" in args
 
 
-def _silence_stdout() -> None:
+def silence_stdout() -> None:
     """After EPIPE, point fd 1 at /dev/null so the interpreter's final flush cannot fail again.
 
     Only for the real process stdout: under a test runner `sys.stdout` is a substitute and the
@@ -170,7 +170,7 @@ def report_error(exc: BaseException, *, debug: bool = False, console: Any = None
     console = console or stderr_console
     code = exit_code_for(exc)
     if _is_epipe(exc):
-        _silence_stdout()
+        silence_stdout()
         return code
     if debug:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

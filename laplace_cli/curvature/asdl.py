@@ -141,7 +141,7 @@ def _half_squared_error(f: Tensor, t: Tensor, reduction: str = "sum") -> Tensor:
 
 def _add_to_posterior(la: Any, layers: dict[str, nn.Module]) -> None:
     post = la.posterior
-    dt = la._dtype
+    dt = la.dtype
     if la.hessian_structure == Structure.KRON:
         for i, g in enumerate(la.subset.groups):
             kron = layers[g.module_name].fisher.kron

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from laplace_cli.core.errors import BadInputError
-from laplace_cli.io.data_formats import _did_you_mean
+from laplace_cli.io.data_formats import did_you_mean
 
 
 def _to_tensor(value: Any, source: str, key: str) -> torch.Tensor:
@@ -26,7 +26,7 @@ def _to_tensor(value: Any, source: str, key: str) -> torch.Tensor:
         if arr.dtype.kind not in "biuf":
             raise BadInputError(f"{source}: {key}: expected a numeric array, got dtype {arr.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.is_complex() or not (t.is_floating_point() or t.dtype == torch.bool or _is_int(t)):
+    if t.is_complex() or not (t.is_floating_point() or t.dtype == torch.bool or is_int(t)):
         raise BadInputError(f"{source}: {key}: expected a numeric array, got {t.dtype}")
     if t.dim() == 0:
         raise BadInputError(
@@ -35,7 +35,7 @@ def _to_tensor(value: Any, source: str, key: str) -> torch.Tensor:
     return t
 
 
-def _is_int(t: torch.Tensor) -> bool:
+def is_int(t: torch.Tensor) -> bool:
     return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
 
 
@@ -50,11 +50,11 @@ def _pick(
         return None, None
     raise BadInputError(
         f"{source}: no {what} key {name!r}; keys: {', '.join(sorted(mapping)) or '(none)'}"
-        f"{_did_you_mean(name, mapping)}"
+        f"{did_you_mean(name, mapping)}"
     )
 
 
-def _safe_torch_load(path: Path, source: str) -> Any:
+def safe_torch_load(path: Path, source: str) -> Any:
     try:
         # mmap keeps a streamed input from being read whole; only zip-format files support it.
         mmap = zipfile.is_zipfile(path)
@@ -108,12 +108,12 @@ def read_arrays(
         x, xk = _pick(arrays, x_key, "x", src, "feature", required=True)
         y, yk = _pick(arrays, y_key, "y", src, "target", required=False)
     elif fmt == "npy":
-        x, xk = _load_npy(p, src), "x"
+        x, xk = load_npy(p, src), "x"
         yk = "y"
         if y_path is not None:
-            y = _load_npy(Path(y_path), str(y_path))
+            y = load_npy(Path(y_path), str(y_path))
     elif fmt == "pt":
-        obj = _safe_torch_load(p, src)
+        obj = safe_torch_load(p, src)
         if isinstance(obj, torch.Tensor):
             x, xk = obj, "x"
             if y_key is not None:
@@ -146,7 +146,7 @@ def read_arrays(
     return xt, yt
 
 
-def _load_npy(p: Path, src: str, mmap: bool = False) -> np.ndarray:
+def load_npy(p: Path, src: str, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(p, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as err:
@@ -155,7 +155,7 @@ def _load_npy(p: Path, src: str, mmap: bool = False) -> np.ndarray:
         raise BadInputError(f"{src}: unreadable .npy ({type(err).__name__}: {err})") from None
 
 
-class _safetensors_slicer:  # noqa: N801 - behaves like an array, named like a helper
+class safetensors_slicer:  # noqa: N801 - behaves like an array, named like a helper
     """Row slices of one safetensors tensor without reading the rest of the file."""
 
     def __init__(self, p: Path, key: str, source: str) -> None:
@@ -169,7 +169,7 @@ class _safetensors_slicer:  # noqa: N801 - behaves like an array, named like a h
         if key not in keys:
             raise BadInputError(
                 f"{source}: no feature key {key!r}; keys: {', '.join(sorted(keys))}"
-                f"{_did_you_mean(key, keys)}"
+                f"{did_you_mean(key, keys)}"
             )
         self._slice = self._fh.get_slice(key)
         shape = self._slice.get_shape()

@@ -36,11 +36,11 @@ class ModelForm(StrEnum):
     """A Hugging Face model folder or a PEFT adapter folder (``laplace_cli.io.hf``)."""
 
 
-_HOOKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+HOOKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
 
 # Printed in errors so that users learn which form to switch to.
-_FACTORY_HINT = (
+FACTORY_HINT = (
     "save the weights (model.state_dict()) as .safetensors or .pt and pass "
     "--model-factory pkg.module:function"
 )
@@ -115,6 +115,6 @@ class ModuleInfo:
 
 
 # Here, not in a loader, because both the state-dict and the export loaders' messages use it.
-def _fmt_names(names: list[str], limit: int = 8) -> str:
+def fmt_names(names: list[str], limit: int = 8) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

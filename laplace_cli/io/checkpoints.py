@@ -49,32 +49,32 @@ import torch
 from torch import nn
 
 from laplace_cli.core.errors import BadInputError
-from laplace_cli.io.checkpoint_types import _FACTORY_HINT as _FACTORY_HINT
-from laplace_cli.io.checkpoint_types import _HOOKABLE_TYPES as _HOOKABLE_TYPES
+from laplace_cli.io.checkpoint_types import FACTORY_HINT as FACTORY_HINT
+from laplace_cli.io.checkpoint_types import HOOKABLE_TYPES as HOOKABLE_TYPES
 from laplace_cli.io.checkpoint_types import ModelForm as ModelForm
 from laplace_cli.io.checkpoint_types import ModelRef as ModelRef
 from laplace_cli.io.checkpoint_types import ModuleInfo as ModuleInfo
-from laplace_cli.io.checkpoint_types import _fmt_names as _fmt_names
-from laplace_cli.io.exported_models import _as_real_layer as _as_real_layer
-from laplace_cli.io.exported_models import _load_export as _load_export
-from laplace_cli.io.exported_models import _nn_module_type as _nn_module_type
-from laplace_cli.io.exported_models import _normalized_args as _normalized_args
-from laplace_cli.io.exported_models import _static_batch_inputs as _static_batch_inputs
+from laplace_cli.io.checkpoint_types import fmt_names as fmt_names
+from laplace_cli.io.exported_models import as_real_layer as as_real_layer
+from laplace_cli.io.exported_models import load_export as load_export
 from laplace_cli.io.exported_models import module_tree as module_tree
+from laplace_cli.io.exported_models import nn_module_type as nn_module_type
+from laplace_cli.io.exported_models import normalized_args as normalized_args
 from laplace_cli.io.exported_models import require_hookable_layers as require_hookable_layers
 from laplace_cli.io.exported_models import restore_layer_types as restore_layer_types
-from laplace_cli.io.model_factories import _build_from_factory as _build_from_factory
-from laplace_cli.io.model_factories import _on_sys_path as _on_sys_path
-from laplace_cli.io.model_factories import _parse_kwargs as _parse_kwargs
+from laplace_cli.io.exported_models import static_batch_inputs as static_batch_inputs
+from laplace_cli.io.model_factories import build_from_factory as build_from_factory
 from laplace_cli.io.model_factories import import_callable as import_callable
-from laplace_cli.io.state_dicts import _describe_non_state_dict as _describe_non_state_dict
-from laplace_cli.io.state_dicts import _from_weights as _from_weights
-from laplace_cli.io.state_dicts import _is_tensor_mapping as _is_tensor_mapping
-from laplace_cli.io.state_dicts import _load_state_dict_strict as _load_state_dict_strict
-from laplace_cli.io.state_dicts import _load_torch_save as _load_torch_save
-from laplace_cli.io.state_dicts import _safe_torch_load as _safe_torch_load
-from laplace_cli.io.state_dicts import _trusted_torch_load as _trusted_torch_load
-from laplace_cli.io.state_dicts import _unpickler_reason as _unpickler_reason
+from laplace_cli.io.model_factories import on_sys_path as on_sys_path
+from laplace_cli.io.model_factories import parse_kwargs as parse_kwargs
+from laplace_cli.io.state_dicts import describe_non_state_dict as describe_non_state_dict
+from laplace_cli.io.state_dicts import from_weights as from_weights
+from laplace_cli.io.state_dicts import is_tensor_mapping as is_tensor_mapping
+from laplace_cli.io.state_dicts import load_state_dict_strict as load_state_dict_strict
+from laplace_cli.io.state_dicts import load_torch_save as load_torch_save
+from laplace_cli.io.state_dicts import safe_torch_load as safe_torch_load
+from laplace_cli.io.state_dicts import trusted_torch_load as trusted_torch_load
+from laplace_cli.io.state_dicts import unpickler_reason as unpickler_reason
 
 # The part modules' names above are re-exported (``name as name``): callers and tests
 # import them from laplace_cli.io.checkpoints.
@@ -258,7 +258,7 @@ def detect_form(path: str | Path) -> ModelForm:
         return ModelForm.SAFETENSORS
     if kind == "torch_save":
         try:
-            _safe_torch_load(p)
+            safe_torch_load(p)
         except pickle.UnpicklingError:
             return ModelForm.PICKLE
         except Exception as err:
@@ -326,7 +326,7 @@ def load_model(
     p = _check_file(path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
-    kwargs = _parse_kwargs(factory_kwargs)
+    kwargs = parse_kwargs(factory_kwargs)
     kind = _sniff(p)
 
     if kind in ("export", "torchscript") and factory is not None:
@@ -336,7 +336,7 @@ def load_model(
         )
 
     if kind == "export":
-        model = _load_export(p, dev)
+        model = load_export(p, dev)
         form = ModelForm.EXPORT
     elif kind == "torchscript":
         model = _load_torchscript(p, dev)
@@ -352,10 +352,10 @@ def load_model(
             state = load_file(str(p), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
             raise BadInputError(f"{path}: unreadable safetensors file ({err})") from None
-        model = _from_weights(p, state, factory, kwargs)
+        model = from_weights(p, state, factory, kwargs)
         form = ModelForm.SAFETENSORS
     elif kind == "torch_save":
-        model, form = _load_torch_save(p, factory, kwargs, trust_checkpoint)
+        model, form = load_torch_save(p, factory, kwargs, trust_checkpoint)
     else:
         _raise_unknown(path, kind)
 
@@ -394,7 +394,7 @@ def _load_hf_dir(
         )
     if factory is not None:
         raise BadInputError(f"{path}: a Hugging Face folder; --model-factory is not used with it")
-    kwargs = _parse_kwargs(factory_kwargs)
+    kwargs = parse_kwargs(factory_kwargs)
     for key in ("base_model", "adapter"):
         # Folders given as kwargs are relative to the working directory; recorded absolute so
         # that the posterior reloads the model from anywhere (package: specs stay as they are).

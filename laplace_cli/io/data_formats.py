@@ -31,7 +31,7 @@ TABLE_FORMATS = ("csv", "tsv", "jsonl")
 FORMATS = ARRAY_FORMATS + TABLE_FORMATS
 TARGET_NAMES = ("y", "label", "target", "labels", "targets")
 """Column / key names taken as the target when none is named (and ignored as features)."""
-_DEFAULT_CHUNK_ROWS = 1024
+DEFAULT_CHUNK_ROWS = 1024
 
 
 def detect_format(path: str | Path, fmt: str | None = None) -> str:
@@ -57,14 +57,14 @@ def detect_format(path: str | Path, fmt: str | None = None) -> str:
     return SUFFIX_FORMATS[suffix]
 
 
-def _did_you_mean(word: str, options: Iterable[str]) -> str:
+def did_you_mean(word: str, options: Iterable[str]) -> str:
     # Case-insensitive: a key `X` is the likely meaning of `x`.
     by_lower = {str(o).lower(): str(o) for o in options}
     close = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
     return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
-def _row_where(row: int, line: int | None) -> str:
+def row_where(row: int, line: int | None) -> str:
     return f"row {row} (line {line})" if line is not None else f"row {row}"
 
 
@@ -91,5 +91,5 @@ def check_finite(
     more = f" ({len(bad_rows)} rows affected)" if len(bad_rows) > 1 else ""
     line = lines[first] if lines is not None else None
     raise BadInputError(
-        f"{source}: {_row_where(offset + first, line)}: non-finite value {value} in {what}{more}"
+        f"{source}: {row_where(offset + first, line)}: non-finite value {value} in {what}{more}"
     )

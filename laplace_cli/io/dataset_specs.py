@@ -35,10 +35,10 @@ __all__ = [
 DEFAULT_BATCH_SIZE = 256
 
 
-_TOP_KEYS = ("task", "batch_size", "n_classes", "splits")
+TOP_KEYS = ("task", "batch_size", "n_classes", "splits")
 
 
-_SPLIT_KEYS = (
+SPLIT_KEYS = (
     "path",
     "format",
     "x",
@@ -129,14 +129,14 @@ class DatasetSpec:
 # --------------------------------------------------------------------------- validation
 
 
-def _got(value: Any) -> str:
+def short_repr(value: Any) -> str:
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{text} ({type(value).__name__})" if not isinstance(value, str) else text
 
 
-def _unknown_keys(mapping: Mapping[Any, Any], allowed: Sequence[str], at: str, err: Any) -> None:
+def unknown_keys(mapping: Mapping[Any, Any], allowed: Sequence[str], at: str, err: Any) -> None:
     for key in mapping:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), list(allowed), n=1)
@@ -144,7 +144,7 @@ def _unknown_keys(mapping: Mapping[Any, Any], allowed: Sequence[str], at: str, e
             err(f"{at}{key}", f"unknown key{hint}")
 
 
-def _positive_int(value: Any) -> bool:
+def positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
@@ -177,11 +177,11 @@ def validate_dataset_spec(
         errors.append(f"{source}: {prefix}{key}: {message}")
 
     if not isinstance(data, Mapping):
-        what = "an empty file" if data is None else _got(data)
+        what = "an empty file" if data is None else short_repr(data)
         errors.append(f"{source}: expected a mapping with a `splits:` section, got {what}")
         return None, errors
 
-    _unknown_keys(data, _TOP_KEYS, "", err)
+    unknown_keys(data, TOP_KEYS, "", err)
     task = None
     if data.get("task") is not None:
         try:
@@ -189,15 +189,15 @@ def validate_dataset_spec(
         except ValueError:
             err(
                 "task",
-                f"expected one of {', '.join(m.value for m in Likelihood)}, got {_got(data['task'])}",
+                f"expected one of {', '.join(m.value for m in Likelihood)}, got {short_repr(data['task'])}",
             )
     batch_size = data.get("batch_size")
-    if batch_size is not None and not _positive_int(batch_size):
-        err("batch_size", f"expected a positive integer, got {_got(batch_size)}")
+    if batch_size is not None and not positive_int(batch_size):
+        err("batch_size", f"expected a positive integer, got {short_repr(batch_size)}")
         batch_size = None
     n_classes = data.get("n_classes")
-    if n_classes is not None and not _positive_int(n_classes):
-        err("n_classes", f"expected a positive integer, got {_got(n_classes)}")
+    if n_classes is not None and not positive_int(n_classes):
+        err("n_classes", f"expected a positive integer, got {short_repr(n_classes)}")
         n_classes = None
 
     splits: dict[str, SplitSpec] = {}
@@ -207,7 +207,7 @@ def validate_dataset_spec(
     elif not isinstance(raw_splits, Mapping) or not raw_splits:
         err(
             "splits",
-            f"expected a non-empty mapping of split names to files, got {_got(raw_splits)}",
+            f"expected a non-empty mapping of split names to files, got {short_repr(raw_splits)}",
         )
     else:
         for name, raw in raw_splits.items():
@@ -216,7 +216,7 @@ def validate_dataset_spec(
             def split_err(key: str, message: str, at: str = at) -> None:
                 err(f"{at}.{key}" if key else at, message)
 
-            split = _validate_split(str(name), raw, base, split_err)
+            split = validate_split(str(name), raw, base, split_err)
             if split is not None:
                 splits[str(name)] = split
 
@@ -233,9 +233,9 @@ def validate_dataset_spec(
     return spec, []
 
 
-def _validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | None:
+def validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | None:
     if not isinstance(raw, Mapping):
-        err("", f"expected a mapping with `path:` or `callable:`, got {_got(raw)}")
+        err("", f"expected a mapping with `path:` or `callable:`, got {short_repr(raw)}")
         return None
     problems = 0
 
@@ -244,14 +244,14 @@ def _validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | No
         problems += 1
         err(key, message)
 
-    _unknown_keys(raw, _SPLIT_KEYS, "", bad)
+    unknown_keys(raw, SPLIT_KEYS, "", bad)
 
     def string(key: str, what: str = "a string") -> str | None:
         value = raw.get(key)
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            bad(key, f"expected {what}, got {_got(value)}")
+            bad(key, f"expected {what}, got {short_repr(value)}")
             return None
         return value
 
@@ -280,13 +280,13 @@ def _validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | No
     kwargs = raw.get("kwargs")
     if kwargs is not None:
         if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-            bad("kwargs", f"expected a mapping of keyword arguments, got {_got(kwargs)}")
+            bad("kwargs", f"expected a mapping of keyword arguments, got {short_repr(kwargs)}")
             kwargs = None
         elif call is None and "callable" not in raw:
             bad("kwargs", "only used with callable:")
     max_length = raw.get("max_length")
-    if max_length is not None and not _positive_int(max_length):
-        bad("max_length", f"expected a positive integer, got {_got(max_length)}")
+    if max_length is not None and not positive_int(max_length):
+        bad("max_length", f"expected a positive integer, got {short_repr(max_length)}")
         max_length = None
     is_text = "text" in raw or "tokenizer" in raw
     if not is_text and "max_length" in raw:
@@ -325,7 +325,7 @@ def _validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | No
             else:
                 x = list(x_raw)
         else:
-            bad("x", f"expected a key name or a list of column names, got {_got(x_raw)}")
+            bad("x", f"expected a key name or a list of column names, got {short_repr(x_raw)}")
     if call is not None:
         for key in ("x", "y", "target", "id", "format"):
             if key in raw:
@@ -343,13 +343,13 @@ def _validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | No
                 f"for a .npy split, expected the path of a second .npy with the targets, got {y_key!r}",
             )
         else:
-            y_out = _resolve(base, y_key)
+            y_out = resolve_relative(base, y_key)
 
     if problems:
         return None
     return SplitSpec(
         name=name,
-        path=_resolve(base, path) if path is not None else None,
+        path=resolve_relative(base, path) if path is not None else None,
         format=fmt,
         x=x,
         y=y_out,
@@ -362,7 +362,7 @@ def _validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | No
     )
 
 
-def _resolve(base: Path, path: str) -> Path:
+def resolve_relative(base: Path, path: str) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else base / p
 

@@ -39,24 +39,24 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from laplace_cli.core.enums import Likelihood
 from laplace_cli.core.errors import BadInputError
-from laplace_cli.io.dataset_specs import _SPLIT_KEYS as _SPLIT_KEYS
-from laplace_cli.io.dataset_specs import _TOP_KEYS as _TOP_KEYS
 from laplace_cli.io.dataset_specs import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
+from laplace_cli.io.dataset_specs import SPLIT_KEYS as SPLIT_KEYS
+from laplace_cli.io.dataset_specs import TOP_KEYS as TOP_KEYS
 from laplace_cli.io.dataset_specs import DatasetSpec as DatasetSpec
 from laplace_cli.io.dataset_specs import SplitSpec as SplitSpec
-from laplace_cli.io.dataset_specs import _got as _got
-from laplace_cli.io.dataset_specs import _positive_int as _positive_int
-from laplace_cli.io.dataset_specs import _resolve as _resolve
-from laplace_cli.io.dataset_specs import _unknown_keys as _unknown_keys
-from laplace_cli.io.dataset_specs import _validate_split as _validate_split
 from laplace_cli.io.dataset_specs import load_dataset_spec as load_dataset_spec
 from laplace_cli.io.dataset_specs import parse_dataset_spec as parse_dataset_spec
+from laplace_cli.io.dataset_specs import positive_int as positive_int
+from laplace_cli.io.dataset_specs import resolve_relative as resolve_relative
+from laplace_cli.io.dataset_specs import short_repr as short_repr
+from laplace_cli.io.dataset_specs import unknown_keys as unknown_keys
 from laplace_cli.io.dataset_specs import validate_dataset_spec as validate_dataset_spec
+from laplace_cli.io.dataset_specs import validate_split as validate_split
 from laplace_cli.io.model_factories import import_callable
 from laplace_cli.io.safe_yaml import MAX_YAML_NODES as MAX_YAML_NODES
-from laplace_cli.io.safe_yaml import _check_expanded_size as _check_expanded_size
-from laplace_cli.io.safe_yaml import _construct_unique_mapping as _construct_unique_mapping
-from laplace_cli.io.safe_yaml import _UniqueKeyLoader as _UniqueKeyLoader
+from laplace_cli.io.safe_yaml import UniqueKeyLoader as UniqueKeyLoader
+from laplace_cli.io.safe_yaml import check_expanded_size as check_expanded_size
+from laplace_cli.io.safe_yaml import construct_unique_mapping as construct_unique_mapping
 from laplace_cli.io.safe_yaml import load_yaml as load_yaml
 from laplace_cli.io.tabular import (
     ARRAY_FORMATS,
@@ -366,7 +366,7 @@ def make_loader(
             whose results do not depend on row order. Other datasets ignore it.
     """
     bs = batch_size if batch_size is not None else (spec.batch_size or DEFAULT_BATCH_SIZE)
-    if not _positive_int(bs):
+    if not positive_int(bs):
         raise BadInputError(f"--batch-size: expected a positive integer, got {bs!r}")
     ds = load_split(spec, name, task=task, require_labels=require_labels)
     if by_length and not shuffle and callable(getattr(ds, "by_length", None)):

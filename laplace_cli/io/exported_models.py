@@ -18,17 +18,17 @@ from torch import nn
 
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.checkpoint_types import (
-    _FACTORY_HINT,
-    _HOOKABLE_TYPES,
+    FACTORY_HINT,
+    HOOKABLE_TYPES,
     ModelRef,
     ModuleInfo,
-    _fmt_names,
+    fmt_names,
 )
 
 __all__ = ["module_tree", "require_hookable_layers", "restore_layer_types"]
 
 
-def _nn_module_type(graph_module: nn.Module, qualname: str) -> str | None:
+def nn_module_type(graph_module: nn.Module, qualname: str) -> str | None:
     """The original class of submodule ``qualname``, read from its graph's node metadata."""
     graph = getattr(graph_module, "graph", None)
     if graph is None:
@@ -45,7 +45,7 @@ def _nn_module_type(graph_module: nn.Module, qualname: str) -> str | None:
     return None
 
 
-def _normalized_args(node: Any) -> dict[str, Any] | None:
+def normalized_args(node: Any) -> dict[str, Any] | None:
     """Bind an ``aten`` call's args to its schema's argument names, defaults filled in."""
     schema = getattr(node.target, "_schema", None)
     if schema is None:
@@ -66,7 +66,7 @@ def _normalized_args(node: Any) -> dict[str, Any] | None:
     return bound
 
 
-def _as_real_layer(module: nn.Module) -> nn.Module | None:
+def as_real_layer(module: nn.Module) -> nn.Module | None:
     """A real nn.Linear / nn.Conv2d equivalent to an ``InterpreterModule``, or None.
 
     Only a graph of exactly ``placeholder -> aten.linear | aten.conv2d -> output`` whose weight
@@ -93,7 +93,7 @@ def _as_real_layer(module: nn.Module) -> nn.Module | None:
     conv_ops = (ops.conv2d.default, getattr(ops.conv2d, "padding", None))
     if call.target not in linear_ops and call.target not in conv_ops:
         return None
-    bound = _normalized_args(call)
+    bound = normalized_args(call)
     if bound is None or bound.get("input") is not placeholders[0]:
         return None
 
@@ -163,7 +163,7 @@ def restore_layer_types(model: nn.Module) -> list[str]:
             continue
         if any(True for _ in module.children()):
             continue
-        layer = _as_real_layer(module)
+        layer = as_real_layer(module)
         if layer is None:
             continue
         parent_name, _, child = name.rpartition(".")
@@ -184,12 +184,12 @@ def module_tree(model: nn.Module) -> list[ModuleInfo]:
         cls = type(module)
         loaded = cls.__name__
         if loaded == "InterpreterModule":
-            type_name = _nn_module_type(module, name) or loaded
+            type_name = nn_module_type(module, name) or loaded
         elif isinstance(module, torch.jit.ScriptModule):
             type_name = getattr(module, "original_name", loaded)
         else:
             type_name = f"{cls.__module__}.{cls.__qualname__}"
-        rows.append(ModuleInfo(name, type_name, loaded, isinstance(module, _HOOKABLE_TYPES)))
+        rows.append(ModuleInfo(name, type_name, loaded, isinstance(module, HOOKABLE_TYPES)))
     return rows
 
 
@@ -215,14 +215,14 @@ def require_hookable_layers(model: nn.Module, ref: ModelRef | None, feature: str
         if r.name and r.type_name.rsplit(".", 1)[-1] in ("Linear", "Conv2d")
     ]
     where = f"{ref.path} ({ref.form} form)" if ref is not None else "this model"
-    detail = f" (only {_fmt_names(lost, 5)})" if lost else ""
+    detail = f" (only {fmt_names(lost, 5)})" if lost else ""
     raise BadInputError(
         f"{where}: {feature} needs real nn.Linear / nn.Conv2d modules, found none{detail}; "
-        f"{_FACTORY_HINT}, or export with torch.export to .pt2"
+        f"{FACTORY_HINT}, or export with torch.export to .pt2"
     )
 
 
-def _static_batch_inputs(ep: Any) -> list[str]:
+def static_batch_inputs(ep: Any) -> list[str]:
     """User inputs of an ExportedProgram whose first dimension is a fixed number."""
     user_inputs = set(ep.graph_signature.user_inputs)
     fixed = []
@@ -238,7 +238,7 @@ def _static_batch_inputs(ep: Any) -> list[str]:
     return fixed
 
 
-def _load_export(p: Path, device: torch.device) -> nn.Module:
+def load_export(p: Path, device: torch.device) -> nn.Module:
     try:
         with warnings.catch_warnings():
             # torch's own deserialiser trips its own deprecation warning (LeafSpec); users
@@ -249,14 +249,14 @@ def _load_export(p: Path, device: torch.device) -> nn.Module:
         raise BadInputError(
             f"{p}: cannot load torch.export archive ({type(err).__name__}: {err})"
         ) from None
-    fixed = _static_batch_inputs(ep)
+    fixed = static_batch_inputs(ep)
     if fixed:
         # A static batch size makes every other batch size (including vmap's per-sample
         # calls) fail deep inside fitting; say so now.
         raise BadInputError(
             f"{p}: exported with a fixed batch size (inputs {', '.join(fixed)}); re-export with "
             "torch.export.export(model, args, dynamic_shapes=({0: torch.export.Dim.AUTO},)) "
-            f"or {_FACTORY_HINT}"
+            f"or {FACTORY_HINT}"
         )
     if device.type != "cpu":
         from torch.export.passes import move_to_device_pass

@@ -27,7 +27,7 @@ __all__ = ["import_callable"]
 
 
 @contextlib.contextmanager
-def _on_sys_path(*folders: Path) -> Iterator[None]:
+def on_sys_path(*folders: Path) -> Iterator[None]:
     """Put folders at the front of ``sys.path`` for the duration (as ``python -m`` does)."""
     added = []
     for folder in folders:
@@ -91,7 +91,7 @@ def import_callable(
             # Registered before running so that dataclasses / pickling inside it work.
             sys.modules[mod_name] = module
             try:
-                with _on_sys_path(file.parent):
+                with on_sys_path(file.parent):
                     loader_spec.loader.exec_module(module)
             except Exception as err:
                 sys.modules.pop(mod_name, None)
@@ -100,7 +100,7 @@ def import_callable(
                 ) from err
     else:
         try:
-            with _on_sys_path(cwd):
+            with on_sys_path(cwd):
                 module = importlib.import_module(target)
         except ModuleNotFoundError as err:
             raise BadInputError(
@@ -124,7 +124,7 @@ def import_callable(
     return obj
 
 
-def _parse_kwargs(kwargs: Mapping[str, Any] | str | None) -> dict[str, Any]:
+def parse_kwargs(kwargs: Mapping[str, Any] | str | None) -> dict[str, Any]:
     if kwargs is None:
         return {}
     if isinstance(kwargs, str):
@@ -139,7 +139,7 @@ def _parse_kwargs(kwargs: Mapping[str, Any] | str | None) -> dict[str, Any]:
     return dict(kwargs)
 
 
-def _build_from_factory(factory: str, kwargs: dict[str, Any]) -> nn.Module:
+def build_from_factory(factory: str, kwargs: dict[str, Any]) -> nn.Module:
     fn = import_callable(factory)
     try:
         model = fn(**kwargs)

@@ -31,22 +31,22 @@ import torch
 from laplace_cli.core.errors import BadInputError, FingerprintMismatchError
 from laplace_cli.io.atomic import atomic_write_bytes
 from laplace_cli.io.posterior_metadata import (
-    _REQUIRED_KEYS,
     FORMAT,
     FORMAT_VERSION,
     KNOWN_VERSIONS,
-    _check_format,
-    _decode_metadata,
-    _encode_metadata,
-    _with_defaults,
+    REQUIRED_KEYS,
+    check_format,
+    decode_metadata,
+    encode_metadata,
+    with_defaults,
 )
-from laplace_cli.io.posterior_validation import _validate_decoded, validate_posterior
+from laplace_cli.io.posterior_validation import validate_decoded, validate_posterior
 from laplace_cli.io.safetensors_header import (
     MAX_HEADER_BYTES,
     SafetensorsHeader,
     TensorEntry,
-    _canonical_header,
-    _fail,
+    bad_file,
+    canonical_header,
     read_safetensors_header,
 )
 
@@ -116,7 +116,7 @@ def write_posterior(
 
     from laplace_cli.core.errors import NumericalError
 
-    meta = _with_defaults(metadata)
+    meta = with_defaults(metadata)
     validate_posterior(tensors, meta, source=path, nonfinite=NumericalError)
 
     prepared: dict[str, torch.Tensor] = {}
@@ -129,7 +129,7 @@ def write_posterior(
             t = t.clone()
         seen_storage.add(t.untyped_storage().data_ptr())
         prepared[name] = t
-    data = _canonical_header(save(prepared, metadata=_encode_metadata(meta)))
+    data = canonical_header(save(prepared, metadata=encode_metadata(meta)))
     atomic_write_bytes(path, data)
 
 
@@ -155,24 +155,24 @@ def read_posterior(path: str | os.PathLike[str]) -> PosteriorFile:
     header = read_safetensors_header(path)
     # Format and version first, from the header alone (both are plain strings): a file of
     # another kind or a newer version is refused before its tensors are loaded.
-    _check_format(header.metadata, path)
-    meta = _decode_metadata(header.metadata, path)
+    check_format(header.metadata, path)
+    meta = decode_metadata(header.metadata, path)
     try:
         tensors = load_file(path, device="cpu")
     except Exception as exc:  # safetensors raises its own error types, and OSError
-        raise _fail(
+        raise bad_file(
             path, f"cannot load tensors ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
-    meta = _validate_decoded(tensors, meta, path, BadInputError)
+    meta = validate_decoded(tensors, meta, path, BadInputError)
     return PosteriorFile(tensors=tensors, metadata=meta, path=path)
 
 
 def _key_order(key: str) -> tuple[int, str]:
     """Documented order (required keys as listed, then the optional ones by name)."""
     try:
-        return (_REQUIRED_KEYS.index(key), key)
+        return (REQUIRED_KEYS.index(key), key)
     except ValueError:
-        return (len(_REQUIRED_KEYS), key)
+        return (len(REQUIRED_KEYS), key)
 
 
 def _first_line(exc: BaseException) -> str:

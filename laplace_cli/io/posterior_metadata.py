@@ -27,7 +27,7 @@ from laplace_cli.core.enums import (
     Subset,
 )
 from laplace_cli.core.errors import BadInputError, LaplaceCliError
-from laplace_cli.io.safetensors_header import _clip, _fail, _is_int, _join_problems
+from laplace_cli.io.safetensors_header import bad_file, clip, is_int, join_problems
 
 FORMAT = "laplace-cli/posterior"
 FORMAT_VERSION = "1"
@@ -75,7 +75,7 @@ _JSON_KEYS: frozenset[str] = frozenset(
         "fit_seconds",
     }
 )
-_REQUIRED_KEYS: tuple[str, ...] = (
+REQUIRED_KEYS: tuple[str, ...] = (
     "format",
     "format_version",
     "library_version",
@@ -112,7 +112,7 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot store a {type(obj).__name__} in posterior metadata")
 
 
-def _encode_metadata(metadata: dict[str, Any]) -> dict[str, str]:
+def encode_metadata(metadata: dict[str, Any]) -> dict[str, str]:
     """Python values -> safetensors' str -> str metadata (strings verbatim, the rest as JSON)."""
     bad_keys = [k for k in metadata if not isinstance(k, str)]
     if bad_keys:
@@ -140,8 +140,8 @@ def _encode_metadata(metadata: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _decode_metadata(raw: dict[str, str], source: object) -> dict[str, Any]:
-    """safetensors' str -> str metadata -> Python values (the inverse of `_encode_metadata`)."""
+def decode_metadata(raw: dict[str, str], source: object) -> dict[str, Any]:
+    """safetensors' str -> str metadata -> Python values (the inverse of `encode_metadata`)."""
     out: dict[str, Any] = {}
     problems: list[str] = []
     for key, value in raw.items():
@@ -149,14 +149,14 @@ def _decode_metadata(raw: dict[str, str], source: object) -> dict[str, Any]:
             try:
                 out[key] = json.loads(value)
             except (ValueError, RecursionError):
-                problems.append(f"metadata {key!r} is not valid JSON: {_clip(value)}")
+                problems.append(f"metadata {key!r} is not valid JSON: {clip(value)}")
         else:
             out[key] = value
-    _join_problems(source, problems, BadInputError)
+    join_problems(source, problems, BadInputError)
     return out
 
 
-def _with_defaults(metadata: dict[str, Any]) -> dict[str, Any]:
+def with_defaults(metadata: dict[str, Any]) -> dict[str, Any]:
     """Fill in `format`, `format_version`, `library_version` and `created` unless given."""
     from laplace_cli.core.version import (
         __version__,  # lazy: the package root may import this module
@@ -173,51 +173,51 @@ def _with_defaults(metadata: dict[str, Any]) -> dict[str, Any]:
 # --- validation -----------------------------------------------------------------------------
 
 
-def _check_format(meta: dict[str, Any], source: object) -> None:
+def check_format(meta: dict[str, Any], source: object) -> None:
     """Format and version first: nothing else is meaningful for another format or version."""
     if not meta:
-        raise _fail(
+        raise bad_file(
             source,
             f"not a laplace-cli posterior: the file has no metadata (expected format {FORMAT!r})",
         )
     fmt = meta.get("format")
     if fmt is None:
-        raise _fail(
+        raise bad_file(
             source, f"not a laplace-cli posterior: no 'format' metadata key (expected {FORMAT!r})"
         )
     if fmt != FORMAT:
-        raise _fail(
+        raise bad_file(
             source,
-            f"not a laplace-cli posterior: metadata format is {_clip(fmt)}, expected {FORMAT!r}",
+            f"not a laplace-cli posterior: metadata format is {clip(fmt)}, expected {FORMAT!r}",
         )
     version = meta.get("format_version")
     if version is None:
-        raise _fail(source, "missing metadata key(s): format_version")
+        raise bad_file(source, "missing metadata key(s): format_version")
     if version not in KNOWN_VERSIONS:
         from laplace_cli.core.version import __version__
 
         known = ", ".join(KNOWN_VERSIONS)
-        raise _fail(
+        raise bad_file(
             source,
-            f"format_version {_clip(version)} is not supported; laplace-cli {__version__} reads version {known}"
+            f"format_version {clip(version)} is not supported; laplace-cli {__version__} reads version {known}"
             " (a newer laplace-cli may read it)",
         )
 
 
-def _check_metadata(
+def check_metadata(
     meta: dict[str, Any], source: object, nonfinite: type[LaplaceCliError]
 ) -> dict[str, Any]:
     """Check every metadata value's type and range; return it with enum keys as members."""
-    missing = [k for k in _REQUIRED_KEYS if k not in meta]
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
     if meta.get("structure") == Structure.KRON.value and "blocks" not in meta:
         missing.append("blocks")
     if missing:
-        raise _fail(source, f"missing metadata key(s): {', '.join(missing)}")
+        raise bad_file(source, f"missing metadata key(s): {', '.join(missing)}")
     unknown = sorted(set(meta) - _KNOWN_KEYS)
     if unknown:
-        raise _fail(
+        raise bad_file(
             source,
-            f"unknown metadata key(s): {', '.join(_with_hint(k, _KNOWN_KEYS) for k in unknown)}",
+            f"unknown metadata key(s): {', '.join(with_hint(k, _KNOWN_KEYS) for k in unknown)}",
         )
 
     out = dict(meta)
@@ -229,28 +229,28 @@ def _check_metadata(
             continue
         value = meta[key]
         if not isinstance(value, str):
-            problems.append(f"metadata {key!r} must be a string, got {_clip(value)}")
+            problems.append(f"metadata {key!r} must be a string, got {clip(value)}")
         elif enum is not None:
             try:
                 out[key] = enum(value)
             except ValueError:
                 allowed = "|".join(m.value for m in enum)
-                problems.append(f"metadata {key!r} must be one of {allowed}, got {_clip(value)}")
+                problems.append(f"metadata {key!r} must be one of {allowed}, got {clip(value)}")
     if isinstance(meta.get("created"), str):
         try:
             datetime.fromisoformat(meta["created"])
         except ValueError:
             problems.append(
-                f"metadata 'created' must be an ISO 8601 time, got {_clip(meta['created'])}"
+                f"metadata 'created' must be an ISO 8601 time, got {clip(meta['created'])}"
             )
     fp = meta.get("fingerprint")
     if isinstance(fp, str) and (not fp or any(c not in "0123456789abcdef" for c in fp)):
-        problems.append(f"metadata 'fingerprint' must be a lower-case hex string, got {_clip(fp)}")
+        problems.append(f"metadata 'fingerprint' must be a lower-case hex string, got {clip(fp)}")
 
     def positive_int(key: str) -> None:
         v = meta.get(key)
-        if key in meta and not (_is_int(v) and v >= 1):
-            problems.append(f"metadata {key!r} must be a positive integer, got {_clip(v)}")
+        if key in meta and not (is_int(v) and v >= 1):
+            problems.append(f"metadata {key!r} must be a positive integer, got {clip(v)}")
 
     for key in ("n_data", "n_outputs", "world_size", "rank"):
         positive_int(key)
@@ -258,43 +258,43 @@ def _check_metadata(
     def real(key: str, positive: bool) -> None:
         v = meta[key]
         if not _is_number(v):
-            problems.append(f"metadata {key!r} must be a number, got {_clip(v)}")
+            problems.append(f"metadata {key!r} must be a number, got {clip(v)}")
         elif not _finite(v):
             nonfinite_problems.append(f"metadata {key!r} is not finite ({v})")
         elif positive and v <= 0:
-            problems.append(f"metadata {key!r} must be positive, got {_clip(v)}")
+            problems.append(f"metadata {key!r} must be positive, got {clip(v)}")
 
     n_out = meta["n_outputs"]
     loss = meta["loss"]
     if isinstance(loss, list):  # per output (regression with one noise level per output)
         if not (loss and all(_is_number(v) for v in loss)):
             problems.append(
-                f"metadata 'loss' must be a number or a list of numbers, got {_clip(loss)}"
+                f"metadata 'loss' must be a number or a list of numbers, got {clip(loss)}"
             )
-        elif _is_int(n_out) and len(loss) != n_out:
+        elif is_int(n_out) and len(loss) != n_out:
             problems.append(
                 f"metadata 'loss' has {len(loss)} entries, expected one per output ({n_out})"
             )
         elif not all(_finite(v) for v in loss):
-            nonfinite_problems.append(f"metadata 'loss' is not finite ({_clip(loss)})")
+            nonfinite_problems.append(f"metadata 'loss' is not finite ({clip(loss)})")
     else:
         real("loss", positive=False)
     real("temperature", positive=True)
     if "fit_seconds" in meta:
         fs = meta["fit_seconds"]
         if not (_is_number(fs) and _finite(fs) and fs >= 0):
-            problems.append(f"metadata 'fit_seconds' must be a number >= 0, got {_clip(fs)}")
+            problems.append(f"metadata 'fit_seconds' must be a number >= 0, got {clip(fs)}")
 
     sigma = meta["sigma_noise"]
     if not (isinstance(sigma, list) and sigma and all(_is_number(s) for s in sigma)):
         problems.append(
-            f"metadata 'sigma_noise' must be a non-empty list of numbers, got {_clip(sigma)}"
+            f"metadata 'sigma_noise' must be a non-empty list of numbers, got {clip(sigma)}"
         )
     elif not all(_finite(s) for s in sigma):
         nonfinite_problems.append(f"metadata 'sigma_noise' is not finite ({sigma})")
     elif not all(s > 0 for s in sigma):
-        problems.append(f"metadata 'sigma_noise' must be positive, got {_clip(sigma)}")
-    elif _is_int(n_out) and len(sigma) not in (1, n_out):
+        problems.append(f"metadata 'sigma_noise' must be positive, got {clip(sigma)}")
+    elif is_int(n_out) and len(sigma) not in (1, n_out):
         problems.append(
             f"metadata 'sigma_noise' must have 1 or n_outputs={n_out} entries, got {len(sigma)}"
         )
@@ -303,7 +303,7 @@ def _check_metadata(
     names_ok = isinstance(names, list) and all(isinstance(n, str) and n for n in names)
     if not names_ok:
         problems.append(
-            f"metadata 'param_names' must be a list of non-empty strings, got {_clip(names)}"
+            f"metadata 'param_names' must be a list of non-empty strings, got {clip(names)}"
         )
     elif len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -311,7 +311,7 @@ def _check_metadata(
     shapes_ok = isinstance(shapes, list) and all(_is_shape(s) for s in shapes)
     if not shapes_ok:
         problems.append(
-            f"metadata 'param_shapes' must be a list of lists of non-negative integers, got {_clip(shapes)}"
+            f"metadata 'param_shapes' must be a list of lists of non-negative integers, got {clip(shapes)}"
         )
     elif names_ok and len(shapes) != len(names):
         problems.append(
@@ -328,7 +328,7 @@ def _check_metadata(
     model = meta["model"]
     if not isinstance(model, dict):
         problems.append(
-            f"metadata 'model' must be a JSON object {{path, form, factory, kwargs}}, got {_clip(model)}"
+            f"metadata 'model' must be a JSON object {{path, form, factory, kwargs}}, got {clip(model)}"
         )
     else:
         # All may be null: a posterior saved from the Python API has no checkpoint to name
@@ -336,22 +336,22 @@ def _check_metadata(
         for k in ("path", "form", "factory", "fingerprint"):
             if model.get(k) is not None and not isinstance(model[k], str):
                 problems.append(
-                    f"metadata 'model.{k}' must be a string or null, got {_clip(model[k])}"
+                    f"metadata 'model.{k}' must be a string or null, got {clip(model[k])}"
                 )
         if model.get("kwargs") is not None and not isinstance(model["kwargs"], dict):
             problems.append(
-                f"metadata 'model.kwargs' must be an object or null, got {_clip(model['kwargs'])}"
+                f"metadata 'model.kwargs' must be an object or null, got {clip(model['kwargs'])}"
             )
 
     if "tuning" in meta and not isinstance(meta["tuning"], dict):
-        problems.append(f"metadata 'tuning' must be a JSON object, got {_clip(meta['tuning'])}")
+        problems.append(f"metadata 'tuning' must be a JSON object, got {clip(meta['tuning'])}")
     if "shard_sizes" in meta:
         sizes = meta["shard_sizes"]
-        if not (isinstance(sizes, list) and all(_is_int(s) and s >= 0 for s in sizes)):
+        if not (isinstance(sizes, list) and all(is_int(s) and s >= 0 for s in sizes)):
             problems.append(
-                f"metadata 'shard_sizes' must be a list of non-negative integers, got {_clip(sizes)}"
+                f"metadata 'shard_sizes' must be a list of non-negative integers, got {clip(sizes)}"
             )
-        elif _is_int(meta.get("world_size")) and len(sizes) != meta["world_size"]:
+        elif is_int(meta.get("world_size")) and len(sizes) != meta["world_size"]:
             problems.append(
                 f"metadata 'shard_sizes' has {len(sizes)} entries but world_size is {meta['world_size']}"
             )
@@ -364,8 +364,8 @@ def _check_metadata(
             "structure 'kron' cannot be combined with subset 'subnetwork' (use diag, full or lowrank)"
         )
 
-    _join_problems(source, problems, BadInputError)
-    _join_problems(source, nonfinite_problems, nonfinite)
+    join_problems(source, problems, BadInputError)
+    join_problems(source, nonfinite_problems, nonfinite)
     return out
 
 
@@ -379,7 +379,7 @@ def _finite(x: int | float) -> bool:
 
 
 def _is_shape(s: Any) -> bool:
-    return isinstance(s, list) and all(_is_int(d) and d >= 0 for d in s)
+    return isinstance(s, list) and all(is_int(d) and d >= 0 for d in s)
 
 
 def _check_blocks(blocks: Any, names: Any, shapes: Any) -> list[str]:
@@ -389,7 +389,7 @@ def _check_blocks(blocks: Any, names: Any, shapes: Any) -> list[str]:
         for b in blocks
     ):
         return [
-            f"metadata 'blocks' must be a list of {{name, kind, shape}} objects, got {_clip(blocks)}"
+            f"metadata 'blocks' must be a list of {{name, kind, shape}} objects, got {clip(blocks)}"
         ]
     problems: list[str] = []
     block_names = [b["name"] for b in blocks]
@@ -401,7 +401,7 @@ def _check_blocks(blocks: Any, names: Any, shapes: Any) -> list[str]:
         kind, shape = b.get("kind"), b["shape"]
         if kind not in _BLOCK_KINDS:
             problems.append(
-                f"metadata 'blocks'[{i}] ({b['name']}): kind must be one of {'|'.join(_BLOCK_KINDS)}, got {_clip(kind)}"
+                f"metadata 'blocks'[{i}] ({b['name']}): kind must be one of {'|'.join(_BLOCK_KINDS)}, got {clip(kind)}"
             )
         elif kind == "kron" and (len(shape) < 2 or shape[0] == 0):
             problems.append(
@@ -418,6 +418,6 @@ def _check_blocks(blocks: Any, names: Any, shapes: Any) -> list[str]:
     return problems
 
 
-def _with_hint(name: str, candidates: Any) -> str:
+def with_hint(name: str, candidates: Any) -> str:
     close = difflib.get_close_matches(name, list(candidates), n=1)
     return f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)

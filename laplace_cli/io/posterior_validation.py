@@ -14,14 +14,14 @@ import torch
 from laplace_cli.core.enums import Structure, Subset
 from laplace_cli.core.errors import BadInputError, LaplaceCliError
 from laplace_cli.io.posterior_metadata import (
-    _check_format,
-    _check_metadata,
-    _decode_metadata,
-    _encode_metadata,
-    _with_defaults,
-    _with_hint,
+    check_format,
+    check_metadata,
+    decode_metadata,
+    encode_metadata,
+    with_defaults,
+    with_hint,
 )
-from laplace_cli.io.safetensors_header import _fail, _join_problems
+from laplace_cli.io.safetensors_header import bad_file, join_problems
 
 _FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
@@ -104,7 +104,7 @@ def _check_tensors(
     """Names, dtypes and shapes against the layout; index range; then finiteness."""
     for name, t in tensors.items():
         if not isinstance(name, str) or not isinstance(t, torch.Tensor):
-            raise _fail(
+            raise bad_file(
                 source, f"tensors must map names to torch tensors, got {name!r}: {type(t).__name__}"
             )
     expected, optional, one_of = _expected_tensors(meta)
@@ -122,7 +122,7 @@ def _check_tensors(
     if unknown:
         problems.append(
             f"unknown tensor(s) for structure {meta['structure']} / subset {meta['subset']}: "
-            + ", ".join(_with_hint(n, expected) for n in unknown)
+            + ", ".join(with_hint(n, expected) for n in unknown)
         )
 
     for name, allowed in expected.items():
@@ -171,7 +171,7 @@ def _check_tensors(
             problems.append(
                 f"tensor 'lowrank.eigvals' has shape {_fmt_shape(tuple(ev.shape))}, expected ({u.shape[1]},) to match lowrank.U's k"
             )
-    _join_problems(source, problems, BadInputError)
+    join_problems(source, problems, BadInputError)
 
     bad = [
         n
@@ -213,17 +213,17 @@ def validate_posterior(
             unknown or misshapen tensors. All problems of one kind are listed together.
         LaplaceCliError: `nonfinite` for NaN/Inf values.
     """
-    meta = _decode_metadata(_encode_metadata(_with_defaults(metadata)), source)
-    return _validate_decoded(tensors, meta, source, nonfinite)
+    meta = decode_metadata(encode_metadata(with_defaults(metadata)), source)
+    return validate_decoded(tensors, meta, source, nonfinite)
 
 
-def _validate_decoded(
+def validate_decoded(
     tensors: dict[str, torch.Tensor],
     meta: dict[str, Any],
     source: object,
     nonfinite: type[LaplaceCliError],
 ) -> dict[str, Any]:
-    _check_format(meta, source)
-    meta = _check_metadata(meta, source, nonfinite)
+    check_format(meta, source)
+    meta = check_metadata(meta, source, nonfinite)
     _check_tensors(tensors, meta, source, nonfinite)
     return meta

@@ -15,11 +15,11 @@ from laplace_cli.core.errors import BadInputError
 __all__ = ["MAX_YAML_NODES", "load_yaml"]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """A SafeLoader that rejects duplicate keys (PyYAML would silently keep the last one)."""
 
 
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: Any, deep: bool = False) -> Any:
+def construct_unique_mapping(loader: UniqueKeyLoader, node: Any, deep: bool = False) -> Any:
     seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -38,8 +38,8 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: Any, deep: bool = 
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_unique_mapping
 )
 
 
@@ -57,7 +57,7 @@ def load_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as err:
         raise BadInputError(f"{path}: cannot read ({err})") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -67,7 +67,7 @@ def load_yaml(path: str | Path) -> Any:
         raise BadInputError(f"{where}: invalid YAML: {detail}") from None
     except RecursionError:
         raise BadInputError(f"{path}: invalid YAML: nested too deeply") from None
-    _check_expanded_size(data, path)
+    check_expanded_size(data, path)
     return data
 
 
@@ -75,7 +75,7 @@ MAX_YAML_NODES = 100_000
 """Refuse YAML whose aliases expand to more values than this (a "billion laughs" file)."""
 
 
-def _check_expanded_size(data: Any, path: str | Path) -> None:
+def check_expanded_size(data: Any, path: str | Path) -> None:
     """Count the values of `data` with every alias expanded, refusing cycles and huge files.
 
     PyYAML builds an alias as a reference to the same object, so a file of 10 lines can stand

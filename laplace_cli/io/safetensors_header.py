@@ -2,7 +2,7 @@
 is allocated, and its canonical byte order on write.
 
 Split out of `laplace_cli.io.posterior_file`, which re-exports the public names; the
-error helpers here (`_fail`, `_join_problems`, `_clip`) are shared by the metadata and layout
+error helpers here (`bad_file`, `join_problems`, `clip`) are shared by the metadata and layout
 checks.
 """
 
@@ -68,11 +68,11 @@ class SafetensorsHeader:
     file_size: int = 0
 
 
-def _fail(source: object, problem: str) -> BadInputError:
+def bad_file(source: object, problem: str) -> BadInputError:
     return BadInputError(f"{source}: {problem}")
 
 
-def _join_problems(source: object, problems: list[str], error: type[LaplaceCliError]) -> None:
+def join_problems(source: object, problems: list[str], error: type[LaplaceCliError]) -> None:
     """Raise one error listing every problem (one line when there is only one)."""
     if not problems:
         return
@@ -82,13 +82,13 @@ def _join_problems(source: object, problems: list[str], error: type[LaplaceCliEr
     raise error(f"{source}: {len(problems)} problems:\n{listed}")
 
 
-def _clip(obj: Any, n: int = 80) -> str:
+def clip(obj: Any, n: int = 80) -> str:
     """`repr(obj)`, cut short: values from a corrupt file can be arbitrarily long."""
     text = repr(obj)
     return text if len(text) <= n else text[:n] + "..."
 
 
-def _is_int(x: Any) -> bool:
+def is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
@@ -115,7 +115,7 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size < 8:
-                raise _fail(
+                raise bad_file(
                     path,
                     f"not a safetensors file: {size} bytes, shorter than the 8-byte header length",
                 )
@@ -123,30 +123,30 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             # Check N against the file size and a fixed cap *before* reading N bytes, so that a
             # corrupt length (say 2**60) cannot make us allocate.
             if n > MAX_HEADER_BYTES:
-                raise _fail(
+                raise bad_file(
                     path,
                     f"header length {n} is absurd (limit {MAX_HEADER_BYTES} bytes); the file is corrupt or not safetensors",
                 )
             if n > size - 8:
-                raise _fail(
+                raise bad_file(
                     path,
                     f"header length {n} exceeds the file size ({size} bytes); the file is truncated or corrupt",
                 )
             raw = f.read(n)
     except FileNotFoundError:
-        raise _fail(path, "no such file") from None
+        raise bad_file(path, "no such file") from None
     except IsADirectoryError:
-        raise _fail(path, "is a folder, expected a posterior file") from None
+        raise bad_file(path, "is a folder, expected a posterior file") from None
     except OSError as exc:
-        raise _fail(path, f"cannot read ({exc.strerror or exc})") from None
+        raise bad_file(path, f"cannot read ({exc.strerror or exc})") from None
     if len(raw) != n:
-        raise _fail(path, "file changed while reading its header")
+        raise bad_file(path, "file changed while reading its header")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _fail(path, f"header is not valid UTF-8 JSON ({type(exc).__name__})") from None
+        raise bad_file(path, f"header is not valid UTF-8 JSON ({type(exc).__name__})") from None
     if not isinstance(header, dict):
-        raise _fail(path, f"header must be a JSON object, got {type(header).__name__}")
+        raise bad_file(path, f"header must be a JSON object, got {type(header).__name__}")
 
     metadata = header.pop("__metadata__", None)
     if metadata is None:
@@ -154,7 +154,7 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
-        raise _fail(path, "header __metadata__ must map strings to strings")
+        raise bad_file(path, "header __metadata__ must map strings to strings")
 
     data_size = size - 8 - n
     entries: dict[str, TensorEntry] = {}
@@ -166,15 +166,15 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     pos = 0
     for name, e in sorted(entries.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
         if e.begin < pos:
-            raise _fail(
+            raise bad_file(
                 path,
                 f"tensor {name!r}: byte range [{e.begin}, {e.end}) overlaps the previous tensor",
             )
         if e.begin > pos:
-            raise _fail(path, f"tensor {name!r}: gap in the data section before byte {e.begin}")
+            raise bad_file(path, f"tensor {name!r}: gap in the data section before byte {e.begin}")
         pos = e.end
     if pos != data_size:
-        raise _fail(
+        raise bad_file(
             path,
             f"data section is {data_size} bytes but the tensors cover {pos}; the file is truncated or has trailing bytes",
         )
@@ -184,35 +184,35 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
 def _check_entry(path: Path, name: str, info: Any, data_size: int) -> TensorEntry:
     """Check one header entry: known dtype, integer shape, offsets inside the data section."""
     if not isinstance(info, dict):
-        raise _fail(path, f"tensor {name!r}: header entry must be an object")
+        raise bad_file(path, f"tensor {name!r}: header entry must be an object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES:
-        raise _fail(path, f"tensor {name!r}: unsupported dtype {_clip(dtype)}")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise _fail(
+        raise bad_file(path, f"tensor {name!r}: unsupported dtype {clip(dtype)}")
+    if not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape):
+        raise bad_file(
             path,
-            f"tensor {name!r}: shape must be a list of non-negative integers, got {_clip(shape)}",
+            f"tensor {name!r}: shape must be a list of non-negative integers, got {clip(shape)}",
         )
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
-        raise _fail(
-            path, f"tensor {name!r}: data_offsets must be [begin, end], got {_clip(offsets)}"
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_int(o) for o in offsets):
+        raise bad_file(
+            path, f"tensor {name!r}: data_offsets must be [begin, end], got {clip(offsets)}"
         )
     begin, end = offsets
     if not 0 <= begin <= end <= data_size:
-        raise _fail(
+        raise bad_file(
             path,
             f"tensor {name!r}: data_offsets [{begin}, {end}] lie outside the {data_size}-byte data section; the file is truncated or corrupt",
         )
     nbytes = math.prod(shape) * _DTYPE_SIZES[dtype]
     if nbytes != end - begin:
-        raise _fail(
+        raise bad_file(
             path,
             f"tensor {name!r}: {dtype} of shape {shape} needs {nbytes} bytes, its byte range holds {end - begin}",
         )
     return TensorEntry(dtype=dtype, shape=tuple(shape), begin=begin, end=end)
 
 
-def _canonical_header(data: bytes) -> bytes:
+def canonical_header(data: bytes) -> bytes:
     """Rewrite a safetensors blob's header in a fixed order, leaving the data section as is.
 
     `safetensors.torch.save` emits `__metadata__` in hash-map order, which differs from run to

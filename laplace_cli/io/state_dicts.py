@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from laplace_cli.core.errors import BadInputError
-from laplace_cli.io.checkpoint_types import _FACTORY_HINT, ModelForm, _fmt_names
-from laplace_cli.io.model_factories import _build_from_factory
+from laplace_cli.io.checkpoint_types import FACTORY_HINT, ModelForm, fmt_names
+from laplace_cli.io.model_factories import build_from_factory
 
 
-def _safe_torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+def safe_torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(weights_only=True)``: refuses any pickle that would import or call code."""
     with warnings.catch_warnings():
         # Plain pickle.dump files trigger a protocol warning before being refused; the
@@ -33,20 +33,20 @@ def _safe_torch_load(path: Path, map_location: str | torch.device = "cpu") -> An
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def _is_tensor_mapping(obj: Any) -> bool:
+def is_tensor_mapping(obj: Any) -> bool:
     return isinstance(obj, Mapping) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     )
 
 
-def _describe_non_state_dict(obj: Any) -> str:
+def describe_non_state_dict(obj: Any) -> str:
     if isinstance(obj, Mapping):
         bad = [
             f"{k!r} holds {type(v).__name__}"
             for k, v in obj.items()
             if not isinstance(v, torch.Tensor)
         ]
-        nested = [k for k, v in obj.items() if _is_tensor_mapping(v)]
+        nested = [k for k, v in obj.items() if is_tensor_mapping(v)]
         hint = (
             f"; the weights seem to be under {nested[0]!r}: save that mapping alone"
             if nested
@@ -56,7 +56,7 @@ def _describe_non_state_dict(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _load_state_dict_strict(
+def load_state_dict_strict(
     model: nn.Module, state: Mapping[str, torch.Tensor], p: Path, factory: str
 ) -> None:
     """Strict load with one message listing every missing / unexpected / mis-shaped key."""
@@ -83,32 +83,32 @@ def _load_state_dict_strict(
     if missing or unexpected or mismatched:
         parts = []
         if missing:
-            parts.append(f"missing keys: {_fmt_names(missing)}")
+            parts.append(f"missing keys: {fmt_names(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys: {_fmt_names(unexpected)}")
+            parts.append(f"unexpected keys: {fmt_names(unexpected)}")
         if mismatched:
-            parts.append(f"shape mismatches: {_fmt_names(mismatched, 5)}")
+            parts.append(f"shape mismatches: {fmt_names(mismatched, 5)}")
         raise BadInputError(
             f"{p}: checkpoint of another architecture than {factory!r} builds: " + "; ".join(parts)
         )
     model.load_state_dict(state, strict=False)
 
 
-def _load_torch_save(
+def load_torch_save(
     p: Path, factory: str | None, kwargs: dict[str, Any], trust_checkpoint: bool
 ) -> tuple[nn.Module, ModelForm]:
     """A ``torch.save`` file: a state dict (safe) or, only when trusted, a pickled module."""
     try:
-        obj = _safe_torch_load(p)
+        obj = safe_torch_load(p)
     except pickle.UnpicklingError as err:
         # weights_only=True stopped at the first global it would have imported or called, so
         # nothing from the file ran.
         if not trust_checkpoint:
-            reason = _unpickler_reason(err)
+            reason = unpickler_reason(err)
             raise BadInputError(
                 f"{p}: not a state dict of tensors but a pickle that would import or run code "
                 "(e.g. a whole pickled nn.Module), refused without running it; if you trust this "
-                f"file pass --trust-checkpoint, or better {_FACTORY_HINT} "
+                f"file pass --trust-checkpoint, or better {FACTORY_HINT} "
                 f"(weights-only unpickler: {reason})"
             ) from None
         obj = None
@@ -117,7 +117,7 @@ def _load_torch_save(
             f"{p}: unreadable torch checkpoint ({type(err).__name__}: {err})"
         ) from None
     if obj is None:
-        module = _trusted_torch_load(p)
+        module = trusted_torch_load(p)
         if not isinstance(module, nn.Module):
             raise BadInputError(
                 f"{p}: unpickled a {type(module).__name__}, expected a torch.nn.Module"
@@ -127,15 +127,15 @@ def _load_torch_save(
                 f"{p}: a whole pickled module; --model-factory {factory!r} is only for weights"
             )
         return module, ModelForm.PICKLE
-    if not _is_tensor_mapping(obj):
+    if not is_tensor_mapping(obj):
         raise BadInputError(
             f"{p}: expected a state dict (a mapping of parameter names to tensors), got "
-            f"{_describe_non_state_dict(obj)}"
+            f"{describe_non_state_dict(obj)}"
         )
-    return _from_weights(p, obj, factory, kwargs), ModelForm.STATE_DICT
+    return from_weights(p, obj, factory, kwargs), ModelForm.STATE_DICT
 
 
-def _unpickler_reason(err: BaseException) -> str:
+def unpickler_reason(err: BaseException) -> str:
     """The informative part of torch's long weights-only error, e.g. the refused global."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
     match = re.search(r"GLOBAL (\S+)", text)
@@ -148,18 +148,18 @@ def _unpickler_reason(err: BaseException) -> str:
     return type(err).__name__
 
 
-def _trusted_torch_load(p: Path) -> Any:
+def trusted_torch_load(p: Path) -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=False)
     except Exception as err:
         raise BadInputError(
             f"{p}: unpickling the trusted checkpoint failed ({type(err).__name__}: {err}); the "
             "classes it names must be importable (run from the project folder), or "
-            f"{_FACTORY_HINT}"
+            f"{FACTORY_HINT}"
         ) from None
 
 
-def _from_weights(
+def from_weights(
     p: Path, state: Mapping[str, torch.Tensor], factory: str | None, kwargs: dict[str, Any]
 ) -> nn.Module:
     if factory is None:
@@ -168,6 +168,6 @@ def _from_weights(
             "model: pass --model-factory pkg.module:function (or path/to/file.py:function) and, "
             "if it takes arguments, --model-kwargs '{\"hidden\": 64}'"
         )
-    model = _build_from_factory(factory, kwargs)
-    _load_state_dict_strict(model, state, p, factory)
+    model = build_from_factory(factory, kwargs)
+    load_state_dict_strict(model, state, p, factory)
     return model

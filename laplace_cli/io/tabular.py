@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from laplace_cli.core.errors import BadInputError
-from laplace_cli.io.array_files import _load_npy, _safetensors_slicer, read_arrays
+from laplace_cli.io.array_files import load_npy, read_arrays, safetensors_slicer
 from laplace_cli.io.data_formats import (
-    _DEFAULT_CHUNK_ROWS,
     ARRAY_FORMATS,
+    DEFAULT_CHUNK_ROWS,
     FORMATS,
     SUFFIX_FORMATS,
     TABLE_FORMATS,
@@ -61,7 +61,7 @@ def iter_feature_chunks(
     fmt: str | None = None,
     x_key: str | Sequence[str] | None = None,
     target: str | None = None,
-    chunk_rows: int = _DEFAULT_CHUNK_ROWS,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
     id_key: str | None = "id",
 ) -> Iterator[tuple[list[Any], torch.Tensor]]:
     """Stream the features of an input file in chunks, for ``predict --input FILE|-``.
@@ -110,11 +110,11 @@ def iter_feature_chunks(
     if not (x_key is None or isinstance(x_key, str)):
         raise BadInputError(f"{source}: x_key must be one key name for {kind} files")
     if kind == "npy":
-        x: Any = _load_npy(p, source, mmap=True)
+        x: Any = load_npy(p, source, mmap=True)
         if x.dtype.kind not in "biuf":
             raise BadInputError(f"{source}: expected a numeric array, got dtype {x.dtype}")
     elif kind == "safetensors":
-        x = _safetensors_slicer(p, x_key or "x", source)
+        x = safetensors_slicer(p, x_key or "x", source)
     else:
         x, _ = read_arrays(p, kind, x_key, None, source=source)
     n = len(x)

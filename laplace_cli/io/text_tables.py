@@ -20,12 +20,12 @@ import torch
 
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.data_formats import (
-    _DEFAULT_CHUNK_ROWS,
+    DEFAULT_CHUNK_ROWS,
     TARGET_NAMES,
-    _did_you_mean,
-    _row_where,
     check_finite,
     detect_format,
+    did_you_mean,
+    row_where,
 )
 
 
@@ -120,7 +120,7 @@ def _csv_chunks(
         elif want_target:
             raise BadInputError(
                 f"{source}: no target column {target!r}; columns: {', '.join(header)}"
-                f"{_did_you_mean(target, header)}"
+                f"{did_you_mean(target, header)}"
             )
     else:
         # No target named: the conventional names are targets, never features.
@@ -138,7 +138,7 @@ def _csv_chunks(
         if missing:
             raise BadInputError(
                 f"{source}: no feature column {missing[0]!r}; columns: {', '.join(header)}"
-                f"{_did_you_mean(missing[0], header)}"
+                f"{did_you_mean(missing[0], header)}"
             )
         names = list(x_cols)
 
@@ -154,7 +154,7 @@ def _csv_chunks(
         line = reader.line_num
         if len(row) != len(header):
             raise BadInputError(
-                f"{source}: {_row_where(row_index, line)}: expected {len(header)} fields, got {len(row)}"
+                f"{source}: {row_where(row_index, line)}: expected {len(header)} fields, got {len(row)}"
             )
         if names is None:
             # Feature columns are decided from the first data row: every column whose value
@@ -184,7 +184,7 @@ def _csv_chunks(
                     got = row[j].strip()
                     what = "missing value" if not got else f"expected a number, got {got!r}"
                     raise BadInputError(
-                        f"{source}: {_row_where(row_index, line)}: column {n!r}: {what}"
+                        f"{source}: {row_where(row_index, line)}: column {n!r}: {what}"
                     ) from None
         if target_idx is not None:
             try:
@@ -193,7 +193,7 @@ def _csv_chunks(
                 got = row[target_idx].strip()
                 what = "missing value" if not got else f"expected a number, got {got!r}"
                 raise BadInputError(
-                    f"{source}: {_row_where(row_index, line)}: target column "
+                    f"{source}: {row_where(row_index, line)}: target column "
                     f"{header[target_idx]!r}: {what}"
                 ) from None
         ids.append(row[id_idx] if id_idx is not None else row_index)
@@ -292,7 +292,7 @@ def _jsonl_chunks(
     for line_no, text in enumerate(lines, start=1):
         if not text.strip():
             continue
-        where = _row_where(row_index, line_no)
+        where = row_where(row_index, line_no)
         try:
             rec = json.loads(text)
         except json.JSONDecodeError as err:
@@ -320,7 +320,7 @@ def _jsonl_chunks(
                     elif want_target:
                         raise BadInputError(
                             f"{source}: {where}: no target key {target!r}; keys: "
-                            f"{', '.join(rec)}{_did_you_mean(target, rec)}"
+                            f"{', '.join(rec)}{did_you_mean(target, rec)}"
                         )
                 elif want_target:
                     target_key = next((n for n in TARGET_NAMES if n in rec), None)
@@ -348,7 +348,7 @@ def _jsonl_chunks(
                 if list_key not in rec:
                     raise BadInputError(
                         f"{source}: {where}: no feature key {list_key!r}; keys: {', '.join(rec)}"
-                        f"{_did_you_mean(str(list_key), rec)}"
+                        f"{did_you_mean(str(list_key), rec)}"
                     )
                 feat = _numeric_array(rec[list_key], source, where, f"key {list_key!r}")
             else:
@@ -356,7 +356,7 @@ def _jsonl_chunks(
                 for n in names:
                     if n not in rec:
                         raise BadInputError(
-                            f"{source}: {where}: missing feature key {n!r}{_did_you_mean(n, rec)}"
+                            f"{source}: {where}: missing feature key {n!r}{did_you_mean(n, rec)}"
                         )
                     v = rec[n]
                     if not _is_number(v):
@@ -419,7 +419,7 @@ def iter_table_chunks(
     target: str | None = None,
     want_target: bool = False,
     id_key: str | None = "id",
-    chunk_rows: int = _DEFAULT_CHUNK_ROWS,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> Iterator[TableChunk]:
     """Parse a CSV / TSV / JSONL table chunk by chunk (memory bounded by ``chunk_rows``).
 

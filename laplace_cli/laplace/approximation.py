@@ -46,7 +46,7 @@ SUPPORTED = {
 }
 
 
-def _as_tensor(
+def as_tensor(
     value: float | Sequence[float] | Tensor, dtype: torch.dtype, device: torch.device
 ) -> Tensor:
     t = torch.as_tensor(value, dtype=dtype, device=device)
@@ -186,6 +186,16 @@ class Laplace(PosteriorMixin, PredictiveMixin):
         return Subnetwork(self.model, subnetwork_indices)
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the posterior and of every prediction (the model's)."""
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model, the posterior and every prediction."""
+        return self._device
+
+    @property
     def _itemsize(self) -> int:
         return torch.empty((), dtype=self._dtype).element_size()
 
@@ -196,7 +206,7 @@ class Laplace(PosteriorMixin, PredictiveMixin):
 
     @prior_precision.setter
     def prior_precision(self, value: float | Sequence[float] | Tensor) -> None:
-        t = _as_tensor(value, self._dtype, self._device)
+        t = as_tensor(value, self._dtype, self._device)
         if t.ndim != 1:
             raise BadInputError(
                 f"prior_precision must be a scalar or a vector, got shape {tuple(t.shape)}"
@@ -220,7 +230,7 @@ class Laplace(PosteriorMixin, PredictiveMixin):
 
     @prior_mean.setter
     def prior_mean(self, value: float | Tensor) -> None:
-        t = _as_tensor(value, self._dtype, self._device)
+        t = as_tensor(value, self._dtype, self._device)
         if t.numel() not in (1, self.n_params):
             raise BadInputError(
                 f"prior_mean must be a scalar or have {self.n_params} values, got {t.numel()}"
@@ -233,7 +243,7 @@ class Laplace(PosteriorMixin, PredictiveMixin):
 
     @sigma_noise.setter
     def sigma_noise(self, value: float | Sequence[float] | Tensor) -> None:
-        t = _as_tensor(value, self._dtype, self._device)
+        t = as_tensor(value, self._dtype, self._device)
         if self.likelihood != Likelihood.REGRESSION and (t.numel() != 1 or not torch.all(t == 1)):
             raise BadInputError("sigma_noise applies to regression only; leave it at 1")
         if t.ndim != 1:
@@ -285,7 +295,7 @@ class Laplace(PosteriorMixin, PredictiveMixin):
     def n_params(self) -> int:
         return self.subset.n_params
 
-    def _scale(self, sigma_noise: Tensor | None = None) -> Tensor:
+    def curvature_scale(self, sigma_noise: Tensor | None = None) -> Tensor:
         """The likelihood factor s: 1/(σ²T) for regression, 1/T otherwise."""
         if self.likelihood == Likelihood.REGRESSION:
             sigma = self.sigma_noise if sigma_noise is None else sigma_noise
@@ -296,7 +306,7 @@ class Laplace(PosteriorMixin, PredictiveMixin):
         return torch.tensor(1.0 / self.temperature, dtype=self._dtype, device=self._device)
 
     # --- fitting ----------------------------------------------------------------------------
-    def _prepare(self, batch: Any) -> tuple[Inputs, Tensor]:
+    def prepare_batch(self, batch: Any) -> tuple[Inputs, Tensor]:
         x, y = split_batch(batch, self.dict_key_x, self.dict_key_y)
         x = to_device(x, self._device, self._dtype)
         y = y.to(self._device)
@@ -387,14 +397,14 @@ class Laplace(PosteriorMixin, PredictiveMixin):
         for index, batch in enumerate(train_loader):
             if index < start_batch:
                 continue
-            x, y = self._prepare(batch)
+            x, y = self.prepare_batch(batch)
             if batch_size(x) == 0:
                 if on_batch is not None:
                     on_batch(index + 1)
                 continue
             chunks = [(x, y)]
             if dense:
-                rows = self._jacobian_rows()
+                rows = self.jacobian_chunk_rows()
                 chunks = [
                     (xc, y[i * rows : (i + 1) * rows]) for i, xc in enumerate(iter_rows(x, rows))
                 ]
@@ -405,7 +415,7 @@ class Laplace(PosteriorMixin, PredictiveMixin):
                     f = asdl_accumulate(self, xc, yc).to(self._dtype)
                     self._record_batch(index, f, yc)
                     continue
-                f, factors, J = self._jacobian_pieces(xc)
+                f, factors, J = self.jacobian_pieces(xc)
                 f = f.to(self._dtype)
                 self._record_batch(index, f, yc)
                 W = self._output_sqrt(f, yc)
@@ -493,7 +503,7 @@ class Laplace(PosteriorMixin, PredictiveMixin):
                 "loader (a DataLoader or a list of batches), not an iterator"
             )
         for index, batch in enumerate(train_loader):
-            x, y = self._prepare(batch)
+            x, y = self.prepare_batch(batch)
             if batch_size(x) == 0:
                 continue
             self._record_batch(index, self.subset.output(x).to(self._dtype), y)
@@ -506,7 +516,7 @@ class Laplace(PosteriorMixin, PredictiveMixin):
             # from the same seed in every pass (so the loader must keep its order).
             self._fit_generator = torch.Generator(device=self._device).manual_seed(self.seed)
             for batch in train_loader:
-                x, y = self._prepare(batch)
+                x, y = self.prepare_batch(batch)
                 if batch_size(x) > 0:
                     yield x, y
 
@@ -571,11 +581,11 @@ class Laplace(PosteriorMixin, PredictiveMixin):
             return out
         return {}
 
-    def _jacobian_rows(self) -> int:
+    def jacobian_chunk_rows(self) -> int:
         n_out = self.n_outputs or 1
         return jacobian_rows(max(n_out, 1), self.n_params, self._itemsize, self.max_memory)
 
-    def _require_fit(self) -> None:
+    def require_fit(self) -> None:
         if not self.fitted:
             raise BadInputError("the Laplace approximation is not fitted yet; call fit() first")
 

@@ -2,7 +2,7 @@
 marginal likelihood, weight samples, and a fitted posterior as the prior of the next fit.
 
 A mixin of `Laplace` (as `PredictiveMixin` is): every method reads the fitted state (`posterior`,
-`prior_precision`, `_scale()`, `mean`, `loss`, ...) and none of them fits or predicts.
+`prior_precision`, `curvature_scale()`, `mean`, `loss`, ...) and none of them fits or predicts.
 """
 
 from __future__ import annotations
@@ -22,26 +22,26 @@ class PosteriorMixin:
     @property
     def posterior_precision(self) -> Tensor:
         """Dense posterior precision (P, P); for large models use the structure's methods instead."""
-        self._require_fit()
-        return self.posterior.dense_precision(self.prior_precision, self._scale())
+        self.require_fit()
+        return self.posterior.dense_precision(self.prior_precision, self.curvature_scale())
 
     @property
     def posterior_covariance(self) -> Tensor:
-        self._require_fit()
-        return self.posterior.dense_covariance(self.prior_precision, self._scale())
+        self.require_fit()
+        return self.posterior.dense_covariance(self.prior_precision, self.curvature_scale())
 
     @property
     def posterior_variance(self) -> Tensor:
         """Marginal variances of the parameters (P,) (diag: exact; others from the dense inverse)."""
-        self._require_fit()
+        self.require_fit()
         if self.hessian_structure == Structure.DIAG:
-            return 1.0 / self.posterior.diag_precision(self.prior_precision, self._scale())
+            return 1.0 / self.posterior.diag_precision(self.prior_precision, self.curvature_scale())
         return self.posterior_covariance.diagonal()
 
     @property
     def log_det_posterior_precision(self) -> Tensor:
-        self._require_fit()
-        return self.posterior.log_det(self.prior_precision, self._scale())
+        self.require_fit()
+        return self.posterior.log_det(self.prior_precision, self.curvature_scale())
 
     @property
     def log_det_prior_precision(self) -> Tensor:
@@ -60,7 +60,7 @@ class PosteriorMixin:
     @property
     def log_likelihood(self) -> Tensor:
         """Log-likelihood of the training data at the MAP (with σ and T)."""
-        self._require_fit()
+        self.require_fit()
         return lik.log_likelihood(
             self.likelihood,
             self.loss,
@@ -78,7 +78,7 @@ class PosteriorMixin:
         Differentiable in `prior_precision` and `sigma_noise` when they are given as tensors
         that require gradients; the stored values are not changed.
         """
-        self._require_fit()
+        self.require_fit()
         prior = (
             self.prior_precision
             if prior_precision is None
@@ -91,7 +91,7 @@ class PosteriorMixin:
             if sigma_noise is None
             else torch.as_tensor(sigma_noise, dtype=self._dtype, device=self._device).reshape(-1)
         )
-        scale = self._scale(sigma)
+        scale = self.curvature_scale(sigma)
         expand_prior(prior, self.subset.groups)  # validates the length
         log_lik = lik.log_likelihood(
             self.likelihood, self.loss, self.n_data, self.n_outputs or 1, sigma, self.temperature
@@ -120,7 +120,7 @@ class PosteriorMixin:
             raise BadInputError(
                 f"a prior posterior must be a fitted Laplace, got {type(previous).__name__}"
             )
-        previous._require_fit()
+        previous.require_fit()
         if previous.hessian_structure != self.hessian_structure:
             raise BadInputError(
                 f"a posterior used as prior must have the same structure: this one is "
@@ -141,7 +141,7 @@ class PosteriorMixin:
         if self.hessian_structure == Structure.LOWRANK and self.fitted:
             raise BadInputError("lowrank: call set_prior_from before fit")
         self.posterior.set_prior_posterior(
-            previous.posterior, previous._scale().detach(), self._scale().detach()
+            previous.posterior, previous.curvature_scale().detach(), self.curvature_scale().detach()
         )
         self.prior_mean = previous.mean.detach().clone()
         self.prior_precision = previous.prior_precision.detach().clone()
@@ -149,6 +149,6 @@ class PosteriorMixin:
 
     def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
         """Weight samples θ ~ N(θ*, Λ⁻¹), (n_samples, P)."""
-        self._require_fit()
-        z = self.posterior.sample(n_samples, self.prior_precision, self._scale(), generator)
+        self.require_fit()
+        z = self.posterior.sample(n_samples, self.prior_precision, self.curvature_scale(), generator)
         return self.mean + z

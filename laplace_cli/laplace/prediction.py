@@ -52,10 +52,10 @@ class PredictiveMixin:
     """Predictive methods of `Laplace`; they use its subset, posterior and hyperparameters."""
 
     # --- predictive -------------------------------------------------------------------------
-    def _inputs(self, x: Any) -> Inputs:
+    def as_inputs(self, x: Any) -> Inputs:
         return to_device(x, self._device, self._dtype)
 
-    def _factor_rows(self, x: Inputs) -> int:
+    def factor_rows(self, x: Inputs) -> int:
         """Rows per chunk of the structured (diag / kron) functional variance.
 
         The bytes per row of the layer factors plus the largest per-layer intermediate (a conv
@@ -72,7 +72,7 @@ class PredictiveMixin:
         per_row, inputs_per_row = cache[key]
         return factor_chunk_rows(batch_size(x), per_row, inputs_per_row, self.max_memory // 4)
 
-    def _jacobian_pieces(self, x: Inputs) -> tuple[Tensor, list[Factor] | None, Tensor | None]:
+    def jacobian_pieces(self, x: Inputs) -> tuple[Tensor, list[Factor] | None, Tensor | None]:
         """(f, factors, J) of a chunk: the layer factors, or a dense Jacobian (B, C, P) for the
         structures that need one; a dense structure that `accepts_factors` gets the factors
         unless the model has none (a layer that runs twice per pass)."""
@@ -108,16 +108,16 @@ class PredictiveMixin:
         computes J V from the layer factors where that is cheaper
         (`jacobian_products.matmul`), the others use dense Jacobians.
         """
-        self._require_fit()
-        x = self._inputs(x)
+        self.require_fit()
+        x = self.as_inputs(x)
         if batch_size(x) == 0:
             return self._empty_prediction()
-        prior, scale = self.prior_precision, self._scale()
+        prior, scale = self.prior_precision, self.curvature_scale()
         dense = self.posterior.needs_dense_jacobian
-        rows = self._jacobian_rows() if dense else self._factor_rows(x)
+        rows = self.jacobian_chunk_rows() if dense else self.factor_rows(x)
         mus, vars_ = [], []
         for xc in iter_rows(x, rows):
-            f, factors, J = self._jacobian_pieces(xc)
+            f, factors, J = self.jacobian_pieces(xc)
             var = self.posterior.functional_variance(prior, scale, factors=factors, J=J)
             mus.append(f.to(self._dtype))
             vars_.append(var)
@@ -149,9 +149,9 @@ class PredictiveMixin:
         so kron and diag never form Σ. Meant for small batches (the output is (B·C)²); a batch
         whose intermediates exceed `max_memory // 2` is refused with a MemoryBudgetError.
         """
-        self._require_fit()
-        x = self._inputs(x)
-        prior, scale = self.prior_precision, self._scale()
+        self.require_fit()
+        x = self.as_inputs(x)
+        prior, scale = self.prior_precision, self.curvature_scale()
         n = batch_size(x)
         if n == 0:
             f_mu, f_var = self._empty_prediction()
@@ -159,7 +159,7 @@ class PredictiveMixin:
         if self.posterior.needs_dense_jacobian:
             need = 4 * n * (self.n_outputs or 1) * self.n_params * self._itemsize
             self._check_joint_budget(need, n)
-            pieces = [self.subset.jacobians(xc) for xc in iter_rows(x, self._jacobian_rows())]
+            pieces = [self.subset.jacobians(xc) for xc in iter_rows(x, self.jacobian_chunk_rows())]
             f = torch.cat([p[0] for p in pieces]).to(self._dtype)
             J = torch.cat([p[1] for p in pieces]).to(self._dtype)  # (B, C, P)
             cov = self.posterior.functional_variance(prior, scale, J=J.reshape(1, -1, J.shape[-1]))
@@ -205,7 +205,7 @@ class PredictiveMixin:
         Every random draw uses `generator` (same seed, same output). Combinations that make no
         sense raise a BadInputError (see `predictive.check_pred_options`).
         """
-        self._require_fit()
+        self.require_fit()
         pt, la = check_pred_options(
             pred_type, link_approx, self.likelihood, n_samples=n_samples, joint=joint
         )
@@ -244,7 +244,7 @@ class PredictiveMixin:
         θ_s ~ N(θ*, Σ). For a last-layer subset the head is linear in its weights, so the
         features are computed once and all sampled heads are applied in one contraction.
         """
-        self._require_fit()
+        self.require_fit()
         pt = PredType.parse(pred_type, "pred_type")
         n_samples = check_n_samples(n_samples, "functional_samples")
         check_generator(generator, self._device)
@@ -253,7 +253,7 @@ class PredictiveMixin:
             if diagonal_output:
                 f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
             return sample_gaussian_outputs(f_mu, f_var, n_samples, generator)
-        x = self._inputs(x)
+        x = self.as_inputs(x)
         thetas = self.sample(n_samples, generator)  # (S, P)
         if isinstance(self.subset, LastLayer):
             phi, _ = self.subset.features(x)  # (B, d)
@@ -290,7 +290,7 @@ class PredictiveMixin:
         `n_samples` sampled networks' outputs. aleatoric_var = σ² (`sigma_noise`), total_var the
         sum: the variance of a new observation, while epistemic_var is that of f(x).
         """
-        self._require_fit()
+        self.require_fit()
         if self.likelihood != Likelihood.REGRESSION:
             raise BadInputError(
                 f"regression_predictive is for the regression likelihood, this is "
@@ -328,7 +328,7 @@ class PredictiveMixin:
             mean, var (epistemic), var_aleatoric (σ²), var_total, lower and upper (the central
             `level` interval of N(mean, var_total)).
         """
-        self._require_fit()
+        self.require_fit()
         if self.likelihood == Likelihood.REGRESSION:
             pred = self.regression_predictive(x, pred_type, n_samples, generator)
             lower, upper = metrics.interval(pred.mean, pred.total_var, level)

@@ -109,7 +109,7 @@ def laplace_from_state(
             f"{len(metadata['param_names'])} tensors ({', '.join(metadata['param_names'][:3])}, ...), "
             f"the model {len(names)} ({', '.join(names[:3])}, ...)"
         )
-    dtype, device = la._dtype, la._device
+    dtype, device = la.dtype, la.device
     mean = tensors["mean"].to(dtype=dtype, device=device)
     if mean.shape != la.mean.shape or not torch.allclose(mean, la.mean, rtol=1e-5, atol=1e-6):
         raise BadInputError("the posterior's MAP weights differ from the model's parameters")

@@ -20,7 +20,7 @@ def _describe(t: Tensor) -> str:
     return f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
 
 
-def _as_tensor(x: Any, name: str) -> Tensor:
+def as_tensor(x: Any, name: str) -> Tensor:
     """Turn an array-like into a tensor, refusing things that are not real numbers."""
     try:
         t = torch.as_tensor(x)
@@ -33,7 +33,7 @@ def _as_tensor(x: Any, name: str) -> Tensor:
     return t
 
 
-def _clamp_eps(t: Tensor) -> float:
+def clamp_eps(t: Tensor) -> float:
     """Smallest probability used before a log: the machine epsilon of the input's dtype.
 
     This matches scikit-learn's ``log_loss`` (``eps="auto"``) so that a zero probability on the
@@ -43,13 +43,13 @@ def _clamp_eps(t: Tensor) -> float:
     return float(torch.finfo(dtype).eps)
 
 
-def _check_finite(t: Tensor, name: str) -> None:
+def check_finite(t: Tensor, name: str) -> None:
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         n_bad = int((~torch.isfinite(t)).sum())
         raise BadInputError(f"{name}: expected finite values, got {n_bad} NaN/Inf entries")
 
 
-def _check_probs(probs: Any, *, name: str = "probs", simplex: bool = True) -> Tensor:
+def check_probs(probs: Any, *, name: str = "probs", simplex: bool = True) -> Tensor:
     """Validate probabilities and return them as float64.
 
     Args:
@@ -61,7 +61,7 @@ def _check_probs(probs: Any, *, name: str = "probs", simplex: bool = True) -> Te
     Raises:
         BadInputError: wrong shape, empty, non-finite, outside [0, 1] or rows not summing to 1.
     """
-    t = _as_tensor(probs, name)
+    t = as_tensor(probs, name)
     if t.dtype == torch.bool:
         raise BadInputError(f"{name}: expected probabilities, got {_describe(t)}")
     if simplex:
@@ -76,11 +76,11 @@ def _check_probs(probs: Any, *, name: str = "probs", simplex: bool = True) -> Te
         )
     if t.shape[0] == 0:
         raise BadInputError(f"{name}: expected at least one sample, got {_describe(t)}")
-    _check_finite(t, name)
+    check_finite(t, name)
     # Loose on purpose: the check is there to catch logits or unnormalised scores passed by
     # mistake, not rounding. float32 probabilities cast to float64 by a caller are off by
     # ~1e-6; half precision by ~1e-2 (hence sqrt(eps) for low-precision dtypes).
-    tol = max(1e-3, math.sqrt(_clamp_eps(t)))
+    tol = max(1e-3, math.sqrt(clamp_eps(t)))
     t64 = t.to(torch.float64)
     lo, hi = float(t64.min()), float(t64.max())
     if lo < -tol or hi > 1.0 + tol:
@@ -97,18 +97,18 @@ def _check_probs(probs: Any, *, name: str = "probs", simplex: bool = True) -> Te
     return t64.clamp(0.0, 1.0)
 
 
-def _check_labels(labels: Any, n: int, n_classes: int, *, name: str = "labels") -> Tensor:
+def check_labels(labels: Any, n: int, n_classes: int, *, name: str = "labels") -> Tensor:
     """Validate integer class labels of shape (N,) in ``[0, n_classes)``; returns int64.
 
     Float labels are accepted when every value is a whole number (CSV readers produce them).
     """
-    t = _as_tensor(labels, name)
+    t = as_tensor(labels, name)
     if t.ndim != 1 or t.shape[0] != n:
         raise BadInputError(f"{name}: expected shape ({n},) to match probs, got {_describe(t)}")
     if t.dtype == torch.bool:
         raise BadInputError(f"{name}: expected integer class labels, got {_describe(t)}")
     if t.is_floating_point():
-        _check_finite(t, name)
+        check_finite(t, name)
         if not bool((t == t.round()).all()):
             raise BadInputError(f"{name}: expected integer class labels, got non-integer floats")
     t = t.to(torch.int64)
@@ -121,33 +121,33 @@ def _check_labels(labels: Any, n: int, n_classes: int, *, name: str = "labels") 
     return t
 
 
-def _check_binary_labels(labels: Any, shape: torch.Size, *, name: str = "labels") -> Tensor:
+def check_binary_labels(labels: Any, shape: torch.Size, *, name: str = "labels") -> Tensor:
     """Validate {0, 1} targets with the same shape as the probabilities; returns float64."""
-    t = _as_tensor(labels, name)
+    t = as_tensor(labels, name)
     if t.shape != shape:
         raise BadInputError(
             f"{name}: expected shape {tuple(shape)} to match probs, got {_describe(t)}"
         )
-    _check_finite(t, name)
+    check_finite(t, name)
     t = t.to(torch.float64)
     if not bool(((t == 0) | (t == 1)).all()):
         raise BadInputError(f"{name}: expected binary targets in {{0, 1}}, got other values")
     return t
 
 
-def _check_classification(probs: Any, labels: Any) -> tuple[Tensor, Tensor]:
-    p = _check_probs(probs)
-    y = _check_labels(labels, p.shape[0], p.shape[1])
+def check_classification(probs: Any, labels: Any) -> tuple[Tensor, Tensor]:
+    p = check_probs(probs)
+    y = check_labels(labels, p.shape[0], p.shape[1])
     return p, y.to(p.device)
 
 
-def _check_n_bins(n_bins: Any) -> int:
+def check_n_bins(n_bins: Any) -> int:
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise BadInputError(f"n_bins: expected a positive integer, got {n_bins!r}")
     return n_bins
 
 
-def _check_level(level: Any, name: str = "level") -> float:
+def check_level(level: Any, name: str = "level") -> float:
     try:
         value = float(level)
     except (TypeError, ValueError):
@@ -158,19 +158,19 @@ def _check_level(level: Any, name: str = "level") -> float:
     return value
 
 
-def _check_scores(scores: Any, name: str) -> Tensor:
-    t = _as_tensor(scores, name)
+def check_scores(scores: Any, name: str) -> Tensor:
+    t = as_tensor(scores, name)
     if t.ndim != 1 or t.shape[0] == 0 or t.dtype == torch.bool:
         raise BadInputError(
             f"{name}: expected a non-empty 1-D tensor of scores, got {_describe(t)}"
         )
-    _check_finite(t, name)
+    check_finite(t, name)
     return t.to(torch.float64)
 
 
-def _check_mean_var(mean: Any, var: Any) -> tuple[Tensor, Tensor]:
-    m = _as_tensor(mean, "mean")
-    v = _as_tensor(var, "var")
+def check_mean_var(mean: Any, var: Any) -> tuple[Tensor, Tensor]:
+    m = as_tensor(mean, "mean")
+    v = as_tensor(var, "var")
     if m.ndim not in (1, 2) or m.shape[0] == 0:
         raise BadInputError(f"mean: expected shape (N, D) or (N,) with N >= 1, got {_describe(m)}")
     if v.shape != m.shape:
@@ -178,8 +178,8 @@ def _check_mean_var(mean: Any, var: Any) -> tuple[Tensor, Tensor]:
             f"var: expected the shape of mean {tuple(m.shape)} (per-output total variance, not a "
             f"covariance), got {_describe(v)}"
         )
-    _check_finite(m, "mean")
-    _check_finite(v, "var")
+    check_finite(m, "mean")
+    check_finite(v, "var")
     v = v.to(torch.float64)
     if not bool((v > 0).all()):
         raise BadInputError(
@@ -188,13 +188,13 @@ def _check_mean_var(mean: Any, var: Any) -> tuple[Tensor, Tensor]:
     return m.to(torch.float64), v
 
 
-def _check_regression(mean: Any, var: Any, y: Any) -> tuple[Tensor, Tensor, Tensor]:
-    m, v = _check_mean_var(mean, var)
-    t = _as_tensor(y, "y")
+def check_regression(mean: Any, var: Any, y: Any) -> tuple[Tensor, Tensor, Tensor]:
+    m, v = check_mean_var(mean, var)
+    t = as_tensor(y, "y")
     # (N,) targets with a single-output (N, 1) model are taken as (N, 1), as in DESIGN.md §1b.
     if t.ndim == 1 and m.ndim == 2 and m.shape[1] == 1 and t.shape[0] == m.shape[0]:
         t = t.unsqueeze(1)
     if t.shape != m.shape:
         raise BadInputError(f"y: expected shape {tuple(m.shape)} to match mean, got {_describe(t)}")
-    _check_finite(t, "y")
+    check_finite(t, "y")
     return m, v, t.to(device=m.device, dtype=torch.float64)

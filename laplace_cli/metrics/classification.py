@@ -34,19 +34,19 @@ from torch import Tensor
 
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.metrics.checks import (
-    _as_tensor,
-    _check_binary_labels,
-    _check_classification,
-    _check_n_bins,
-    _check_probs,
-    _check_scores,
-    _clamp_eps,
+    as_tensor,
+    check_binary_labels,
+    check_classification,
+    check_n_bins,
+    check_probs,
+    check_scores,
+    clamp_eps,
 )
 
 # Re-exported: laplace_cli.metrics.temperature imports these three checks from this module.
-from laplace_cli.metrics.checks import _check_finite as _check_finite
-from laplace_cli.metrics.checks import _check_labels as _check_labels
-from laplace_cli.metrics.checks import _check_regression as _check_regression
+from laplace_cli.metrics.checks import check_finite as check_finite
+from laplace_cli.metrics.checks import check_labels as check_labels
+from laplace_cli.metrics.checks import check_regression as check_regression
 from laplace_cli.metrics.regression import (
     CoverageCurve,
     coverage,
@@ -216,7 +216,7 @@ def accuracy(probs: Tensor, labels: Tensor) -> float:
         probs: (N, C) class probabilities.
         labels: (N,) integer labels.
     """
-    p, y = _check_classification(probs, labels)
+    p, y = check_classification(probs, labels)
     return _accuracy(p, y)
 
 
@@ -230,8 +230,8 @@ def nll(probs: Tensor, labels: Tensor) -> float:
         probs: (N, C) class probabilities.
         labels: (N,) integer labels.
     """
-    p, y = _check_classification(probs, labels)
-    return _nll(p, y, _clamp_eps(_as_tensor(probs, "probs")))
+    p, y = check_classification(probs, labels)
+    return _nll(p, y, clamp_eps(as_tensor(probs, "probs")))
 
 
 def brier(probs: Tensor, labels: Tensor) -> float:
@@ -241,7 +241,7 @@ def brier(probs: Tensor, labels: Tensor) -> float:
         probs: (N, C) class probabilities.
         labels: (N,) integer labels.
     """
-    p, y = _check_classification(probs, labels)
+    p, y = check_classification(probs, labels)
     return _brier(p, y)
 
 
@@ -256,8 +256,8 @@ def reliability_bins(probs: Tensor, labels: Tensor, n_bins: int = 15) -> Reliabi
     Returns:
         Bin edges, per-bin mean confidence and accuracy (NaN for empty bins) and counts.
     """
-    n_bins = _check_n_bins(n_bins)
-    p, y = _check_classification(probs, labels)
+    n_bins = check_n_bins(n_bins)
+    p, y = check_classification(probs, labels)
     return _reliability_bins(p, y, n_bins)
 
 
@@ -300,8 +300,8 @@ def adaptive_ece(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
         labels: (N,) integer labels.
         n_bins: number of bins B.
     """
-    n_bins = _check_n_bins(n_bins)
-    p, y = _check_classification(probs, labels)
+    n_bins = check_n_bins(n_bins)
+    p, y = check_classification(probs, labels)
     return _adaptive_ece(p, y, n_bins)
 
 
@@ -316,12 +316,12 @@ def classification_metrics(probs: Tensor, labels: Tensor, n_bins: int = 15) -> d
     Returns:
         ``{"acc", "nll", "ece", "mce", "brier", "aece"}`` as floats.
     """
-    n_bins = _check_n_bins(n_bins)
-    p, y = _check_classification(probs, labels)
+    n_bins = check_n_bins(n_bins)
+    p, y = check_classification(probs, labels)
     bins = _reliability_bins(p, y, n_bins)
     return {
         "acc": _accuracy(p, y),
-        "nll": _nll(p, y, _clamp_eps(_as_tensor(probs, "probs"))),
+        "nll": _nll(p, y, clamp_eps(as_tensor(probs, "probs"))),
         "ece": bins.ece(),
         "mce": bins.mce(),
         "brier": _brier(p, y),
@@ -335,9 +335,9 @@ def classification_metrics(probs: Tensor, labels: Tensor, n_bins: int = 15) -> d
 
 
 def _check_binary(probs: Any, labels: Any) -> tuple[Tensor, Tensor, float]:
-    p = _check_probs(probs, simplex=False)
-    t = _check_binary_labels(labels, p.shape).to(p.device)
-    return p, t, _clamp_eps(_as_tensor(probs, "probs"))
+    p = check_probs(probs, simplex=False)
+    t = check_binary_labels(labels, p.shape).to(p.device)
+    return p, t, clamp_eps(as_tensor(probs, "probs"))
 
 
 def _binary_nll(p: Tensor, t: Tensor, eps: float) -> float:
@@ -417,8 +417,8 @@ def auroc(scores_in: Tensor, scores_out: Tensor) -> float:
         scores_in: (N_in,) scores of in-distribution inputs.
         scores_out: (N_out,) scores of OOD inputs.
     """
-    s_in = _check_scores(scores_in, "scores_in")
-    s_out = _check_scores(scores_out, "scores_out").to(s_in.device)
+    s_in = check_scores(scores_in, "scores_in")
+    s_out = check_scores(scores_out, "scores_out").to(s_in.device)
     n_in, n_out = s_in.shape[0], s_out.shape[0]
     ranks = _average_ranks(torch.cat([s_in, s_out]))
     u = float(ranks[n_in:].sum()) - n_out * (n_out + 1) / 2.0
@@ -438,8 +438,8 @@ def fpr_at_tpr(scores_in: Tensor, scores_out: Tensor, tpr: float = 0.95) -> floa
         scores_out: (N_out,) scores of OOD inputs.
         tpr: target true-positive rate in (0, 1].
     """
-    s_in = _check_scores(scores_in, "scores_in")
-    s_out = _check_scores(scores_out, "scores_out").to(s_in.device)
+    s_in = check_scores(scores_in, "scores_in")
+    s_out = check_scores(scores_out, "scores_out").to(s_in.device)
     try:
         target = float(tpr)
     except (TypeError, ValueError):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from laplace_cli.core.errors import BadInputError
-from laplace_cli.metrics.checks import _check_level, _check_mean_var, _check_regression
+from laplace_cli.metrics.checks import check_level, check_mean_var, check_regression
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -55,13 +55,13 @@ def rmse(mean: Tensor, var: Tensor, y: Tensor) -> float:
 
     ``var`` is validated but unused, so every regression metric takes the same arguments.
     """
-    m, _, t = _check_regression(mean, var, y)
+    m, _, t = check_regression(mean, var, y)
     return _rmse(m, t)
 
 
 def mae(mean: Tensor, var: Tensor, y: Tensor) -> float:
     """Mean absolute error over all elements: ``mean |μ − y|`` (``var`` validated, unused)."""
-    m, _, t = _check_regression(mean, var, y)
+    m, _, t = check_regression(mean, var, y)
     return _mae(m, t)
 
 
@@ -75,7 +75,7 @@ def gaussian_nll(mean: Tensor, var: Tensor, y: Tensor) -> float:
         var: (N, D) total predictive variance (> 0).
         y: (N, D) targets ((N,) for D = 1 is fine).
     """
-    m, v, t = _check_regression(mean, var, y)
+    m, v, t = check_regression(mean, var, y)
     return _gaussian_nll(m, v, t)
 
 
@@ -91,7 +91,7 @@ def crps_gaussian(mean: Tensor, var: Tensor, y: Tensor) -> float:
         var: (N, D) total predictive variance (> 0).
         y: (N, D) targets.
     """
-    m, v, t = _check_regression(mean, var, y)
+    m, v, t = check_regression(mean, var, y)
     return _crps(m, v, t)
 
 
@@ -106,8 +106,8 @@ def interval(mean: Tensor, var: Tensor, level: float = 0.95) -> tuple[Tensor, Te
     Returns:
         ``(lower, upper)``, each of the shape of ``mean``, in float64.
     """
-    level = _check_level(level)
-    m, v = _check_mean_var(mean, var)
+    level = check_level(level)
+    m, v = check_mean_var(mean, var)
     half = _z(level) * v.sqrt()
     return m - half, m + half
 
@@ -123,8 +123,8 @@ def coverage(mean: Tensor, var: Tensor, y: Tensor, level: float = 0.95) -> float
         y: (N, D) targets.
         level: nominal level in (0, 1).
     """
-    level = _check_level(level)
-    m, v, t = _check_regression(mean, var, y)
+    level = check_level(level)
+    m, v, t = check_regression(mean, var, y)
     return _coverage(m, v, t, level)
 
 
@@ -154,10 +154,10 @@ def coverage_curve(
     """
     if levels is None:
         levels = [k / 20 for k in range(1, 20)] + [0.99]
-    checked = [_check_level(lv, "levels") for lv in levels]
+    checked = [check_level(lv, "levels") for lv in levels]
     if not checked:
         raise BadInputError("levels: expected at least one level, got none")
-    m, v, t = _check_regression(mean, var, y)
+    m, v, t = check_regression(mean, var, y)
     empirical = [_coverage(m, v, t, lv) for lv in checked]
     return CoverageCurve(
         nominal=torch.tensor(checked, dtype=torch.float64),
@@ -170,7 +170,7 @@ def coverage_key(level: float) -> str:
 
     The decimal point becomes ``_`` so the name stays an identifier usable in gates.
     """
-    pct = round(_check_level(level) * 100.0, 6)
+    pct = round(check_level(level) * 100.0, 6)
     text = f"{pct:g}" if pct != int(pct) else str(int(pct))
     return "coverage_" + text.replace(".", "_")
 
@@ -189,9 +189,9 @@ def regression_metrics(
     Returns:
         ``{"rmse", "mae", "nll", "crps", "coverage_<pct>" per level}`` as floats.
     """
-    checked = [_check_level(lv, "levels") for lv in levels]
+    checked = [check_level(lv, "levels") for lv in levels]
     keys = {coverage_key(lv): lv for lv in checked}
-    m, v, t = _check_regression(mean, var, y)
+    m, v, t = check_regression(mean, var, y)
     out = {
         "rmse": _rmse(m, t),
         "mae": _mae(m, t),

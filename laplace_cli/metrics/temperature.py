@@ -16,10 +16,10 @@ from torch import Tensor
 
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.metrics.classification import (
-    _as_tensor,
-    _check_finite,
-    _check_labels,
-    _check_regression,
+    as_tensor,
+    check_finite,
+    check_labels,
+    check_regression,
 )
 
 __all__ = [
@@ -32,13 +32,13 @@ __all__ = [
 
 
 def _check_logits(logits: Any) -> Tensor:
-    t = _as_tensor(logits, "logits")
+    t = as_tensor(logits, "logits")
     if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] < 2 or not t.is_floating_point():
         raise BadInputError(
             f"logits: expected floating-point logits of shape (N, C) with N >= 1, C >= 2, got "
             f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
         )
-    _check_finite(t, "logits")
+    check_finite(t, "logits")
     return t
 
 
@@ -77,7 +77,7 @@ def temperature_nll(logits: Tensor, labels: Tensor, temperature: float) -> float
         temperature: T > 0.
     """
     z = _check_logits(logits).to(torch.float64)
-    y = _check_labels(labels, z.shape[0], z.shape[1]).to(z.device)
+    y = check_labels(labels, z.shape[0], z.shape[1]).to(z.device)
     t = _check_temperature(temperature)
     return _nll_grad_hess(z, y, 1.0 / t)[0]
 
@@ -113,7 +113,7 @@ def fit_temperature(
         The fitted temperature T as a float.
     """
     z = _check_logits(logits).to(torch.float64)
-    y = _check_labels(labels, z.shape[0], z.shape[1]).to(z.device)
+    y = check_labels(labels, z.shape[0], z.shape[1]).to(z.device)
     t_min = _check_temperature(bounds[0], "bounds[0]")
     t_max = _check_temperature(bounds[1], "bounds[1]")
     if not t_min < t_max:
@@ -162,7 +162,7 @@ def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
         Tensor of the same shape and dtype as ``logits``.
     """
     t = _check_temperature(temperature)
-    z = _as_tensor(logits, "logits")
+    z = as_tensor(logits, "logits")
     if not z.is_floating_point():
         raise BadInputError(f"logits: expected a floating-point tensor, got {z.dtype}")
     return z / t
@@ -182,7 +182,7 @@ def fit_variance_scale(mean: Tensor, var: Tensor, y: Tensor) -> float:
     Raises:
         BadInputError: the residuals are all zero, so no finite NLL minimiser exists.
     """
-    m, v, t = _check_regression(mean, var, y)
+    m, v, t = check_regression(mean, var, y)
     s = float(((t - m) ** 2 / v).mean())
     if not s > 0.0:
         raise BadInputError(
@@ -200,4 +200,4 @@ def apply_variance_scale(var: Tensor, scale: float) -> Tensor:
         scale: s > 0 (as returned by :func:`fit_variance_scale`).
     """
     s = _check_temperature(scale, "scale")
-    return _as_tensor(var, "var") * s
+    return as_tensor(var, "var") * s

@@ -38,9 +38,9 @@ from laplace_cli.pipeline.gates import evaluate_gates, parse_gates
 from laplace_cli.pipeline.stages import (
     PredictOptions,
     Progress,
-    _len_or_none,
     check_model_accepts,
     default_pred_options,
+    len_or_none,
     no_progress,
     predict_batch,
     split_loader,
@@ -90,17 +90,17 @@ def collect_outputs(
     the other ranks get None."""
     loader = distributed.shard_loader(loader, ctx)
     pred_type, link_approx = default_pred_options(la, options)
-    generator = torch.Generator(device=la._device).manual_seed(options.seed)
+    generator = torch.Generator(device=la.device).manual_seed(options.seed)
     f_map, ys, probs, var_total, f_mu = [], [], [], [], []
     # One forward pass per batch where the subset can share it (last layer: the MAP outputs,
     # the model check and the predictive all read the same features).
     with la.subset.reuse_forward():
-        for i, batch in enumerate(progress(loader, _len_or_none(loader), what)):
+        for i, batch in enumerate(progress(loader, len_or_none(loader), what)):
             x, y = split_batch(batch)
-            x = to_device(x, la._device, la._dtype)  # dict (text) batches too
+            x = to_device(x, la.device, la.dtype)  # dict (text) batches too
             if i == 0:
                 check_model_accepts(la, x, source or what)
-            f_map.append(la.subset.output(x).to(la._dtype).cpu())
+            f_map.append(la.subset.output(x).to(la.dtype).cpu())
             pred = predict_batch(la, x, pred_type, link_approx, options.n_samples, generator)
             ys.append(y.cpu())
             if "probs" in pred:
@@ -219,7 +219,7 @@ def evaluate(
     """
     options = options or PredictOptions()
     parsed_gates = parse_gates(gates or [])  # malformed gates fail before any work
-    ctx = distributed.context(la._device) if shard else None
+    ctx = distributed.context(la.device) if shard else None
     pred_type, link_approx = default_pred_options(la, options)
     spec = load_dataset_spec(data_path)
     timings: dict[str, float] = {}

@@ -131,7 +131,7 @@ class Recipe:
         return dict(self.sections.get(name) or {})
 
 
-def _did_you_mean(word: str, options: Any) -> str:
+def did_you_mean(word: str, options: Any) -> str:
     close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -179,7 +179,7 @@ def _check_value(kind: str, choices: Any, value: Any, where: str, errors: list[s
         for v in values:
             if v not in choices:
                 errors.append(
-                    f"{where}: expected one of {', '.join(choices)}, got {v!r}{_did_you_mean(v, choices)}"
+                    f"{where}: expected one of {', '.join(choices)}, got {v!r}{did_you_mean(v, choices)}"
                 )
 
 
@@ -200,7 +200,7 @@ def validate_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
             where = f"{source}: {section + '.' if section else ''}{key}"
             if key not in schema:
                 errors.append(
-                    f"{where}: unknown key{_did_you_mean(key, schema)}; allowed: {', '.join(schema)}"
+                    f"{where}: unknown key{did_you_mean(key, schema)}; allowed: {', '.join(schema)}"
                 )
                 continue
             kind, choices = schema[key]

@@ -39,7 +39,7 @@ _PLOT_EXTRA = "pip install 'laplace-cli[plot]'"
 _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
-def _figure_class() -> Any:
+def figure_class() -> Any:
     """Import matplotlib lazily; a missing install is bad input with the fix in the message."""
     try:
         import matplotlib  # noqa: F401
@@ -114,7 +114,7 @@ def plot_reliability(
     Raises:
         BadInputError: matplotlib is missing (naming the ``plot`` extra) or a row is malformed.
     """
-    figure_cls = _figure_class()
+    figure_cls = figure_class()
     _check_rows(rows, "plot_reliability")
     bins = {name: _as_bins(name, value, n_bins) for name, value in rows.items()}
 
@@ -231,7 +231,7 @@ def plot_coverage(
     Raises:
         BadInputError: matplotlib is missing (naming the ``plot`` extra) or a row is malformed.
     """
-    figure_cls = _figure_class()
+    figure_cls = figure_class()
     _check_rows(rows, "plot_coverage")
     curves = {name: _as_curve(name, value, levels) for name, value in rows.items()}
 

@@ -44,7 +44,7 @@ def no_progress(
     return it
 
 
-def _len_or_none(obj: Any) -> int | None:
+def len_or_none(obj: Any) -> int | None:
     try:
         return len(obj)
     except TypeError:
@@ -66,7 +66,7 @@ def check_model_accepts(la: Laplace, x: Any, source: str) -> None:
         source: Where the inputs come from, for the message (file, split).
     """
     try:
-        la.subset.output(to_device(x, la._device, la._dtype))
+        la.subset.output(to_device(x, la.device, la.dtype))
     except torch.OutOfMemoryError:
         raise
     except LaplaceCliError as exc:
@@ -326,7 +326,7 @@ def fit(
     start = time.perf_counter()
     try:
         la.fit(
-            progress(loader, _len_or_none(loader), f"fit {options.structure}"),
+            progress(loader, len_or_none(loader), f"fit {options.structure}"),
             override=start_batch == 0,
             reduce=None if ctx is None else lambda ts: distributed.all_reduce_sum(ts, ctx),
             start_batch=start_batch,
@@ -385,7 +385,7 @@ def _fit_checkpoint(options: FitOptions, la: Laplace, loaded: LoadedModel, data_
         last_layer_name=options.last_layer_name,
         prior=options.prior,
         seed=options.seed,
-        dtype=la._dtype,
+        dtype=la.dtype,
         n_params=la.n_params,
         rank=rank,
         world_size=world,
@@ -480,7 +480,7 @@ def tune(
             raise BadInputError("grid search needs validation data: pass --data")
         spec = load_dataset_spec(data_path)
         loader = split_loader(spec, split, la.likelihood, batch_size, any_order=True)
-        kwargs["val_loader"] = progress(loader, _len_or_none(loader), "validation pass")
+        kwargs["val_loader"] = progress(loader, len_or_none(loader), "validation pass")
     return la.optimize_prior_precision(method=method, **kwargs)
 
 
@@ -550,7 +550,7 @@ def iter_prediction_rows(
 
     `source` names the inputs in errors (the first chunk is checked against the model)."""
     pred_type, link_approx = default_pred_options(la, options)
-    generator = torch.Generator(device=la._device).manual_seed(options.seed)
+    generator = torch.Generator(device=la.device).manual_seed(options.seed)
     checked = False
     for ids, x in chunks:
         with la.subset.reuse_forward():  # the check's forward pass serves the prediction

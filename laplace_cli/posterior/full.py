@@ -118,7 +118,7 @@ class FullPosterior(Posterior):
             self._eig = (d.clamp_min(0), V)
         return self._eig
 
-    def _is_scalar(self, prior: Tensor) -> bool:
+    def is_scalar_prior(self, prior: Tensor) -> bool:
         """Whether the eigendecomposition fast path applies (Λ = s·H + δ·I)."""
         return prior.numel() == 1 and self.split_outputs is None and self.prior_curvature is None
 
@@ -129,7 +129,7 @@ class FullPosterior(Posterior):
         return robust_cholesky(self.precision(prior, scale))
 
     def log_det(self, prior, scale):
-        if self._is_scalar(prior):
+        if self.is_scalar_prior(prior):
             d, _ = self.eig()
             return torch.log(scale * d + prior.reshape(())).sum()
         L = self.cholesky(prior, scale)
@@ -155,7 +155,7 @@ class FullPosterior(Posterior):
         return d + expand_prior(prior, self.groups)
 
     def dense_covariance(self, prior, scale):
-        if self._is_scalar(prior):
+        if self.is_scalar_prior(prior):
             d, V = self.eig()
             return (V / (scale * d + prior.reshape(()))) @ V.T
         return torch.cholesky_inverse(self.cholesky(prior, scale))
@@ -163,7 +163,7 @@ class FullPosterior(Posterior):
     def functional_variance(self, prior, scale, factors=None, J=None):
         if J is None and factors is None:
             raise BadInputError("the full functional variance needs Jacobians or their factors")
-        if self._is_scalar(prior):
+        if self.is_scalar_prior(prior):
             d, V = self.eig()
             # U = J V (B, C, P), a fresh tensor: scaled in place by (s·d + δ)^(-1/2).
             U = J @ V if J is not None else jacobian_products.matmul(factors, V)
@@ -182,7 +182,7 @@ class FullPosterior(Posterior):
         eps = torch.randn(
             n, self.n_params, dtype=self.dtype, device=self.device, generator=generator
         )
-        if self._is_scalar(prior):
+        if self.is_scalar_prior(prior):
             d, V = self.eig()
             return (eps / (scale * d + prior.reshape(())).sqrt()) @ V.T
         L = self.cholesky(prior, scale)

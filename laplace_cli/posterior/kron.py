@@ -135,7 +135,7 @@ class KronPosterior(Posterior):
             eigs.append(entry)
         self.eigs = eigs
 
-    def _eigs(self) -> list[dict[str, Tensor]]:
+    def eigendecomposition(self) -> list[dict[str, Tensor]]:
         if self.eigs is None:
             self.finalize()
         return self.eigs
@@ -146,7 +146,7 @@ class KronPosterior(Posterior):
         kind = block_kind(self.groups[i].kind)
         if kind == "diag":
             return scale * self.diag[i] + delta
-        e = self._eigs()[i]
+        e = self.eigendecomposition()[i]
         if kind == "kron":
             return scale * torch.outer(e["B.eigvals"], e["A.eigvals"]) + delta
         return scale * e["B.eigvals"] + delta
@@ -163,7 +163,7 @@ class KronPosterior(Posterior):
         kind = block_kind(self.groups[i].kind)
         if kind == "diag":
             return torch.diag(lam)
-        e = self._eigs()[i]
+        e = self.eigendecomposition()[i]
         Q = (
             e["B.eigvecs"]
             if kind == "kron_bias"
@@ -181,10 +181,10 @@ class KronPosterior(Posterior):
             start += g.numel
             kind = block_kind(g.kind)
             if kind == "kron":
-                e = self._eigs()[i]
+                e = self.eigendecomposition()[i]
                 part = e["B.eigvecs"].T @ part.reshape(lam.shape) @ e["A.eigvecs"]
             elif kind == "kron_bias":
-                part = self._eigs()[i]["B.eigvecs"].T @ part
+                part = self.eigendecomposition()[i]["B.eigvecs"].T @ part
             term = (lam * part**2).sum()
             total = term if total is None else total + term
         return total
@@ -210,7 +210,7 @@ class KronPosterior(Posterior):
             if kind == "diag":
                 out.append(lam)
                 continue
-            e = self._eigs()[i]
+            e = self.eigendecomposition()[i]
             if kind == "kron":
                 out.append((e["B.eigvecs"] ** 2 @ lam @ (e["A.eigvecs"] ** 2).T).reshape(-1))
             else:
@@ -236,7 +236,7 @@ class KronPosterior(Posterior):
         return out
 
     def _kron_fv(self, i: int, kind: str, fac, lam: Tensor) -> Tensor:
-        e = self._eigs()[i]
+        e = self.eigendecomposition()[i]
         QB = e["B.eigvecs"]
         if kind == "kron_bias":
             gb = fac.J if isinstance(fac, DenseFactor) else fac.G.sum(2)
@@ -270,10 +270,10 @@ class KronPosterior(Posterior):
             z = eps / lam.sqrt()
             kind = block_kind(g.kind)
             if kind == "kron":
-                e = self._eigs()[i]
+                e = self.eigendecomposition()[i]
                 z = e["B.eigvecs"] @ z @ e["A.eigvecs"].T
             elif kind == "kron_bias":
-                z = z @ self._eigs()[i]["B.eigvecs"].T
+                z = z @ self.eigendecomposition()[i]["B.eigvecs"].T
             out.append(z.reshape(n, -1))
         return torch.cat(out, dim=1)
 
@@ -318,7 +318,7 @@ class KronPosterior(Posterior):
             if kind == "diag":
                 out[f"kron.{g.name}.diag"] = self.diag[i]
             else:
-                for key, val in self._eigs()[i].items():
+                for key, val in self.eigendecomposition()[i].items():
                     out[f"kron.{g.name}.{key}"] = val
         return out
 

@@ -129,14 +129,14 @@ def conv_patches(module: nn.Conv2d, x: Tensor) -> Tensor:
     return patches.transpose(1, 2)
 
 
-def _layer_input(module: nn.Module, x: Tensor) -> Tensor:
+def layer_input(module: nn.Module, x: Tensor) -> Tensor:
     """Inputs of a supported layer as (B, T, d_in)."""
     if isinstance(module, nn.Conv2d):
         return conv_patches(module, x)
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
-def _layer_output_grad(module: nn.Module, g: Tensor) -> Tensor:
+def layer_output_grad(module: nn.Module, g: Tensor) -> Tensor:
     """Output gradients (K, B, *out) of a supported layer as (B, K, T, d_out)."""
     if isinstance(module, nn.Conv2d):
         k, b, c = g.shape[:3]
@@ -314,13 +314,13 @@ class AllWeights(ParameterSubset):
                             f"layer {mname!r} ran {len(outputs[mname])} times in one forward "
                             f"pass ({why}); use structure 'diag' or 'full' (dense Jacobians)"
                         )
-                grads = _output_jacobians(f, [outputs[m][0] for m in self._layers])
+                grads = output_jacobians(f, [outputs[m][0] for m in self._layers])
         finally:
             for h in handles:
                 h.remove()
-        layer_in = {m: _layer_input(mod, inputs[m][0]) for m, mod in self._layers.items()}
+        layer_in = {m: layer_input(mod, inputs[m][0]) for m, mod in self._layers.items()}
         layer_g = {
-            m: _layer_output_grad(mod, g) for (m, mod), g in zip(self._layers.items(), grads)
+            m: layer_output_grad(mod, g) for (m, mod), g in zip(self._layers.items(), grads)
         }
         other = [g.name for g in self.groups if g.kind == "other"]
         dense: dict[str, Tensor] = {}
@@ -338,7 +338,7 @@ class AllWeights(ParameterSubset):
         return f.detach(), factors
 
 
-def _output_jacobians(f: Tensor, outs: list[Tensor]) -> list[Tensor]:
+def output_jacobians(f: Tensor, outs: list[Tensor]) -> list[Tensor]:
     """∂f_c/∂z for every output c and each captured layer output z: list of (C, B, *z.shape[1:]).
 
     Samples are independent in eval mode, so the gradient of Σ_b f[b, c] w.r.t. z[b] is the

@@ -16,14 +16,14 @@ learning via subnetwork inference"):
   tensors with no selected entry are constants of the call.
 
 Mask helpers return sorted int64 index tensors: `largest_magnitude_indices`, `random_indices`,
-`indices_by_param_name`, `indices_by_module_name`, `largest_variance_indices`.
+`indices_by_param_name`, `indices_by_module_name` (and `largest_variance_indices`, which
+needs a fitted Laplace, in `laplace_cli.masks`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -36,16 +36,13 @@ from laplace_cli.subsets.base import (
     Factor,
     ParameterSubset,
     ParamGroup,
-    _layer_input,
-    _layer_output_grad,
-    _output_jacobians,
     call_model_functional,
     eval_mode,
     factored_layers,
+    layer_input,
+    layer_output_grad,
+    output_jacobians,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from laplace_cli.laplace.approximation import Laplace
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -70,7 +67,7 @@ def _param_ranges(model: nn.Module) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _check_count(n: int, total: int) -> int:
+def check_count(n: int, total: int) -> int:
     if int(n) != n or not 1 <= int(n) <= total:
         raise BadInputError(
             f"the number of subnetwork parameters must be an integer in [1, {total}], got {n}"
@@ -78,22 +75,22 @@ def _check_count(n: int, total: int) -> int:
     return int(n)
 
 
-def _sorted(idx: Tensor) -> Tensor:
+def sorted_indices(idx: Tensor) -> Tensor:
     return torch.sort(idx.to(torch.int64).cpu()).values
 
 
 def largest_magnitude_indices(model: nn.Module, n: int) -> Tensor:
     """Indices of the n trainable parameters with the largest |θ| (sorted, (n,))."""
     theta = flat_trainable(model)
-    n = _check_count(n, theta.numel())
-    return _sorted(torch.topk(theta.abs(), n).indices)
+    n = check_count(n, theta.numel())
+    return sorted_indices(torch.topk(theta.abs(), n).indices)
 
 
 def random_indices(model: nn.Module, n: int, generator: torch.Generator | None = None) -> Tensor:
     """n trainable parameter indices drawn uniformly without replacement (sorted, (n,))."""
     total = flat_trainable(model).numel()
-    n = _check_count(n, total)
-    return _sorted(torch.randperm(total, generator=generator)[:n])
+    n = check_count(n, total)
+    return sorted_indices(torch.randperm(total, generator=generator)[:n])
 
 
 def indices_by_param_name(model: nn.Module, names: Sequence[str] | str) -> Tensor:
@@ -112,7 +109,7 @@ def indices_by_param_name(model: nn.Module, names: Sequence[str] | str) -> Tenso
         pieces.append(torch.arange(start, stop))
     if not pieces:
         raise BadInputError("indices_by_param_name needs at least one parameter name")
-    return _sorted(torch.unique(torch.cat(pieces)))
+    return sorted_indices(torch.unique(torch.cat(pieces)))
 
 
 def indices_by_module_name(model: nn.Module, names: Sequence[str] | str) -> Tensor:
@@ -134,25 +131,6 @@ def indices_by_module_name(model: nn.Module, names: Sequence[str] | str) -> Tens
             raise BadInputError(f"module {name!r} has no trainable parameters")
         picked.extend(own)
     return indices_by_param_name(model, list(dict.fromkeys(picked)))
-
-
-def largest_variance_indices(la_diag: Laplace, n: int) -> Tensor:
-    """The n parameters with the largest marginal variance under a fitted diagonal Laplace.
-
-    `la_diag` must cover all weights with hessian_structure "diag" (the subnetwork selection of
-    Daxberger et al. 2021, `LargestVarianceDiagLaplaceSubnetMask` in laplace-torch).
-    """
-    from laplace_cli.core.enums import Structure, Subset
-
-    if la_diag.subset_of_weights != Subset.ALL or la_diag.hessian_structure != Structure.DIAG:
-        raise BadInputError(
-            "largest_variance_indices needs a fitted Laplace with subset_of_weights='all' and "
-            f"hessian_structure='diag', got {la_diag.subset_of_weights.value!r} / "
-            f"{la_diag.hessian_structure.value!r}"
-        )
-    variance = la_diag.posterior_variance.detach()
-    n = _check_count(n, variance.numel())
-    return _sorted(torch.topk(variance, n).indices)
 
 
 @dataclass
@@ -312,12 +290,12 @@ class Subnetwork(ParameterSubset):
                 f = as_2d_output(call_model(self.model, x))
                 # A layer that ran more than once (shared weights) gets the dense path instead.
                 usable = [m for m in layer_names if len(outputs[m]) == 1]
-                grads = _output_jacobians(f, [outputs[m][0] for m in usable]) if usable else []
+                grads = output_jacobians(f, [outputs[m][0] for m in usable]) if usable else []
         finally:
             for h in handles:
                 h.remove()
-        layer_in = {m: _layer_input(self._modules[m], inputs[m][0]) for m in usable}
-        layer_g = {m: _layer_output_grad(self._modules[m], g) for m, g in zip(usable, grads)}
+        layer_in = {m: layer_input(self._modules[m], inputs[m][0]) for m in usable}
+        layer_g = {m: layer_output_grad(self._modules[m], g) for m, g in zip(usable, grads)}
         return f.detach(), layer_in, layer_g
 
     def _dense_selected(self, x: Inputs, names: list[str]) -> dict[str, Tensor]:

@@ -33,7 +33,7 @@ The methods live in `tuning_marglik` and `tuning_grid` (their shared warning in
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
@@ -41,13 +41,10 @@ from laplace_cli.core.enums import LinkApprox, PredType, PriorStructure, Structu
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.tuning.common import TuningWarning
 from laplace_cli.tuning.grid import LOSSES as LOSSES  # re-exported, as LOG_BOUND below
-from laplace_cli.tuning.grid import LossFn, _gridsearch, grid_losses
+from laplace_cli.tuning.grid import LossFn, grid_losses, run_gridsearch
 from laplace_cli.tuning.marglik import LOG_BOUND as LOG_BOUND
-from laplace_cli.tuning.marglik import _marglik, log_evidence
-
-if TYPE_CHECKING:  # pragma: no cover
-    from laplace_cli.laplace.approximation import Laplace
-
+from laplace_cli.tuning.marglik import log_evidence, run_marglik
+from laplace_cli.tuning.protocol import FittedLaplace
 
 __all__ = [
     "TuningWarning",
@@ -68,7 +65,7 @@ MAX_LISTED = 10_000
 
 
 def optimize_prior_precision(
-    la: Laplace,
+    la: FittedLaplace,
     method: TuneMethod | str = "marglik",
     *,
     prior_structure: PriorStructure | str = "scalar",
@@ -136,7 +133,7 @@ def optimize_prior_precision(
             (K-FAC with "diag"), gridsearch without validation data.
         NumericalError: the marginal likelihood or every grid loss is not finite.
     """
-    la._require_fit()
+    la.require_fit()
     tm = TuneMethod.parse(method, "method")
     ps = PriorStructure.parse(prior_structure, "prior_structure")
     if ps == PriorStructure.DIAG and la.hessian_structure == Structure.KRON:
@@ -152,7 +149,7 @@ def optimize_prior_precision(
                 "temperature is tuned by gridsearch only (the marginal likelihood of a tempered "
                 "likelihood is not a model-selection criterion); use method='gridsearch'"
             )
-        result = _marglik(
+        result = run_marglik(
             la,
             ps,
             tune_prior=tune_prior,
@@ -181,7 +178,7 @@ def optimize_prior_precision(
                 "sigma_noise is tuned by marglik; run method='marglik' with tune_prior=False "
                 "first, then the grid search"
             )
-        result = _gridsearch(
+        result = run_gridsearch(
             la,
             val_loader,
             loss=loss,
@@ -214,7 +211,7 @@ def optimize_prior_precision(
     return result
 
 
-def optimize_sigma_noise(la: Laplace, **kwargs: Any) -> dict[str, Any]:
+def optimize_sigma_noise(la: FittedLaplace, **kwargs: Any) -> dict[str, Any]:
     """Tune the observation noise σ alone by marginal likelihood (regression), keeping δ."""
     kwargs.setdefault("tune_prior", False)
     kwargs.setdefault("tune_sigma_noise", True)

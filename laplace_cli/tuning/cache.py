@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,9 +46,7 @@ from laplace_cli.posterior.full import robust_cholesky
 from laplace_cli.posterior.memory import format_bytes
 from laplace_cli.subsets import jacobian_products
 from laplace_cli.subsets.base import DenseFactor, LayerFactor, dense_from_factors, iter_rows
-
-if TYPE_CHECKING:  # pragma: no cover
-    from laplace_cli.laplace.approximation import Laplace
+from laplace_cli.tuning.protocol import FittedLaplace
 
 __all__ = ["PredictiveCache", "cache_unsupported_reason"]
 
@@ -57,7 +55,7 @@ CACHED_STRUCTURES = (Structure.DIAG, Structure.KRON, Structure.FULL)
 CACHED_SUBSETS = (Subset.ALL, Subset.LAST_LAYER)
 
 
-def cache_unsupported_reason(la: Laplace) -> str | None:
+def cache_unsupported_reason(la: FittedLaplace) -> str | None:
     """Why `PredictiveCache` cannot serve `la` (None when it can)."""
     if la.hessian_structure not in CACHED_STRUCTURES:
         return f"structure {la.hessian_structure.value!r} has no predictive cache"
@@ -252,8 +250,8 @@ class PredictiveCache:
         blocks: rank-one weight blocks (with their biases) and dense blocks.
     """
 
-    def __init__(self, la: Laplace, inputs: Iterable[Any], targets: Tensor | None = None) -> None:
-        la._require_fit()
+    def __init__(self, la: FittedLaplace, inputs: Iterable[Any], targets: Tensor | None = None) -> None:
+        la.require_fit()
         reason = cache_unsupported_reason(la)
         if reason is not None:
             raise BadInputError(reason)
@@ -262,14 +260,14 @@ class PredictiveCache:
         self.groups = la.subset.groups
         self.n_groups = len(self.groups)
         self.n_params = la.n_params
-        self.dtype, self.device = la._dtype, la._device
+        self.dtype, self.device = la.dtype, la.device
         self.budget = la.max_memory // 2
         self._data: dict[tuple[float, ...], list[Tensor]] = {}
         self._layout = self._plan()
         mus: list[Tensor] = []
         pieces: list[list[tuple[Tensor, Tensor | None]]] = []
         used = 0
-        for x in _joined(la._inputs(x) for x in inputs):
+        for x in _joined(la.as_inputs(x) for x in inputs):
             for f, parts in self._pieces(la, x):
                 mus.append(f.to(self.dtype))
                 pieces.append(parts)
@@ -298,13 +296,13 @@ class PredictiveCache:
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
-    def from_loader(cls, la: Laplace, loader: Iterable[Any]) -> PredictiveCache:
+    def from_loader(cls, la: FittedLaplace, loader: Iterable[Any]) -> PredictiveCache:
         """Build from a loader of `(x, y)` or dict batches; keeps the targets as `cache.y`."""
         ys: list[Tensor] = []
 
         def inputs() -> Iterable[Any]:
             for batch in loader:
-                x, y = la._prepare(batch)
+                x, y = la.prepare_batch(batch)
                 if batch_size(x) == 0:
                     continue
                 ys.append(y)
@@ -333,7 +331,7 @@ class PredictiveCache:
         """
         if self.structure == Structure.FULL:
             return {}
-        eigs = self.posterior._eigs() if self.structure == Structure.KRON else None
+        eigs = self.posterior.eigendecomposition() if self.structure == Structure.KRON else None
         plan = {}
         for i, g in enumerate(self.groups):
             if g.kind != "bias" or g.module_name is None:
@@ -347,11 +345,11 @@ class PredictiveCache:
                     break
         return plan
 
-    def _pieces(self, la: Laplace, x: Any) -> Iterable[tuple[Tensor, list]]:
+    def _pieces(self, la: FittedLaplace, x: Any) -> Iterable[tuple[Tensor, list]]:
         """Row chunks of a batch and their pieces.
 
         full: dense Jacobian rows bounded as in `la.functional_variance`. diag / kron: the
-        first chunk as there (`la._factor_rows`); the later ones as large as `max_memory // 4`
+        first chunk as there (`la.factor_rows`); the later ones as large as `max_memory // 4`
         allows for the layer factors, measured as 3× the pieces of the first chunk (the factors
         G and a, the projections, the autograd intermediates). The cache keeps pieces of that
         size for every row anyway, so small chunks would bound nothing and only cost calls.
@@ -359,8 +357,8 @@ class PredictiveCache:
         n = batch_size(x)
         if self.structure == Structure.FULL:
             V = self._full_basis()
-            for xc in iter_rows(x, la._jacobian_rows()):
-                f, factors, J = la._jacobian_pieces(xc)
+            for xc in iter_rows(x, la.jacobian_chunk_rows()):
+                f, factors, J = la.jacobian_pieces(xc)
                 if J is None and V is None:
                     J = dense_from_factors(factors)
                 if J is not None:
@@ -370,7 +368,7 @@ class PredictiveCache:
                     U = jacobian_products.matmul(factors, V)
                 yield f, [(U, None)]  # U = J V, (rows, C, P)
             return
-        rows_fn = getattr(la, "_factor_rows", None)
+        rows_fn = getattr(la, "factor_rows", None)
         rows = rows_fn(x) if rows_fn is not None else n
         start = 0
         while start < n:
@@ -384,7 +382,7 @@ class PredictiveCache:
             ) / max(done, 1)
             rows = max(rows, int((la.max_memory // 4) // max(3 * per_row, 1)))
 
-    def _factor_pieces(self, la: Laplace, x: Any) -> tuple[Tensor, list]:
+    def _factor_pieces(self, la: FittedLaplace, x: Any) -> tuple[Tensor, list]:
         """Per group: (u, s2) for rank-one weights, (U, None) otherwise, in the posterior's basis.
 
         A folded bias (see `_plan`) gets (u of its weight, None) when the weight is rank-one,
@@ -392,7 +390,7 @@ class PredictiveCache:
         """
         f, factors = la.subset.factors(x)
         kron = self.structure == Structure.KRON
-        eigs = self.posterior._eigs() if kron else None
+        eigs = self.posterior.eigendecomposition() if kron else None
         parts: list[tuple[Tensor, Tensor | None]] = []
         for i, fac in enumerate(factors):
             if isinstance(fac, DenseFactor):
@@ -524,14 +522,14 @@ class PredictiveCache:
     def _is_eigen_path(self, prior_k: int, scale: Tensor) -> bool:
         """full: whether Λ = s·H + δ·I, diagonal in H's eigenbasis."""
         probe = torch.ones(prior_k, dtype=self.dtype, device=self.device)
-        return self.posterior._is_scalar(probe) and scale.shape[-1] == 1
+        return self.posterior.is_scalar_prior(probe) and scale.shape[-1] == 1
 
     def functional_variance(self, prior: Tensor | float, scale: Tensor | float) -> Tensor:
         """J Λ⁻¹ Jᵀ per sample, (N, C, C), at one prior δ and likelihood factor s.
 
         Args:
             prior: δ as a scalar, one value per parameter tensor or one per parameter.
-            scale: s (`la._scale()`): 1/T, or 1/(σ²T) for regression.
+            scale: s (`la.curvature_scale()`): 1/T, or 1/(σ²T) for regression.
         """
         priors = self._priors(torch.as_tensor(prior).reshape(1, -1))
         scales = self._scales(torch.as_tensor(scale).reshape(-1), 1)

@@ -17,15 +17,15 @@ class TuningWarning(UserWarning):
     """A tuning result to look at: optimum on the grid's edge, no convergence, a loss that cannot choose."""
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
     """A TuningWarning attributed to the caller's code (the first frame outside laplace_cli)."""
-    level, frame = 2, sys._getframe(1)  # stacklevel 2: the frame that called _warn
+    level, frame = 2, sys._getframe(1)  # stacklevel 2: the frame that called warn
     while frame is not None and frame.f_globals.get("__name__", "").startswith("laplace_cli"):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, TuningWarning, stacklevel=level)
 
 
-def _short(t: Tensor) -> str:
+def short_tensor(t: Tensor) -> str:
     flat = t.reshape(-1)
     if flat.numel() <= 4:
         return "[" + ", ".join(f"{float(v):.4g}" for v in flat) + "]"

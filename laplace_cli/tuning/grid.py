@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,11 +25,8 @@ from laplace_cli.posterior.predictive import (
     probit_sigmoid,
 )
 from laplace_cli.tuning.cache import PredictiveCache, cache_unsupported_reason
-from laplace_cli.tuning.common import _short, _warn
-
-if TYPE_CHECKING:  # pragma: no cover
-    from laplace_cli.laplace.approximation import Laplace
-
+from laplace_cli.tuning.common import short_tensor, warn
+from laplace_cli.tuning.protocol import FittedLaplace
 
 _LOG_2PI = math.log(2.0 * math.pi)
 LOSSES = {
@@ -41,7 +38,7 @@ LossFn = Callable[..., float]
 
 
 def grid_losses(
-    la: Laplace,
+    la: FittedLaplace,
     cache: PredictiveCache,
     priors: Tensor,
     temperatures: Tensor | None = None,
@@ -74,11 +71,11 @@ def _positive_values(values: Any, what: str) -> Tensor:
     if t.numel() == 0:
         raise BadInputError(f"{what}: expected at least one value")
     if not torch.isfinite(t).all() or (t <= 0).any():
-        raise BadInputError(f"{what}: expected positive finite values, got {_short(t)}")
+        raise BadInputError(f"{what}: expected positive finite values, got {short_tensor(t)}")
     return t
 
 
-def _scales(la: Laplace, temperatures: Tensor) -> Tensor:
+def _scales(la: FittedLaplace, temperatures: Tensor) -> Tensor:
     """s per grid point: 1/T, or 1/(σ²T) for regression, (G,); (G, C) with a per-output σ."""
     if la.likelihood == Likelihood.REGRESSION:
         sigma2 = la.sigma_noise.reshape(-1).to(temperatures.dtype) ** 2
@@ -102,7 +99,7 @@ def _resolve_loss(likelihood: Likelihood, loss: str | LossFn) -> tuple[str, Loss
 
 
 def _resolve_predictive(
-    la: Laplace, pred_type: Any, link_approx: Any
+    la: FittedLaplace, pred_type: Any, link_approx: Any
 ) -> tuple[PredType, LinkApprox | None]:
     pt_value = pred_type or la.tuning.get("pred_type") or "glm"
     pt = PredType.parse(pt_value, "pred_type")
@@ -168,7 +165,7 @@ def _losses(
     return torch.tensor([metrics.ece(p, y) for p in points], dtype=torch.float64)
 
 
-def _chunk_size(la: Laplace, cache: PredictiveCache, n_points: int) -> int:
+def _chunk_size(la: FittedLaplace, cache: PredictiveCache, n_points: int) -> int:
     """Grid points per vectorised chunk, so that the temporaries stay within max_memory / 4."""
     # Per point: rank-one weights w (N, d_out) per layer, the block eigenvalues, the variances
     # and probabilities (N, C) with their float64 copies.
@@ -181,7 +178,7 @@ def _chunk_size(la: Laplace, cache: PredictiveCache, n_points: int) -> int:
 
 
 def _cached_losses(
-    la: Laplace,
+    la: FittedLaplace,
     cache: PredictiveCache,
     priors: Tensor,
     scales: Tensor,
@@ -222,7 +219,7 @@ def _cached_losses(
 
 
 def _direct_losses(
-    la: Laplace,
+    la: FittedLaplace,
     batches: list[tuple[Any, Tensor]],
     priors: Tensor,
     temps: Tensor,
@@ -242,7 +239,7 @@ def _direct_losses(
         for prior, temp in zip(priors, temps):
             la.prior_precision = prior.reshape(1)
             la.temperature = float(temp)
-            gen = torch.Generator(device=la._device).manual_seed(seed)
+            gen = torch.Generator(device=la.device).manual_seed(seed)
             outs = []
             for x, _ in batches:
                 if lik == Likelihood.REGRESSION:
@@ -262,8 +259,8 @@ def _direct_losses(
     return torch.tensor(vals, dtype=torch.float64)
 
 
-def _gridsearch(
-    la: Laplace,
+def run_gridsearch(
+    la: FittedLaplace,
     val_loader: Iterable[Any] | None,
     *,
     loss: str | LossFn,
@@ -296,7 +293,7 @@ def _gridsearch(
     if refine < 0:
         raise BadInputError(f"refine must be >= 0, got {refine}")
     if name == "mse":
-        _warn(
+        warn(
             "loss 'mse' scores the GLM mean, which does not depend on the prior precision: every "
             "grid point scores the same, so the grid search cannot choose (use 'nll')"
         )
@@ -316,7 +313,7 @@ def _gridsearch(
             s = _scales(la, t.to(dtype=cache.dtype, device=cache.device))
             return _cached_losses(la, cache, p_, s, name, fn, link, n_samples, seed)
     else:
-        batches = [la._prepare(b) for b in val_loader]
+        batches = [la.prepare_batch(b) for b in val_loader]
         batches = [(x, y) for x, y in batches if batch_size(x) > 0]
         if not batches:
             raise BadInputError("the validation data is empty")
@@ -378,11 +375,11 @@ def _gridsearch(
             if prior_edge
             else f"temperature {best_temp:.4g}"
         )
-        _warn(
+        warn(
             f"grid search optimum is on the edge of the grid ({where}); extend the grid in that "
             "direction"
         )
-    la.prior_precision = torch.tensor([best_prior], dtype=la._dtype, device=la._device)
+    la.prior_precision = torch.tensor([best_prior], dtype=la.dtype, device=la.device)
     la.temperature = best_temp
     tuned = ["prior_precision"] + (["temperature"] if temperature_grid is not None else [])
     return {

@@ -6,7 +6,7 @@ Split out of `laplace_cli.tuning.api` (see its docstring for the method), which 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -14,18 +14,15 @@ from torch import Tensor
 from laplace_cli.core.enums import Likelihood, PriorStructure
 from laplace_cli.core.errors import BadInputError, NumericalError
 from laplace_cli.posterior.base import expand_prior
-from laplace_cli.tuning.common import _short, _warn
-
-if TYPE_CHECKING:  # pragma: no cover
-    from laplace_cli.laplace.approximation import Laplace
-
+from laplace_cli.tuning.common import short_tensor, warn
+from laplace_cli.tuning.protocol import FittedLaplace
 
 #: Log-space bound on δ and σ during marglik (e^±25 ≈ 7e10): keeps exp() finite in float32.
 LOG_BOUND = 25.0
 
 
 def log_evidence(
-    la: Laplace, log_prior_precision: Tensor, log_sigma_noise: Tensor | None = None
+    la: FittedLaplace, log_prior_precision: Tensor, log_sigma_noise: Tensor | None = None
 ) -> Tensor:
     """log p(D) as a function of log δ ((1,), (groups,) or (P,)) and log σ (regression).
 
@@ -35,10 +32,10 @@ def log_evidence(
     return la.log_marginal_likelihood(log_prior_precision.exp(), sigma)
 
 
-def _initial_prior(la: Laplace, ps: PriorStructure, init: Any) -> Tensor:
+def _initial_prior(la: FittedLaplace, ps: PriorStructure, init: Any) -> Tensor:
     """Start value of δ in the requested structure (geometric means when reducing)."""
-    cur = la.prior_precision if init is None else torch.as_tensor(init, dtype=la._dtype)
-    cur = cur.detach().to(dtype=la._dtype, device=la._device).reshape(-1)
+    cur = la.prior_precision if init is None else torch.as_tensor(init, dtype=la.dtype)
+    cur = cur.detach().to(dtype=la.dtype, device=la.device).reshape(-1)
     if not torch.isfinite(cur).all() or (cur <= 0).any():
         raise BadInputError("init_prior_prec must be positive and finite")
     vec = expand_prior(cur, la.subset.groups)  # (P,)
@@ -53,8 +50,8 @@ def _initial_prior(la: Laplace, ps: PriorStructure, init: Any) -> Tensor:
     return vec.clone()
 
 
-def _marglik(
-    la: Laplace,
+def run_marglik(
+    la: FittedLaplace,
     ps: PriorStructure,
     *,
     tune_prior: bool,
@@ -76,7 +73,7 @@ def _marglik(
         raise BadInputError(f"optimizer: expected lbfgs or adam, got {optimizer!r}")
     if n_steps < 1:
         raise BadInputError(f"n_steps must be at least 1, got {n_steps}")
-    low_precision = la._dtype not in (torch.float64,)
+    low_precision = la.dtype not in (torch.float64,)
     gtol = tol if tol is not None else (1e-4 if low_precision else 1e-7)
     ftol = 1e-6 if low_precision else 1e-13
 
@@ -116,7 +113,7 @@ def _marglik(
         if not torch.isfinite(f):
             raise NumericalError(
                 "the log marginal likelihood is not finite at prior precision "
-                f"{_short(log_prior.detach().exp())}, sigma_noise {_short(log_sigma.detach().exp())}"
+                f"{short_tensor(log_prior.detach().exp())}, sigma_noise {short_tensor(log_sigma.detach().exp())}"
             )
         f.backward()
         return f
@@ -148,12 +145,12 @@ def _marglik(
         la.sigma_noise = ls.exp()
     evidence = float(la.log_marginal_likelihood())
     if not converged:
-        _warn(
+        warn(
             f"marglik did not converge in {n_steps} steps (largest gradient {gmax:.2e} > "
             f"tol {gtol:.1e}); raise n_steps or change lr"
         )
     if on_edge:
-        _warn(
+        warn(
             f"marglik drove a hyperparameter to its bound exp(±{LOG_BOUND:g}): the evidence keeps "
             "growing that way (check the model and the data)"
         )

@@ -235,7 +235,7 @@ def assert_close(actual: Any, expected: Any, what: str, rtol: float = RTOL) -> N
 
 
 def tuned_prior(run: Run) -> torch.Tensor:
-    return torch.tensor(run.tune_json["prior_precision"], dtype=run.api._dtype)
+    return torch.tensor(run.tune_json["prior_precision"], dtype=run.api.dtype)
 
 
 def api_with_cli_prior(run: Run) -> Laplace:
@@ -243,7 +243,7 @@ def api_with_cli_prior(run: Run) -> Laplace:
     la = run.api
     la.prior_precision = tuned_prior(run)
     if run.case.likelihood == "regression":
-        la.sigma_noise = torch.tensor(run.tune_json["sigma_noise"], dtype=la._dtype)
+        la.sigma_noise = torch.tensor(run.tune_json["sigma_noise"], dtype=la.dtype)
     return la
 
 
@@ -338,14 +338,14 @@ def test_evaluate_rows_are_the_metrics_of_the_api_predictive(
     lap = report["rows"]["laplace"]
     if case.likelihood == "classification":
         probs = la(x, pred_type="glm", link_approx="probit").double()
-        eps = torch.finfo(la._dtype).eps
+        eps = torch.finfo(la.dtype).eps
         acc = (probs.argmax(-1) == y).double().mean()
         nll = -probs[torch.arange(len(y)), y].clamp_min(eps).log().mean()
         brier = ((probs - torch.nn.functional.one_hot(y, probs.shape[1])) ** 2).sum(-1).mean()
         assert lap["acc"] == pytest.approx(float(acc), rel=RTOL)
         assert lap["nll"] == pytest.approx(float(nll), rel=RTOL)
         assert lap["brier"] == pytest.approx(float(brier), rel=RTOL)
-        map_probs = torch.softmax(la.model(x.to(la._dtype)), -1).double()
+        map_probs = torch.softmax(la.model(x.to(la.dtype)), -1).double()
         map_acc = (map_probs.argmax(-1) == y).double().mean()
         assert report["rows"]["map"]["acc"] == pytest.approx(float(map_acc), rel=RTOL)
     else:

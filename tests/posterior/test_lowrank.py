@@ -89,8 +89,8 @@ def test_full_rank_equals_full(float64, likelihood, subset):
         assert_close(lr.log_marginal_likelihood(), full.log_marginal_likelihood(), rtol=1e-10)
         assert_close(lr.posterior_covariance, full.posterior_covariance, rtol=1e-8)
         assert_close(
-            lr.posterior.diag_precision(prior, lr._scale()),
-            full.posterior.diag_precision(prior, full._scale()),
+            lr.posterior.diag_precision(prior, lr.curvature_scale()),
+            full.posterior.diag_precision(prior, full.curvature_scale()),
             rtol=1e-10,
         )
         _, v_lr = lr.functional_variance(X)

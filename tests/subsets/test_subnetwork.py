@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from laplace_cli import Laplace
+from laplace_cli.masks import largest_variance_indices
 from laplace_cli.subsets.subnetwork import (
     Subnetwork,
     indices_by_module_name,
     indices_by_param_name,
     largest_magnitude_indices,
-    largest_variance_indices,
     random_indices,
 )
 from tests import reference as ref

@@ -159,13 +159,13 @@ def test_cached_functional_variance_matches_posterior(
     for prior in priors:
         la.prior_precision = prior
         expected = la.functional_variance(Xv)[1]
-        got = cache.functional_variance(prior, la._scale())
+        got = cache.functional_variance(prior, la.curvature_scale())
         assert_close(got, expected, 1e-8, f"{structure}/{subset}/{prior.numel()} values")
-        diag = cache.variance_diag(prior.reshape(1, -1), la._scale())[0]
+        diag = cache.variance_diag(prior.reshape(1, -1), la.curvature_scale())[0]
         assert_close(diag, expected.diagonal(dim1=-2, dim2=-1), 1e-8, "variance_diag")
     # many grid points at once equal the points one by one
     grid = torch.tensor([0.01, 1.0, 100.0])
-    batched = cache.variance_diag(grid, la._scale())
+    batched = cache.variance_diag(grid, la.curvature_scale())
     for k, v in enumerate(grid):
         la.prior_precision = v
         expected = la.functional_variance(Xv)[1].diagonal(dim1=-2, dim2=-1)
@@ -182,7 +182,7 @@ def test_cache_with_a_posterior_as_prior(float64, structure):
     for prior in (torch.tensor([0.5]), torch.rand(len(la.subset.groups)) + 0.2):
         la.prior_precision = prior
         expected = la.functional_variance(Xv)[1]
-        assert_close(cache.functional_variance(prior, la._scale()), expected, 1e-8, structure)
+        assert_close(cache.functional_variance(prior, la.curvature_scale()), expected, 1e-8, structure)
 
 
 @pytest.mark.parametrize("structure", ["diag", "full"])
@@ -194,7 +194,7 @@ def test_per_output_noise_cache_gridsearch_and_marglik(float64, structure):
     for prior in (torch.tensor([0.5]), torch.rand(len(la.subset.groups)) + 0.2):
         la.prior_precision = prior
         expected = la.functional_variance(Xv)[1]
-        assert_close(cache.functional_variance(prior, la._scale()), expected, 1e-8, structure)
+        assert_close(cache.functional_variance(prior, la.curvature_scale()), expected, 1e-8, structure)
     result = la.optimize_prior_precision(method="gridsearch", val_loader=loader(Xv, yv), grid=GRID)
     reference = exhaustive_nll(la, Xv, yv, GRID)
     assert result["prior_precision"] == [float(GRID[int(reference.argmin())])]
