@@ -7,7 +7,7 @@ Run from the repository root:
         --subset all --out benchmarks/results/predict_stream.json
 
 `laplace predict` promises one row per input, in order, with memory bounded by one chunk of rows
-whatever the input length (DESIGN.md §1, `pipeline.iter_prediction_rows`). This script checks
+whatever the input length (docs/design.md §1, `pipeline.iter_prediction_rows`). This script checks
 that from the outside, on the process a user runs:
 
 1. `laplace fit` on digits_mlp (model.pt2, the sample data spec) writes a posterior.

@@ -1,6 +1,6 @@
 """Likelihoods: summed losses, their gradients and the square roots of their Hessians in output space.
 
-Conventions follow laplace-torch (DESIGN.md §5): the loss is summed over the data, regression uses
+Conventions follow laplace-torch (docs/design.md §5): the loss is summed over the data, regression uses
 unit observation noise (½‖y − f‖²) and the noise enters later as a factor 1/σ², so that the log
 marginal likelihood stays differentiable in σ without refitting.
 """

@@ -1,6 +1,6 @@
 """Model checkpoints: find out which of the four forms a file is, load it, and fingerprint it.
 
-The forms (DESIGN.md §2):
+The forms (docs/design.md §2):
 
 ==============  ===========================================================================
 form            how it loads
@@ -163,7 +163,7 @@ def model_fingerprint(model: nn.Module) -> str:
 
     Each parameter contributes its qualified name, its shape, its dtype and the raw bytes of a
     contiguous CPU copy (so the device and memory layout do not matter, but the dtype does).
-    Buffers (e.g. BatchNorm running statistics) are not included, as DESIGN.md §2 says
+    Buffers (e.g. BatchNorm running statistics) are not included, as docs/design.md §2 says
     "parameter bytes".
 
     Names are part of the hash because they agree across the forms: ``torch.export`` /

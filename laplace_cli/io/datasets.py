@@ -1,4 +1,4 @@
-"""Dataset specs (DESIGN.md §3): the YAML that names each split's file or callable, and its loaders.
+"""Dataset specs (docs/design.md §3): the YAML that names each split's file or callable, and its loaders.
 
 A spec looks like::
 

@@ -1,6 +1,6 @@
 """Prediction writers: one row per input, streamed as CSV or JSONL, flushed batch by batch.
 
-Column names are normative (DESIGN.md §1b "Output names"). Classification rows carry `id`,
+Column names are normative (docs/design.md §1b "Output names"). Classification rows carry `id`,
 `pred`, `prob_<k>`, `var_<k>`, `entropy`, `max_prob` and `mutual_info` (when MC samples exist);
 regression rows `id`, `mean_<k>`, `var_<k>` (epistemic), `var_total_<k>` (with observation noise),
 `lower_<k>`, `upper_<k>`; single-output regression drops the `_<k>`. JSONL keeps per-class values

@@ -6,7 +6,7 @@
     probs = la(x, pred_type="glm", link_approx="probit")
 
 The posterior precision is Λ = s·H + diag(δ) with H the GGN or empirical Fisher summed over the
-data, δ the prior precision and s = 1/T (1/(σ²T) for regression); see DESIGN.md §5.
+data, δ the prior precision and s = 1/T (1/(σ²T) for regression); see docs/design.md §5.
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ def check_mean_var(mean: Any, var: Any) -> tuple[Tensor, Tensor]:
 def check_regression(mean: Any, var: Any, y: Any) -> tuple[Tensor, Tensor, Tensor]:
     m, v = check_mean_var(mean, var)
     t = as_tensor(y, "y")
-    # (N,) targets with a single-output (N, 1) model are taken as (N, 1), as in DESIGN.md §1b.
+    # (N,) targets with a single-output (N, 1) model are taken as (N, 1), as in docs/design.md §1b.
     if t.ndim == 1 and m.ndim == 2 and m.shape[1] == 1 and t.shape[0] == m.shape[0]:
         t = t.unsqueeze(1)
     if t.shape != m.shape:

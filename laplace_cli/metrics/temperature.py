@@ -1,7 +1,7 @@
 """Temperature scaling (Guo et al., 2017): the post-hoc calibration baseline of ``evaluate``.
 
 Not to be confused with the *posterior* temperature of the Laplace approximation
-(``--temperature``, DESIGN.md §5), which scales the curvature. Here a single scalar ``T``
+(``--temperature``, docs/design.md §5), which scales the curvature. Here a single scalar ``T``
 divides the MAP logits, ``softmax(z / T)``, and is fitted by minimising the NLL on held-out
 data. For regression the analogue is a scalar ``s`` multiplying the predictive variance.
 """

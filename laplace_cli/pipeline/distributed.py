@@ -2,7 +2,7 @@
 
     torchrun --nproc-per-node 2 -m laplace_cli fit model.pt2 --data data.yaml -o post.st
 
-Fitting is a sum over data (DESIGN.md §5): with the training split cut into disjoint shards
+Fitting is a sum over data (docs/design.md §5): with the training split cut into disjoint shards
 D = D_0 ∪ … ∪ D_{W-1}, every raw quantity of the fit adds up over the shards,
 
     H = Σ_r H_r,   K-FAC B = Σ_r B_r,  Σaaᵀ = Σ_r Σaaᵀ_r,  N = Σ_r N_r,  loss = Σ_r loss_r,

@@ -4,7 +4,7 @@
     # killed after batch 120 (checkpoint at batch 100) ...
     laplace fit model.pt2 --data data.yaml -o post.st --checkpoint-every 50 --resume
 
-A fit is a sum over batches (DESIGN.md §5), so its state after k batches is the raw sums
+A fit is a sum over batches (docs/design.md §5), so its state after k batches is the raw sums
 `Laplace.partial_state()` (curvature sums, loss, N), the number k and the MC Fisher's random
 stream. The checkpoint file (`<output>.ckpt`; `<output>.rank<r>-of-<W>.ckpt` for each rank of a
 distributed fit) is a safetensors file written atomically (temporary file + rename), so a kill

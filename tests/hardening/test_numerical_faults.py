@@ -1,6 +1,6 @@
 """Numerical faults: non-finite loss or curvature, and matrices not positive definite (exit 3).
 
-Good input that makes the computation overflow is a numerical failure (exit 3, DESIGN.md §1b),
+Good input that makes the computation overflow is a numerical failure (exit 3, docs/design.md §1b),
 reported with the batch and the layer; a precision that is not positive definite after the
 bounded jitter of `robust_cholesky` is exit 3 with the jitter tried. The library raises
 `NumericalError` and never exits by itself.

@@ -1,4 +1,4 @@
-"""Checkpoint forms (DESIGN.md §2): identical outputs and fingerprints, safe refusal of pickles."""
+"""Checkpoint forms (docs/design.md §2): identical outputs and fingerprints, safe refusal of pickles."""
 
 from __future__ import annotations
 
