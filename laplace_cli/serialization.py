@@ -29,7 +29,7 @@ def laplace_state(
     if not la.fitted:
         raise BadInputError("cannot save a Laplace approximation that is not fitted")
     tensors: dict[str, Tensor] = {
-        "mean": la.mean.detach(),
+        "mean": la._mean.detach(),  # the subset's coordinates (the file format)
         "prior.precision": la.prior_precision.detach(),
         "prior.mean": la.prior_mean.detach(),
     }
@@ -102,6 +102,12 @@ def laplace_from_state(
         temperature=float(metadata["temperature"]),
         **kwargs,
     )
+    return restore_state(la, tensors, metadata)
+
+
+def restore_state(la: Laplace, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> Laplace:
+    """Load saved state into `la`, built on the same model with the same settings (checked:
+    the parameter names and the MAP weights must match the model's)."""
     names = [g.name for g in la.subset.groups]
     if names != list(metadata["param_names"]):
         raise BadInputError(
@@ -111,7 +117,7 @@ def laplace_from_state(
         )
     dtype, device = la._dtype, la._device
     mean = tensors["mean"].to(dtype=dtype, device=device)
-    if mean.shape != la.mean.shape or not torch.allclose(mean, la.mean, rtol=1e-5, atol=1e-6):
+    if mean.shape != la._mean.shape or not torch.allclose(mean, la._mean, rtol=1e-5, atol=1e-6):
         raise BadInputError("the posterior's MAP weights differ from the model's parameters")
     n_data = int(metadata["n_data"])
     state = {k: v.to(dtype=dtype, device=device) for k, v in tensors.items()}

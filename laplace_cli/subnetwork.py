@@ -16,7 +16,9 @@ learning via subnetwork inference"):
   tensors with no selected entry are constants of the call.
 
 Mask helpers return sorted int64 index tensors: `largest_magnitude_indices`, `random_indices`,
-`indices_by_param_name`, `indices_by_module_name`, `largest_variance_indices`.
+`indices_by_param_name`, `indices_by_module_name`, `largest_variance_indices` (score-based ones
+through `top_score_indices`). The CLI's selectors (subnetwork_select.py) and the laplace-torch
+mask classes (`laplace_cli.utils`) both call these.
 """
 
 from __future__ import annotations
@@ -27,9 +29,15 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.func import jacrev, vmap
 
-from laplace_cli.batches import Inputs, as_2d_output, call_model
+from laplace_cli.batches import (
+    Inputs,
+    as_2d_output,
+    call_model,
+    grad_mode,
+    keeping_graph,
+    model_call_args,
+)
 from laplace_cli.errors import BadInputError
 from laplace_cli.subsets import (
     DenseFactor,
@@ -42,6 +50,7 @@ from laplace_cli.subsets import (
     call_model_functional,
     eval_mode,
     factored_layers,
+    per_sample_jacobians,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,18 +91,33 @@ def _sorted(idx: Tensor) -> Tensor:
     return torch.sort(idx.to(torch.int64).cpu()).values
 
 
+def top_score_indices(scores: Tensor, n: int) -> Tensor:
+    """Indices of the n largest scores (sorted, (n,)): every score-based mask ends here.
+
+    `argsort(descending=True)[:n]`, the call of laplace-torch's `ScoreBasedSubnetMask`, so tied
+    scores (e.g. zero biases in `largest_magnitude`) resolve to the same indices in both.
+    """
+    n = _check_count(n, scores.numel())
+    return _sorted(torch.argsort(scores.detach().reshape(-1), descending=True)[:n])
+
+
 def largest_magnitude_indices(model: nn.Module, n: int) -> Tensor:
     """Indices of the n trainable parameters with the largest |θ| (sorted, (n,))."""
-    theta = flat_trainable(model)
-    n = _check_count(n, theta.numel())
-    return _sorted(torch.topk(theta.abs(), n).indices)
+    return top_score_indices(flat_trainable(model).abs(), n)
 
 
 def random_indices(model: nn.Module, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """n trainable parameter indices drawn uniformly without replacement (sorted, (n,))."""
-    total = flat_trainable(model).numel()
-    n = _check_count(n, total)
-    return _sorted(torch.randperm(total, generator=generator)[:n])
+    """n trainable parameter indices drawn uniformly without replacement (sorted, (n,)).
+
+    The n largest of uniform scores drawn like the parameters (dtype, device): with
+    `generator=None` the global stream, as laplace-torch's `RandomSubnetMask`
+    (`torch.rand_like` of the parameter vector), so a seeded call picks the same indices.
+    """
+    theta = flat_trainable(model)
+    if generator is not None and generator.device != theta.device:
+        theta = theta.to(generator.device)
+    scores = torch.rand(theta.shape, dtype=theta.dtype, device=theta.device, generator=generator)
+    return top_score_indices(scores, n)
 
 
 def indices_by_param_name(model: nn.Module, names: Sequence[str] | str) -> Tensor:
@@ -150,9 +174,7 @@ def largest_variance_indices(la_diag: Laplace, n: int) -> Tensor:
             f"hessian_structure='diag', got {la_diag.subset_of_weights.value!r} / "
             f"{la_diag.hessian_structure.value!r}"
         )
-    variance = la_diag.posterior_variance.detach()
-    n = _check_count(n, variance.numel())
-    return _sorted(torch.topk(variance, n).indices)
+    return top_score_indices(la_diag.posterior_variance.detach(), n)
 
 
 @dataclass
@@ -227,6 +249,15 @@ class Subnetwork(ParameterSubset):
     def mean(self) -> Tensor:
         return torch.cat([s.param.detach().reshape(-1)[s.local] for s in self.selections])
 
+    def full_vector(self, theta: Tensor) -> Tensor:
+        """Subnetwork values (..., n_sel) as vectors over all trainable parameters (..., P_all),
+        the entries outside the subnetwork at the model's current values (its MAP)."""
+        base = torch.cat([p.detach().reshape(-1) for _, p in trainable_parameters(self.model)])
+        base = base.to(device=theta.device, dtype=theta.dtype)
+        out = base.expand(*theta.shape[:-1], base.numel()).clone()
+        out[..., self.indices.to(theta.device)] = theta  # indices are sorted, as theta's order
+        return out
+
     def output(self, x: Inputs) -> Tensor:
         with torch.no_grad(), eval_mode(self.model):
             return as_2d_output(call_model(self.model, x))
@@ -242,7 +273,7 @@ class Subnetwork(ParameterSubset):
         return out
 
     def forward_with(self, x: Inputs, theta: Tensor) -> Tensor:
-        with torch.no_grad(), eval_mode(self.model):
+        with grad_mode(), eval_mode(self.model):
             out = _call(self.model, self._scattered(theta), x)
         return as_2d_output(out)
 
@@ -257,6 +288,12 @@ class Subnetwork(ParameterSubset):
 
     # --- Jacobians of the selected entries --------------------------------------------------
     def jacobians(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        if keeping_graph():
+            # enable_backprop: dense Jacobians of every selected entry, differentiable in x.
+            with torch.enable_grad(), eval_mode(self.model):
+                f = as_2d_output(_call(self.model, self._scattered(self.mean()), x))
+            dense = self._dense_selected(x, [s.name for s in self.selections])
+            return f, torch.cat([dense[s.name] for s in self.selections], dim=-1)
         f, pieces = self._selected_jacobians(x)
         return f, torch.cat(pieces, dim=-1)
 
@@ -330,21 +367,18 @@ class Subnetwork(ParameterSubset):
             for s in sels:
                 base = s.param.detach().reshape(-1)
                 params[s.name] = base.scatter(0, s.local, values[s.name]).reshape(s.param.shape)
-            if isinstance(xi, dict):
-                out = call_model_functional(
-                    self.model, params, (), {k: v.unsqueeze(0) for k, v in xi.items()}
-                )
-            else:
-                out = call_model_functional(self.model, params, (xi.unsqueeze(0),), {})
+            one = (
+                {k: v.unsqueeze(0) for k, v in xi.items()}
+                if isinstance(xi, dict)
+                else xi.unsqueeze(0)
+            )
+            out = call_model_functional(self.model, params, *model_call_args(self.model, one))
             out = out.reshape(-1)
             return out, out
 
-        with eval_mode(self.model):
-            jac, _ = vmap(jacrev(single, has_aux=True), in_dims=(None, 0))(wrt, x)
-        return {n: j.detach() for n, j in jac.items()}
+        _, jac = per_sample_jacobians(self.model, single, wrt, x)
+        return jac
 
 
 def _call(model: nn.Module, params: dict[str, Tensor], x: Inputs) -> Tensor:
-    if isinstance(x, dict):
-        return call_model_functional(model, params, (), dict(x))
-    return call_model_functional(model, params, (x,), {})
+    return call_model_functional(model, params, *model_call_args(model, x))
