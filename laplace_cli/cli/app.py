@@ -22,6 +22,7 @@ from laplace_cli.cli import (
     cmd_tune,
 )
 from laplace_cli.cli.errors import LaplaceGroup
+from laplace_cli.cli.help_format import LaplaceCommand
 from laplace_cli.cli.options import DebugOpt
 
 __all__ = ["app", "main"]
@@ -56,7 +57,9 @@ for _module, _name in (
     (cmd_inspect, "inspect"),
     (cmd_marglik, "marglik"),
 ):
-    app.command(_name, epilog=_epilog(_module.EXAMPLES))(getattr(_module, _name))
+    app.command(_name, cls=LaplaceCommand, epilog=_epilog(_module.EXAMPLES))(
+        getattr(_module, _name)
+    )
 
 
 def _version(value: bool) -> None:
@@ -80,4 +83,7 @@ def _root(
 
 def main() -> None:
     """Console-script entry point (`laplace`, `python -m laplace_cli`); exits with the table's code."""
+    from laplace_cli.core.threads import prefer_passive_wait
+
+    prefer_passive_wait()  # before torch loads: OpenMP reads it once (see laplace_cli/core/threads.py)
     app(prog_name="laplace")

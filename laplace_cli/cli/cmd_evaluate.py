@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from laplace_cli.cli.common import (
+    apply_threads,
     check_device,
     check_output_file,
     model_override,
@@ -31,6 +32,8 @@ from laplace_cli.cli.options import (
     SamplesOpt,
     SeedOpt,
     SplitOpt,
+    ThreadsOpt,
+    TrustCheckpointOpt,
 )
 
 EXAMPLES = [
@@ -54,10 +57,12 @@ def evaluate(
     model: ModelOverrideOpt = None,
     model_factory: ModelFactoryOpt = None,
     model_kwargs: ModelKwargsOpt = None,
+    trust_checkpoint: TrustCheckpointOpt = False,
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -78,8 +83,9 @@ def evaluate(
     check_output_file(plot, "--plot")
     check_output_file(html, "--html")
     parse_gates(fail_if or [])
+    apply_threads(threads)
     check_device(device)
-    spec = model_override(model, model_factory, model_kwargs)
+    spec = model_override(model, model_factory, model_kwargs, trust_checkpoint)
     if plot is not None or html is not None:
         from laplace_cli.pipeline.report import figure_class
 
@@ -100,6 +106,7 @@ def evaluate(
     lp = load_posterior(
         posterior,
         model_override=spec,
+        trust_checkpoint=trust_checkpoint,
         device=device or "auto",
         dtype=dtype.value if dtype is not None else None,
     )
@@ -121,7 +128,11 @@ def evaluate(
     )
     if result is None:
         return  # not rank 0
-    extra = {"posterior": str(posterior), "fingerprint": lp.metadata.get("fingerprint")}
+    extra = {
+        "posterior": str(posterior),
+        "fingerprint": lp.metadata.get("fingerprint"),
+        "model": lp.loaded.ref.to_dict(),
+    }
     save_evaluation_outputs(
         result, lp.la.likelihood, report=report, plot=plot, html=html, extra=extra
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from laplace_cli.cli.common import (
+    apply_threads,
     check_device,
     check_factory,
     check_output_file,
@@ -35,8 +38,10 @@ from laplace_cli.cli.options import (
     SeedOpt,
     SplitOpt,
     StructureOpt,
+    SubnetworkOpt,
     SubsetOpt,
     TemperatureOpt,
+    ThreadsOpt,
     TrustCheckpointOpt,
 )
 from laplace_cli.core.enums import Backend, Curvature, Structure, Subset
@@ -61,6 +66,7 @@ def fit(
     curvature: CurvatureOpt = Curvature.GGN,
     backend: BackendOpt = Backend.AUTO,
     rank: RankOpt = None,
+    subnetwork: SubnetworkOpt = None,
     prior_precision: PriorPrecisionOpt = None,
     temperature: TemperatureOpt = None,
     prior: PriorPosteriorOpt = None,
@@ -75,6 +81,7 @@ def fit(
     seed: SeedOpt = None,
     checkpoint_every: CheckpointEveryOpt = None,
     resume: ResumeOpt = False,
+    threads: ThreadsOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -88,6 +95,7 @@ def fit(
     shard of the split and the sums are all-reduced; rank 0 writes the same posterior as one
     process would. --checkpoint-every N and --resume make a long fit resumable.
     """
+    started = time.perf_counter()
     require_file(model, "MODEL", allow_model_dir=True)
     require_file(data, "--data")
     check_output_file(output)
@@ -101,10 +109,26 @@ def fit(
         raise BadInputError(
             f"--rank applies to --structure lowrank only, got --structure {structure}"
         )
+    if subset == Subset.SUBNETWORK and subnetwork is None:
+        from laplace_cli.masks.selectors import selector_choices
+
+        raise BadInputError(
+            "--subset subnetwork needs --subnetwork to say which parameters, e.g. "
+            f"--subnetwork largest_magnitude:128; {selector_choices()}"
+        )
+    if subnetwork is not None:
+        if subset != Subset.SUBNETWORK:
+            raise BadInputError(
+                f"--subnetwork applies to --subset subnetwork only, got --subset {subset}"
+            )
+        from laplace_cli.masks.selectors import parse_subnetwork
+
+        parse_subnetwork(subnetwork)  # syntax and file checks before the model loads
     if last_layer_name is not None and subset != Subset.LAST_LAYER:
         raise BadInputError(
             f"--last-layer-name applies to --subset last_layer only, got --subset {subset}"
         )
+    apply_threads(threads)
     check_device(device)
     kwargs = parse_json_object(model_kwargs, "--model-kwargs")
 
@@ -123,6 +147,7 @@ def fit(
         prior=str(prior) if prior is not None else None,
         last_layer_name=last_layer_name,
         rank=rank,
+        subnetwork=subnetwork,
         split=split,
         batch_size=batch_size,
         seed=seed if seed is not None else 0,
@@ -163,19 +188,32 @@ def fit(
         "curvature": la.curvature.value,
         "n_params": la.n_params,
         "n_data": la.n_data,
-        "log_marginal_likelihood": float(la.log_marginal_likelihood()),
+        "log_marginal_likelihood": (
+            result.log_marginal_likelihood
+            if result.log_marginal_likelihood is not None
+            else float(la.log_marginal_likelihood())
+        ),
         "fit_seconds": result.seconds,
+        "summary_seconds": result.summary_seconds,
+        # Everything this command did: loading, fitting, the summary, writing.
+        "total_seconds": time.perf_counter() - started,
     }
     if ctx is not None:
         summary["world_size"] = ctx.world_size
         summary["shard_sizes"] = list(getattr(la, "shard_sizes", []))
     if result.resumed_batches:
         summary["resumed_batches"] = result.resumed_batches
+    if result.notes:
+        summary["notes"] = result.notes
+    if not quiet:
+        for note in result.notes:
+            stderr_console.print(f"note: {note}", markup=False, highlight=False)
     if json_:
         emit_json(summary)
     elif not quiet:
         stderr_console.print(
             f"fitted {summary['structure']} / {summary['subset']} over {la.n_params:,} parameters "
-            f"on {la.n_data:,} examples in {result.seconds:.2f} s; "
+            f"on {la.n_data:,} examples in {summary['total_seconds']:.2f} s (curvature "
+            f"{result.seconds:.2f} s, log marginal likelihood {result.summary_seconds:.2f} s); "
             f"log marginal likelihood {summary['log_marginal_likelihood']:.4g}; wrote {output}"
         )

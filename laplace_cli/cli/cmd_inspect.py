@@ -8,8 +8,9 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from laplace_cli.cli.common import apply_threads
 from laplace_cli.cli.console import emit_json, stderr_console
-from laplace_cli.cli.options import DebugOpt, JsonOpt, PosteriorArg
+from laplace_cli.cli.options import DebugOpt, JsonOpt, PosteriorArg, ThreadsOpt
 
 EXAMPLES = [
     "laplace inspect post.st",
@@ -19,13 +20,19 @@ EXAMPLES = [
 _MAX_VALUE_CHARS = 100
 
 
-def inspect(posterior: PosteriorArg, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
+def inspect(
+    posterior: PosteriorArg,
+    threads: ThreadsOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
     """Print the metadata, tensor names, dtypes and shapes of a posterior file.
 
     The file is fully checked (format, version, keys, shapes, finite values) on the way, so
     'laplace inspect' is also how to validate a posterior. Tables go to stderr; --json prints
     one JSON document on stdout.
     """
+    apply_threads(threads)
     from laplace_cli.io.posterior_file import describe, read_posterior  # imports torch
 
     info = describe(read_posterior(posterior))

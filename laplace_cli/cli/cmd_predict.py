@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from laplace_cli.cli.common import (
+    apply_threads,
     check_device,
     check_output_file,
     model_override,
@@ -27,8 +28,10 @@ from laplace_cli.cli.options import (
     DeviceOpt,
     DtypeOpt,
     FormatOpt,
+    HeaderOpt,
     InputOpt,
     IntervalOpt,
+    JsonOpt,
     LinkApproxOpt,
     ModelFactoryOpt,
     ModelKwargsOpt,
@@ -40,11 +43,14 @@ from laplace_cli.cli.options import (
     SamplesOpt,
     SeedOpt,
     SplitOpt,
+    ThreadsOpt,
+    TrustCheckpointOpt,
     XKeyOpt,
 )
 from laplace_cli.core.errors import BadInputError
 
 EXAMPLES = [
+    "cat rows.csv | laplace predict -p post.st > rows.jsonl",
     "laplace predict -p post.st --input x.npz > rows.jsonl",
     "laplace predict -p post.st --data data.yaml --split test -o preds.csv",
     "torchrun --nproc-per-node 2 -m laplace_cli predict -p post.st --data data.yaml -o preds.csv",
@@ -58,6 +64,7 @@ def predict(
     split: SplitOpt = "test",
     x_key: XKeyOpt = None,
     columns: ColumnsOpt = None,
+    header: HeaderOpt = None,
     output: OutputFileOpt = None,
     format_: FormatOpt = None,
     pred_type: PredTypeOpt = None,
@@ -67,24 +74,40 @@ def predict(
     model: ModelOverrideOpt = None,
     model_factory: ModelFactoryOpt = None,
     model_kwargs: ModelKwargsOpt = None,
+    trust_checkpoint: TrustCheckpointOpt = False,
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
+    json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Stream one row per input: prediction, probabilities or mean, variances, uncertainty.
 
     Rows go to stdout (JSONL) unless -o names a file (.csv or .jsonl). Inputs come from
-    --input (a file, or - for stdin) or from a split of --data.
+    --input (a file, or - for stdin) or from a split of --data; with neither, from stdin when
+    it is a pipe or a file (CSV or JSONL, told apart by the first line). The rows read and
+    written are counted on stderr (and in the --json summary).
 
     Under torchrun the chunks of --batch-size rows are dealt round-robin to the processes and
     rank 0 writes every row in input order.
     """
     require_file(posterior, "--posterior")
-    if (input_ is None) == (data is None):
-        raise BadInputError("give exactly one of --input FILE|- and --data (with --split)")
+    if input_ is not None and data is not None:
+        raise BadInputError("give one of --input FILE|- and --data (with --split), not both")
+    if input_ is None and data is None:
+        input_ = _stdin_or_hint()
+    if json_ and output is None:
+        raise BadInputError(
+            "--json prints a summary on stdout, where the rows go without -o; "
+            "give -o FILE for the rows"
+        )
+    if header is not None and data is not None:
+        raise BadInputError(
+            "--header / --no-header apply to --input; in the data spec, set header: on the split"
+        )
     if input_ is not None:
         require_input(input_)
     if data is not None:
@@ -95,8 +118,9 @@ def predict(
         raise BadInputError(f"--interval: expected a level in (0, 1), e.g. 0.95, got {interval}")
     check_output_file(output)
     fmt = resolve_format(format_, output)
+    apply_threads(threads)
     check_device(device)
-    spec = model_override(model, model_factory, model_kwargs)
+    spec = model_override(model, model_factory, model_kwargs, trust_checkpoint)
 
     from laplace_cli.pipeline import distributed
 
@@ -109,21 +133,24 @@ def predict(
 
     import sys
 
+    from laplace_cli.cli.console import emit_json, stderr_console
     from laplace_cli.core.enums import Likelihood
     from laplace_cli.io.datasets import load_dataset_spec
-    from laplace_cli.io.tabular import iter_feature_chunks
+    from laplace_cli.io.tabular import TableInfo, iter_feature_chunks
     from laplace_cli.io.writers import RowWriter, check_columns
     from laplace_cli.pipeline.stages import (
         PredictOptions,
         iter_prediction_rows,
         load_posterior,
         loader_chunks,
+        number_chunks,
         split_loader,
     )
 
     lp = load_posterior(
         posterior,
         model_override=spec,
+        trust_checkpoint=trust_checkpoint,
         device=device or "auto",
         dtype=dtype.value if dtype is not None else None,
     )
@@ -131,12 +158,21 @@ def predict(
     rows_per_chunk = batch_size or 256
     if input_ is not None:
         keys = [k.strip() for k in x_key.split(",")] if x_key and "," in x_key else x_key
-        chunks = iter_feature_chunks(input_, x_key=keys, chunk_rows=rows_per_chunk)
+        info = TableInfo()  # rows read, and what the reader made of a CSV's first line
+        chunks = iter_feature_chunks(
+            input_, x_key=keys, chunk_rows=rows_per_chunk, header=header, info=info
+        )
         total = None
     else:
-        loader = split_loader(load_dataset_spec(data), split, la.likelihood, batch_size)
-        chunks = loader_chunks(loader)
+        loader = split_loader(
+            load_dataset_spec(data), split, la.likelihood, batch_size, require_labels=False
+        )
+        info = TableInfo()
+        chunks = _count_rows(loader_chunks(loader), info)
         total = len(loader)
+    # Numbered before they are dealt to processes: a row's Monte Carlo stream is seeded by its
+    # global index, so its scores do not depend on --batch-size or the number of processes.
+    chunks = number_chunks(chunks)
     options = PredictOptions(
         pred_type=pred_type.value if pred_type is not None else None,
         link_approx=link_approx.value if link_approx is not None else None,
@@ -163,6 +199,11 @@ def predict(
     first = next(batches, None)
     if first:
         check_columns(first[0], fields, fmt.value, single_output=single)
+    note = info.header_warning()  # the first line has been read: say if it may be misread
+    if note is not None:
+        from rich.markup import escape
+
+        stderr_console.print(f"[yellow]warning:[/] {escape(f'{source}: {note}')}", soft_wrap=True)
     # Rows are streamed, not written atomically: a consumer may read them as they come, and a
     # failure half way leaves only whole rows behind (each row is one write).
     stream = open(output, "w", encoding="utf-8", newline="") if output is not None else sys.stdout
@@ -191,6 +232,48 @@ def predict(
                 failed = failed or exc
     if failed is not None:
         raise _write_failed(failed, stream, output, written, rows_done) from failed
+    where = str(output) if output is not None else "<stdout>"
+    if not quiet and not json_:  # --json: the counts are in the summary, no human output
+        how = info.header_summary()
+        stderr_console.print(
+            f"predict: {info.rows} rows read from {source}{f' ({how})' if how else ''}, "
+            f"{writer.rows_written} written to {where}",
+            soft_wrap=True,  # one line per run in a log, however long the paths
+            markup=False,
+        )
+    if json_:
+        emit_json(
+            {
+                "input": source,
+                "output": where,
+                "format": fmt.value,
+                "rows_read": info.rows,
+                "rows_written": writer.rows_written,
+                "input_format": info.format,
+                "header": info.header,
+            }
+        )
+
+
+def _stdin_or_hint() -> str:
+    """`-` when stdin is a pipe or a file (`cat rows.csv | laplace predict -p post.st`); on a
+    terminal, where nothing would come, an error that says what to give."""
+    import sys
+
+    stdin = sys.stdin
+    if stdin is None or stdin.closed or stdin.isatty():
+        raise BadInputError(
+            "no input: pipe rows in (cat rows.csv | laplace predict -p POST), "
+            "or give --input FILE|- or --data SPEC [--split NAME]"
+        )
+    return "-"
+
+
+def _count_rows(chunks: Any, info: Any) -> Any:
+    """The chunks unchanged, counting their rows into `info.rows`."""
+    for chunk in chunks:
+        info.rows += len(chunk[0])
+        yield chunk
 
 
 class _CountingStream:

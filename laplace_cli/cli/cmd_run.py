@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from laplace_cli.cli.common import parse_overrides, progress_for, require_file
-from laplace_cli.cli.options import DebugOpt, JsonOpt, OutputDirOpt, QuietOpt, RecipeArg, SetOpt
+from laplace_cli.cli.common import apply_threads, parse_overrides, progress_for, require_file
+from laplace_cli.cli.options import (
+    DebugOpt,
+    JsonOpt,
+    OutputDirOpt,
+    QuietOpt,
+    RecipeArg,
+    SetOpt,
+    ThreadsOpt,
+)
 from laplace_cli.core.errors import BadInputError
 
 EXAMPLES = [
-    "laplace run recipes/mnist_kron.yaml --output runs/mnist",
+    "laplace run recipes/digits_mlp_kron.yaml --output runs/digits_mlp_kron",
     "laplace run recipe.yaml --set fit.structure=diag --set tune.method=gridsearch",
 ]
 
@@ -18,6 +26,7 @@ def run(
     recipe: RecipeArg,
     output: OutputDirOpt = None,
     set_: SetOpt = None,
+    threads: ThreadsOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -30,6 +39,7 @@ def run(
     overrides = parse_overrides(set_)
     if output is not None and output.exists() and not output.is_dir():
         raise BadInputError(f"{output}: exists and is not a folder (--output)")
+    apply_threads(threads)
 
     from laplace_cli.cli.cmd_evaluate import raise_for_gates
     from laplace_cli.cli.console import emit_json, stderr_console
@@ -54,6 +64,11 @@ def run(
         "tuning": result.tuning,
         "evaluation": result.evaluation.to_dict() if result.evaluation is not None else None,
     }
+    if result.notes:
+        summary["notes"] = result.notes
+    if not quiet:
+        for note in result.notes:
+            stderr_console.print(f"note: {note}", markup=False, highlight=False)
     if json_:
         emit_json(summary)
     elif not quiet:

@@ -16,6 +16,7 @@ from laplace_cli.cli.options import OutputFormat
 from laplace_cli.core.errors import BadInputError, NotImplementedYetError
 
 __all__ = [
+    "apply_threads",
     "check_device",
     "check_factory",
     "check_output_file",
@@ -78,6 +79,16 @@ def check_positive(value: float | None, option: str) -> float | None:
     if value is not None and not (value > 0 and value != float("inf")):
         raise BadInputError(f"{option}: expected a finite number > 0, got {value}")
     return value
+
+
+def apply_threads(threads: int | None) -> int:
+    """Apply `--threads` (None: the CPUs this process may use, capped) to torch; returns it.
+
+    Called once per command, after the cheap checks and before the first torch work.
+    """
+    from laplace_cli.core.threads import set_threads  # imports torch: only when a command runs
+
+    return set_threads(threads)
 
 
 def check_device(device: str | None) -> str | None:

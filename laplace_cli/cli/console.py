@@ -10,7 +10,9 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -19,12 +21,13 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
-__all__ = ["emit_json", "jsonable", "progress", "stderr_console"]
+__all__ = ["captured_warnings", "emit_json", "jsonable", "progress", "stderr_console"]
 
 T = TypeVar("T")
 
@@ -61,21 +64,56 @@ def progress(
         return
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
-    columns = [
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
+    single = total == 1  # one long step (a factorisation, a summary): a spinner and the time
+    columns = (
+        [SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()]
+        if single
+        else [
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
+    )
     with Progress(
         *columns,
         console=stderr_console,
         redirect_stdout=False,
         redirect_stderr=False,
-        transient=False,
+        transient=single,  # the line that follows reports the step and its time
     ) as bar:
         yield from bar.track(iterable, total=total, description=description)
+
+
+@contextmanager
+def captured_warnings(show: bool = True) -> Iterator[list[str]]:
+    """Route the warnings raised inside to the tool's own output, each distinct one once.
+
+    Python's default `showwarning` prints `<file>:<line>: TuningWarning: ...` attributed to
+    whatever frame called the library (Typer's module, from the CLI), beside the tool's own
+    lines. Inside this block a warning is printed as `warning: <message>` on stderr (when
+    `show`) and collected in the yielded list (for `--json`). The tool's own warnings
+    (`LaplaceWarning`) are always shown; other libraries' keep their usual filters.
+    """
+    from laplace_cli.core.errors import LaplaceWarning
+
+    messages: list[str] = []
+
+    def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
+        if text in messages:
+            return
+        messages.append(text)
+        if show:
+            from rich.text import Text
+
+            stderr_console.print(Text.assemble(("warning: ", "bold yellow"), text), soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", LaplaceWarning)
+        warnings.showwarning = showwarning
+        yield messages
 
 
 def jsonable(obj: Any) -> Any:

@@ -31,6 +31,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from laplace_cli.cli.console import stderr_console
+from laplace_cli.cli.help_format import PlainMetavars
 from laplace_cli.core.errors import LaplaceCliError
 
 try:  # Typer >= 0.20 vendors Click as `typer._click`; its exceptions are not Click's.
@@ -193,7 +194,7 @@ def report_error(exc: BaseException, *, debug: bool = False, console: Any = None
     return code
 
 
-class LaplaceGroup(TyperGroup):
+class LaplaceGroup(PlainMetavars, TyperGroup):
     """The `laplace` command group: runs a command and maps whatever it raises to an exit code.
 
     Click's `standalone_mode` would print its own messages and exit 1 for several failures
@@ -233,8 +234,11 @@ class LaplaceGroup(TyperGroup):
         return code
 
     def invoke(self, ctx: Any) -> Any:
+        from laplace_cli.cli.console import captured_warnings
+
         try:
-            super().invoke(ctx)
+            with captured_warnings():  # library warnings in the tool's style, each once
+                super().invoke(ctx)
         except (typer.Exit, typer.Abort, ClickException):
             raise
         except (Exception, KeyboardInterrupt) as exc:

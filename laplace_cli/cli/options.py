@@ -120,6 +120,16 @@ ColumnsOpt = Annotated[
         rich_help_panel=_INPUTS,
     ),
 ]
+HeaderOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--header/--no-header",
+        help="CSV / TSV input: whether the first line is a header. Default: a header, unless "
+        "every field of it is a number (then it is data and columns are named 0, 1, ...).",
+        show_default=False,
+        rich_help_panel=_INPUTS,
+    ),
+]
 RecipeArg = Annotated[
     Path, typer.Argument(help="Recipe (YAML) listing the stages to run.", show_default=False)
 ]
@@ -130,8 +140,9 @@ ModelOverrideOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Use this checkpoint instead of the one the posterior names "
-        "(it must have the same fingerprint).",
+        help="Use this checkpoint instead of the one the posterior names (it must have the "
+        "same fingerprint), e.g. after moving it. Posteriors record the model's path relative "
+        "to the posterior file.",
         rich_help_panel=_MODEL,
     ),
 ]
@@ -140,7 +151,8 @@ ModelFactoryOpt = Annotated[
     typer.Option(
         "--model-factory",
         help="pkg.module:function or path/to/file.py:function building the model "
-        "for a weights-only checkpoint.",
+        "for a weights-only checkpoint; pkg.module is imported with the working directory "
+        "first on the import path, as python -m does.",
         rich_help_panel=_MODEL,
     ),
 ]
@@ -156,7 +168,9 @@ TrustCheckpointOpt = Annotated[
     bool,
     typer.Option(
         "--trust-checkpoint",
-        help="Allow loading a whole pickled module (this runs code from the file).",
+        help="Allow loading a whole pickled module (this runs code from the file). The "
+        "classes it names are imported with the working directory first on the import path, "
+        "as python -m does.",
         rich_help_panel=_MODEL,
     ),
 ]
@@ -211,7 +225,21 @@ RankOpt = Annotated[
     typer.Option(
         "--rank",
         min=1,
-        help="Number of eigenpairs for --structure lowrank (default: 10).",
+        help="Number of eigenpairs for --structure lowrank (default: min(parameters, 100)).",
+        rich_help_panel=_FIT,
+    ),
+]
+SubnetworkOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--subnetwork",
+        metavar="MASK:SIZE|FILE",
+        help="Which parameters --subset subnetwork covers: largest_magnitude:N, random:N "
+        "(seeded by --seed), largest_variance:N (ranks by a diagonal Laplace over all weights, "
+        "one extra pass), last_layer[:MODULE], param:NAME[,NAME], module:NAME[,NAME]; or a file "
+        "(.npy, .pt, .txt) of integer indices into the flattened trainable parameters "
+        "(model.parameters() order) or a boolean mask over them.",
+        show_default=False,
         rich_help_panel=_FIT,
     ),
 ]
@@ -245,14 +273,54 @@ PriorStructureOpt = Annotated[
     PriorStructure,
     typer.Option(
         "--prior-structure",
-        help="One prior precision, one per parameter tensor, or one per parameter.",
+        help="One prior precision (scalar, the default of both methods), one per parameter "
+        "tensor (layerwise) or one per parameter (diag); layerwise and diag are marglik only "
+        "and, on a full posterior, cost a Cholesky factorisation per step.",
         rich_help_panel=_FIT,
         **_CHOICE,
     ),
 ]
+GridMinOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--grid-min",
+        metavar="LOG10",
+        help="gridsearch: log10 of the smallest prior precision on the grid (default: -4, "
+        "i.e. 1e-4).",
+        show_default=False,
+        rich_help_panel=_FIT,
+    ),
+]
+GridMaxOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--grid-max",
+        metavar="LOG10",
+        help="gridsearch: log10 of the largest prior precision on the grid (default: 4, i.e. 1e4).",
+        show_default=False,
+        rich_help_panel=_FIT,
+    ),
+]
+GridSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--grid-size",
+        metavar="N",
+        help="gridsearch: number of log-spaced prior precisions from --grid-min to --grid-max, "
+        ">= 2 (default: 100).",
+        show_default=False,
+        rich_help_panel=_FIT,
+    ),
+]
 TuneLossOpt = Annotated[
     TuneLoss,
-    typer.Option("--loss", help="What gridsearch minimises.", rich_help_panel=_FIT, **_CHOICE),
+    typer.Option(
+        "--loss",
+        help="What gridsearch minimises (and what marglik with --data is scored by against "
+        "the MAP).",
+        rich_help_panel=_FIT,
+        **_CHOICE,
+    ),
 ]
 
 # --- prediction -------------------------------------------------------------------------------
@@ -407,6 +475,18 @@ ResumeOpt = Annotated[
         "--resume",
         help="Continue an interrupted fit from OUTPUT.ckpt (same settings; a fresh fit when "
         "there is no checkpoint). The posterior equals an uninterrupted fit's.",
+        rich_help_panel=_RUN,
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        metavar="N",
+        help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the CPUs this "
+        "process may use, at most 8; on a busy shared machine 1 can be much faster).",
+        show_default=False,
         rich_help_panel=_RUN,
     ),
 ]

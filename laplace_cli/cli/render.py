@@ -23,7 +23,7 @@ def print_evaluation(result: Any, console: Console) -> None:
     settings = result.settings
     title = f"{settings.get('split')} split, n = {settings.get('n_test')}"
     laplace_label = f"Laplace ({settings.get('pred_type')}"
-    if settings.get("pred_type") == "glm":
+    if settings.get("pred_type") == "glm" and settings.get("link_approx"):  # none: regression
         laplace_label += f", {settings.get('link_approx')}"
     laplace_label += ")"
     metrics: list[str] = []
@@ -44,7 +44,8 @@ def print_evaluation(result: Any, console: Console) -> None:
 
 def print_marglik(entries: list[dict[str, Any]], console: Console) -> None:
     table = Table(title="log marginal likelihood (higher is better)")
-    for col in ("posterior", "structure", "subset", "n_params", "log_marginal_likelihood"):
+    cols = ("posterior", "structure", "subset", "n_params", "tuned", "log_marginal_likelihood")
+    for col in cols:
         table.add_column(col, justify="right" if col != "posterior" else "left")
     for e in entries:
         table.add_row(
@@ -52,6 +53,7 @@ def print_marglik(entries: list[dict[str, Any]], console: Console) -> None:
             e["structure"],
             e["subset"],
             f"{e['n_params']:,}",
+            e.get("tuned") or "no",
             f"{e['log_marginal_likelihood']:.6g}",
         )
     console.print(table)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import contextvars
+import inspect
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -11,6 +14,58 @@ from torch import Tensor, nn
 from laplace_cli.core.errors import BadInputError
 
 Inputs = Tensor | Mapping[str, Tensor]
+
+#: Extra keyword arguments of every model call made while `model_kwargs(...)` is active
+#: (`la(x, **model_kwargs)`); a context variable, so concurrent predictions do not mix them.
+_MODEL_KWARGS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "laplace_model_kwargs", default=None
+)
+
+
+@contextlib.contextmanager
+def model_kwargs(kwargs: Mapping[str, Any]) -> Iterator[None]:
+    """Pass `kwargs` to every model call inside the block (they are not split per row)."""
+    token = _MODEL_KWARGS.set(dict(kwargs))
+    try:
+        yield
+    finally:
+        _MODEL_KWARGS.reset(token)
+
+
+def current_model_kwargs() -> dict[str, Any]:
+    """The keyword arguments set by the innermost `model_kwargs` block ({} outside one)."""
+    return _MODEL_KWARGS.get() or {}
+
+
+#: True inside `keep_graph()`: predictions stay differentiable in the inputs (`enable_backprop`).
+_KEEP_GRAPH: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "laplace_keep_graph", default=False
+)
+
+
+@contextlib.contextmanager
+def keep_graph(on: bool = True) -> Iterator[None]:
+    """Within the block the subsets neither detach nor disable gradients (`enable_backprop`)."""
+    token = _KEEP_GRAPH.set(bool(on))
+    try:
+        yield
+    finally:
+        _KEEP_GRAPH.reset(token)
+
+
+def keeping_graph() -> bool:
+    """Whether the innermost `keep_graph` block is on."""
+    return _KEEP_GRAPH.get()
+
+
+def grad_mode() -> contextlib.AbstractContextManager:
+    """`torch.no_grad()` for a prediction, `torch.enable_grad()` inside `keep_graph()`."""
+    return torch.enable_grad() if keeping_graph() else torch.no_grad()
+
+
+def detach(t: Tensor) -> Tensor:
+    """`t.detach()`, except inside `keep_graph()`."""
+    return t if keeping_graph() else t.detach()
 
 
 def split_batch(
@@ -55,9 +110,63 @@ def to_device(x: Inputs, device: torch.device, dtype: torch.dtype | None = None)
     return move(x)
 
 
+def _forward_signature(model: nn.Module) -> inspect.Signature | None:
+    """The signature of `model.forward`, looking through wrappers that take only `*args`.
+
+    A PEFT `PeftModel` (no task type) and its `LoraModel` forward `*args, **kwargs` to the model
+    they wrap (`get_base_model()`); their own signature says nothing about the batch.
+    """
+    seen = 0
+    while seen < 4:
+        try:
+            sig = inspect.signature(model.forward)
+        except (TypeError, ValueError):  # TorchScript and other compiled modules
+            return None
+        kinds = {p.kind for p in sig.parameters.values()}
+        if kinds <= {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD}:
+            inner = model.get_base_model() if hasattr(model, "get_base_model") else None
+            if not isinstance(inner, nn.Module) or inner is model:
+                return sig
+            model, seen = inner, seen + 1
+            continue
+        return sig
+    return None
+
+
+def passes_mapping(model: nn.Module, x: Mapping[str, Any]) -> bool:
+    """Whether a dict batch goes to the model whole, `model(batch)`, or as `model(**batch)`.
+
+    The one rule for dict batches (every model call of the engine goes through
+    `model_call_args`): the mapping is passed whole (laplace-torch's convention) when the
+    model's `forward` takes exactly one positional parameter besides `self` and that
+    parameter's name is not a key of the batch (`forward(self, data)`); otherwise the keys are
+    keyword arguments (Hugging Face style, `forward(self, input_ids, attention_mask=None)`).
+    Wrappers that only take `*args, **kwargs` (PEFT) are looked through; a forward whose
+    signature cannot be read (TorchScript) gets keyword arguments.
+    """
+    sig = _forward_signature(model)
+    if sig is None:
+        return False
+    positional = [
+        p
+        for p in sig.parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(positional) == 1 and positional[0].name not in x
+
+
+def model_call_args(model: nn.Module, x: Inputs) -> tuple[tuple, dict[str, Any]]:
+    """(args, kwargs) of the model call on inputs `x`: see `passes_mapping` for dict batches."""
+    if isinstance(x, Mapping):
+        return ((dict(x),), {}) if passes_mapping(model, x) else ((), dict(x))
+    return (x,), {}
+
+
 def call_model(model: nn.Module, x: Inputs) -> Tensor:
-    """`model(**x)` for dict inputs, `model(x)` otherwise; logits are taken from HF-style outputs."""
-    out = model(**x) if isinstance(x, Mapping) else model(x)
+    """`model(x)`, or for a dict batch `model(batch)` / `model(**batch)` (see `passes_mapping`);
+    logits are taken from HF-style outputs."""
+    args, kwargs = model_call_args(model, x)
+    out = model(*args, **kwargs, **current_model_kwargs())
     if hasattr(out, "logits"):
         out = out.logits
     if isinstance(out, (tuple, list)):

@@ -37,3 +37,8 @@ class GateFailed(LaplaceCliError):
     """An evaluation gate (`--fail-if`) failed (exit 1)."""
 
     exit_code = 1
+
+
+class LaplaceWarning(UserWarning):
+    """A result to look at, not an error: the CLI prints each one once as `warning: ...`
+    (and `tune --json` lists them); the Python API raises them as ordinary warnings."""

@@ -51,7 +51,8 @@ class ModelRef:
     """Where a model came from; stored in the posterior so later commands can reload it.
 
     Attributes:
-        path: The checkpoint path as given (not resolved, so that a posterior stays portable).
+        path: The checkpoint path. A posterior stores it relative to the posterior file
+            (:func:`laplace_cli.io.model_paths.portable_model_ref`), so that it stays portable.
         form: One of :class:`ModelForm`'s values.
         factory: ``pkg.module:function`` or ``path/to/file.py:function`` for the weight-only
             forms, else ``None``.

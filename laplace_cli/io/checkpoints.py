@@ -14,8 +14,10 @@ form            how it loads
                 K-FAC and last-layer hooks find them. The exported batch dimension must be
                 dynamic.
 ``torchscript`` a ``torch.jit.save`` archive: ``torch.jit.load``. Submodules are
-                ``RecursiveScriptModule`` objects, which take no Python forward hooks, so
-                K-FAC and last-layer need another form.
+                ``RecursiveScriptModule`` objects, which take no Python forward hooks and no
+                ``torch.func.functional_call``; :mod:`laplace_cli.subsets.scripted` substitutes their
+                parameters instead, so every structure works except K-FAC over all weights
+                (refused: it needs each layer's inputs).
 ``safetensors`` / ``state_dict``
                 weights only (``*.safetensors``, or a ``torch.save``'d state dict read with
                 ``weights_only=True``) plus a factory ``pkg.module:function`` or

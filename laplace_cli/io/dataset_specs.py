@@ -1,6 +1,8 @@
 """Dataset specs: parse and validate the YAML that names each split's file or callable.
 
-The spec format is described in :mod:`laplace_cli.io.datasets`, which turns a validated
+The spec format is documented in ``docs/data-spec.md`` (rendered from
+:mod:`laplace_cli.io.spec_schema`, whose key tables this validator reads) and
+:mod:`laplace_cli.io.datasets`, which turns a validated
 :class:`DatasetSpec` into datasets and loaders. Validation collects every problem and raises
 one :class:`~laplace_cli.core.errors.BadInputError`, one line per problem.
 """
@@ -16,6 +18,7 @@ from typing import Any
 from laplace_cli.core.enums import Likelihood
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.safe_yaml import load_yaml
+from laplace_cli.io.spec_schema import DATA_SPEC_SECTIONS, keys_of
 from laplace_cli.io.tabular import (
     FORMATS,
     SUFFIX_FORMATS,
@@ -35,22 +38,11 @@ __all__ = [
 DEFAULT_BATCH_SIZE = 256
 
 
-TOP_KEYS = ("task", "batch_size", "n_classes", "splits")
+# The allowed keys come from the declarative schema that also renders docs/data-spec.md.
+TOP_KEYS = keys_of(DATA_SPEC_SECTIONS, "")
 
 
-SPLIT_KEYS = (
-    "path",
-    "format",
-    "x",
-    "y",
-    "target",
-    "id",
-    "callable",
-    "kwargs",
-    "text",
-    "tokenizer",
-    "max_length",
-)
+SPLIT_KEYS = keys_of(DATA_SPEC_SECTIONS, "splits.<name>")
 
 
 @dataclass
@@ -65,6 +57,8 @@ class SplitSpec:
         y: Target key / column (``y:`` or ``target:``); for ``npy``, the resolved path of a
             second ``.npy`` holding the targets.
         id: Id column / key (CSV / JSONL), never a feature.
+        header: CSV / TSV: whether the first line is a header (None: a header unless every
+            field of it is a number or empty; without one, columns are named "0", "1", ...).
         callable: ``pkg.module:function`` or ``file.py:function`` returning a Dataset.
         kwargs: Keyword arguments for the callable.
         text: Text field (text datasets; not built yet).
@@ -78,6 +72,7 @@ class SplitSpec:
     x: str | list[str] | None = None
     y: str | Path | None = None
     id: str = "id"
+    header: bool | None = None
     callable: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     text: str | None = None
@@ -327,13 +322,21 @@ def validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | Non
         else:
             bad("x", f"expected a key name or a list of column names, got {short_repr(x_raw)}")
     if call is not None:
-        for key in ("x", "y", "target", "id", "format"):
+        for key in ("x", "y", "target", "id", "format", "header"):
             if key in raw:
                 bad(key, "not used with callable: (the Dataset yields (x, y) itself)")
     if fmt == "npy" and x is not None:
         bad("x", "a .npy file holds one array (the features); it has no keys")
     if fmt is not None and fmt not in TABLE_FORMATS and "id" in raw:
         bad("id", "id columns exist only in CSV / JSONL files")
+    header = raw.get("header")
+    if header is not None and not isinstance(header, bool):
+        bad("header", f"expected true or false, got {short_repr(header)}")
+        header = None
+    elif header is not None and fmt is not None and fmt not in ("csv", "tsv"):
+        bad("header", f"only for CSV / TSV files; this split is {fmt}")
+    elif header is not None and is_text:
+        bad("header", "not used with text: (a text table names its text column in its header)")
 
     y_out: str | Path | None = y_key
     if fmt == "npy" and y_key is not None:
@@ -354,6 +357,7 @@ def validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | Non
         x=x,
         y=y_out,
         id=id_key,
+        header=header,
         callable=call,
         kwargs=dict(kwargs or {}),
         text=text,

@@ -1,4 +1,4 @@
-"""Dataset specs (docs/design.md §3): the YAML that names each split's file or callable, and its loaders.
+"""Dataset specs (docs/data-spec.md): the YAML that names each split's file or callable, and its loaders.
 
 A spec looks like::
 
@@ -71,6 +71,7 @@ __all__ = [
     "ArrayDataset",
     "DEFAULT_BATCH_SIZE",
     "DatasetSpec",
+    "LabelError",
     "SplitSpec",
     "check_labels",
     "load_dataset_spec",
@@ -83,6 +84,14 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- labels
+
+
+class LabelError(BadInputError):
+    """Targets that are not valid class labels (exit 2, as any bad input).
+
+    A separate class so that a caller that *assumed* classification (a spec without `task:`)
+    can add the fix, `task: regression`, to the message.
+    """
 
 
 def check_labels(y: torch.Tensor, n_classes: int | None, source: str) -> torch.Tensor:
@@ -100,12 +109,12 @@ def check_labels(y: torch.Tensor, n_classes: int | None, source: str) -> torch.T
         int64 labels of shape (N,).
 
     Raises:
-        BadInputError: Naming the first offending row and its value.
+        LabelError: Naming the first offending row and its value (a `BadInputError`).
     """
     if y.dim() == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.dim() != 1:
-        raise BadInputError(
+        raise LabelError(
             f"{source}: targets: expected one integer class label per row, got shape {tuple(y.shape)} "
             "(one-hot or multi-label targets need task: binary)"
         )
@@ -116,24 +125,24 @@ def check_labels(y: torch.Tensor, n_classes: int | None, source: str) -> torch.T
         frac = y != torch.round(y)
         if bool(frac.any()):
             i = int(frac.nonzero()[0])
-            raise BadInputError(
+            raise LabelError(
                 f"{source}: row {i}: expected an integer class label, got {y[i].item()}"
             )
     elif y.is_complex():
-        raise BadInputError(f"{source}: targets: expected integer class labels, got {y.dtype}")
+        raise LabelError(f"{source}: targets: expected integer class labels, got {y.dtype}")
     labels = y.to(torch.int64)
     if len(labels):
         neg = labels < 0
         if bool(neg.any()):
             i = int(neg.nonzero()[0])
-            raise BadInputError(
+            raise LabelError(
                 f"{source}: row {i}: expected a class label ≥ 0, got {labels[i].item()}"
             )
         if n_classes is not None:
             big = labels >= n_classes
             if bool(big.any()):
                 i = int(big.nonzero()[0])
-                raise BadInputError(
+                raise LabelError(
                     f"{source}: row {i}: class label {labels[i].item()} out of range for "
                     f"{n_classes} classes (expected 0..{n_classes - 1})"
                 )
@@ -258,6 +267,7 @@ def load_split(
             target=None if split.y is None else str(split.y),
             id_key=split.id,
             source=src,
+            header=split.header,
         )
         x = torch.from_numpy(table.x.astype("float32"))
         y = None if table.y is None else torch.from_numpy(table.y)

@@ -21,7 +21,7 @@ from torch import nn
 
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.checkpoint_types import FACTORY_HINT, ModelForm, fmt_names
-from laplace_cli.io.model_factories import build_from_factory
+from laplace_cli.io.model_factories import build_from_factory, on_sys_path
 
 
 def safe_torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
@@ -149,13 +149,21 @@ def unpickler_reason(err: BaseException) -> str:
 
 
 def trusted_torch_load(p: Path) -> Any:
+    """Unpickle a whole module, with the working directory first on the import path.
+
+    The pickle names its classes by module (``nets.Net``); ``python -m laplace_cli`` finds
+    ``nets.py`` in the working directory because ``python -m`` puts it on ``sys.path``, the
+    ``laplace`` script does not. Both now import the same way (as ``--model-factory`` does).
+    """
+    cwd = Path.cwd()
     try:
-        return torch.load(p, map_location="cpu", weights_only=False)
+        with on_sys_path(cwd):
+            return torch.load(p, map_location="cpu", weights_only=False)
     except Exception as err:
         raise BadInputError(
             f"{p}: unpickling the trusted checkpoint failed ({type(err).__name__}: {err}); the "
-            "classes it names must be importable (run from the project folder), or "
-            f"{FACTORY_HINT}"
+            f"classes it names must be importable from the working directory ({cwd}) or the "
+            f"installed packages: run from the project folder, or {FACTORY_HINT}"
         ) from None
 
 

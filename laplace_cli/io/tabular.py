@@ -1,11 +1,11 @@
 """Readers for the data file formats of dataset specs and ``predict --input``.
 
 Array files (``.npz``, ``.npy``, ``.pt``, ``.safetensors``) are read as whole arrays (``.npy`` and
-``.safetensors`` lazily, by slices, where only features are streamed). Text tables (CSV / TSV with
-a header row, JSONL with one JSON object or array per line) are parsed row by row into chunks, so
-streaming a huge file or stdin through :func:`iter_feature_chunks` keeps memory flat; reading a
-whole table for a dataset split goes through the same chunk parser, so both agree by
-construction.
+``.safetensors`` lazily, by slices, where only features are streamed). Text tables (CSV / TSV,
+with a header row or without one, JSONL with one JSON object or array per line) are parsed row
+by row into chunks, so streaming a huge file or stdin through :func:`iter_feature_chunks` keeps
+memory flat; reading a whole table for a dataset split goes through the same chunk parser, so
+both agree by construction.
 
 Every problem raises :class:`~laplace_cli.core.errors.BadInputError` naming the file and, for rows,
 the row index (0-based, data rows only) and the line number.
@@ -36,7 +36,13 @@ from laplace_cli.io.data_formats import (
     check_finite,
     detect_format,
 )
-from laplace_cli.io.text_tables import Table, TableChunk, iter_table_chunks, read_table
+from laplace_cli.io.text_tables import (
+    Table,
+    TableChunk,
+    TableInfo,
+    iter_table_chunks,
+    read_table,
+)
 
 __all__ = [
     "ARRAY_FORMATS",
@@ -46,6 +52,7 @@ __all__ = [
     "TARGET_NAMES",
     "Table",
     "TableChunk",
+    "TableInfo",
     "check_finite",
     "detect_format",
     "iter_feature_chunks",
@@ -63,6 +70,8 @@ def iter_feature_chunks(
     target: str | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     id_key: str | None = "id",
+    header: bool | None = None,
+    info: TableInfo | None = None,
 ) -> Iterator[tuple[list[Any], torch.Tensor]]:
     """Stream the features of an input file in chunks, for ``predict --input FILE|-``.
 
@@ -79,6 +88,9 @@ def iter_feature_chunks(
         target: A target column to leave out (besides ``y``, ``label``, ``target``, ...).
         chunk_rows: Rows per chunk.
         id_key: Column / key holding ids.
+        header: CSV / TSV: whether the first line is a header (None: unless it is all numbers;
+            see :func:`iter_table_chunks`). Refused for other formats.
+        info: Filled while reading: format, rows read, CSV header (:class:`TableInfo`).
 
     Yields:
         ``(ids, x)``: ids are the id column's values or global row indices; ``x`` is float32 of
@@ -91,6 +103,9 @@ def iter_feature_chunks(
         kind = None if fmt is None else detect_format("<stdin>", fmt)
     else:
         kind = detect_format(path, fmt)
+    if header is not None and kind is not None and kind not in ("csv", "tsv"):
+        flag = "--header" if header else "--no-header"
+        raise BadInputError(f"{path}: {flag} applies to CSV / TSV input, this is {kind}")
     if is_stream or kind in TABLE_FORMATS:
         for chunk in iter_table_chunks(
             path,
@@ -100,6 +115,8 @@ def iter_feature_chunks(
             want_target=False,
             id_key=id_key,
             chunk_rows=chunk_rows,
+            header=header,
+            info=info,
         ):
             yield chunk.ids, torch.from_numpy(chunk.x.astype(np.float32))
         return
@@ -123,4 +140,6 @@ def iter_feature_chunks(
         t = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))
         t = t.to(torch.float32)
         check_finite(t, source, "features", offset=start)
+        if info is not None:
+            info.format, info.rows = kind, start + len(t)
         yield list(range(start, start + len(t))), t

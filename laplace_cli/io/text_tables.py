@@ -1,5 +1,6 @@
-"""Text tables (CSV / TSV with a header row, JSONL with one JSON object or array per line),
-parsed row by row into chunks so that memory stays flat however long the file or stdin is.
+"""Text tables (CSV / TSV, with a header row or without one, JSONL with one JSON object or
+array per line), parsed row by row into chunks so that memory stays flat however long the file
+or stdin is.
 
 Split out of `laplace_cli.io.tabular`, which re-exports the public names.
 """
@@ -87,6 +88,71 @@ def _parse_float(cell: str) -> float:
     return float(text)
 
 
+def _is_numeric_cell(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _looks_like_data(row: Sequence[str]) -> bool:
+    """Whether a first CSV line is data rather than a header: every field a number or empty,
+    at least one a number.
+
+    Empty fields count as data so that a first row with a missing value is read (and then
+    reported as a missing value) instead of silently becoming a header. The price: a header
+    whose names are all numbers (``2019,2020``, or pandas' ``,0,1,2``) reads as a data row;
+    ``header=True`` (``--header`` / ``header: true``) says otherwise.
+    """
+    cells = [c.strip() for c in row]
+    return any(cells) and all(not c or _is_numeric_cell(c) for c in cells)
+
+
+@dataclass
+class TableInfo:
+    """What a table reader decided while reading, for row accounting (filled as it reads).
+
+    Attributes:
+        format: ``csv``, ``tsv`` or ``jsonl`` once known.
+        rows: Data rows read so far.
+        header: The CSV header's names; None when the file has no header row (or is JSONL).
+        header_guessed: The header's presence was decided from the first line (no
+            ``header=`` given): no header because every field of that line is a number.
+    """
+
+    format: str | None = None
+    rows: int = 0
+    header: list[str] | None = None
+    header_guessed: bool = False
+
+    def header_summary(self) -> str | None:
+        """How the first line of a CSV / TSV was read, for the row count line; else None."""
+        if self.format not in ("csv", "tsv"):
+            return None
+        if self.header is None:
+            why = ": its first line is all numbers" if self.header_guessed else ""
+            return f"no header row{why}"
+        return f"header row of {len(self.header)} columns"
+
+    def header_warning(self) -> str | None:
+        """A warning when a header row looks like data (some names are numbers), else None.
+
+        A header like ``id,0.5,0.3`` may be a first data row with a text id: its row is
+        not predicted unless ``--no-header`` says so.
+        """
+        if self.format not in ("csv", "tsv") or not self.header_guessed:
+            return None
+        numeric = [n for n in self.header or [] if n and _is_numeric_cell(n)]
+        if not numeric:
+            return None
+        shown = ", ".join(n[:12] for n in numeric[:3]) + (", ..." if len(numeric) > 3 else "")
+        return (
+            f"the header row has numeric names ({shown}); if the first line is data, "
+            "pass --no-header (spec: header: false)"
+        )
+
+
 def _csv_chunks(
     lines: Iterator[str],
     source: str,
@@ -97,15 +163,41 @@ def _csv_chunks(
     want_target: bool,
     id_key: str | None,
     chunk_rows: int,
+    has_header: bool | None = None,
+    info: TableInfo | None = None,
 ) -> Iterator[TableChunk]:
     reader = csv.reader(lines, delimiter=delimiter)
-    header: list[str] | None = None
+    info = info if info is not None else TableInfo()
+    first: list[str] | None = None
     for row in reader:
         if row and any(c.strip() for c in row):
-            header = [c.strip() for c in row]
+            first = row
             break
-    if header is None:
+    if first is None:
+        if has_header is False:
+            return  # no header expected and no rows: an empty table
         raise BadInputError(f"{source}: empty file; expected a header row and data rows")
+    # A first line that is all numbers is data, not a header (else it is silently lost).
+    if has_header is None:
+        has_header = not _looks_like_data(first)
+        info.header_guessed = True
+    pending: list[tuple[list[str], int]] = []  # the first line, when it is a data row
+    if has_header:
+        header = [c.strip() for c in first]
+        info.header = header
+    else:
+        # Columns are named by position, so that x / target / id can still name them.
+        header = [str(i) for i in range(len(first))]
+        pending.append((first, reader.line_num))
+    # Errors that a header read as data would explain say so.
+    hint = ""
+    if not has_header and info.header_guessed:
+        hint = (
+            " (the file's first line is all numbers, so it was read as data and the columns "
+            "are named 0, 1, ...; if it is a header, pass --header / header: true)"
+        )
+    elif not has_header:
+        hint = " (no header row, as asked: the first line is data, columns are named 0, 1, ...)"
     dupes = sorted({c for c in header if header.count(c) > 1})
     if dupes:
         raise BadInputError(f"{source}: duplicate column names in the header: {', '.join(dupes)}")
@@ -120,7 +212,7 @@ def _csv_chunks(
         elif want_target:
             raise BadInputError(
                 f"{source}: no target column {target!r}; columns: {', '.join(header)}"
-                f"{did_you_mean(target, header)}"
+                f"{did_you_mean(target, header)}{hint}"
             )
     else:
         # No target named: the conventional names are targets, never features.
@@ -138,7 +230,7 @@ def _csv_chunks(
         if missing:
             raise BadInputError(
                 f"{source}: no feature column {missing[0]!r}; columns: {', '.join(header)}"
-                f"{did_you_mean(missing[0], header)}"
+                f"{did_you_mean(missing[0], header)}{hint}"
             )
         names = list(x_cols)
 
@@ -148,10 +240,10 @@ def _csv_chunks(
     ids: list[Any] = []
     line_nos: list[int] = []
     start = 0
-    for row in reader:
+    numbered = itertools.chain(pending, ((row, reader.line_num) for row in reader))
+    for row, line in numbered:
         if not row or not any(c.strip() for c in row):
             continue
-        line = reader.line_num
         if len(row) != len(header):
             raise BadInputError(
                 f"{source}: {row_where(row_index, line)}: expected {len(header)} fields, got {len(row)}"
@@ -171,7 +263,7 @@ def _csv_chunks(
                 names.append(name)
             if not names:
                 raise BadInputError(
-                    f"{source}: no numeric feature columns (columns: {', '.join(header)})"
+                    f"{source}: no numeric feature columns (columns: {', '.join(header)}){hint}"
                 )
         idx = [col[n] for n in names]
         try:
@@ -185,6 +277,7 @@ def _csv_chunks(
                     what = "missing value" if not got else f"expected a number, got {got!r}"
                     raise BadInputError(
                         f"{source}: {row_where(row_index, line)}: column {n!r}: {what}"
+                        f"{hint if row_index == 0 else ''}"
                     ) from None
         if target_idx is not None:
             try:
@@ -199,6 +292,7 @@ def _csv_chunks(
         ids.append(row[id_idx] if id_idx is not None else row_index)
         line_nos.append(line)
         row_index += 1
+        info.rows = row_index
         if len(xs) >= chunk_rows:
             yield _finish_chunk(
                 xs,
@@ -276,7 +370,9 @@ def _jsonl_chunks(
     want_target: bool,
     id_key: str | None,
     chunk_rows: int,
+    info: TableInfo | None = None,
 ) -> Iterator[TableChunk]:
+    info = info if info is not None else TableInfo()
     row_index = 0
     start = 0
     mode: str | None = None  # "list" (whole line / x key is a list) or "columns"
@@ -379,6 +475,7 @@ def _jsonl_chunks(
         ids.append(rec.get(id_key) if has_id and isinstance(rec, dict) else row_index)
         line_nos.append(line_no)
         row_index += 1
+        info.rows = row_index
         if len(xs) >= chunk_rows:
             yield _finish_json_chunk(
                 xs, ys if target_key else None, ids, start, line_nos, names, source, has_id
@@ -420,6 +517,8 @@ def iter_table_chunks(
     want_target: bool = False,
     id_key: str | None = "id",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    header: bool | None = None,
+    info: TableInfo | None = None,
 ) -> Iterator[TableChunk]:
     """Parse a CSV / TSV / JSONL table chunk by chunk (memory bounded by ``chunk_rows``).
 
@@ -436,6 +535,10 @@ def iter_table_chunks(
         want_target: Read the target (error when a named one is missing).
         id_key: Column / key holding row ids (kept as given); rows without one get their index.
         chunk_rows: Rows per chunk.
+        header: CSV / TSV: whether the first line is a header. None (default): it is, unless
+            every field of it is a number or empty; a file without a header has its columns
+            named by position, ``"0"``, ``"1"``, ... Not allowed for JSONL.
+        info: Filled while reading: format, rows read, header (see :class:`TableInfo`).
 
     Yields:
         :class:`TableChunk` objects with float64 features; NaN / Inf raise, naming row and line.
@@ -450,6 +553,13 @@ def iter_table_chunks(
             fmt, lines = _sniff_text_format(lines)
         else:
             fmt = detect_format(source, fmt)
+        if info is not None:
+            info.format = fmt
+        if header is not None and fmt not in ("csv", "tsv"):
+            flag = "--header" if header else "--no-header"
+            raise BadInputError(
+                f"{source}: {flag} (header:) applies to CSV / TSV files, this is {fmt}"
+            )
         if fmt in ("csv", "tsv"):
             if isinstance(x_key, str):
                 x_key = [x_key]
@@ -462,6 +572,8 @@ def iter_table_chunks(
                 want_target=want_target,
                 id_key=id_key,
                 chunk_rows=chunk_rows,
+                has_header=header,
+                info=info,
             )
         elif fmt == "jsonl":
             yield from _jsonl_chunks(
@@ -472,6 +584,7 @@ def iter_table_chunks(
                 want_target=want_target,
                 id_key=id_key,
                 chunk_rows=chunk_rows,
+                info=info,
             )
         else:
             raise BadInputError(f"{source}: {fmt!r} is not a text table format (csv, tsv, jsonl)")
@@ -503,6 +616,7 @@ def read_table(
     target: str | None = None,
     id_key: str | None = "id",
     source: str | None = None,
+    header: bool | None = None,
 ) -> Table:
     """Read a whole CSV / TSV / JSONL table with its target (see :func:`iter_table_chunks`)."""
     chunks = list(
@@ -514,6 +628,7 @@ def read_table(
             want_target=True,
             id_key=id_key,
             chunk_rows=65536,
+            header=header,
         )
     )
     src = source or str(path)

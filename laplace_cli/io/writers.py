@@ -4,7 +4,8 @@ Column names are normative (docs/design.md §1b "Output names"). Classification 
 `pred`, `prob_<k>`, `var_<k>`, `entropy`, `max_prob` and `mutual_info` (when MC samples exist);
 regression rows `id`, `mean_<k>`, `var_<k>` (epistemic), `var_total_<k>` (with observation noise),
 `lower_<k>`, `upper_<k>`; single-output regression drops the `_<k>`. JSONL keeps per-class values
-as lists (`probs`, `var`, ...).
+as lists (`probs`, `var`, ...), except single-output regression, whose values are numbers in both
+formats (`"mean": 1.5`, as the CSV column `mean`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ def flatten_row(row: dict[str, Any], single_output: bool) -> dict[str, Any]:
     return out
 
 
+def scalar_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Single-output regression: one-element lists (`mean`, `var`, ...) become numbers."""
+    return {
+        k: v[0] if isinstance(v, list) and len(v) == 1 and k in LIST_FIELDS else v
+        for k, v in row.items()
+    }
+
+
 def check_columns(
     row: dict[str, Any], columns: Sequence[str] | None, fmt: str, single_output: bool = False
 ) -> None:
@@ -100,7 +109,8 @@ class RowWriter:
         stream: an open text stream (a file or stdout).
         fmt: "csv" or "jsonl".
         columns: keep only these fields (JSONL keys or CSV columns; `id` always kept).
-        single_output: regression with one output: drop the `_0` suffix in CSV.
+        single_output: regression with one output: drop the `_0` suffix in CSV, numbers
+            instead of one-element lists in JSONL.
     """
 
     def __init__(
@@ -130,7 +140,7 @@ class RowWriter:
         (a full disk, a closed pipe) leaves only complete rows behind in JSONL."""
         for row in rows:
             if self.fmt == "jsonl":
-                row = self._select(row)
+                row = self._select(scalar_row(row) if self.single_output else row)
                 line = json.dumps({k: _jsonable(v) for k, v in row.items()}, allow_nan=False) + "\n"
             else:
                 flat = self._select(flatten_row(row, self.single_output))

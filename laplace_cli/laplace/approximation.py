@@ -53,7 +53,36 @@ def as_tensor(
     return t.reshape(-1) if t.ndim == 0 else t
 
 
-class Laplace(PosteriorMixin, PredictiveMixin):
+#: Picks the flavour class for `Laplace(*args, **kwargs)`; installed by `laplace_cli.laplace`
+#: (flavour_table.flavour_for), so this module does not import the subclasses defined on it.
+_flavour_resolver: Callable[[tuple, dict], type] | None = None
+
+
+def set_flavour_resolver(resolver: Callable[[tuple, dict], type] | None) -> None:
+    """Install the function that maps `Laplace(...)`'s arguments to a flavour class."""
+    global _flavour_resolver
+    _flavour_resolver = resolver
+
+
+class _FlavourFactory(type):
+    """`Laplace(...)` builds the laplace-torch flavour for its subset and structure.
+
+    laplace-torch's `Laplace` is a factory returning e.g. a `KronLLLaplace`; here the flavours
+    are subclasses of `Laplace` that fix subset and structure, and calling `Laplace` itself
+    creates an instance of the matching one, initialised by `Laplace.__init__` with the
+    arguments as given (so every existing call keeps its meaning). Subclasses are built as usual.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is not Laplace:
+            return super().__call__(*args, **kwargs)
+        flavour = _flavour_resolver(args, kwargs) if _flavour_resolver is not None else cls
+        obj = flavour.__new__(flavour)
+        Laplace.__init__(obj, *args, **kwargs)
+        return obj
+
+
+class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
     """Laplace approximation of a trained network's posterior over (a subset of) its weights.
 
     Args:
@@ -79,6 +108,21 @@ class Laplace(PosteriorMixin, PredictiveMixin):
             of the fit's random streams (MC targets, the lowrank eigensolver's start block).
         prior: a fitted `Laplace` whose posterior becomes this one's prior (continual
             learning; see `set_prior_from`). It sets `prior_mean` and `prior_precision`.
+        enable_backprop: predictions (`la(x)`, `functional_samples`, ...) stay differentiable
+            in the inputs x (GLM through dense per-sample Jacobians, NN through the sampled
+            networks), as laplace-torch's flag.
+        likelihood "reward_modeling" (laplace-torch's): fitted and tuned as classification,
+            `la(x)` returns the regression-style (f_mu, f_var); `la.likelihood` then reads
+            "classification" and `la.reward_modeling` is True.
+        backend: "auto" / "native" (this engine), "asdl" (the optional ASDL path), or one of
+            laplace-torch's class names from `laplace_cli.curvature` (`CurvlinopsGGN`,
+            `AsdlEF`, ...), which select the curvature; see curvature/backends.py.
+        backend_kwargs, asdl_fisher_kwargs: laplace-torch's; `{"stochastic": True,
+            "num_samples": k}` selects the MC Fisher with k samples (docs/migrating.md).
+
+    `Laplace(...)` returns the laplace-torch flavour for the subset and structure (e.g.
+    `KronLLLaplace`, a subclass of `Laplace`), so `isinstance` checks of laplace-torch code hold;
+    every flavour is this class with the subset and structure fixed (laplace_cli/laplace/flavours.py).
     """
 
     def __init__(
@@ -98,18 +142,34 @@ class Laplace(PosteriorMixin, PredictiveMixin):
         subnetwork_indices: Tensor | Sequence[int] | None = None,
         kron_approx: KronApprox | str = "expand",
         rank: int | None = None,
-        backend: str = "auto",
+        backend: str | type | None = "auto",
+        backend_kwargs: dict[str, Any] | None = None,
+        asdl_fisher_kwargs: dict[str, Any] | None = None,
         max_memory: int | None = None,
         dict_key_x: str = "input_ids",
         dict_key_y: str = "labels",
         n_mc_samples: int = 1,
         seed: int = 0,
         prior: Laplace | None = None,
+        enable_backprop: bool = False,
     ) -> None:
         self.model = model
+        # laplace-torch's "reward_modeling": fitted as classification, predicted as regression
+        # (`la(x)` gives (f_mu, f_var) of the reward logits); see laplace_predictive.__call__.
+        self.reward_modeling = str(getattr(likelihood, "value", likelihood)) == "reward_modeling"
+        if self.reward_modeling:
+            likelihood = Likelihood.CLASSIFICATION
         self.likelihood = Likelihood.parse(likelihood, "likelihood")
+        # Predictions differentiable in the inputs (dense Jacobians; laplace-torch's flag).
+        self.enable_backprop = bool(enable_backprop)
         self.subset_of_weights = Subset.parse(subset_of_weights, "subset_of_weights")
         self.hessian_structure = Structure.parse(hessian_structure, "hessian_structure")
+        from laplace_cli.curvature.backends import resolve_backend
+
+        # laplace-torch's backend classes (and backend_kwargs) only choose the curvature here.
+        backend, curvature, n_mc_samples = resolve_backend(
+            backend, str(curvature), n_mc_samples, backend_kwargs, asdl_fisher_kwargs
+        )
         self.curvature = Curvature.parse(curvature, "curvature")
         self.kron_approx = KronApprox.parse(kron_approx, "kron_approx")
         if self.hessian_structure not in SUPPORTED[self.subset_of_weights]:
@@ -119,6 +179,20 @@ class Laplace(PosteriorMixin, PredictiveMixin):
             raise BadInputError(
                 f"hessian_structure {self.hessian_structure.value!r} is not available with subset "
                 f"{self.subset_of_weights.value!r}; supported combinations: {combos}"
+            )
+        if (
+            isinstance(model, torch.jit.ScriptModule)
+            and self.subset_of_weights == Subset.ALL
+            and self.hessian_structure == Structure.KRON
+        ):
+            # K-FAC needs each layer's inputs and output gradients, i.e. forward hooks, which
+            # compiled modules do not take; without them every tensor would silently get a
+            # diagonal block.
+            from laplace_cli.subsets.scripted import KRON_HINT
+
+            raise BadInputError(
+                "--structure kron over all weights needs forward hooks on the layers, which a "
+                f"TorchScript model does not take; {KRON_HINT}"
             )
         if backend not in ("auto", "native", "asdl"):
             raise BadInputError(f"backend: expected auto, native or asdl, got {backend!r}")
@@ -231,6 +305,13 @@ class Laplace(PosteriorMixin, PredictiveMixin):
     @prior_mean.setter
     def prior_mean(self, value: float | Tensor) -> None:
         t = as_tensor(value, self._dtype, self._device)
+        # laplace-torch's rule: a scalar or a vector of length 1 or P. A (P, 1) column used to
+        # be accepted and broadcast against the (P,) mean into a (P, P) scatter term.
+        if t.ndim != 1:
+            raise BadInputError(
+                f"prior_mean must be a scalar or a vector of {self.n_params} values, got shape "
+                f"{tuple(t.shape)}; flatten it with prior_mean.reshape(-1)"
+            )
         if t.numel() not in (1, self.n_params):
             raise BadInputError(
                 f"prior_mean must be a scalar or have {self.n_params} values, got {t.numel()}"
@@ -495,7 +576,7 @@ class Laplace(PosteriorMixin, PredictiveMixin):
 
     def _fit_matrix_free(self, train_loader: Iterable[Any]) -> Laplace:
         """lowrank: one pass for loss and checks, then the eigensolver's block GGN products."""
-        from laplace_cli.posterior.lowrank import ggn_matmat
+        from laplace_cli.posterior.lowrank import ggn_matmat, ggn_matmat_dense
 
         if iter(train_loader) is train_loader:
             raise BadInputError(
@@ -521,9 +602,31 @@ class Laplace(PosteriorMixin, PredictiveMixin):
                     yield x, y
 
         theta = self.subset.mean().to(self._dtype)
+
+        def jacobian_chunks(x: Inputs, y: Tensor) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
+            rows = self.jacobian_chunk_rows()
+            for i, xc in enumerate(iter_rows(x, rows)):
+                f, J = self.subset.jacobians(xc)
+                yield f.to(self._dtype), J, y[i * rows : (i + 1) * rows]
+
+        reverse_only = False
+
+        def matmat(V: Tensor) -> Tensor:
+            nonlocal reverse_only
+            if not reverse_only:
+                try:
+                    return ggn_matmat(self.subset.output_fn, theta, batches, self._output_sqrt, V)
+                except torch.OutOfMemoryError:
+                    raise
+                except (RuntimeError, NotImplementedError):
+                    # forward-mode AD or vmap cannot run this model (e.g. an attention kernel
+                    # without a forward derivative); the whole product is redone in reverse
+                    # mode, so every product still sees the same operator.
+                    reverse_only = True
+            return ggn_matmat_dense(jacobian_chunks, batches, self._output_sqrt, V)
+
         self.posterior.fit_matrix_free(
-            lambda V: ggn_matmat(self.subset.output_fn, theta, batches, self._output_sqrt, V),
-            torch.Generator(device=self._device).manual_seed(self.seed),
+            matmat, torch.Generator(device=self._device).manual_seed(self.seed)
         )
         for key, t in self.posterior.state().items():
             if not torch.isfinite(t).all():
@@ -590,8 +693,15 @@ class Laplace(PosteriorMixin, PredictiveMixin):
             raise BadInputError("the Laplace approximation is not fitted yet; call fit() first")
 
     # --- tuning -----------------------------------------------------------------------------
-    def optimize_prior_precision(self, method: str = "marglik", **kwargs: Any) -> dict[str, Any]:
-        """Tune the prior precision (and σ for regression); see `laplace_cli.tuning.api`."""
-        from laplace_cli.tuning.api import optimize_prior_precision
+    def optimize_prior_precision(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Tune the prior precision (σ too with `tune_sigma_noise=True`); see `laplace_cli.tuning.api`.
 
-        return optimize_prior_precision(self, method=method, **kwargs)
+        Positional arguments follow laplace-torch 0.3 (`pred_type, method, n_steps, lr,
+        init_prior_prec, prior_structure, val_loader, loss, log_prior_prec_min,
+        log_prior_prec_max, grid_size, link_approx, n_samples, verbose, progress_bar,
+        log_prior_prec_base`); a first positional "marglik" or "gridsearch" is still the method
+        (this project's earlier signature). See `tuning.laplace_torch_arguments`.
+        """
+        from laplace_cli.tuning.api import laplace_torch_arguments, optimize_prior_precision
+
+        return optimize_prior_precision(self, **laplace_torch_arguments(args, kwargs))

@@ -14,10 +14,34 @@ from laplace_cli.core import likelihoods as lik
 from laplace_cli.core.enums import Structure
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior import expand_prior
+from laplace_cli.posterior.predictive import RowSeeds, weight_generator
 
 
 class PosteriorMixin:
     """Posterior quantities; see the module docstring."""
+
+    @property
+    def mean(self) -> Tensor:
+        """The MAP θ* over the model's parameters, (P,).
+
+        For a subnetwork this is every trainable parameter (as laplace-torch), the subnetwork's
+        entries at their posterior mean and the rest fixed; `mean_subnet` is the subnetwork's
+        part. The engine itself works in the subset's coordinates (`_mean`).
+        """
+        from laplace_cli.subsets.subnetwork import Subnetwork
+
+        if isinstance(self.subset, Subnetwork):
+            return self.subset.full_vector(self._mean)
+        return self._mean
+
+    @mean.setter
+    def mean(self, value: Tensor) -> None:
+        self._mean = value
+
+    @property
+    def mean_subnet(self) -> Tensor:
+        """The posterior mean in the subset's own coordinates, (n_params_subnet,)."""
+        return self._mean
 
     @property
     def posterior_precision(self) -> Tensor:
@@ -55,7 +79,7 @@ class PosteriorMixin:
     @property
     def scatter(self) -> Tensor:
         """(θ* − μ₀)ᵀ P₀ (θ* − μ₀)."""
-        return self.posterior.prior_quad_form(self.mean - self.prior_mean, self.prior_precision)
+        return self.posterior.prior_quad_form(self._mean - self.prior_mean, self.prior_precision)
 
     @property
     def log_likelihood(self) -> Tensor:
@@ -99,7 +123,7 @@ class PosteriorMixin:
         log_det_post = self.posterior.log_det(prior, scale)
         # P₀ = diag(δ), or the precision of a posterior used as prior (continual learning).
         log_det_prior = self.posterior.prior_log_det(prior)
-        scatter = self.posterior.prior_quad_form(self.mean - self.prior_mean, prior)
+        scatter = self.posterior.prior_quad_form(self._mean - self.prior_mean, prior)
         return log_lik - 0.5 * (log_det_post - log_det_prior + scatter)
 
     def set_prior_from(self, previous: PosteriorMixin) -> PosteriorMixin:
@@ -143,12 +167,155 @@ class PosteriorMixin:
         self.posterior.set_prior_posterior(
             previous.posterior, previous.curvature_scale().detach(), self.curvature_scale().detach()
         )
-        self.prior_mean = previous.mean.detach().clone()
+        self.prior_mean = previous._mean.detach().clone()
         self.prior_precision = previous.prior_precision.detach().clone()
         return self
 
-    def sample(self, n_samples: int = 100, generator: torch.Generator | None = None) -> Tensor:
-        """Weight samples θ ~ N(θ*, Λ⁻¹), (n_samples, P)."""
+    def sample(
+        self, n_samples: int = 100, generator: torch.Generator | RowSeeds | None = None
+    ) -> Tensor:
+        """Weight samples θ ~ N(θ*, Λ⁻¹), (n_samples, P).
+
+        For a subnetwork the samples cover every trainable parameter (as laplace-torch), the
+        entries outside the subnetwork at their MAP. `RowSeeds` give their shared stream: the
+        same networks for every batch."""
+        from laplace_cli.subsets.subnetwork import Subnetwork
+
+        thetas = self._sample_subset(n_samples, generator)
+        if isinstance(self.subset, Subnetwork):
+            return self.subset.full_vector(thetas)
+        return thetas
+
+    def _sample_subset(
+        self, n_samples: int = 100, generator: torch.Generator | RowSeeds | None = None
+    ) -> Tensor:
+        """Weight samples in the subset's coordinates, (n_samples, n_params_subnet)."""
         self.require_fit()
-        z = self.posterior.sample(n_samples, self.prior_precision, self.curvature_scale(), generator)
-        return self.mean + z
+        generator = weight_generator(generator, self._device)
+        z = self.posterior.sample(
+            n_samples, self.prior_precision, self.curvature_scale(), generator
+        )
+        return self._mean + z
+
+    # --- laplace-torch's names (docs/migrating.md) ------------------------------------------
+    @property
+    def n_params_subnet(self) -> int:
+        """Parameters the posterior covers: the subnetwork's entries (the subset's size for the
+        other subsets). `n_params` is the same number here (laplace-torch's subnetwork
+        `n_params` counts every parameter; `mean` and `sample()` here do too)."""
+        return self.subset.n_params
+
+    @property
+    def prior_precision_diag(self) -> Tensor:
+        """The prior precision as one value per parameter of the posterior, (P,)."""
+        return expand_prior(self.prior_precision, self.subset.groups)
+
+    @property
+    def H(self) -> Tensor | object:
+        """The summed curvature H (without σ, T or prior) in the structure's own form: diag a
+        vector (P,), full a matrix (P, P); kron and lowrank the posterior object itself
+        (`posterior.state()` has its factors or eigenpairs)."""
+        self.require_fit()
+        if self.hessian_structure == Structure.DIAG:
+            return self.posterior.h
+        if self.hessian_structure == Structure.FULL:
+            return self.posterior.H
+        return self.posterior
+
+    def _subset_value(self, value: Tensor) -> Tensor:
+        """A weight vector in the subset's coordinates; a subnetwork also takes all parameters."""
+        value = torch.as_tensor(value, dtype=self._dtype, device=self._device)
+        indices = getattr(self.subset, "indices", None)
+        if indices is not None and value.shape[-1] != self.n_params:
+            return value[..., indices.to(value.device)]
+        if value.shape[-1] != self.n_params:
+            raise BadInputError(
+                f"expected weight vectors of {self.n_params} values, got shape {tuple(value.shape)}"
+            )
+        return value
+
+    def square_norm(self, value: Tensor) -> Tensor:
+        """(θ − θ*)ᵀ Λ (θ − θ*), the squared norm under the posterior precision."""
+        self.require_fit()
+        delta = self._subset_value(value) - self._mean
+        return self.posterior.quad_form(delta, self.prior_precision, self.curvature_scale())
+
+    def log_prob(self, value: Tensor, normalized: bool = True) -> Tensor:
+        """log N(value; θ*, Λ⁻¹) (without the constant terms when `normalized` is False)."""
+        if not normalized:
+            return -self.square_norm(value) / 2
+        import math
+
+        return (
+            -self.n_params / 2 * math.log(2 * math.pi)
+            + self.log_det_posterior_precision / 2
+            - self.square_norm(value) / 2
+        )
+
+    def state_dict(self) -> dict:
+        """laplace-torch's checkpoint dict, of tensors and plain values only (so that
+        `torch.load(path, weights_only=True)` reads it back).
+
+        laplace-torch's keys (mean, H, loss, prior_mean, prior_precision, sigma_noise, n_data,
+        n_outputs, likelihood, temperature, enable_backprop, cls_name; `likelihood` as a string,
+        `H` as the `H` property for diag and full, else the structure's tensors by name) plus `posterior` and `metadata`, the
+        tensors and metadata of the safetensors posterior file (`serialization.laplace_state`).
+        """
+        from laplace_cli.laplace.serialization import laplace_state
+
+        tensors, metadata = laplace_state(self)
+        return {
+            "mean": self.mean.detach(),
+            "H": H.detach()
+            if isinstance(H := self.H, Tensor)
+            else {k: v.detach() for k, v in self.posterior.state().items()},
+            "loss": self.loss.detach(),
+            "prior_mean": self.prior_mean.detach(),
+            "prior_precision": self.prior_precision.detach(),
+            "sigma_noise": self.sigma_noise.detach(),
+            "n_data": int(self.n_data),
+            "n_outputs": int(self.n_outputs or 1),
+            "likelihood": "reward_modeling"
+            if getattr(self, "reward_modeling", False)
+            else self.likelihood.value,
+            "temperature": float(self.temperature),
+            "enable_backprop": bool(getattr(self, "enable_backprop", False)),
+            "cls_name": type(self).__name__,
+            "posterior": tensors,
+            "metadata": metadata,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load `state_dict()` output into this (unfitted or fitted) approximation.
+
+        Refused (BadInputError, a ValueError) as laplace-torch refuses them: another flavour
+        (`cls_name`), likelihood, subset or structure, and a model whose parameters differ in
+        names, shapes or values from those the state was fitted on.
+        """
+        from laplace_cli.laplace.serialization import restore_state
+
+        if state_dict.get("cls_name") != type(self).__name__:
+            raise BadInputError(
+                f"loading a {state_dict.get('cls_name')} state into a {type(self).__name__}: "
+                "make sure subset_of_weights and hessian_structure are the same"
+            )
+        meta = state_dict["metadata"]
+        mine = {
+            "likelihood": self.likelihood.value,
+            "subset": self.subset_of_weights.value,
+            "structure": self.hessian_structure.value,
+        }
+        for key, value in mine.items():
+            if meta.get(key) != value:
+                raise BadInputError(
+                    f"the state has {key} {meta.get(key)!r}, this approximation {value!r}"
+                )
+        if state_dict.get("n_outputs") is not None and int(state_dict["mean"].numel()) != int(
+            self.mean.numel()
+        ):
+            raise BadInputError(
+                f"the state covers {state_dict['mean'].numel()} parameters, this model "
+                f"{self.mean.numel()}: use the same model, subset and requires_grad switches"
+            )
+        restore_state(self, dict(state_dict["posterior"]), meta)
+        self.enable_backprop = bool(state_dict.get("enable_backprop", False))

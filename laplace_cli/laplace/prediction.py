@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from laplace_cli.core.batches import Inputs, batch_size, to_device
+from laplace_cli.core.batches import Inputs, batch_size, keep_graph, keeping_graph, to_device
+from laplace_cli.core.batches import model_kwargs as model_kwargs_block
 from laplace_cli.core.enums import (
     Likelihood,
     LinkApprox,
@@ -31,6 +32,7 @@ from laplace_cli.posterior.memory import (
 )
 from laplace_cli.posterior.predictive import (
     RegressionPrediction,
+    RowSeeds,
     check_generator,
     check_n_samples,
     check_pred_options,
@@ -77,6 +79,9 @@ class PredictiveMixin:
         structures that need one; a dense structure that `accepts_factors` gets the factors
         unless the model has none (a layer that runs twice per pass)."""
         posterior = self.posterior
+        if self._dense_for_backprop():
+            f, J = self.subset.jacobians(x)
+            return f.to(self._dtype), None, J.to(self._dtype)
         if not posterior.needs_dense_jacobian or (
             posterior.accepts_factors and not self.__dict__.get("_no_layer_factors", False)
         ):
@@ -89,6 +94,15 @@ class PredictiveMixin:
                 self._no_layer_factors = True
         f, J = self.subset.jacobians(x)
         return f, None, J.to(self._dtype)
+
+    def _dense_for_backprop(self) -> bool:
+        """enable_backprop: the layer factors detach their inputs, so every subset but the last
+        layer (whose closed form keeps φ's graph) uses differentiable dense Jacobians."""
+        return keeping_graph() and not isinstance(self.subset, LastLayer)
+
+    def _backprop_off(self) -> bool:
+        """True when `enable_backprop` is set but its `keep_graph` block is not yet entered."""
+        return getattr(self, "enable_backprop", False) and not keeping_graph()
 
     def _empty_prediction(self) -> tuple[Tensor, Tensor]:
         n_out = self.n_outputs or 1
@@ -109,11 +123,14 @@ class PredictiveMixin:
         (`jacobian_products.matmul`), the others use dense Jacobians.
         """
         self.require_fit()
+        if self._backprop_off():
+            with keep_graph():
+                return self.functional_variance(x)
         x = self.as_inputs(x)
         if batch_size(x) == 0:
             return self._empty_prediction()
         prior, scale = self.prior_precision, self.curvature_scale()
-        dense = self.posterior.needs_dense_jacobian
+        dense = self.posterior.needs_dense_jacobian or self._dense_for_backprop()
         rows = self.jacobian_chunk_rows() if dense else self.factor_rows(x)
         mus, vars_ = [], []
         for xc in iter_rows(x, rows):
@@ -150,13 +167,16 @@ class PredictiveMixin:
         whose intermediates exceed `max_memory // 2` is refused with a MemoryBudgetError.
         """
         self.require_fit()
+        if self._backprop_off():
+            with keep_graph():
+                return self.joint_functional_covariance(x)
         x = self.as_inputs(x)
         prior, scale = self.prior_precision, self.curvature_scale()
         n = batch_size(x)
         if n == 0:
             f_mu, f_var = self._empty_prediction()
             return f_mu.reshape(0), f_var.reshape(0, 0)
-        if self.posterior.needs_dense_jacobian:
+        if self.posterior.needs_dense_jacobian or self._dense_for_backprop():
             need = 4 * n * (self.n_outputs or 1) * self.n_params * self._itemsize
             self._check_joint_budget(need, n)
             pieces = [self.subset.jacobians(xc) for xc in iter_rows(x, self.jacobian_chunk_rows())]
@@ -187,7 +207,9 @@ class PredictiveMixin:
         n_samples: int = 100,
         joint: bool = False,
         diagonal_output: bool = False,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | RowSeeds | None = None,
+        fitting: bool = False,
+        **model_kwargs: Any,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Predictive distribution at inputs `x`.
 
@@ -199,28 +221,73 @@ class PredictiveMixin:
 
         regression: `(f_mu, f_var)` with f_var the *epistemic* covariance (B, C, C) — without
         observation noise, as in laplace-torch; (B, C) with `diagonal_output`; (B·C, B·C) across
-        the batch with `joint`. For "nn" f_var is the unbiased sample covariance of the sampled
-        networks' outputs. `regression_predictive` gives both variances with and without noise.
+        the batch with `joint`. For "nn" f_var is the unbiased sample variance of the sampled
+        networks' outputs, (B, C) as laplace-torch (whatever `diagonal_output`).
+        `regression_predictive` gives both variances with and without noise.
 
-        Every random draw uses `generator` (same seed, same output). Combinations that make no
+        Every random draw uses `generator` (same seed, same output); `predictive.RowSeeds` in
+        its place make each row's draws independent of its batch. Combinations that make no
         sense raise a BadInputError (see `predictive.check_pred_options`).
+
+        reward_modeling (laplace-torch's): the regression form above, or the classification
+        form with `fitting=True`. `model_kwargs` go to every model call of this prediction
+        (laplace-torch passes them to the "nn" predictive only): flags and other values that
+        hold for the whole batch; per-example tensors belong in a dict batch `x`, and tensor
+        values are refused for "glm" (its per-example Jacobians would see the whole batch).
         """
         self.require_fit()
+        likelihood = self.likelihood
+        if getattr(self, "reward_modeling", False) and not fitting:
+            likelihood = Likelihood.REGRESSION
         pt, la = check_pred_options(
-            pred_type, link_approx, self.likelihood, n_samples=n_samples, joint=joint
+            pred_type, link_approx, likelihood, n_samples=n_samples, joint=joint
         )
         check_generator(generator, self._device)
-        if self.likelihood == Likelihood.REGRESSION:
+        if model_kwargs and pt == PredType.GLM:
+            tensors = sorted(k for k, v in model_kwargs.items() if isinstance(v, Tensor))
+            if tensors:
+                raise BadInputError(
+                    f"model keyword argument(s) {', '.join(tensors)} are tensors: with "
+                    "pred_type 'glm' they would reach each example's Jacobian whole; put "
+                    "per-example tensors in a dict batch x, or use pred_type 'nn'"
+                )
+        with self._prediction_context(model_kwargs):
+            return self._predict(
+                x, pt, la, likelihood, n_samples, joint, diagonal_output, generator
+            )
+
+    def _prediction_context(self, extra_model_kwargs: dict[str, Any] | None = None) -> Any:
+        """Model keyword arguments and, with `enable_backprop`, gradients kept (batches.py)."""
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        if extra_model_kwargs:
+            stack.enter_context(model_kwargs_block(extra_model_kwargs))
+        if getattr(self, "enable_backprop", False):
+            stack.enter_context(keep_graph())
+        return stack
+
+    def _predict(
+        self,
+        x: Any,
+        pt: PredType,
+        la: LinkApprox,
+        likelihood: Likelihood,
+        n_samples: int,
+        joint: bool,
+        diagonal_output: bool,
+        generator: torch.Generator | RowSeeds | None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        if likelihood == Likelihood.REGRESSION:
             if pt == PredType.GLM:
                 return self.glm_predictive_distribution(
                     x, joint=joint, diagonal_output=diagonal_output
                 )
-            n = check_n_samples(n_samples, "the sample covariance of pred_type 'nn'", minimum=2)
+            n = check_n_samples(n_samples, "the sample variance of pred_type 'nn'", minimum=2)
             samples = self.functional_samples(x, pred_type="nn", n_samples=n, generator=generator)
-            mean = samples.mean(0)
-            centred = samples - mean
-            cov = torch.einsum("sbc,sbd->bcd", centred, centred) / (n - 1)  # unbiased, as torch.var
-            return mean, torch.diagonal(cov, dim1=-2, dim2=-1) if diagonal_output else cov
+            # The (B, C) unbiased sample variance, as laplace-torch returns for "nn" (it used
+            # to be the (B, C, C) sample covariance; `functional_samples` gives the samples).
+            return samples.mean(0), samples.var(0)
         if pt == PredType.GLM:
             f_mu, f_var = self.functional_variance(x)
             if diagonal_output:
@@ -230,12 +297,48 @@ class PredictiveMixin:
             x, pred_type="nn", n_samples=n_samples, generator=generator
         ).mean(0)
 
+    def functional_covariance(self, Js: Tensor) -> Tensor:
+        """laplace-torch's form: Jacobians (B, C, P) ↦ the joint covariance J Σ Jᵀ, (B·C, B·C).
+
+        (`functional_variance` here takes inputs x and returns (f_mu, (B, C, C)); see
+        `joint_functional_covariance` for inputs.)"""
+        self.require_fit()
+        Js = torch.as_tensor(Js, dtype=self._dtype, device=self._device)
+        if Js.ndim != 3 or Js.shape[-1] != self.n_params:
+            raise BadInputError(
+                f"Jacobians must have shape (batch, outputs, {self.n_params}), got "
+                f"{tuple(Js.shape)}"
+            )
+        J = Js.reshape(1, -1, Js.shape[-1])
+        return self.posterior.functional_variance(
+            self.prior_precision, self.curvature_scale(), J=J
+        )[0]
+
+    def functional_variance_fast(self, x: Any) -> tuple[Tensor, Tensor]:
+        """(f_mu, the diagonal of the functional variance) (B, C), as laplace-torch's
+        last-layer method; computed without forming Σ like `functional_variance`."""
+        f_mu, f_var = self.functional_variance(x)
+        return f_mu, torch.diagonal(f_var, dim1=-2, dim2=-1)
+
+    def predictive(
+        self,
+        x: Any,
+        pred_type: PredType | str = "glm",
+        link_approx: LinkApprox | str = "probit",
+        n_samples: int = 100,
+        **model_kwargs: Any,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """laplace-torch's alias of `la(x, pred_type, link_approx, n_samples, **model_kwargs)`."""
+        return self(
+            x, pred_type=pred_type, link_approx=link_approx, n_samples=n_samples, **model_kwargs
+        )
+
     def functional_samples(
         self,
         x: Any,
         pred_type: PredType | str = "glm",
         n_samples: int = 100,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | RowSeeds | None = None,
         diagonal_output: bool = False,
     ) -> Tensor:
         """Samples of the outputs before the link, (n_samples, B, C).
@@ -245,6 +348,9 @@ class PredictiveMixin:
         features are computed once and all sampled heads are applied in one contraction.
         """
         self.require_fit()
+        if self._backprop_off():
+            with keep_graph():
+                return self.functional_samples(x, pred_type, n_samples, generator, diagonal_output)
         pt = PredType.parse(pred_type, "pred_type")
         n_samples = check_n_samples(n_samples, "functional_samples")
         check_generator(generator, self._device)
@@ -254,7 +360,7 @@ class PredictiveMixin:
                 f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
             return sample_gaussian_outputs(f_mu, f_var, n_samples, generator)
         x = self.as_inputs(x)
-        thetas = self.sample(n_samples, generator)  # (S, P)
+        thetas = self._sample_subset(n_samples, generator)  # (S, P) in the subset's coordinates
         if isinstance(self.subset, LastLayer):
             phi, _ = self.subset.features(x)  # (B, d)
             weight = self.subset.groups[0]
@@ -270,7 +376,7 @@ class PredictiveMixin:
         x: Any,
         pred_type: PredType | str = "glm",
         n_samples: int = 100,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | RowSeeds | None = None,
         diagonal_output: bool = False,
     ) -> Tensor:
         """Samples of the predictive after the link: probabilities or outputs, (n_samples, B, C)."""
@@ -282,7 +388,7 @@ class PredictiveMixin:
         x: Any,
         pred_type: PredType | str = "glm",
         n_samples: int = 100,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | RowSeeds | None = None,
     ) -> RegressionPrediction:
         """Regression predictive y | x ~ N(mean, epistemic_var + aleatoric_var), all (B, C).
 
@@ -313,7 +419,7 @@ class PredictiveMixin:
         pred_type: PredType | str = "glm",
         link_approx: LinkApprox | str = "probit",
         n_samples: int = 100,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | RowSeeds | None = None,
         level: float = 0.95,
     ) -> dict[str, Tensor]:
         """Predictions and uncertainty scores for one batch, as used by `laplace predict`.

@@ -1,5 +1,8 @@
 """A fitted `Laplace` as a flat dict of tensors plus plain metadata, and back.
 
+`la` is typed `Any` here: the class imports this module (state_dict), so this module cannot
+import the class; `laplace_cli.laplace.rebuild.laplace_from_state` builds a new one.
+
 The posterior file (`laplace_cli.io.posterior_file`) stores exactly this state; see
 docs/posterior-format.md for every key. Only the curvature is stored, never the model: the
 model is loaded from its own checkpoint and checked against the recorded fingerprint.
@@ -10,16 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from laplace_cli.core.enums import Structure, Subset
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.core.version import __version__
-from laplace_cli.laplace.approximation import Laplace
 
 
 def laplace_state(
-    la: Laplace,
+    la: Any,
     *,
     model_ref: dict[str, Any] | None = None,
     fingerprint: str = "",
@@ -29,7 +31,7 @@ def laplace_state(
     if not la.fitted:
         raise BadInputError("cannot save a Laplace approximation that is not fitted")
     tensors: dict[str, Tensor] = {
-        "mean": la.mean.detach(),
+        "mean": la._mean.detach(),  # the subset's coordinates (the file format)
         "prior.precision": la.prior_precision.detach(),
         "prior.mean": la.prior_mean.detach(),
     }
@@ -74,34 +76,9 @@ def laplace_state(
     return tensors, metadata
 
 
-def laplace_from_state(
-    model: nn.Module, tensors: dict[str, Tensor], metadata: dict[str, Any]
-) -> Laplace:
-    """Rebuild a fitted `Laplace` on `model` (already on its device and dtype) from saved state.
-
-    The caller checks the model's fingerprint first; the saved MAP must match the model's
-    parameters, which is checked again here because predictions linearise around them.
-    """
-    kwargs: dict[str, Any] = {}
-    if metadata.get("last_layer_name"):
-        kwargs["last_layer_name"] = metadata["last_layer_name"]
-    if metadata.get("feature_reduction"):
-        kwargs["feature_reduction"] = metadata["feature_reduction"]
-    if metadata.get("kron_approx"):
-        kwargs["kron_approx"] = metadata["kron_approx"]
-    if metadata.get("rank") is not None:
-        kwargs["rank"] = int(metadata["rank"])
-    if "subnetwork.indices" in tensors:
-        kwargs["subnetwork_indices"] = tensors["subnetwork.indices"]
-    la = Laplace(
-        model,
-        metadata["likelihood"],
-        metadata["subset"],
-        metadata["structure"],
-        curvature=metadata["curvature"],
-        temperature=float(metadata["temperature"]),
-        **kwargs,
-    )
+def restore_state(la: Any, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> Any:
+    """Load saved state into `la`, built on the same model with the same settings (checked:
+    the parameter names and the MAP weights must match the model's)."""
     names = [g.name for g in la.subset.groups]
     if names != list(metadata["param_names"]):
         raise BadInputError(
@@ -111,7 +88,7 @@ def laplace_from_state(
         )
     dtype, device = la.dtype, la.device
     mean = tensors["mean"].to(dtype=dtype, device=device)
-    if mean.shape != la.mean.shape or not torch.allclose(mean, la.mean, rtol=1e-5, atol=1e-6):
+    if mean.shape != la._mean.shape or not torch.allclose(mean, la._mean, rtol=1e-5, atol=1e-6):
         raise BadInputError("the posterior's MAP weights differ from the model's parameters")
     n_data = int(metadata["n_data"])
     state = {k: v.to(dtype=dtype, device=device) for k, v in tensors.items()}

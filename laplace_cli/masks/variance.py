@@ -7,13 +7,12 @@ it, which keeps `subsets` below `laplace`.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from laplace_cli.core.enums import Structure, Subset
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.laplace.approximation import Laplace
-from laplace_cli.subsets.subnetwork import check_count, sorted_indices
+from laplace_cli.subsets.subnetwork import top_score_indices
 
 __all__ = ["largest_variance_indices"]
 
@@ -30,6 +29,4 @@ def largest_variance_indices(la_diag: Laplace, n: int) -> Tensor:
             f"hessian_structure='diag', got {la_diag.subset_of_weights.value!r} / "
             f"{la_diag.hessian_structure.value!r}"
         )
-    variance = la_diag.posterior_variance.detach()
-    n = check_count(n, variance.numel())
-    return sorted_indices(torch.topk(variance, n).indices)
+    return top_score_indices(la_diag.posterior_variance.detach(), n)

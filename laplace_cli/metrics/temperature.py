@@ -9,12 +9,13 @@ data. For regression the analogue is a scalar ``s`` multiplying the predictive v
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.errors import BadInputError, LaplaceWarning
 from laplace_cli.metrics.classification import (
     as_tensor,
     check_finite,
@@ -23,9 +24,11 @@ from laplace_cli.metrics.classification import (
 )
 
 __all__ = [
+    "CalibrationWarning",
     "apply_temperature",
     "apply_variance_scale",
     "fit_temperature",
+    "fit_temperature_checked",
     "fit_variance_scale",
     "temperature_nll",
 ]
@@ -149,6 +152,42 @@ def fit_temperature(
         if converged:
             break
     return 1.0 / beta
+
+
+class CalibrationWarning(LaplaceWarning):
+    """A post-hoc calibration baseline (temperature / variance scale) not to be trusted."""
+
+
+def fit_temperature_checked(
+    logits: Tensor, labels: Tensor, *, bounds: tuple[float, float] = (1e-2, 1e2)
+) -> tuple[float, str | None]:
+    """:func:`fit_temperature`, guarded: returns ``(T, note)``; ``note`` is None when T is fine.
+
+    T at the lower bound means the validation logits separate the classes: the NLL keeps
+    falling as T → 0, so the "optimum" is infinite confidence, which no test set rewards
+    (T = 0.01 multiplies the logits by 100). Then T = 1 is used instead (no rescaling). T at
+    the upper bound (near-uniform predictions) is kept. Either way a CalibrationWarning says so.
+    """
+    t = fit_temperature(logits, labels, bounds=bounds)
+    n = int(as_tensor(logits, "logits").shape[0])
+    if t <= bounds[0]:
+        note = (
+            f"temperature scaling: the {n} validation rows are separated perfectly by the MAP "
+            f"logits, so the fitted temperature runs to its bound {bounds[0]:g} (the NLL keeps "
+            "falling as T -> 0); using T = 1 instead. A larger validation split gives a "
+            "usable temperature"
+        )
+        warnings.warn(note, CalibrationWarning, stacklevel=2)
+        return 1.0, note
+    if t >= bounds[1]:
+        note = (
+            f"temperature scaling: the fitted temperature hit its bound {bounds[1]:g} on the {n} "
+            "validation rows (near-uniform predictions do best there); check the model and the "
+            "validation split"
+        )
+        warnings.warn(note, CalibrationWarning, stacklevel=2)
+        return t, note
+    return t, None
 
 
 def apply_temperature(logits: Tensor, temperature: float) -> Tensor:

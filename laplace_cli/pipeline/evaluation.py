@@ -15,6 +15,7 @@ so their estimates differ from one process's by Monte Carlo noise.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,10 @@ from laplace_cli.io.datasets import load_dataset_spec
 from laplace_cli.laplace.approximation import Laplace
 from laplace_cli.metrics import classification as metrics
 from laplace_cli.metrics.temperature import (
+    CalibrationWarning,
     apply_temperature,
     apply_variance_scale,
-    fit_temperature,
+    fit_temperature_checked,
     fit_variance_scale,
 )
 from laplace_cli.pipeline import distributed
@@ -45,6 +47,7 @@ from laplace_cli.pipeline.stages import (
     predict_batch,
     split_loader,
 )
+from laplace_cli.posterior.predictive import RowSeeds
 
 
 @dataclass
@@ -88,9 +91,12 @@ def collect_outputs(
     the model (`pipeline.check_model_accepts`). With `ctx` (a distributed run) each rank runs
     its contiguous shard of the loader and rank 0 gets the whole split's outputs in row order;
     the other ranks get None."""
-    loader = distributed.shard_loader(loader, ctx)
+    # Monte Carlo draws are seeded per row (`RowSeeds`) from the row's index in the split, so
+    # a row's scores do not depend on the batch size or on the number of processes.
+    whole = getattr(loader, "dataset", None)
+    loader = distributed.shard_loader(loader, ctx)  # refuses an iterable dataset under ctx
+    row = distributed.shard_range(len(whole), ctx.rank, ctx.world_size)[0] if ctx else 0
     pred_type, link_approx = default_pred_options(la, options)
-    generator = torch.Generator(device=la.device).manual_seed(options.seed)
     f_map, ys, probs, var_total, f_mu = [], [], [], [], []
     # One forward pass per batch where the subset can share it (last layer: the MAP outputs,
     # the model check and the predictive all read the same features).
@@ -101,6 +107,8 @@ def collect_outputs(
             if i == 0:
                 check_model_accepts(la, x, source or what)
             f_map.append(la.subset.output(x).to(la.dtype).cpu())
+            generator = RowSeeds(options.seed, row)
+            row += len(y)
             pred = predict_batch(la, x, pred_type, link_approx, options.n_samples, generator)
             ys.append(y.cpu())
             if "probs" in pred:
@@ -121,6 +129,9 @@ class EvaluationResult:
     gates: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     plot_inputs: dict[str, Any] = field(default_factory=dict)
+    #: What was evaluated: data spec, split(s), time and versions from `evaluate`; the
+    #: posterior file, model reference and fingerprint added by `save_evaluation_outputs`.
+    identity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -128,6 +139,7 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "identity": self.identity,
             "rows": self.rows,
             "settings": self.settings,
             "gates": self.gates,
@@ -141,15 +153,37 @@ def _classification_rows(la: Laplace, test: SplitOutputs, val: SplitOutputs | No
     map_probs = torch.softmax(test.f_map, -1)
     rows["map"] = metrics.classification_metrics(map_probs, labels, n_bins)
     plots["map"] = (map_probs, labels)
-    temperature = None
+    temperature, note = None, None
     if val is not None:
-        temperature = fit_temperature(val.f_map, val.targets.long().reshape(-1))
+        temperature, note = fit_temperature_checked(val.f_map, val.targets.long().reshape(-1))
         t_probs = torch.softmax(apply_temperature(test.f_map, temperature), -1)
         rows["temperature"] = metrics.classification_metrics(t_probs, labels, n_bins)
         plots["temperature"] = (t_probs, labels)
+        if note is None:
+            note = _worse_than_map(rows, f"temperature scaling (T = {temperature:.4g})", "T = 1")
     rows["laplace"] = metrics.classification_metrics(test.probs, labels, n_bins)
     plots["laplace"] = (test.probs, labels)
-    return rows, plots, {"temperature": temperature}
+    return rows, plots, {"temperature": temperature, "temperature_warning": note}
+
+
+#: A calibration baseline whose test NLL exceeds the MAP's by this factor is warned about.
+WORSE_THAN_MAP = 1.1
+
+
+def _worse_than_map(rows: dict[str, dict[str, float]], what: str, unscaled: str) -> str | None:
+    """A CalibrationWarning (and its text) when the baseline fitted on the validation split
+    has a higher test NLL than the MAP it rescales (the same model at `unscaled`)."""
+    fitted, base = rows["temperature"].get("nll"), rows["map"].get("nll")
+    # Materially worse only (10 %): a fit on another split is off by a little as often as not.
+    if fitted is None or base is None or not fitted > WORSE_THAN_MAP * base:
+        return None
+    note = (
+        f"{what}, fitted on the validation split, makes the test NLL worse than the MAP at "
+        f"{unscaled} ({fitted:.4g} vs {base:.4g}): the validation split is too small or unlike "
+        "the test split"
+    )
+    warnings.warn(note, CalibrationWarning, stacklevel=2)
+    return note
 
 
 def _binary_rows(la: Laplace, test: SplitOutputs):
@@ -169,7 +203,7 @@ def _regression_rows(la: Laplace, test: SplitOutputs, val: SplitOutputs | None):
     rows, plots = {}, {}
     rows["map"] = metrics.regression_metrics(test.f_map, noise, y)
     plots["map"] = (test.f_map, noise, y)
-    scale = None
+    scale, note = None, None
     if val is not None:
         yv = val.targets.reshape(val.f_map.shape).to(val.f_map.dtype)
         noise_v = noise[:1].expand_as(val.f_map)
@@ -177,9 +211,10 @@ def _regression_rows(la: Laplace, test: SplitOutputs, val: SplitOutputs | None):
         scaled = apply_variance_scale(noise, scale)
         rows["temperature"] = metrics.regression_metrics(test.f_map, scaled, y)
         plots["temperature"] = (test.f_map, scaled, y)
+        note = _worse_than_map(rows, f"variance scaling (s = {scale:.4g})", "s = 1")
     rows["laplace"] = metrics.regression_metrics(test.f_mu, test.var_total, y)
     plots["laplace"] = (test.f_mu, test.var_total, y)
-    return rows, plots, {"variance_scale": scale}
+    return rows, plots, {"variance_scale": scale, "temperature_warning": note}
 
 
 def _ood_scores(la: Laplace, out: SplitOutputs, row: str) -> Tensor:
@@ -252,7 +287,10 @@ def evaluate(
         ood_spec = load_dataset_spec(ood_data)
         ood = collect_outputs(
             la,
-            split_loader(ood_spec, ood_split, la.likelihood, batch_size, any_order=True),
+            # Only the inputs are used: an OOD split needs no targets (none are scored).
+            split_loader(
+                ood_spec, ood_split, la.likelihood, batch_size, any_order=True, require_labels=False
+            ),
             options,
             progress,
             "evaluate ood",
@@ -280,7 +318,8 @@ def evaluate(
         "split": split,
         "val_split": val_split if val is not None else None,
         "pred_type": pred_type.value,
-        "link_approx": link_approx.value,
+        # Regression has no link function: no approximation of one is used (None, "n/a").
+        "link_approx": None if la.likelihood == Likelihood.REGRESSION else link_approx.value,
         "n_samples": options.n_samples,
         "likelihood": la.likelihood.value,
         "structure": la.hessian_structure.value,
@@ -298,7 +337,40 @@ def evaluate(
         gates=[r.to_dict() for r in results],
         timings=timings,
         plot_inputs=plots,
+        identity=_data_identity(data_path, split, ood_data, ood_split),
     )
+
+
+def _data_identity(
+    data_path: str | Path, split: str, ood_data: str | Path | None, ood_split: str
+) -> dict[str, Any]:
+    """The data half of a report's identity block, with the time and the versions."""
+    from datetime import datetime, timezone
+
+    from laplace_cli.core.version import __version__
+
+    identity: dict[str, Any] = {"data": str(Path(data_path).resolve()), "split": split}
+    if ood_data is not None:
+        identity["ood_data"] = str(Path(ood_data).resolve())
+        identity["ood_split"] = ood_split
+    identity["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    identity["laplace_cli"] = __version__
+    identity["torch"] = torch.__version__
+    return identity
+
+
+IDENTITY_KEYS = ("posterior", "model", "fingerprint", "recipe")
+"""Keys of `save_evaluation_outputs`'s `extra` copied into the report's identity block."""
+
+
+def add_identity(result: EvaluationResult, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Put the posterior / model / fingerprint / recipe of `extra` first in `result.identity`."""
+    head = {k: (extra or {}).get(k) for k in IDENTITY_KEYS if (extra or {}).get(k) is not None}
+    if "posterior" in head:
+        head["posterior"] = str(Path(head["posterior"]).resolve())
+    rest = {k: v for k, v in result.identity.items() if k not in head}
+    result.identity = {**head, **rest}
+    return result.identity
 
 
 def save_evaluation_outputs(
@@ -322,6 +394,7 @@ def save_evaluation_outputs(
     from laplace_cli.pipeline.report import plot_coverage, plot_reliability, write_html_report
 
     written: dict[str, str] = {}
+    add_identity(result, extra)  # the JSON report, the HTML page and --json all show it
     payload = {**result.to_dict(), **(extra or {})}
     if report is not None:
         atomic_write_bytes(report, (json.dumps(_jsonable(payload), indent=2) + "\n").encode())
@@ -355,7 +428,15 @@ def save_evaluation_outputs(
             from types import SimpleNamespace
 
             gates = [SimpleNamespace(text=g["gate"], **g) for g in result.gates]
-            write_html_report(html, "laplace evaluate", result.rows, settings, images, gates=gates)
+            write_html_report(
+                html,
+                "laplace evaluate",
+                result.rows,
+                settings,
+                images,
+                gates=gates,
+                identity=result.identity,
+            )
         written["html"] = str(html)
     return written
 

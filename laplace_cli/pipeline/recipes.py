@@ -12,6 +12,7 @@
     predict: {split: test, format: csv}
 
 Relative paths resolve against the recipe's folder; output file names against the output folder.
+Every key is documented in ``docs/recipes.md``, rendered from :mod:`laplace_cli.io.spec_schema`.
 Every problem is collected and reported at once (`recipe.yaml: fit.structure: expected one of
 diag, kron, full, lowrank, got 'kronn' (did you mean 'kron'?)`).
 """
@@ -24,91 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from laplace_cli.core.enums import (
-    Curvature,
-    KronApprox,
-    Likelihood,
-    LinkApprox,
-    PredType,
-    PriorStructure,
-    Structure,
-    Subset,
-    TuneMethod,
-)
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.io.spec_schema import RECIPE_SECTIONS, RECIPE_STAGES
 
-STAGES = ("fit", "tune", "evaluate", "predict")
+STAGES = RECIPE_STAGES
 
-# key -> (kind, choices): kind is "str", "float", "int", "bool", "list", "path", "dict"
+# key -> (kind, choices), per section ("" is the top level): derived from the declarative
+# schema (laplace_cli.io.spec_schema), which also renders docs/recipes.md. Add keys there.
 SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
-    "": {
-        "model": ("dict", None),
-        "data": ("path", None),
-        "stages": ("list", STAGES),
-        "device": ("str", None),
-        "dtype": ("str", ("float32", "float64")),
-        "seed": ("int", None),
-        "batch_size": ("int", None),
-        "fit": ("dict", None),
-        "tune": ("dict", None),
-        "evaluate": ("dict", None),
-        "predict": ("dict", None),
-        "name": ("str", None),
-        "description": ("str", None),
-    },
-    "model": {
-        "path": ("path", None),
-        "factory": ("str", None),
-        "kwargs": ("dict", None),
-        "trust_checkpoint": ("bool", None),
-    },
-    "fit": {
-        "likelihood": ("str", tuple(m.value for m in Likelihood)),
-        "subset": ("str", tuple(m.value for m in Subset)),
-        "structure": ("str", tuple(m.value for m in Structure)),
-        "curvature": ("str", tuple(m.value for m in Curvature)),
-        "backend": ("str", ("auto", "native", "asdl")),
-        "prior_precision": ("float", None),
-        "temperature": ("float", None),
-        "sigma_noise": ("float", None),
-        "last_layer_name": ("str", None),
-        "kron_approx": ("str", tuple(m.value for m in KronApprox)),
-        "rank": ("int", None),
-        "split": ("str", None),
-        "batch_size": ("int", None),
-    },
-    "tune": {
-        "method": ("str", tuple(m.value for m in TuneMethod)),
-        "prior_structure": ("str", tuple(m.value for m in PriorStructure)),
-        "split": ("str", None),
-        "pred_type": ("str", tuple(m.value for m in PredType)),
-        "link_approx": ("str", tuple(m.value for m in LinkApprox)),
-        "loss": ("str", ("nll", "ece", "brier", "mse")),
-        "grid_size": ("int", None),
-        "refine": ("int", None),
-    },
-    "evaluate": {
-        "split": ("str", None),
-        "ood_data": ("path", None),
-        "ood_split": ("str", None),
-        "pred_type": ("str", tuple(m.value for m in PredType)),
-        "link_approx": ("str", tuple(m.value for m in LinkApprox)),
-        "samples": ("int", None),
-        "fail_if": ("list", None),
-        "plot": ("str", None),
-        "html": ("str", None),
-        "report": ("str", None),
-    },
-    "predict": {
-        "split": ("str", None),
-        "format": ("str", ("csv", "jsonl")),
-        "output": ("str", None),
-        "pred_type": ("str", tuple(m.value for m in PredType)),
-        "link_approx": ("str", tuple(m.value for m in LinkApprox)),
-        "samples": ("int", None),
-        "interval": ("float", None),
-        "columns": ("list", None),
-    },
+    section.path: {key.name: (key.kind, key.choices) for key in section.keys}
+    for section in RECIPE_SECTIONS
 }
 
 
@@ -159,6 +85,7 @@ def _check_value(kind: str, choices: Any, value: Any, where: str, errors: list[s
         "bool": isinstance(value, bool),
         "list": isinstance(value, list),
         "dict": isinstance(value, dict),
+        "str|list": isinstance(value, (str, list)),
     }[kind]
     if value is None:
         return
@@ -171,6 +98,7 @@ def _check_value(kind: str, choices: Any, value: Any, where: str, errors: list[s
             "bool": "true or false",
             "list": "a list",
             "dict": "a mapping",
+            "str|list": "a string or a list",
         }[kind]
         errors.append(f"{where}: expected {expected}, got {value!r}")
         return
@@ -224,6 +152,17 @@ def validate_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
             parse_gate(str(gate))
         except BadInputError as exc:
             errors.append(f"{source}: evaluate.fail_if: {exc}")
+    tune = raw.get("tune") if isinstance(raw.get("tune"), dict) else {}
+    grid = [tune.get(k) for k in ("grid_min", "grid_max", "grid_size")]
+    if any(v is not None for v in grid) and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in grid
+    ):  # wrong types are reported above; check the range before any work
+        from laplace_cli.tuning.grid import check_grid
+
+        try:
+            check_grid(*grid, names=("tune.grid_min", "tune.grid_max", "tune.grid_size"))
+        except BadInputError as exc:
+            errors += [f"{source}: {line}" for line in str(exc).splitlines()]
     if errors:
         raise BadInputError("\n".join(errors))
 
@@ -237,6 +176,14 @@ def validate_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
         file, _, fn = model["factory"].rpartition(":")
         model["factory"] = f"{resolve(file)}:{fn}"
     sections = {s: dict(raw.get(s) or {}) for s in STAGES}
+    subnet = sections["fit"].get("subnetwork")
+    if subnet is not None:
+        from laplace_cli.masks.selectors import parse_subnetwork
+
+        # An index file is named relative to the recipe, like every other path in it.
+        selector = parse_subnetwork(subnet, base_dir, where=f"{source}: fit.subnetwork")
+        if selector.path is not None:
+            sections["fit"]["subnetwork"] = str(selector.path)
     ev = sections["evaluate"]
     if ev.get("ood_data"):
         ev["ood_data"] = str(resolve(ev["ood_data"]))
@@ -277,6 +224,8 @@ class RunResult:
     tuning: dict[str, Any] | None = None
     fit_seconds: float | None = None
     log_marginal_likelihood: float | None = None
+    #: Lines for the user about choices made for them (e.g. the likelihood assumed).
+    notes: list[str] = field(default_factory=list)
 
 
 def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> RunResult:
@@ -312,6 +261,7 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
         last_layer_name=fit_cfg.get("last_layer_name"),
         kron_approx=fit_cfg.get("kron_approx", "expand"),
         rank=fit_cfg.get("rank"),
+        subnetwork=fit_cfg.get("subnetwork"),
         split=fit_cfg.get("split", "train"),
         batch_size=fit_cfg.get("batch_size", recipe.batch_size),
         seed=recipe.seed,
@@ -326,6 +276,7 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
     )
     la = fitted.la
     result.fit_seconds = fitted.seconds
+    result.notes = list(fitted.notes)
     posterior_path = out / "posterior.safetensors"
     extra = {"data": str(recipe.data), "fit_seconds": round(fitted.seconds, 3)}
     pipeline.save_posterior(la, posterior_path, fitted.loaded, extra)
@@ -343,7 +294,19 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
             cfg = recipe.section("tune")
             method = cfg.pop("method", "marglik")
             split = cfg.pop("split", "val")
-            cfg.setdefault("prior_structure", "scalar" if method == "gridsearch" else "layerwise")
+            cfg.setdefault("prior_structure", "scalar")  # as `laplace tune`, both methods
+            from laplace_cli.tuning.grid import check_grid
+
+            cfg.update(
+                check_grid(
+                    cfg.pop("grid_min", None),
+                    cfg.pop("grid_max", None),
+                    cfg.pop("grid_size", None),
+                    names=("tune.grid_min", "tune.grid_max", "tune.grid_size"),
+                )
+            )
+            from laplace_cli.io.datasets import load_dataset_spec
+
             result.tuning = pipeline.tune(
                 lp,
                 method=method,
@@ -352,6 +315,8 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
                 batch_size=recipe.batch_size,
                 progress=progress,
                 seed=recipe.seed,
+                # marglik: score the tuned posterior against the MAP where the split exists.
+                map_check=split in load_dataset_spec(recipe.data).splits,
                 **cfg,
             )
             pipeline.resave(lp, posterior_path)
@@ -390,6 +355,7 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
                 extra={
                     "posterior": str(posterior_path),
                     "fingerprint": fitted.loaded.fingerprint,
+                    "model": fitted.loaded.ref.to_dict(),
                     "recipe": recipe.source,
                     "fit_seconds": fitted.seconds,
                     "tuning": result.tuning,
@@ -417,12 +383,15 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
             cfg.get("split", "test"),
             la.likelihood,
             recipe.batch_size,
+            require_labels=False,  # predictions need inputs only
         )
         single = la.likelihood == Likelihood.REGRESSION and (la.n_outputs or 1) == 1
         source = f"{recipe.data}: split {cfg.get('split', 'test')!r}"
         # Chunk i on rank i mod W; rank 0 gathers them round by round (input order), as
         # `laplace predict` does. Alone, round_robin and gather_rounds pass everything through.
-        chunks = distributed.round_robin(pipeline.loader_chunks(loader), ctx)
+        # Numbered first: each row keeps its index, which seeds its Monte Carlo draws.
+        numbered = pipeline.number_chunks(pipeline.loader_chunks(loader))
+        chunks = distributed.round_robin(numbered, ctx)
         rows = distributed.gather_rounds(
             pipeline.iter_prediction_rows(la, chunks, opts, source), ctx
         )

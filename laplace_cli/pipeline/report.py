@@ -32,7 +32,13 @@ from laplace_cli.metrics.classification import (
     reliability_bins,
 )
 
-__all__ = ["plot_coverage", "plot_reliability", "write_html_report"]
+__all__ = [
+    "GLOSSARY",
+    "glossary_entry",
+    "plot_coverage",
+    "plot_reliability",
+    "write_html_report",
+]
 
 _PLOT_EXTRA = "pip install 'laplace-cli[plot]'"
 
@@ -286,6 +292,107 @@ def _image_tag(path: Path) -> str:
     return f'<figure><img src="data:{mime};base64,{encoded}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
 
 
+GLOSSARY: dict[str, str] = {
+    # Rows of the metrics table.
+    "map": "Row: the trained network as it is (MAP weights): softmax / sigmoid of its outputs; "
+    "for regression its outputs with the observation noise σ² as the variance.",
+    "temperature": "Row: the temperature-scaling baseline, fitted on the validation split "
+    "(classification: MAP logits divided by one temperature T chosen by NLL; regression: the MAP "
+    "noise variance σ² multiplied by `variance_scale`). Absent without a validation split. As a "
+    "setting: that baseline's fitted T.",
+    "laplace": "Row: the Laplace posterior's predictive (see pred_type and link_approx).",
+    # Metrics.
+    "acc": "Accuracy: fraction of rows whose most probable class is the label (binary: outputs "
+    "with p > 0.5 that match the target). Higher is better.",
+    "nll": "Negative log-likelihood of the targets, mean per example (regression: Gaussian with "
+    "the row's variance). Lower is better.",
+    "ece": "Expected calibration error: over 15 equal-width bins of top-label confidence, the "
+    "|accuracy − confidence| gap weighted by the bin's share of rows. Lower is better.",
+    "mce": "Maximum calibration error: the largest |accuracy − confidence| gap of a non-empty "
+    "bin (of the 15 used by ece).",
+    "aece": "Adaptive ECE: ece with 15 equal-count bins instead of equal-width ones.",
+    "brier": "Brier score: squared distance between the predicted probabilities and the one-hot "
+    "label, summed over classes, mean per example (binary: mean over outputs). Lower is better.",
+    "rmse": "Root mean squared error of the predictive mean, in target units.",
+    "mae": "Mean absolute error of the predictive mean, in target units.",
+    "crps": "Continuous ranked probability score of the Gaussian predictive, mean per example, in "
+    "target units. Lower is better.",
+    "coverage_": "coverage_P: fraction of targets inside the central P % interval of the Gaussian "
+    "predictive; P % is calibrated, less is over-confident, more under-confident.",
+    "auroc": "Area under the ROC curve telling the --ood-data rows from the scored split by an "
+    "uncertainty score (classification: 1 − max probability; regression: predictive variance, "
+    "which the MAP row lacks, so 0.5 there). 0.5 is chance, 1 perfect.",
+    "fpr95": "Fraction of in-distribution rows flagged as out-of-distribution at the threshold "
+    "that flags 95 % of the --ood-data rows. Lower is better.",
+    # Settings.
+    "split": "The dataset-spec split scored (the rows of the metrics table).",
+    "val_split": "The split the temperature-scaling baseline was fitted on (none: no baseline).",
+    "ood_split": "The split of the --ood-data spec used for auroc / fpr95.",
+    "pred_type": "Laplace predictive: glm (the network linearised around the MAP weights, a "
+    "Gaussian over the outputs) or nn (Monte Carlo over sampled weights).",
+    "link_approx": "How the glm predictive's Gaussian over logits becomes probabilities (probit, "
+    "bridge, bridge_norm, or mc sampling). Classification and binary only: regression has no "
+    "link function, so none is used (n/a).",
+    "n_samples": "Monte Carlo samples drawn per row (link_approx mc or pred_type nn; unused "
+    "otherwise).",
+    "likelihood": "classification (softmax), regression (Gaussian noise) or binary (independent "
+    "sigmoids).",
+    "structure": "Structure of the posterior covariance: diag, kron (K-FAC), full or lowrank.",
+    "subset": "The weights with a posterior: all, last_layer or subnetwork (the others stay at "
+    "their MAP values).",
+    "prior_precision": "δ, the precision of the Gaussian prior on the weights (one value, or one "
+    "per layer / parameter), as fitted or tuned. Larger δ: narrower posterior.",
+    "sigma_noise": "σ, the observation-noise standard deviation of the regression likelihood, in "
+    "target units (1 and unused for classification and binary).",
+    "temperature_la": "The posterior's temperature T set at fit (--temperature): the curvature "
+    "is scaled by 1/T, so T < 1 narrows and T > 1 widens the Laplace posterior. 1 is the "
+    "plain Bayesian posterior. Not the baseline's temperature.",
+    "variance_scale": "Regression baseline: the factor s on the MAP noise variance σ² fitted on "
+    "the validation split (the temperature row uses variance s·σ²; s > 1: the MAP noise was too "
+    "small).",
+    "n_test": "Rows in the scored split.",
+    # Identity.
+    "posterior": "The posterior file evaluated.",
+    "model": "The model checkpoint the posterior names (form, path, factory).",
+    "fingerprint": "SHA-256 over the model's parameters; the posterior is refused for a model "
+    "with another fingerprint.",
+    "data": "The dataset spec the splits come from.",
+    "ood_data": "The dataset spec of the out-of-distribution inputs (for auroc / fpr95).",
+    "recipe": "The recipe that ran this evaluation.",
+    "created": "When this report was written (UTC).",
+    "laplace_cli": "The laplace-cli version that wrote this report.",
+    "torch": "The PyTorch version used.",
+}
+"""What each row, metric, setting and identity field of an evaluation report means; the HTML
+page shows the entries of the terms it contains. A key ending in ``_`` covers a family
+(``coverage_`` for ``coverage_50``, ``coverage_95``, ...)."""
+
+
+def glossary_entry(term: str) -> str | None:
+    """The glossary text of a row, metric, setting or identity field, or None if it has none."""
+    if term in GLOSSARY:
+        return GLOSSARY[term]
+    for key, text in GLOSSARY.items():
+        if key.endswith("_") and term.startswith(key):
+            return text
+    return None
+
+
+def _glossary_html(terms: Sequence[str]) -> str:
+    seen: dict[str, str] = {}
+    for term in terms:
+        text = glossary_entry(term)
+        if text is not None and text not in seen.values():
+            label = "coverage_P" if term.startswith("coverage_") else term
+            seen[label] = text
+    if not seen:
+        return ""
+    items = "".join(
+        f"<dt><code>{html.escape(t)}</code></dt><dd>{html.escape(d)}</dd>" for t, d in seen.items()
+    )
+    return f"<h2>Glossary</h2><dl>{items}</dl>"
+
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -295,6 +402,8 @@ th { background: #f3f3f3; }
 img { max-width: 100%; }
 figure { margin: 1em 0; }
 .failed { color: #b00020; font-weight: bold; }
+dt { font-weight: bold; margin-top: 0.4em; }
+dd { margin-left: 1.5em; }
 .passed { color: #1b7f3b; }
 """
 
@@ -307,8 +416,9 @@ def write_html_report(
     images: Sequence[str | os.PathLike[str]] = (),
     *,
     gates: Sequence[Any] = (),
+    identity: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write one self-contained HTML page: metrics table, gates, settings and embedded images.
+    """Write one self-contained HTML page: identity, metrics, gates, settings, images, glossary.
 
     Images are embedded as base64 ``data:`` URIs, so the page has no external references.
 
@@ -321,6 +431,8 @@ def write_html_report(
         images: PNG/SVG/JPEG files to embed, in order.
         gates: optional :class:`~laplace_cli.pipeline.gates.GateResult` objects (anything with
             ``message`` and ``failed``), shown with their outcome.
+        identity: what was evaluated (posterior file, model, fingerprint, data spec, split,
+            time, versions), shown first. A setting whose value is None is shown as "n/a".
 
     Returns:
         The path written.
@@ -348,8 +460,19 @@ def write_html_report(
     )
 
     settings_html = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in settings.items()
+        f"<tr><th>{html.escape(str(k))}</th><td>{'n/a' if v is None else _fmt(v)}</td></tr>"
+        for k, v in settings.items()
     )
+    identity_html = ""
+    if identity:
+        identity_rows = "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td><code>{_fmt(v)}</code></td></tr>"
+            for k, v in identity.items()
+            if v is not None
+        )
+        identity_html = f"<h2>What was evaluated</h2><table><tbody>{identity_rows}</tbody></table>"
+    terms = [*(identity or {}), *rows_table, *columns, *settings]
+    glossary_html = _glossary_html([str(t) for t in terms])
     gates_html = ""
     if gates:
         items = "".join(
@@ -365,10 +488,12 @@ def write_html_report(
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
         f"<p>Written by laplace-cli on {created}.</p>"
+        f"{identity_html}"
         f"<h2>Metrics</h2>{metrics_html}"
         f"{gates_html}"
         f"<h2>Settings</h2><table><tbody>{settings_html}</tbody></table>"
         + (f"<h2>Figures</h2>{''.join(image_tags)}" if image_tags else "")
+        + glossary_html
         + "</body></html>\n"
     )
     return _write(path, page.encode("utf-8"))

@@ -27,11 +27,13 @@ from laplace_cli.io.checkpoints import (
     resolve_device,
     resolve_dtype,
 )
-from laplace_cli.io.datasets import DatasetSpec, load_dataset_spec, make_loader
+from laplace_cli.io.datasets import DatasetSpec, LabelError, load_dataset_spec, make_loader
 from laplace_cli.io.posterior_file import check_fingerprint, read_posterior, write_posterior
 from laplace_cli.laplace.approximation import Laplace
-from laplace_cli.laplace.serialization import laplace_from_state, laplace_state
+from laplace_cli.laplace.rebuild import laplace_from_state
+from laplace_cli.laplace.serialization import laplace_state
 from laplace_cli.posterior.predictive import (
+    RowSeeds,
     check_pred_options,
 )
 
@@ -49,6 +51,37 @@ def len_or_none(obj: Any) -> int | None:
         return len(obj)
     except TypeError:
         return None
+
+
+class ProgressView:
+    """A loader seen through `progress`, re-iterable: each pass starts a fresh progress wrapper.
+
+    `progress(loader, ...)` is a one-shot generator, so handing it to code that walks the data
+    more than once (lowrank's Krylov passes) would see the data once and then nothing. This
+    view calls `progress` again on every `iter()`, keeps `len()`, and passes other attributes
+    (`dataset`, `batch_size`, `sampler`) through to the loader.
+    """
+
+    def __init__(self, loader: Iterable[Any], progress: Progress, description: str) -> None:
+        self.loader = loader
+        self._progress = progress
+        self._description = description
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: a pass (and its bar) starts at the first batch asked for, so `iter(view)`
+        # alone (Laplace.fit's is-it-an-iterator check) starts nothing.
+        self.passes += 1
+        label = self._description if self.passes == 1 else f"{self._description} ({self.passes})"
+        yield from self._progress(self.loader, len_or_none(self.loader), label)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # not set yet (copy / unpickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
 
 
 def check_model_accepts(la: Laplace, x: Any, source: str) -> None:
@@ -220,10 +253,29 @@ def split_loader(
     batch_size: int | None = None,
     *,
     any_order: bool = False,
+    require_labels: bool = True,
 ) -> Any:
     """The split's loader; `any_order=True` (fit, tune, evaluate: results that do not depend on
-    the row order) lets text splits batch rows of similar length together (less padding)."""
-    return make_loader(spec, split, batch_size=batch_size, task=likelihood, by_length=any_order)
+    the row order) lets text splits batch rows of similar length together (less padding).
+    `require_labels=False` (predict, out-of-distribution data) accepts a split without targets."""
+    return make_loader(
+        spec,
+        split,
+        batch_size=batch_size,
+        task=likelihood,
+        by_length=any_order,
+        require_labels=require_labels,
+    )
+
+
+def likelihood_note(flag: str | None, spec: DatasetSpec, data_path: str | Path) -> str | None:
+    """The line saying classification was assumed (no `--likelihood`, no `task:`), else None."""
+    if flag or spec.task is not None:
+        return None
+    return (
+        f"likelihood: classification (assumed: {data_path} has no task: and no --likelihood "
+        "was given; for real-valued targets add `task: regression` to the spec)"
+    )
 
 
 # --- fit ----------------------------------------------------------------------------------------
@@ -241,6 +293,9 @@ class FitOptions:
     last_layer_name: str | None = None
     kron_approx: str = "expand"
     rank: int | None = None
+    #: `laplace_cli.masks.selectors` text (`largest_magnitude:128`, an index file) for
+    #: subset "subnetwork"; relative file paths resolve against the working directory.
+    subnetwork: str | None = None
     split: str = "train"
     batch_size: int | None = None
     seed: int = 0
@@ -264,6 +319,12 @@ class FitResult:
     checkpoint: Any = None
     #: Batches restored from a checkpoint instead of fitted now (0: a fresh fit).
     resumed_batches: int = 0
+    #: Lines for the user about choices made for them (e.g. the likelihood assumed).
+    notes: list[str] = field(default_factory=list)
+    #: The log marginal likelihood at the fitted prior (rank 0 only under torchrun), and the
+    #: seconds it took (not part of `seconds`, the curvature fit).
+    log_marginal_likelihood: float | None = None
+    summary_seconds: float = 0.0
 
 
 def fit(
@@ -281,11 +342,13 @@ def fit(
     loaded = load_model_spec(model_spec, device, dtype)
     torch.manual_seed(options.seed)
     sigma = options.sigma_noise if options.sigma_noise is not None else 1.0
+    indices = _subnetwork_indices(options, loaded, spec, likelihood, device, progress)
     la = Laplace(
         loaded.model,
         likelihood,
         options.subset,
         options.structure,
+        subnetwork_indices=indices,
         curvature=options.curvature,
         backend=options.backend,
         prior_precision=options.prior_precision,
@@ -297,6 +360,7 @@ def fit(
         max_memory=options.max_memory,
         seed=options.seed,
     )
+    _check_single_pass(options, la)
     if options.prior:
         prior_la = load_posterior(
             options.prior, model_override=model_spec, device=device, dtype=dtype
@@ -312,9 +376,21 @@ def fit(
         # The MC Fisher draws targets from a stream seeded by `seed`: one stream per rank, so
         # the shards' draws are independent (rank 0's equals a one-process fit's over its rows).
         la.seed = options.seed + ctx.rank
-    loader = distributed.shard_loader(
-        split_loader(spec, options.split, likelihood, options.batch_size, any_order=True), ctx
-    )
+    note = likelihood_note(options.likelihood, spec, data_path)
+    try:
+        loader = distributed.shard_loader(
+            split_loader(spec, options.split, likelihood, options.batch_size, any_order=True), ctx
+        )
+    except LabelError as err:
+        if note is None:
+            raise
+        # Classification was only assumed: real-valued targets must not become a silent wrong
+        # likelihood, and the fix is one line in the spec.
+        raise LabelError(
+            f"{err}\n{data_path} has no task: and no --likelihood was given, so classification "
+            "was assumed; for real-valued targets add `task: regression` to the spec (or pass "
+            "--likelihood regression)"
+        ) from err
     shard = len(loader.dataset) if hasattr(loader, "dataset") else None
     with torch.random.fork_rng(devices=[]):  # a loader iterator draws a seed: keep the stream
         first = next(iter(loader), None)
@@ -326,7 +402,7 @@ def fit(
     start = time.perf_counter()
     try:
         la.fit(
-            progress(loader, len_or_none(loader), f"fit {options.structure}"),
+            ProgressView(loader, progress, f"fit {options.structure}"),
             override=start_batch == 0,
             reduce=None if ctx is None else lambda ts: distributed.all_reduce_sum(ts, ctx),
             start_batch=start_batch,
@@ -339,14 +415,93 @@ def fit(
     if ctx is not None:
         # Recorded in the posterior's metadata by `save_posterior` (world_size, shard_sizes).
         la.shard_sizes = distributed.all_gather_ints(shard or 0, ctx)
+    seconds = time.perf_counter() - start
+    # The summary's log marginal likelihood is part of the work (a Cholesky factorisation of a
+    # full P×P precision: seconds at P in the thousands): timed and shown like the fit.
+    log_ml, summary_start = None, time.perf_counter()
+    if ctx is None or ctx.is_main:
+        for _ in progress([None], 1, "log marginal likelihood"):
+            log_ml = float(la.log_marginal_likelihood())
     return FitResult(
         la,
         loaded,
         str(data_path),
-        time.perf_counter() - start,
+        seconds,
         checkpoint=checkpoint,
         resumed_batches=start_batch,
+        notes=[note] if note else [],
+        log_marginal_likelihood=log_ml,
+        summary_seconds=time.perf_counter() - summary_start,
     )
+
+
+def _subnetwork_indices(
+    options: FitOptions,
+    loaded: LoadedModel,
+    spec: DatasetSpec,
+    likelihood: Likelihood,
+    device: str,
+    progress: Progress,
+) -> Tensor | None:
+    """The indices `options.subnetwork` selects (subset "subnetwork"), else None."""
+    from laplace_cli.masks.selectors import (
+        parse_subnetwork,
+        select_subnetwork,
+        selector_choices,
+    )
+
+    is_subnetwork = options.subset == "subnetwork"
+    if options.subnetwork is None:
+        if is_subnetwork:
+            raise BadInputError(
+                "subset 'subnetwork' needs a selector (--subnetwork, or fit.subnetwork in a "
+                f"recipe), e.g. largest_magnitude:128; {selector_choices()}"
+            )
+        return None
+    if not is_subnetwork:
+        raise BadInputError(
+            f"a subnetwork selector ({options.subnetwork!r}) applies to subset 'subnetwork' "
+            f"only, got subset {options.subset!r}"
+        )
+    selector = parse_subnetwork(options.subnetwork)
+
+    def diag_laplace() -> Laplace:
+        # largest_variance (Daxberger et al. 2021): a diagonal GGN Laplace over all weights on
+        # the fit's split, with the fit's prior precision, ranks the parameters.
+        la = Laplace(
+            loaded.model,
+            likelihood,
+            "all",
+            "diag",
+            prior_precision=options.prior_precision,
+            max_memory=options.max_memory,
+            seed=options.seed,
+        )
+        loader = split_loader(spec, options.split, likelihood, options.batch_size, any_order=True)
+        la.fit(ProgressView(loader, progress, "fit diag (largest_variance)"))
+        return la
+
+    return select_subnetwork(selector, loaded.model, seed=options.seed, diag_laplace=diag_laplace)
+
+
+def _check_single_pass(options: FitOptions, la: Laplace) -> None:
+    """Refuse, before any data is read, what a structure that walks the data several times
+    (lowrank's matrix-free eigensolver) cannot do: resumable fits and sharded (torchrun) fits."""
+    if not getattr(la.posterior, "needs_loader", False):
+        return
+    what = f"structure {options.structure!r} passes over the data several times"
+    if options.checkpoint_every or options.resume:
+        raise BadInputError(
+            f"{what} and cannot be checkpointed or resumed: drop --checkpoint-every/--resume "
+            "(lowrank runs in one go), or use diag, kron or full"
+        )
+    from laplace_cli.pipeline import distributed
+
+    if options.distributed and distributed.env_world_size() > 1:
+        raise BadInputError(
+            f"{what} and cannot be fitted in shards under torchrun: run 'laplace fit' in one "
+            "process (without torchrun), or use diag, kron or full"
+        )
 
 
 def _fit_checkpoint(options: FitOptions, la: Laplace, loaded: LoadedModel, data_path, loader, ctx):
@@ -411,8 +566,12 @@ def save_posterior(
     shards = getattr(la, "shard_sizes", None)
     if shards is not None:
         extra = {"world_size": len(shards), "shard_sizes": list(shards), **(extra or {})}
+    from laplace_cli.io.model_paths import portable_model_ref
+
+    # Paths relative to the posterior, so that a moved run folder still finds its model.
+    ref = portable_model_ref(loaded.ref.to_dict(), path)
     tensors, metadata = laplace_state(
-        la, model_ref=loaded.ref.to_dict(), fingerprint=loaded.fingerprint, extra=extra
+        la, model_ref=ref, fingerprint=loaded.fingerprint, extra=extra
     )
     write_posterior(path, tensors, metadata)
 
@@ -437,12 +596,24 @@ def load_posterior(
     """Read a posterior file, load the model it names (or `model_override`), check the fingerprint."""
     pf = read_posterior(path)
     meta = pf.metadata
-    spec = model_override or model_spec_from_ref(meta.get("model") or {}, trust_checkpoint)
+    recorded = meta.get("model") or {}
+    if model_override is None:
+        from laplace_cli.io.model_paths import resolve_model_ref
+
+        # Paths are stored relative to the posterior file (older files: absolute).
+        recorded = resolve_model_ref(recorded, path)
+        spec = model_spec_from_ref(recorded, trust_checkpoint)
+    else:
+        spec = model_override
     if dtype is None:
         dtype = {torch.float64: "float64", torch.float32: "float32"}.get(pf.tensors["mean"].dtype)
     loaded = load_model_spec(spec, device, dtype)
     check_fingerprint(
-        meta, loaded.fingerprint, str(path), model=spec.path, overridden=model_override is not None
+        {**meta, "model": recorded},  # names the checkpoint where it was found
+        loaded.fingerprint,
+        str(path),
+        model=spec.path,
+        overridden=model_override is not None,
     )
     la = laplace_from_state(loaded.model, pf.tensors, meta)
     return LoadedPosterior(la, meta, loaded, str(path))
@@ -470,18 +641,50 @@ def tune(
     split: str = "val",
     batch_size: int | None = None,
     progress: Progress = no_progress,
+    map_check: bool = True,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Optimise the prior precision (and σ for regression) and record the result on `lp.la`."""
+    """Optimise the prior precision (and σ for regression) and record the result on `lp.la`.
+
+    Grid search scores `split` of `data_path` (default: the data the posterior was fitted on).
+    marglik reads no data; given `data_path` (and `map_check`) it then scores the tuned
+    posterior and the MAP on `split` with `loss`, as the grid search does, and warns
+    (TuningWarning) when the tuned one is worse. The result gets `likelihood` and, where
+    scored, `tuned_loss`, `map_loss`, `worse_than_map`.
+    """
     la = lp.la
+    check = None
     if method == "gridsearch":
         data_path = data_path or lp.metadata.get("data")
         if not data_path:
             raise BadInputError("grid search needs validation data: pass --data")
         spec = load_dataset_spec(data_path)
         loader = split_loader(spec, split, la.likelihood, batch_size, any_order=True)
-        kwargs["val_loader"] = progress(loader, len_or_none(loader), "validation pass")
-    return la.optimize_prior_precision(method=method, **kwargs)
+        kwargs["val_loader"] = ProgressView(loader, progress, "validation pass")
+    elif data_path is not None and map_check:
+        spec = load_dataset_spec(data_path)  # a bad spec or split fails before the tuning
+        check = split_loader(spec, split, la.likelihood, batch_size, any_order=True)
+    if method == "marglik" and la.likelihood == Likelihood.REGRESSION:
+        # The library leaves σ alone unless asked (as laplace-torch); the CLI keeps tuning it
+        # with the prior for regression, as `laplace tune --help` says.
+        kwargs.setdefault("tune_sigma_noise", True)
+    result = la.optimize_prior_precision(method=method, progress=progress, **kwargs)
+    if check is not None:
+        from laplace_cli.tuning.api import compare_with_map
+
+        result.update(
+            compare_with_map(
+                la,
+                ProgressView(check, progress, f"score against the MAP on {split!r}"),
+                loss=kwargs.get("loss", "nll"),
+                pred_type=kwargs.get("pred_type"),
+                link_approx=kwargs.get("link_approx"),
+                n_samples=kwargs.get("n_samples", 100),
+                seed=kwargs.get("seed", 0),
+            )
+        )
+    result["likelihood"] = la.likelihood.value
+    return result
 
 
 # --- predictions --------------------------------------------------------------------------------
@@ -517,7 +720,7 @@ def predict_batch(
     pred_type: PredType,
     link_approx: LinkApprox,
     n_samples: int,
-    generator: torch.Generator | None,
+    generator: torch.Generator | RowSeeds | None,
     interval: float = 0.95,
 ) -> dict[str, Tensor]:
     """Everything a prediction row needs for one batch (`Laplace.uncertainty`)."""
@@ -540,19 +743,38 @@ def prediction_rows(la: Laplace, ids: list[Any], pred: dict[str, Tensor]) -> lis
     return [{"id": rid, **{f: columns[f][i] for f in fields}} for i, rid in enumerate(ids)]
 
 
+def number_chunks(chunks: Iterable[tuple[list[Any], Any]]) -> Iterator[tuple[list[Any], Any, int]]:
+    """`(ids, x, start)`: each chunk with the global index of its first row.
+
+    Number the chunks before dealing them to processes (`distributed.round_robin`), so that
+    each row keeps its index, and with it its Monte Carlo stream (`RowSeeds`)."""
+    start = 0
+    for ids, x in chunks:
+        yield ids, x, start
+        start += len(ids)
+
+
 def iter_prediction_rows(
     la: Laplace,
-    chunks: Iterable[tuple[list[Any], Tensor]],
+    chunks: Iterable[tuple[list[Any], Tensor] | tuple[list[Any], Tensor, int]],
     options: PredictOptions,
     source: str = "input",
 ) -> Iterator[list[dict[str, Any]]]:
     """Stream rows chunk by chunk: memory is bounded by one chunk, whatever the input length.
 
-    `source` names the inputs in errors (the first chunk is checked against the model)."""
+    Chunks are `(ids, x)`, or `(ids, x, start)` from `number_chunks` (needed when they are not
+    all seen here, as under torchrun). Monte Carlo draws are seeded per row from
+    `options.seed` and the row's global index (`RowSeeds`), so a row's scores do not depend on
+    the batch size or on the batch it falls in. `source` names the inputs in errors (the
+    first chunk is checked against the model)."""
     pred_type, link_approx = default_pred_options(la, options)
-    generator = torch.Generator(device=la.device).manual_seed(options.seed)
     checked = False
-    for ids, x in chunks:
+    seen = 0
+    for chunk in chunks:
+        ids, x = chunk[0], chunk[1]
+        start = chunk[2] if len(chunk) > 2 else seen
+        seen = start + len(ids)
+        generator = RowSeeds(options.seed, start)
         with la.subset.reuse_forward():  # the check's forward pass serves the prediction
             if not checked:
                 check_model_accepts(la, x, source)

@@ -143,6 +143,28 @@ def ggn_matmat(
     return out
 
 
+def ggn_matmat_dense(
+    jacobian_chunks: Callable[[object, Tensor], Iterable[tuple[Tensor, Tensor, Tensor]]],
+    batches: Callable[[], Iterable[tuple[object, Tensor]]],
+    output_sqrt: Callable[[Tensor, Tensor], Tensor],
+    V: Tensor,
+) -> Tensor:
+    """`ggn_matmat` from per-sample Jacobian chunks (f (B, C), J (B, C, P), y), reverse mode only.
+
+    For models that forward-mode AD or vmap cannot run (e.g. attention kernels without a
+    forward-mode derivative): Σ Jᵀ W Wᵀ J V, with J in chunks of rows bounded by the caller.
+    """
+    out = torch.zeros_like(V)
+    for x, y in batches():
+        for f, J, yc in jacobian_chunks(x, y):
+            J = J.to(V.dtype)
+            W = output_sqrt(f.detach(), yc)  # (B, C, K)
+            JV = J @ V  # (B, C, m)
+            cot = torch.einsum("bck,bdk,bdm->bcm", W, W, JV)  # W Wᵀ J V
+            out = out + torch.einsum("bcp,bcm->pm", J, cot)
+    return out
+
+
 class LowRankPosterior(Posterior):
     """Λ = s·U diag(λ) Uᵀ + diag(δ); see the module docstring.
 

@@ -30,9 +30,85 @@ def check_n_samples(n_samples: int, what: str, minimum: int = 1) -> int:
     return int(n_samples)
 
 
-def check_generator(generator: torch.Generator | None, device: torch.device) -> None:
-    """A generator must be a `torch.Generator` on the device the draws are made on."""
-    if generator is None:
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """One step of SplitMix64: a well-mixed 64-bit value from any 64-bit input."""
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def derive_seed(*values: int) -> int:
+    """A 64-bit seed from a tuple of integers (e.g. the run's seed and a row index)."""
+    h = 0
+    for v in values:
+        h = _splitmix64(h ^ (v & _MASK64))
+    return h
+
+
+_SHARED_STREAM = -1  # the "block index" of the stream shared by every row (weight samples)
+ROW_BLOCK = 16
+"""Rows per block of `RowSeeds`: one seeding per block, not per row, keeps the per-row streams
+cheap (seeding a generator costs about as much as drawing a row's samples)."""
+
+
+@dataclass(frozen=True)
+class RowSeeds:
+    """Per-row random streams, so that a row's Monte Carlo draws do not depend on its batch.
+
+    Pass one in place of a `torch.Generator` (`Laplace.uncertainty`, `__call__`,
+    `functional_samples`) for a batch whose first row is row `start` of the whole input. Rows
+    are grouped in fixed blocks of `ROW_BLOCK` by their global index; the Gaussian output draws
+    of block k are drawn whole from a generator seeded by `derive_seed(seed, k)`, and row r
+    takes its slot (r mod `ROW_BLOCK`) of block r // `ROW_BLOCK`. So the same row gets the same
+    samples whatever the batch size, the batch it falls in, or the number of processes (a batch
+    draws the blocks it overlaps). Weight samples (`pred_type="nn"`) are shared by all rows, as
+    they must be to be networks: they come from one stream seeded by `seed` alone, the same for
+    every batch. Draws are made on the CPU (the same numbers on every device) and moved.
+
+    Attributes:
+        seed: The run's seed (`--seed`).
+        start: Global index of the batch's first row.
+    """
+
+    seed: int
+    start: int = 0
+
+    def shared_generator(self, device: torch.device | str = "cpu") -> torch.Generator:
+        """A fresh generator for draws shared by every row (weight samples), on `device`."""
+        return torch.Generator(device=device).manual_seed(derive_seed(self.seed, _SHARED_STREAM))
+
+    def normal(self, n_rows: int, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+        """Standard normal draws, (n_rows, *shape) on the CPU, for rows start .. start+n_rows-1."""
+        if n_rows <= 0:
+            return torch.empty((0, *shape), dtype=dtype)
+        first = self.start // ROW_BLOCK
+        last = (self.start + n_rows - 1) // ROW_BLOCK
+        g = torch.Generator()
+        blocks = []
+        for k in range(first, last + 1):
+            g.manual_seed(derive_seed(self.seed, k))
+            blocks.append(torch.randn((ROW_BLOCK, *shape), generator=g, dtype=dtype))
+        offset = self.start - first * ROW_BLOCK
+        return torch.cat(blocks)[offset : offset + n_rows]
+
+
+def weight_generator(
+    generator: torch.Generator | RowSeeds | None, device: torch.device | str
+) -> torch.Generator | None:
+    """The generator for weight samples: `RowSeeds` give their shared stream."""
+    if isinstance(generator, RowSeeds):
+        return generator.shared_generator(device)
+    return generator
+
+
+def check_generator(generator: torch.Generator | RowSeeds | None, device: torch.device) -> None:
+    """A generator must be a `torch.Generator` on the device the draws are made on (or
+    `RowSeeds`, which draw on the CPU and move the draws)."""
+    if generator is None or isinstance(generator, RowSeeds):
         return
     if not isinstance(generator, torch.Generator):
         raise BadInputError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -133,17 +209,33 @@ def laplace_bridge(f_mu: Tensor, f_var: Tensor, normalize: bool = False) -> Tens
 
 
 def sample_gaussian_outputs(
-    f_mu: Tensor, f_var: Tensor, n_samples: int, generator: torch.Generator | None = None
+    f_mu: Tensor,
+    f_var: Tensor,
+    n_samples: int,
+    generator: torch.Generator | RowSeeds | None = None,
 ) -> Tensor:
-    """Draws from N(f_μ, f_var) per sample: (n_samples, B, C). f_var is (B, C, C) or (B, C)."""
-    eps = torch.randn(
-        (n_samples, *f_mu.shape), dtype=f_mu.dtype, device=f_mu.device, generator=generator
-    )
-    if f_var.ndim == f_mu.ndim:
-        return f_mu + eps * f_var.clamp_min(0).sqrt()
+    """Draws from N(f_μ, f_var) per sample: (n_samples, B, C). f_var is (B, C, C) or (B, C).
+
+    With `RowSeeds` each row's draws come from its own stream (batch-invariant)."""
     from laplace_cli.posterior.full import robust_cholesky
 
-    L = robust_cholesky(f_var, what="functional covariance")
+    if isinstance(generator, RowSeeds):
+        eps = generator.normal(f_mu.shape[0], (n_samples, *f_mu.shape[1:]), f_mu.dtype)
+        eps = eps.to(f_mu.device).movedim(0, 1)  # (S, B, C)
+    else:
+        eps = torch.randn(
+            (n_samples, *f_mu.shape), dtype=f_mu.dtype, device=f_mu.device, generator=generator
+        )
+    if f_var.ndim == f_mu.ndim:
+        return f_mu + eps * f_var.clamp_min(0).sqrt()
+    if isinstance(generator, RowSeeds):
+        L, info = torch.linalg.cholesky_ex(f_var)
+        if bool(info.any()):
+            # The jitter of a failed factor is scaled by the batch's diagonal: per row here,
+            # so that a row's draws do not depend on its batch-mates.
+            L = torch.stack([robust_cholesky(m, what="functional covariance") for m in f_var])
+    else:
+        L = robust_cholesky(f_var, what="functional covariance")
     return f_mu + torch.einsum("bcd,sbd->sbc", L, eps)
 
 
@@ -162,7 +254,7 @@ def glm_link(
     f_mu: Tensor,
     f_var: Tensor,
     n_samples: int = 100,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowSeeds | None = None,
 ) -> Tensor:
     """Probabilities E[link(f)] under f ~ N(f_μ, f_var), with the chosen link approximation.
 

@@ -15,7 +15,9 @@ found it: hooks are removed, train/eval mode is put back, nothing is stored on t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import logging
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,11 +26,27 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 from torch.nn import functional as F
 
-from laplace_cli.core.batches import Inputs, as_2d_output, call_model
+from laplace_cli.core.batches import (
+    Inputs,
+    as_2d_output,
+    batch_size,
+    call_model,
+    current_model_kwargs,
+    detach,
+    grad_mode,
+    model_call_args,
+)
 from laplace_cli.core.enums import KronApprox
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.subsets.captured_jacobians import (
+    agrees_with_gradient,
+    capturable_params,
+    captured_jacobian,
+)
 
 GroupKind = Literal["weight", "bias", "other"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -259,6 +277,12 @@ class AllWeights(ParameterSubset):
                 self._layers[mname] = module
             else:
                 self.groups.append(ParamGroup(name, tuple(p.shape), "other", None))
+        # Embedding / LayerNorm parameters stay "other" (dense Jacobians for the structures),
+        # but their Jacobians come from hook captures too, not from a per-example vmap.
+        other = [g.name for g in self.groups if g.kind == "other"]
+        self._captured = capturable_params(model, other)
+        modules = dict(model.named_modules())
+        self._captured_modules = {m: modules[m] for m, _ in self._captured.values()}
 
     def mean(self) -> Tensor:
         return torch.cat([p.detach().reshape(-1) for _, p in self.params])
@@ -268,7 +292,7 @@ class AllWeights(ParameterSubset):
             return as_2d_output(call_model(self.model, x))
 
     def forward_with(self, x: Inputs, theta: Tensor) -> Tensor:
-        with torch.no_grad(), eval_mode(self.model):
+        with grad_mode(), eval_mode(self.model):
             out = _functional_forward(self.model, self.unflatten(theta), x)
         return as_2d_output(out)
 
@@ -283,12 +307,26 @@ class AllWeights(ParameterSubset):
 
     def jacobians(self, x: Inputs) -> tuple[Tensor, Tensor]:
         names = [g.name for g in self.groups]
-        f, jac = _dense_jacobians(self.model, {n: p for n, p in self.params}, names, x)
-        return f, torch.cat([jac[n] for n in names], dim=-1)
+        params = {n: p for n, p in self.params}
+        hooked = bool(self._layers or self._captured_modules)
+        try:
+            f, jac = _dense_jacobians(self.model, params, names, x, loop=not hooked)
+            return f, torch.cat([jac[n] for n in names], dim=-1)
+        except VmapUnavailableError:
+            pass
+        # Without vmap, the hooked layers' Jacobians cost one batched forward and C backwards
+        # instead of the per-example loop; only the remaining groups loop.
+        try:
+            f, factors = self.factors(x)
+            return f, dense_from_factors(factors)
+        except NoLayerFactorsError:
+            f, jac = _dense_jacobians(self.model, params, names, x)
+            return f, torch.cat([jac[n] for n in names], dim=-1)
 
     def factors(self, x: Inputs) -> tuple[Tensor, list[Factor]]:
-        inputs: dict[str, list[Tensor]] = {m: [] for m in self._layers}
-        outputs: dict[str, list[Tensor]] = {m: [] for m in self._layers}
+        hooked = {**self._layers, **self._captured_modules}
+        inputs: dict[str, list[Tensor]] = {m: [] for m in hooked}
+        outputs: dict[str, list[Tensor]] = {m: [] for m in hooked}
         handles = []
 
         def make_hook(mname: str):
@@ -298,8 +336,9 @@ class AllWeights(ParameterSubset):
 
             return hook
 
-        for mname, module in self._layers.items():
+        for mname, module in hooked.items():
             handles.append(module.register_forward_hook(make_hook(mname)))
+        dense: dict[str, Tensor] = {}
         try:
             with torch.enable_grad(), eval_mode(self.model):
                 f = as_2d_output(call_model(self.model, x))
@@ -314,19 +353,28 @@ class AllWeights(ParameterSubset):
                             f"layer {mname!r} ran {len(outputs[mname])} times in one forward "
                             f"pass ({why}); use structure 'diag' or 'full' (dense Jacobians)"
                         )
-                grads = output_jacobians(f, [outputs[m][0] for m in self._layers])
+                # Captured modules count only if they ran once with one output row per example.
+                captured = [
+                    m
+                    for m in self._captured_modules
+                    if len(outputs[m]) == 1 and outputs[m][0].shape[:1] == f.shape[:1]
+                ]
+                outs = [outputs[m][0] for m in (*self._layers, *captured)]
+                # No hookable layer (a TorchScript model): every group is dense.
+                grads = output_jacobians(f, outs) if outs else []
+                if captured:
+                    dense = self._captured_jacobians(
+                        f, captured, inputs, grads[len(self._layers) :]
+                    )
         finally:
             for h in handles:
                 h.remove()
         layer_in = {m: layer_input(mod, inputs[m][0]) for m, mod in self._layers.items()}
-        layer_g = {
-            m: layer_output_grad(mod, g) for (m, mod), g in zip(self._layers.items(), grads)
-        }
-        other = [g.name for g in self.groups if g.kind == "other"]
-        dense: dict[str, Tensor] = {}
+        layer_g = {m: layer_output_grad(mod, g) for (m, mod), g in zip(self._layers.items(), grads)}
+        other = [g.name for g in self.groups if g.kind == "other" and g.name not in dense]
         if other:
             params = {n: p for n, p in self.params}
-            _, dense = _dense_jacobians(self.model, params, other, x)
+            dense.update(_dense_jacobians(self.model, params, other, x)[1])
         factors: list[Factor] = []
         for g in self.groups:
             if g.kind == "other":
@@ -336,6 +384,22 @@ class AllWeights(ParameterSubset):
             else:
                 factors.append(LayerFactor(None, layer_g[g.module_name]))
         return f.detach(), factors
+
+    def _captured_jacobians(
+        self, f: Tensor, captured: list[str], inputs: dict[str, list[Tensor]], grads: list[Tensor]
+    ) -> dict[str, Tensor]:
+        """{name: (B, C, numel)} for the captured modules' parameters that pass the gradient
+        check (`captured_jacobians.agrees_with_gradient`)."""
+        grad_of = dict(zip(captured, grads))
+        params = dict(self.params)
+        names = [n for n, (m, _) in self._captured.items() if m in grad_of]
+        jacs = []
+        for n in names:
+            mname, role = self._captured[n]
+            module = self._captured_modules[mname]
+            jacs.append(captured_jacobian(module, role, inputs[mname][0], grad_of[mname]))
+        ok = agrees_with_gradient(f, [params[n] for n in names], jacs)
+        return {n: J.detach() for n, J, good in zip(names, jacs, ok) if good}
 
 
 def output_jacobians(f: Tensor, outs: list[Tensor]) -> list[Tensor]:
@@ -380,15 +444,22 @@ def output_jacobians(f: Tensor, outs: list[Tensor]) -> list[Tensor]:
 
 
 def _functional_forward(model: nn.Module, params: dict[str, Tensor], x: Inputs) -> Tensor:
-    if isinstance(x, dict):
-        return call_model_functional(model, params, (), dict(x))
-    return call_model_functional(model, params, (x,), {})
+    args, kwargs = model_call_args(model, x)
+    return call_model_functional(model, params, args, kwargs)
 
 
 def call_model_functional(
     model: nn.Module, params: dict[str, Tensor], args: tuple, kwargs: dict
 ) -> Tensor:
-    out = functional_call(model, params, args, kwargs, strict=False)
+    kwargs = {**kwargs, **current_model_kwargs()}  # la(x, **model_kwargs)
+    if isinstance(model, torch.jit.ScriptModule):
+        # functional_call refuses compiled modules; substitute their attributes instead.
+        from laplace_cli.subsets.scripted import script_parameters
+
+        with script_parameters(model, params):
+            out = model(*args, **kwargs)
+    else:
+        out = functional_call(model, params, args, kwargs, strict=False)
     if hasattr(out, "logits"):
         out = out.logits
     if isinstance(out, (tuple, list)):
@@ -397,7 +468,11 @@ def call_model_functional(
 
 
 def _dense_jacobians(
-    model: nn.Module, all_params: dict[str, Tensor], names: list[str], x: Inputs
+    model: nn.Module,
+    all_params: dict[str, Tensor],
+    names: list[str],
+    x: Inputs,
+    loop: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-sample Jacobians of the outputs w.r.t. the named parameters: {name: (B, C, numel)}.
 
@@ -407,13 +482,92 @@ def _dense_jacobians(
     wrt = {n: all_params[n].detach() for n in names}
 
     def single(p: dict[str, Tensor], xi: Inputs) -> tuple[Tensor, Tensor]:
-        if isinstance(xi, dict):
-            out = call_model_functional(model, p, (), {k: v.unsqueeze(0) for k, v in xi.items()})
-        else:
-            out = call_model_functional(model, p, (xi.unsqueeze(0),), {})
+        one = (
+            {k: v.unsqueeze(0) for k, v in xi.items()} if isinstance(xi, dict) else xi.unsqueeze(0)
+        )
+        out = call_model_functional(model, p, *model_call_args(model, one))
         out = out.reshape(-1)
         return out, out
 
-    with eval_mode(model):
-        jac, f = vmap(jacrev(single, has_aux=True), in_dims=(None, 0))(wrt, x)
-    return f.detach(), {n: j.reshape(j.shape[0], j.shape[1], -1).detach() for n, j in jac.items()}
+    f, jac = per_sample_jacobians(model, single, wrt, x, loop=loop)
+    return f, {n: j.reshape(j.shape[0], j.shape[1], -1) for n, j in jac.items()}
+
+
+#: Models whose forward cannot run under `torch.func.vmap`: data-dependent control flow (e.g.
+#: transformers' attention-mask code branches on `padding_mask.all()`), `.item()`, operations
+#: torch.func cannot batch. Their per-sample Jacobians come from `_looped_jacobians`; the set
+#: makes the failed vmap attempt a once-per-model cost, not a per-batch one.
+_NO_VMAP: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+class VmapUnavailableError(RuntimeError):
+    """`per_sample_jacobians(..., loop=False)`: the model cannot run under vmap."""
+
+
+def per_sample_jacobians(
+    model: nn.Module,
+    single: Callable[[dict[str, Tensor], Inputs], tuple[Tensor, Tensor]],
+    wrt: dict[str, Tensor],
+    x: Inputs,
+    loop: bool = True,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Outputs (B, C) and per-sample Jacobians {name: (B, C, *shape)} w.r.t. `wrt`.
+
+    `single(p, xi)` maps the parameters and one example without its batch dimension to
+    `(out, out)`, out (C,). Fast path: `vmap(jacrev(single))`. Where the model cannot be
+    vmapped, a plain reverse-mode loop (one forward per example, one backward per output),
+    which works on anything autograd can differentiate; with `loop=False`, VmapUnavailableError
+    instead (for callers that have a cheaper way).
+    """
+    if model not in _NO_VMAP:
+        try:
+            with eval_mode(model):
+                jac, f = vmap(jacrev(single, has_aux=True), in_dims=(None, 0))(wrt, x)
+            # Inside `keep_graph()` (enable_backprop) both stay differentiable in the inputs.
+            return detach(f), {n: detach(j) for n, j in jac.items()}
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, NotImplementedError) as err:
+            # Not an error of the model itself: the loop below runs the same forward, so a
+            # genuine failure is raised again there, without vmap in the way.
+            _NO_VMAP.add(model)
+            logger.info("per-sample Jacobians without vmap (%s: %s)", type(err).__name__, err)
+    if not loop:
+        raise VmapUnavailableError(f"{type(model).__name__} cannot run under torch.func.vmap")
+    return _looped_jacobians(model, single, wrt, x)
+
+
+def _looped_jacobians(
+    model: nn.Module,
+    single: Callable[[dict[str, Tensor], Inputs], tuple[Tensor, Tensor]],
+    wrt: dict[str, Tensor],
+    x: Inputs,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`per_sample_jacobians` by reverse mode alone: B forwards of one example, B·C backwards.
+
+    Parameters are shared by the examples of a batch, so per-example gradients cannot be
+    separated from one batched backward pass; each example runs on its own (as under vmap).
+    """
+    names = list(wrt)
+    fs: list[Tensor] = []
+    rows: dict[str, list[Tensor]] = {n: [] for n in names}
+    with torch.enable_grad(), eval_mode(model):
+        for b in range(batch_size(x)):
+            xi = {k: v[b] for k, v in x.items()} if isinstance(x, Mapping) else x[b]
+            p = {n: t.detach().requires_grad_(True) for n, t in wrt.items()}
+            out, _ = single(p, xi)
+            n_out = out.shape[0]
+            per_c: list[tuple[Tensor | None, ...]] = [
+                torch.autograd.grad(
+                    out[c], [p[n] for n in names], retain_graph=c < n_out - 1, allow_unused=True
+                )
+                for c in range(n_out)
+            ]
+            for i, n in enumerate(names):
+                rows[n].append(
+                    torch.stack(
+                        [g[i] if g[i] is not None else torch.zeros_like(p[n]) for g in per_c]
+                    )
+                )
+            fs.append(out.detach())
+    return torch.stack(fs), {n: torch.stack(r) for n, r in rows.items()}

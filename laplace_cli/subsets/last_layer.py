@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from laplace_cli.core.batches import Inputs, as_2d_output, call_model
+from laplace_cli.core.batches import Inputs, as_2d_output, call_model, detach, grad_mode
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.subsets.base import (
     Factor,
@@ -24,6 +24,7 @@ from laplace_cli.subsets.base import (
     dense_from_factors,
     eval_mode,
 )
+from laplace_cli.subsets.scripted import is_script_module, linear_modules, script_parameters
 
 
 def _memo_rows(memo: list[Tensor], versions: list[int], leaves: list[Tensor]) -> slice | None:
@@ -83,9 +84,15 @@ class LastLayer(ParameterSubset):
         feature_reduction: str | None = None,
     ) -> None:
         self.model = model
+        # TorchScript: the layers are compiled modules (no hooks); see `_script_features`.
+        self._script = is_script_module(model)
         modules = dict(model.named_modules())
         if last_layer_name is None:
-            linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+            linears = (
+                linear_modules(model)
+                if self._script
+                else [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+            )
             if not linears:
                 raise BadInputError(
                     "last-layer Laplace needs an nn.Linear layer; the model has none "
@@ -95,10 +102,9 @@ class LastLayer(ParameterSubset):
         elif last_layer_name not in modules:
             raise BadInputError(f"no module named {last_layer_name!r} in the model")
         head = modules[last_layer_name]
-        if not isinstance(head, nn.Linear):
-            raise BadInputError(
-                f"last layer {last_layer_name!r} is a {type(head).__name__}, expected nn.Linear"
-            )
+        kind = getattr(head, "original_name", None) if self._script else type(head).__name__
+        if not (isinstance(head, nn.Linear) or (self._script and kind == "Linear")):
+            raise BadInputError(f"last layer {last_layer_name!r} is a {kind}, expected nn.Linear")
         if feature_reduction not in (None, "pick_first", "pick_last", "average"):
             raise BadInputError(
                 f"feature_reduction: expected pick_first, pick_last or average, got {feature_reduction!r}"
@@ -106,11 +112,14 @@ class LastLayer(ParameterSubset):
         self.head = head
         self.last_layer_name = last_layer_name
         self.feature_reduction = feature_reduction
+        # A compiled module's parameters are plain tensors, not nn.Parameter objects.
+        own = dict(head.named_parameters(recurse=False)) if self._script else {}
         self.params = [
             (f"{last_layer_name}.{r}", getattr(head, r))
             for r in ("weight", "bias")
-            if isinstance(getattr(head, r, None), nn.Parameter)
+            if isinstance(getattr(head, r, None), nn.Parameter) or r in own
         ]
+        self.n_out = int(self.params[0][1].shape[0])
         self.groups = [
             ParamGroup(
                 n, tuple(p.shape), "weight" if n.endswith("weight") else "bias", last_layer_name
@@ -159,19 +168,24 @@ class LastLayer(ParameterSubset):
         return result
 
     def _features(self, x: Inputs) -> tuple[Tensor, Tensor]:
-        captured: list[Tensor] = []
-        handle = self.head.register_forward_hook(lambda m, a, o: captured.append(a[0].detach()))
-        try:
-            with torch.no_grad(), eval_mode(self.model):
-                out = call_model(self.model, x)
-        finally:
-            handle.remove()
+        if self._script:
+            out, captured = self._script_features(x)
+        else:
+            captured = []
+            # Inside `keep_graph()` (enable_backprop) φ and the outputs keep their graph.
+            handle = self.head.register_forward_hook(lambda m, a, o: captured.append(detach(a[0])))
+            try:
+                with grad_mode(), eval_mode(self.model):
+                    out = call_model(self.model, x)
+            finally:
+                handle.remove()
         if len(captured) != 1:
             raise BadInputError(
                 f"last layer {self.last_layer_name!r} ran {len(captured)} times in one forward pass"
             )
         phi = captured[0]
-        if self.feature_reduction is not None:
+        # On 2-D features a reduction has nothing to reduce: a no-op, as in laplace-torch.
+        if self.feature_reduction is not None and phi.ndim != 2:
             if phi.ndim != 3:
                 raise BadInputError(
                     f"feature_reduction needs (B, T, d) features, got {tuple(phi.shape)}"
@@ -188,7 +202,7 @@ class LastLayer(ParameterSubset):
         out = as_2d_output(out)
         if not self._checked:
             # The closed forms assume the model's output *is* the head's output.
-            if out.shape != (phi.shape[0], self.head.out_features) or not torch.allclose(
+            if out.shape != (phi.shape[0], self.n_out) or not torch.allclose(
                 out, self._head(phi, self.mean()), rtol=1e-4, atol=1e-5
             ):
                 raise BadInputError(
@@ -197,6 +211,25 @@ class LastLayer(ParameterSubset):
                 )
             self._checked = True
         return phi, out
+
+    def _script_features(self, x: Inputs) -> tuple[Tensor, list[Tensor]]:
+        """Outputs and the features entering the head of a TorchScript model.
+
+        A compiled module takes no forward hook. With the head's weight replaced by the
+        identity and its bias by zeros the head passes its input through, so a second forward
+        pass returns the features φ when the model ends in the head; `_features` checks on the
+        first batch that the head applied to φ gives the model's output, as for hooks.
+        """
+        weight = self.params[0][1]
+        d_in = weight.shape[1]
+        swap = {self.params[0][0]: torch.eye(d_in, dtype=weight.dtype, device=weight.device)}
+        if isinstance(getattr(self.head, "bias", None), Tensor):
+            swap[f"{self.last_layer_name}.bias"] = weight.new_zeros(d_in)
+        with torch.no_grad(), eval_mode(self.model):
+            out = call_model(self.model, x)
+            with script_parameters(self.model, swap):
+                phi = call_model(self.model, x)
+        return out, [phi.detach()]
 
     def _head(self, phi: Tensor, theta: Tensor) -> Tensor:
         p = self.unflatten(theta)
@@ -218,7 +251,7 @@ class LastLayer(ParameterSubset):
         return lambda theta: self._head(phi, theta)
 
     def factors_from_features(self, phi: Tensor) -> list[Factor]:
-        n_out = self.head.out_features
+        n_out = self.n_out
         eye = torch.eye(n_out, dtype=phi.dtype, device=phi.device)
         g = eye.reshape(1, n_out, 1, n_out).expand(phi.shape[0], n_out, 1, n_out)
         facs: list[Factor] = [LayerFactor(phi.unsqueeze(1), g)]

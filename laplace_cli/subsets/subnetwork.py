@@ -16,8 +16,9 @@ learning via subnetwork inference"):
   tensors with no selected entry are constants of the call.
 
 Mask helpers return sorted int64 index tensors: `largest_magnitude_indices`, `random_indices`,
-`indices_by_param_name`, `indices_by_module_name` (and `largest_variance_indices`, which
-needs a fitted Laplace, in `laplace_cli.masks`).
+`indices_by_param_name`, `indices_by_module_name`, `largest_variance_indices` (score-based ones
+through `top_score_indices`). The CLI's selectors (subnetwork_select.py) and the laplace-torch
+mask classes (`laplace_cli.utils`) both call these.
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import jacrev, vmap
 
-from laplace_cli.core.batches import Inputs, as_2d_output, call_model
+from laplace_cli.core.batches import (
+    Inputs,
+    as_2d_output,
+    call_model,
+    grad_mode,
+    keeping_graph,
+    model_call_args,
+)
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.subsets.base import (
     DenseFactor,
@@ -42,6 +49,7 @@ from laplace_cli.subsets.base import (
     layer_input,
     layer_output_grad,
     output_jacobians,
+    per_sample_jacobians,
 )
 
 
@@ -79,18 +87,33 @@ def sorted_indices(idx: Tensor) -> Tensor:
     return torch.sort(idx.to(torch.int64).cpu()).values
 
 
+def top_score_indices(scores: Tensor, n: int) -> Tensor:
+    """Indices of the n largest scores (sorted, (n,)): every score-based mask ends here.
+
+    `argsort(descending=True)[:n]`, the call of laplace-torch's `ScoreBasedSubnetMask`, so tied
+    scores (e.g. zero biases in `largest_magnitude`) resolve to the same indices in both.
+    """
+    n = check_count(n, scores.numel())
+    return sorted_indices(torch.argsort(scores.detach().reshape(-1), descending=True)[:n])
+
+
 def largest_magnitude_indices(model: nn.Module, n: int) -> Tensor:
     """Indices of the n trainable parameters with the largest |θ| (sorted, (n,))."""
-    theta = flat_trainable(model)
-    n = check_count(n, theta.numel())
-    return sorted_indices(torch.topk(theta.abs(), n).indices)
+    return top_score_indices(flat_trainable(model).abs(), n)
 
 
 def random_indices(model: nn.Module, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """n trainable parameter indices drawn uniformly without replacement (sorted, (n,))."""
-    total = flat_trainable(model).numel()
-    n = check_count(n, total)
-    return sorted_indices(torch.randperm(total, generator=generator)[:n])
+    """n trainable parameter indices drawn uniformly without replacement (sorted, (n,)).
+
+    The n largest of uniform scores drawn like the parameters (dtype, device): with
+    `generator=None` the global stream, as laplace-torch's `RandomSubnetMask`
+    (`torch.rand_like` of the parameter vector), so a seeded call picks the same indices.
+    """
+    theta = flat_trainable(model)
+    if generator is not None and generator.device != theta.device:
+        theta = theta.to(generator.device)
+    scores = torch.rand(theta.shape, dtype=theta.dtype, device=theta.device, generator=generator)
+    return top_score_indices(scores, n)
 
 
 def indices_by_param_name(model: nn.Module, names: Sequence[str] | str) -> Tensor:
@@ -205,6 +228,15 @@ class Subnetwork(ParameterSubset):
     def mean(self) -> Tensor:
         return torch.cat([s.param.detach().reshape(-1)[s.local] for s in self.selections])
 
+    def full_vector(self, theta: Tensor) -> Tensor:
+        """Subnetwork values (..., n_sel) as vectors over all trainable parameters (..., P_all),
+        the entries outside the subnetwork at the model's current values (its MAP)."""
+        base = torch.cat([p.detach().reshape(-1) for _, p in trainable_parameters(self.model)])
+        base = base.to(device=theta.device, dtype=theta.dtype)
+        out = base.expand(*theta.shape[:-1], base.numel()).clone()
+        out[..., self.indices.to(theta.device)] = theta  # indices are sorted, as theta's order
+        return out
+
     def output(self, x: Inputs) -> Tensor:
         with torch.no_grad(), eval_mode(self.model):
             return as_2d_output(call_model(self.model, x))
@@ -220,7 +252,7 @@ class Subnetwork(ParameterSubset):
         return out
 
     def forward_with(self, x: Inputs, theta: Tensor) -> Tensor:
-        with torch.no_grad(), eval_mode(self.model):
+        with grad_mode(), eval_mode(self.model):
             out = _call(self.model, self._scattered(theta), x)
         return as_2d_output(out)
 
@@ -235,6 +267,12 @@ class Subnetwork(ParameterSubset):
 
     # --- Jacobians of the selected entries --------------------------------------------------
     def jacobians(self, x: Inputs) -> tuple[Tensor, Tensor]:
+        if keeping_graph():
+            # enable_backprop: dense Jacobians of every selected entry, differentiable in x.
+            with torch.enable_grad(), eval_mode(self.model):
+                f = as_2d_output(_call(self.model, self._scattered(self.mean()), x))
+            dense = self._dense_selected(x, [s.name for s in self.selections])
+            return f, torch.cat([dense[s.name] for s in self.selections], dim=-1)
         f, pieces = self._selected_jacobians(x)
         return f, torch.cat(pieces, dim=-1)
 
@@ -308,21 +346,18 @@ class Subnetwork(ParameterSubset):
             for s in sels:
                 base = s.param.detach().reshape(-1)
                 params[s.name] = base.scatter(0, s.local, values[s.name]).reshape(s.param.shape)
-            if isinstance(xi, dict):
-                out = call_model_functional(
-                    self.model, params, (), {k: v.unsqueeze(0) for k, v in xi.items()}
-                )
-            else:
-                out = call_model_functional(self.model, params, (xi.unsqueeze(0),), {})
+            one = (
+                {k: v.unsqueeze(0) for k, v in xi.items()}
+                if isinstance(xi, dict)
+                else xi.unsqueeze(0)
+            )
+            out = call_model_functional(self.model, params, *model_call_args(self.model, one))
             out = out.reshape(-1)
             return out, out
 
-        with eval_mode(self.model):
-            jac, _ = vmap(jacrev(single, has_aux=True), in_dims=(None, 0))(wrt, x)
-        return {n: j.detach() for n, j in jac.items()}
+        _, jac = per_sample_jacobians(self.model, single, wrt, x)
+        return jac
 
 
 def _call(model: nn.Module, params: dict[str, Tensor], x: Inputs) -> Tensor:
-    if isinstance(x, dict):
-        return call_model_functional(model, params, (), dict(x))
-    return call_model_functional(model, params, (x,), {})
+    return call_model_functional(model, params, *model_call_args(model, x))

@@ -41,13 +41,15 @@ from laplace_cli.core.enums import LinkApprox, PredType, PriorStructure, Structu
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.tuning.common import TuningWarning
 from laplace_cli.tuning.grid import LOSSES as LOSSES  # re-exported, as LOG_BOUND below
-from laplace_cli.tuning.grid import LossFn, grid_losses, run_gridsearch
+from laplace_cli.tuning.grid import LossFn, compare_with_map, grid_losses, map_loss, run_gridsearch
 from laplace_cli.tuning.marglik import LOG_BOUND as LOG_BOUND
-from laplace_cli.tuning.marglik import log_evidence, run_marglik
+from laplace_cli.tuning.marglik import Progress, log_evidence, no_progress, run_marglik
 from laplace_cli.tuning.protocol import FittedLaplace
 
 __all__ = [
     "TuningWarning",
+    "compare_with_map",
+    "map_loss",
     "log_evidence",
     "optimize_prior_precision",
     "optimize_sigma_noise",
@@ -89,6 +91,8 @@ def optimize_prior_precision(
     n_samples: int = 100,
     seed: int = 0,
     use_cache: bool = True,
+    progress: Progress = no_progress,
+    _verbose: bool = False,
 ) -> dict[str, Any]:
     """Tune the prior precision (and σ, T) of a fitted `Laplace`; set them on `la`.
 
@@ -117,10 +121,14 @@ def optimize_prior_precision(
         init_prior_prec: start of marglik (default: the current prior, reduced or expanded to
             `prior_structure`).
         tune_prior: False keeps δ and tunes σ on its own (marglik, regression).
-        tune_sigma_noise: tune σ jointly by marglik; default True for regression.
+        tune_sigma_noise: also tune σ by marglik (regression). Default off, as laplace-torch:
+            a σ the user set is kept (`laplace tune` turns it on for regression); with
+            `tune_prior=False` it defaults to on.
         n_samples: Monte Carlo samples for link_approx "mc" / pred_type "nn".
         seed: seed of those samples; every grid point uses the same draws.
         use_cache: False scores each grid point by calling `la(...)` (slow; for checking).
+        progress: `progress(iterable, total, description)` wrapper of the marglik steps (the
+            CLI's progress bar); the default shows nothing.
 
     Returns:
         A JSON-serialisable dict, also stored as `la.tuning`: method, prior_structure,
@@ -159,6 +167,7 @@ def optimize_prior_precision(
             lr=lr,
             optimizer=optimizer,
             tol=tol,
+            progress=progress,
         )
         result["pred_type"] = None if pred_type is None else PredType.parse(pred_type).value
         result["link_approx"] = None if link_approx is None else LinkApprox.parse(link_approx).value
@@ -208,7 +217,81 @@ def optimize_prior_precision(
         **result,
     }
     la.tuning = result
+    if _verbose:  # laplace-torch's `verbose=True`
+        print(f"Optimized prior precision is {la.prior_precision}.")
     return result
+
+
+#: laplace-torch 0.3's positional order of `optimize_prior_precision`'s arguments.
+LAPLACE_TORCH_ORDER = (
+    "pred_type",
+    "method",
+    "n_steps",
+    "lr",
+    "init_prior_prec",
+    "prior_structure",
+    "val_loader",
+    "loss",
+    "log_prior_prec_min",
+    "log_prior_prec_max",
+    "grid_size",
+    "link_approx",
+    "n_samples",
+    "verbose",
+    "progress_bar",
+    "log_prior_prec_base",
+)
+
+
+def laplace_torch_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Keywords of `optimize_prior_precision` from a call written for laplace-torch 0.3.
+
+    Positional arguments take laplace-torch's order (`pred_type` first), except that a first
+    argument "marglik" / "gridsearch" is the method (this project's earlier signature, kept).
+    `verbose` prints the result; `progress_bar` shows a tqdm bar over the marglik steps (when
+    tqdm is installed); `log_prior_prec_base` is the base of the grid (default 10). The other
+    keywords pass through (see `optimize_prior_precision`).
+    """
+    kwargs = dict(kwargs)
+    args = tuple(args)
+    if args and isinstance(args[0], str) and args[0] in {m.value for m in TuneMethod}:
+        kwargs.setdefault("method", args[0])
+        args = args[1:]
+        order = LAPLACE_TORCH_ORDER[2:]
+    else:
+        order = LAPLACE_TORCH_ORDER
+    if len(args) > len(order):
+        raise BadInputError(
+            f"optimize_prior_precision takes at most {len(order)} positional arguments "
+            f"({', '.join(order)}), got {len(args)}"
+        )
+    for name, value in zip(order, args):
+        if name in kwargs:
+            raise BadInputError(f"optimize_prior_precision got {name!r} twice")
+        kwargs[name] = value
+    verbose = bool(kwargs.pop("verbose", False))
+    progress_bar = bool(kwargs.pop("progress_bar", False))
+    base = float(kwargs.pop("log_prior_prec_base", 10.0))
+    if base != 10.0 and kwargs.get("grid") is None:
+        import torch
+
+        lo = float(kwargs.pop("log_prior_prec_min", -4.0))
+        hi = float(kwargs.pop("log_prior_prec_max", 4.0))
+        size = int(kwargs.pop("grid_size", 100))
+        kwargs["grid"] = torch.logspace(lo, hi, size, base=base, dtype=torch.float64)
+    if progress_bar and "progress" not in kwargs:
+        kwargs["progress"] = _tqdm_progress
+    if verbose:
+        kwargs["_verbose"] = True
+    return kwargs
+
+
+def _tqdm_progress(it: Iterable[Any], total: int | None = None, description: str = "") -> Any:
+    try:
+        import tqdm
+    except ImportError:  # the bar is cosmetic: without tqdm the tuning runs silently
+        return it
+    return tqdm.tqdm(it, total=total, desc=description)
 
 
 def optimize_sigma_noise(la: FittedLaplace, **kwargs: Any) -> dict[str, Any]:

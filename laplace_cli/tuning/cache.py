@@ -250,7 +250,9 @@ class PredictiveCache:
         blocks: rank-one weight blocks (with their biases) and dense blocks.
     """
 
-    def __init__(self, la: FittedLaplace, inputs: Iterable[Any], targets: Tensor | None = None) -> None:
+    def __init__(
+        self, la: FittedLaplace, inputs: Iterable[Any], targets: Tensor | None = None
+    ) -> None:
         la.require_fit()
         reason = cache_unsupported_reason(la)
         if reason is not None:

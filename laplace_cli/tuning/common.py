@@ -12,8 +12,10 @@ import warnings
 
 from torch import Tensor
 
+from laplace_cli.core.errors import LaplaceWarning
 
-class TuningWarning(UserWarning):
+
+class TuningWarning(LaplaceWarning):
     """A tuning result to look at: optimum on the grid's edge, no convergence, a loss that cannot choose."""
 
 

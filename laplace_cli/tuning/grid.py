@@ -66,6 +66,44 @@ def grid_losses(
     return _cached_losses(la, cache, priors, scales, name, fn, la_, n_samples, seed)
 
 
+def check_grid(
+    log_min: float | None,
+    log_max: float | None,
+    size: int | None,
+    names: tuple[str, str, str] = ("log_prior_prec_min", "log_prior_prec_max", "grid_size"),
+) -> dict[str, Any]:
+    """The grid settings given (None: the default), checked, as `optimize_prior_precision`
+    keywords: log10 bounds finite and min < max (defaults -4 and 4), at least 2 points.
+
+    `names` are what the caller calls them in messages (CLI flags, recipe keys)."""
+    lo = -4.0 if log_min is None else log_min
+    hi = 4.0 if log_max is None else log_max
+    problems = []
+    for name, value in ((names[0], lo), (names[1], hi)):
+        if not math.isfinite(value) or abs(value) > 300:
+            problems.append(
+                f"{name}: expected the log10 of a prior precision between -300 and 300, "
+                f"got {value:g}"
+            )
+    if not problems and not lo < hi:
+        problems.append(
+            f"{names[0]} {lo:g} must be below {names[1]} {hi:g} (both are log10 of the prior "
+            "precision; the defaults are -4 and 4)"
+        )
+    if size is not None and (isinstance(size, bool) or int(size) != size or size < 2):
+        problems.append(f"{names[2]}: expected an integer >= 2, got {size}")
+    if problems:
+        raise BadInputError("\n".join(problems))
+    out: dict[str, Any] = {}
+    if log_min is not None:
+        out["log_prior_prec_min"] = float(log_min)
+    if log_max is not None:
+        out["log_prior_prec_max"] = float(log_max)
+    if size is not None:
+        out["grid_size"] = int(size)
+    return out
+
+
 def _positive_values(values: Any, what: str) -> Tensor:
     t = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
     if t.numel() == 0:
@@ -193,10 +231,11 @@ def _cached_losses(
     f_mu, y = cache.f_mu, cache.y
     out_losses = []
     if lik == Likelihood.REGRESSION or link == LinkApprox.PROBIT:
-        step = _chunk_size(la, cache, priors.numel())
+        n_points = priors.shape[0]  # priors: (G,) scalars or (G, k) vectors
+        step = _chunk_size(la, cache, n_points)
         noise = (la.sigma_noise.reshape(-1) ** 2).reshape(-1, 1)  # (1, 1) or (C, 1)
         mu = f_mu.unsqueeze(-1)  # (N, C, 1)
-        for start in range(0, priors.numel(), step):
+        for start in range(0, n_points, step):
             stop = start + step
             var = cache.variance_ncg(priors[start:stop], scales[start:stop])  # (N, C, G)
             if lik == Likelihood.REGRESSION:
@@ -211,7 +250,7 @@ def _cached_losses(
     # Link approximations that need the full C×C covariance: one grid point at a time, through
     # `predictive.glm_link` itself; Monte Carlo draws restart from `seed` at every point.
     for prior, scale in zip(priors, scales):
-        fv = cache.functional_variance(prior.reshape(1), scale)  # (N, C, C)
+        fv = cache.functional_variance(prior.reshape(1, -1), scale)  # (N, C, C)
         gen = torch.Generator(device=cache.device).manual_seed(seed)
         probs = glm_link(lik, link, f_mu, fv, n_samples, gen)
         out_losses.append(_losses(lik, name, fn, probs.unsqueeze(-1), y))
@@ -237,7 +276,7 @@ def _direct_losses(
     vals = []
     try:
         for prior, temp in zip(priors, temps):
-            la.prior_precision = prior.reshape(1)
+            la.prior_precision = prior.reshape(-1)
             la.temperature = float(temp)
             gen = torch.Generator(device=la.device).manual_seed(seed)
             outs = []
@@ -312,6 +351,9 @@ def run_gridsearch(
             p_ = p.to(dtype=cache.dtype, device=cache.device)
             s = _scales(la, t.to(dtype=cache.dtype, device=cache.device))
             return _cached_losses(la, cache, p_, s, name, fn, link, n_samples, seed)
+
+        def map_outputs() -> tuple[Tensor, Tensor]:
+            return cache.f_mu, cache.y
     else:
         batches = [la.prepare_batch(b) for b in val_loader]
         batches = [(x, y) for x, y in batches if batch_size(x) > 0]
@@ -321,12 +363,16 @@ def run_gridsearch(
         def evaluate(p: Tensor, t: Tensor) -> Tensor:
             return _direct_losses(la, batches, p, t, name, fn, pt, link, n_samples, seed)
 
+        def map_outputs() -> tuple[Tensor, Tensor]:
+            return _map_outputs(la, batches)
+
     losses = evaluate(priors, temps)
     finite = torch.isfinite(losses)
     if not finite.any():
         raise NumericalError(f"the validation loss {name!r} is not finite at any grid point")
     best = int(torch.where(finite, losses, torch.inf).argmin())
     best_prior, best_temp = float(priors[best]), float(temps[best])
+    best_loss = float(losses[best])
     # A loss that is the same everywhere (mse) has no optimum, on the edge or elsewhere.
     constant = bool((losses[finite] == losses[finite][0]).all())
     on_edge = not constant and (
@@ -364,6 +410,7 @@ def run_gridsearch(
             j = int(fine_ok.argmin())
             if fine_ok[j] < losses[best]:
                 best_prior, refined = float(fine[j]), True
+                best_loss = float(fine_ok[j])
             curve.sort(key=lambda row: tuple(row[:-1]))
     if on_edge:
         prior_edge = prior_grid.numel() > 1 and float(priors[best]) in (
@@ -379,6 +426,7 @@ def run_gridsearch(
             f"grid search optimum is on the edge of the grid ({where}); extend the grid in that "
             "direction"
         )
+    map_check = _against_map(la, name, fn, best_loss, *map_outputs(), "grid search")
     la.prior_precision = torch.tensor([best_prior], dtype=la.dtype, device=la.device)
     la.temperature = best_temp
     tuned = ["prior_precision"] + (["temperature"] if temperature_grid is not None else [])
@@ -394,7 +442,98 @@ def run_gridsearch(
         "tuned": tuned,
         "cached": bool(cached),
         "refined": refined,
+        **map_check,
     }
+
+
+def _map_outputs(la: FittedLaplace, batches: list[tuple[Any, Tensor]]) -> tuple[Tensor, Tensor]:
+    """The MAP model's outputs and the targets of prepared batches."""
+    with torch.no_grad():
+        f = torch.cat([la.subset.output(x).to(la.dtype) for x, _ in batches])
+    return f, torch.cat([y for _, y in batches])
+
+
+def map_loss(la: FittedLaplace, loss: str | LossFn, f_map: Tensor, y: Tensor) -> float:
+    """The loss of the MAP predictive (softmax / sigmoid of the MAP outputs; for regression
+    N(f, σ²) with the posterior's σ), defined as the grid losses are."""
+    name, fn = _resolve_loss(la.likelihood, loss)
+    lik = la.likelihood
+    f = f_map.detach()
+    if lik == Likelihood.REGRESSION:
+        noise = (la.sigma_noise.detach().reshape(-1) ** 2).to(f).expand_as(f)
+        out: Any = (f, noise.unsqueeze(-1))
+    elif lik == Likelihood.CLASSIFICATION:
+        out = torch.softmax(f, dim=1).unsqueeze(-1)
+    else:
+        out = torch.sigmoid(f).unsqueeze(-1)
+    return float(_losses(lik, name, fn, out, y)[0])
+
+
+def _against_map(
+    la: FittedLaplace,
+    name: str,
+    fn: LossFn | None,
+    tuned: float,
+    f_map: Tensor,
+    y: Tensor,
+    how: str,
+) -> dict[str, Any]:
+    """`map_loss`, `worse_than_map` for the result; a TuningWarning when the tuned posterior's
+    loss on the tuning data is above the MAP's (then the Laplace predictive does harm there)."""
+    base = map_loss(la, fn if fn is not None else name, f_map, y)
+    worse = math.isfinite(tuned) and tuned > base + 1e-9 * max(1.0, abs(base))
+    if worse:
+        warn(
+            f"the posterior tuned by {how} is worse than the MAP on the tuning data "
+            f"({name} {tuned:.4g} vs MAP {base:.4g}): its predictive does harm here; "
+            + (
+                "widen the grid towards larger prior precisions, or predict with the MAP"
+                if how == "grid search"
+                else "tune by grid search on this data instead, or predict with the MAP"
+            )
+        )
+    return {
+        "tuned_loss": _json_float(tuned),
+        "map_loss": _json_float(base),
+        "worse_than_map": worse,
+    }
+
+
+def compare_with_map(
+    la: FittedLaplace,
+    val_loader: Iterable[Any],
+    *,
+    loss: str | LossFn = "nll",
+    pred_type: Any = None,
+    link_approx: Any = None,
+    n_samples: int = 100,
+    seed: int = 0,
+    use_cache: bool = True,
+    how: str = "marglik",
+) -> dict[str, Any]:
+    """Score the posterior as it is (its prior, σ, T) and the MAP on validation data.
+
+    Returns `{"loss", "tuned_loss", "map_loss", "worse_than_map"}` (the grid search reports the
+    same keys) and warns (TuningWarning) when the posterior's loss is above the MAP's.
+    """
+    name, fn = _resolve_loss(la.likelihood, loss)
+    pt, link = _resolve_predictive(la, pred_type, link_approx)
+    prior = la.prior_precision.detach().reshape(1, -1)
+    temp = torch.tensor([float(la.temperature)], dtype=torch.float64)
+    if use_cache and cache_unsupported_reason(la) is None and pt == PredType.GLM:
+        cache = PredictiveCache.from_loader(la, val_loader)
+        p_ = prior.to(dtype=cache.dtype, device=cache.device)
+        s = _scales(la, temp.to(dtype=cache.dtype, device=cache.device))
+        tuned = _cached_losses(la, cache, p_, s, name, fn, link, n_samples, seed)
+        f_map, y = cache.f_mu, cache.y
+    else:
+        batches = [la.prepare_batch(b) for b in val_loader]
+        batches = [(x, y) for x, y in batches if batch_size(x) > 0]
+        if not batches:
+            raise BadInputError("the validation data is empty")
+        tuned = _direct_losses(la, batches, prior, temp, name, fn, pt, link, n_samples, seed)
+        f_map, y = _map_outputs(la, batches)
+    return {"loss": name, **_against_map(la, name, fn, float(tuned[0]), f_map, y, how)}
 
 
 def _as_point(out: Tensor | tuple[Tensor, Tensor]) -> Tensor | tuple[Tensor, Tensor]:

@@ -6,6 +6,8 @@ Split out of `laplace_cli.tuning.api` (see its docstring for the method), which 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -16,6 +18,15 @@ from laplace_cli.core.errors import BadInputError, NumericalError
 from laplace_cli.posterior.base import expand_prior
 from laplace_cli.tuning.common import short_tensor, warn
 from laplace_cli.tuning.protocol import FittedLaplace
+
+Progress = Callable[[Iterable[Any], "int | None", str], Iterable[Any]]
+
+
+def no_progress(
+    it: Iterable[Any], total: int | None = None, description: str = ""
+) -> Iterable[Any]:
+    return it
+
 
 #: Log-space bound on δ and σ during marglik (e^±25 ≈ 7e10): keeps exp() finite in float32.
 LOG_BOUND = 25.0
@@ -50,6 +61,16 @@ def _initial_prior(la: FittedLaplace, ps: PriorStructure, init: Any) -> Tensor:
     return vec.clone()
 
 
+def _what(la: FittedLaplace, ps: PriorStructure) -> str:
+    """What one evaluation of the evidence costs, for the progress line."""
+    structure = la.hessian_structure.value
+    if structure == "full":
+        p = la.n_params
+        how = "eigendecomposition" if ps == PriorStructure.SCALAR else "Cholesky factorisation"
+        return f"{how} of the {p:,}×{p:,} precision"
+    return f"{structure}, {la.n_params:,} parameters"
+
+
 def run_marglik(
     la: FittedLaplace,
     ps: PriorStructure,
@@ -61,10 +82,14 @@ def run_marglik(
     lr: float | None,
     optimizer: str,
     tol: float | None,
+    progress: Progress = no_progress,
 ) -> dict[str, Any]:
     regression = la.likelihood == Likelihood.REGRESSION
     if tune_sigma is None:
-        tune_sigma = regression
+        # As laplace-torch: σ is the user's unless they ask for it to be tuned (it used to be
+        # retuned by default for regression, overwriting a σ set on purpose). `laplace tune`
+        # asks for it explicitly (pipeline.tune). With tune_prior=False σ is all there is to tune.
+        tune_sigma = regression and not tune_prior
     if tune_sigma and not regression:
         raise BadInputError("sigma_noise is tuned for regression only")
     if not (tune_prior or tune_sigma):
@@ -107,7 +132,19 @@ def run_marglik(
     else:
         opt = torch.optim.Adam(params, lr=0.1 if lr is None else lr)
 
+    # Evaluations by point: the convergence test after a step and the next step's first
+    # evaluation land on a point the line search (or the step before) has just evaluated. On a
+    # full posterior with a non-scalar prior every evaluation is an O(P³) factorisation, so a
+    # point is evaluated once (the points are a few log-priors: the memo is tiny).
+    memo: dict[bytes, tuple[Tensor, list[Tensor]]] = {}
+
     def closure() -> Tensor:
+        key = b"".join(p.detach().cpu().numpy().tobytes() for p in params)
+        if key in memo:
+            f, grads = memo[key]
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            return f
         opt.zero_grad()
         f = objective()
         if not torch.isfinite(f):
@@ -116,12 +153,23 @@ def run_marglik(
                 f"{short_tensor(log_prior.detach().exp())}, sigma_noise {short_tensor(log_sigma.detach().exp())}"
             )
         f.backward()
+        if len(memo) > 256:
+            memo.clear()
+        memo[key] = (f.detach(), [p.grad.detach().clone() for p in params])
         return f
 
-    f_prev = float(closure().detach())
+    started = time.perf_counter()
+    first = progress([None], 1, f"marglik: first evaluation ({_what(la, ps)})")
+    for _ in first:  # the first evaluation may be a long factorisation: show it
+        f_prev = float(closure().detach())
+    per_eval = time.perf_counter() - started
     converged, stalled, steps = False, 0, 0
     patience = 3 if optimizer == "lbfgs" else 20
-    for steps in range(1, n_steps + 1):  # noqa: B007 - steps is reported
+    # The optimiser stops when converged, usually long before n_steps: the bar counts steps
+    # and the description says what one evaluation costs (a step makes one or a few).
+    label = f"marglik steps (≈{per_eval:.2g} s per evaluation)" if per_eval >= 0.5 else "marglik"
+    # An iterator, not the range: no length, so the bar counts steps without a false total.
+    for steps in progress(iter(range(1, n_steps + 1)), None, label):  # noqa: B007 - reported
         opt.step(closure)
         f_now = float(closure().detach())
         gmax = max(float(p.grad.abs().max()) for p in params)

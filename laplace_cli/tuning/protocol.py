@@ -61,4 +61,3 @@ class FittedLaplace(Protocol):
     def log_marginal_likelihood(
         self, prior_precision: Tensor | None = None, sigma_noise: Tensor | None = None
     ) -> Tensor: ...
-

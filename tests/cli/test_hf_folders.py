@@ -72,7 +72,8 @@ def test_fit_takes_a_peft_adapter_folder_and_tune_evaluate_take_it_as_model(
     assert fit.exit_code == 0, fit.output
     meta = read_posterior(post).metadata
     assert meta["model"]["form"] == "hf"
-    assert Path(meta["model"]["path"]) == folders["adapter"].resolve()
+    # Recorded relative to the posterior's folder (laplace_cli.io.model_paths).
+    assert (post.parent / meta["model"]["path"]).resolve() == folders["adapter"].resolve()
     override = ["--model", folders["adapter"], "--model-kwargs", folders["kwargs"]]
     tune = invoke(
         ["tune", "-p", post, "--data", folders["data"], "--method", "gridsearch", "-q"] + override

@@ -123,7 +123,17 @@ def test_not_positive_definite_after_jitter(
         "predict": ["predict", "-p", str(indefinite), "--data", data],
         "evaluate": ["evaluate", "-p", str(indefinite), "--data", data, "--split", "test"],
         "marglik": ["marglik", str(indefinite)],
-        "tune": ["tune", "-p", str(indefinite), "-o", str(tmp_path / "tuned.st")],
+        # layer-wise: the fixture's prior is layer-wise (the Cholesky path); the default
+        # prior structure of tune is scalar (the eigendecomposition path, which clamps H).
+        "tune": [
+            "tune",
+            "-p",
+            str(indefinite),
+            "--prior-structure",
+            "layerwise",
+            "-o",
+            str(tmp_path / "tuned.st"),
+        ],
     }[command]
     before = indefinite.read_bytes()
     invoke(

@@ -1,4 +1,4 @@
-"""Dataset specs (docs/design.md §3): every format, every error at once, chunked streaming input."""
+"""Dataset specs (docs/data-spec.md): every format, every error at once, chunked streaming input."""
 
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ from laplace_cli.cli.app import app
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.checkpoints import model_fingerprint
 from laplace_cli.io.posterior_file import read_posterior, write_posterior
-from laplace_cli.laplace.serialization import laplace_from_state, laplace_state
+from laplace_cli.laplace.rebuild import laplace_from_state
+from laplace_cli.laplace.serialization import laplace_state
 from tests.conftest import tiny_cnn, tiny_data, tiny_mlp
 
 REPO = Path(__file__).resolve().parents[2]

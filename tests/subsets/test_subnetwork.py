@@ -72,7 +72,8 @@ def test_subset_equals_dense_sub_block(float64, curvature, model_name):
     assert_close(full.posterior.curvature_dense(), dense[idx][:, idx], what="full sub-block")
     assert_close(diag.posterior.h, dense.diagonal()[idx], what="diag sub-block")
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    assert_close(full.mean, theta[idx])
+    assert_close(full.mean_subnet, theta[idx])
+    assert_close(full.mean, theta)  # over all parameters, as laplace-torch
     # The GLM predictive of the subnetwork: J_S Λ_S⁻¹ J_Sᵀ with the selected Jacobian columns.
     _, J = ref.jacobians(model, names, X)
     cov = torch.linalg.inv(dense[idx][:, idx] + torch.eye(len(idx)))
@@ -218,8 +219,11 @@ def test_subnetwork_samples_and_nn_predictive(float64):
     idx = torch.tensor([2, 16, 25, 41])
     la = Laplace(model, "classification", "subnetwork", "full", subnetwork_indices=idx)
     la.fit(loader(X, y))
-    theta = la.sample(3, generator=torch.Generator().manual_seed(0))
+    theta = la._sample_subset(3, generator=torch.Generator().manual_seed(0))
     assert theta.shape == (3, 4)
+    whole = la.sample(3, generator=torch.Generator().manual_seed(0))  # all parameters
+    assert whole.shape == (3, sum(p.numel() for p in model.parameters()))
+    assert torch.equal(whole[:, idx], theta)
     full_theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
     full_theta[idx] = theta[0]
     params = ref.unflat(full_theta, ref.subset_params(model, all_names(model)))

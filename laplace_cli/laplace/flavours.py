@@ -1,0 +1,289 @@
+"""laplace-torch's Laplace classes over all weights, as thin layers over `laplace_cli.Laplace`.
+
+laplace-torch has one class per (subset of weights, Hessian structure); this project has one
+class, `Laplace`, taking both as arguments. Each flavour here is a subclass of `Laplace` that
+fixes the pair (`_key`, as in laplace-torch) and takes laplace-torch's constructor signature
+(positional order included), then runs `Laplace.__init__`: one engine, no second
+implementation. `Laplace(model, lik, subset_of_weights=..., hessian_structure=...)` returns an
+instance of the matching flavour (as laplace-torch's factory does), so
+`isinstance(Laplace(model, "classification", hessian_structure="kron"), KronLaplace)` holds.
+
+Keyword arguments beyond laplace-torch's (`curvature`, `rank`, `seed`, `max_memory`, ...)
+pass through to `Laplace`. laplace-torch arguments with no meaning here are refused with the
+alternative: `damping=True` (K-FAC damping), `asdl_fisher_kwargs`, Hessian backends. Function-
+space Laplace (`FunctionalLaplace`, `hessian_structure="gp"`, ELLA, VaLLA) is not implemented:
+those names raise `NotImplementedError`. See docs/migrating.md.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from laplace_cli.core.errors import BadInputError
+from laplace_cli.laplace.approximation import Laplace
+
+__all__ = [
+    "BaseLaplace",
+    "ParametricLaplace",
+    "DiagLaplace",
+    "KronLaplace",
+    "FullLaplace",
+    "LowRankLaplace",
+    "FunctionalLaplace",
+    "BaseFunctionalLaplace",
+    "ELLA",
+    "VaLLA",
+]
+
+#: laplace-torch's base class of every Laplace; here the one engine class itself.
+BaseLaplace = Laplace
+
+FUNCTION_SPACE_MESSAGE = (
+    "function-space (GP) Laplace (laplace-torch's FunctionalLaplace, FunctionalLLLaplace, "
+    "ELLA, VaLLA, hessian_structure='gp') is not implemented in laplace_cli yet: it is the "
+    "separate 'function-space Laplace' issue; use a weight-space structure ('diag', 'kron', "
+    "'full' or 'lowrank')"
+)
+
+
+def _laplace_accepts(name: str) -> bool:
+    return name in inspect.signature(Laplace.__init__).parameters
+
+
+class ParametricLaplace(Laplace):
+    """laplace-torch's base of weight-space Laplace flavours; construct a subclass.
+
+    Args (laplace-torch's order): model, likelihood, sigma_noise, prior_precision, prior_mean,
+    temperature, enable_backprop, dict_key_x, dict_key_y, backend, backend_kwargs,
+    asdl_fisher_kwargs; further keywords go to `laplace_cli.Laplace`.
+    """
+
+    #: (subset_of_weights, hessian_structure), as laplace-torch's `_key`; None: abstract.
+    _key: ClassVar[tuple[str, str] | None] = None
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: str,
+        sigma_noise: float | torch.Tensor = 1.0,
+        prior_precision: float | torch.Tensor = 1.0,
+        prior_mean: float | torch.Tensor = 0.0,
+        temperature: float = 1.0,
+        enable_backprop: bool = False,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+        backend: type | str | None = None,
+        backend_kwargs: dict[str, Any] | None = None,
+        asdl_fisher_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._init_flavour(
+            model,
+            likelihood,
+            sigma_noise=sigma_noise,
+            prior_precision=prior_precision,
+            prior_mean=prior_mean,
+            temperature=temperature,
+            enable_backprop=enable_backprop,
+            dict_key_x=dict_key_x,
+            dict_key_y=dict_key_y,
+            backend=backend,
+            backend_kwargs=backend_kwargs,
+            asdl_fisher_kwargs=asdl_fisher_kwargs,
+            **kwargs,
+        )
+
+    def _init_flavour(self, model: nn.Module, likelihood: str, **kwargs: Any) -> None:
+        """`Laplace.__init__` with this flavour's subset and structure."""
+        key = type(self)._key
+        if key is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} is an abstract base: construct a flavour (DiagLaplace, "
+                "KronLLLaplace, FullSubnetLaplace, ...) or call laplace_cli.Laplace(model, "
+                "likelihood, subset_of_weights=..., hessian_structure=...)"
+            )
+        subset, structure = key
+        for name, fixed in (("subset_of_weights", subset), ("hessian_structure", structure)):
+            given = kwargs.pop(name, fixed)
+            if str(getattr(given, "value", given)) != fixed:
+                raise BadInputError(
+                    f"{type(self).__name__} has {name}={fixed!r}, got {given!r}; use "
+                    f"laplace_cli.Laplace(..., {name}={given!r}) for another one"
+                )
+        if not kwargs.get("enable_backprop"):
+            kwargs.pop("enable_backprop", None)
+        elif not _laplace_accepts("enable_backprop"):  # pragma: no cover - engine-dependent
+            raise NotImplementedError("enable_backprop=True is not available in this version")
+        if kwargs.get("backend") is None:
+            kwargs["backend"] = "auto"  # laplace-torch's None: its default GGN, ours too
+        Laplace.__init__(self, model, likelihood, subset, structure, **kwargs)
+
+
+class DiagLaplace(ParametricLaplace):
+    """Diagonal posterior precision over all weights (laplace-torch's `DiagLaplace`)."""
+
+    _key = ("all", "diag")
+
+
+class FullLaplace(ParametricLaplace):
+    """Dense posterior precision over all weights (laplace-torch's `FullLaplace`)."""
+
+    _key = ("all", "full")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: str,
+        sigma_noise: float | torch.Tensor = 1.0,
+        prior_precision: float | torch.Tensor = 1.0,
+        prior_mean: float | torch.Tensor = 0.0,
+        temperature: float = 1.0,
+        enable_backprop: bool = False,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+        backend: type | str | None = None,
+        backend_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            model,
+            likelihood,
+            sigma_noise,
+            prior_precision,
+            prior_mean,
+            temperature,
+            enable_backprop,
+            dict_key_x,
+            dict_key_y,
+            backend,
+            backend_kwargs,
+            **kwargs,
+        )
+
+
+def refuse_damping(damping: bool) -> None:
+    if damping:
+        raise BadInputError(
+            "damping=True (laplace-torch's damped K-FAC, which adds the prior to each Kronecker "
+            "factor) is not offered by laplace_cli; its K-FAC adds the prior exactly as "
+            "laplace-torch's default damping=False: leave damping out, or use "
+            "hessian_structure='diag' / 'full'"
+        )
+
+
+class KronLaplace(ParametricLaplace):
+    """Kronecker-factored (K-FAC) posterior precision over all weights.
+
+    `damping` is laplace-torch's; only False (its default) is offered.
+    """
+
+    _key = ("all", "kron")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: str,
+        sigma_noise: float | torch.Tensor = 1.0,
+        prior_precision: float | torch.Tensor = 1.0,
+        prior_mean: float | torch.Tensor = 0.0,
+        temperature: float = 1.0,
+        enable_backprop: bool = False,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+        backend: type | str | None = None,
+        damping: bool = False,
+        backend_kwargs: dict[str, Any] | None = None,
+        asdl_fisher_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        refuse_damping(damping)
+        super().__init__(
+            model,
+            likelihood,
+            sigma_noise,
+            prior_precision,
+            prior_mean,
+            temperature,
+            enable_backprop,
+            dict_key_x,
+            dict_key_y,
+            backend,
+            backend_kwargs,
+            asdl_fisher_kwargs,
+            **kwargs,
+        )
+
+    damping = False  # laplace-torch's attribute; damping is not offered (see __init__)
+
+
+class LowRankLaplace(ParametricLaplace):
+    """Low-rank + diagonal posterior precision over all weights.
+
+    laplace-torch takes the top eigenpairs of the exact Hessian (old asdfghjkl); here they are
+    the top-`rank` eigenpairs of the GGN (default min(P, 100); keyword `rank`), found
+    matrix-free (posterior/lowrank.py): a positive semi-definite curvature, so the posterior is
+    always proper. A Hessian backend is refused.
+    """
+
+    _key = ("all", "lowrank")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        likelihood: str,
+        backend: type | str | None = None,
+        sigma_noise: float | torch.Tensor = 1.0,
+        prior_precision: float | torch.Tensor = 1.0,
+        prior_mean: float | torch.Tensor = 0.0,
+        temperature: float = 1.0,
+        enable_backprop: bool = False,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+        backend_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            model,
+            likelihood,
+            sigma_noise,
+            prior_precision,
+            prior_mean,
+            temperature,
+            enable_backprop,
+            dict_key_x,
+            dict_key_y,
+            backend,
+            backend_kwargs,
+            **kwargs,
+        )
+
+
+class BaseFunctionalLaplace:
+    """laplace-torch's function-space Laplace: not implemented here (NotImplementedError)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(FUNCTION_SPACE_MESSAGE)
+
+
+class FunctionalLaplace(BaseFunctionalLaplace):
+    """laplace-torch's GP Laplace over all weights: not implemented here."""
+
+
+class ELLA(BaseFunctionalLaplace):
+    """laplace-torch's Nyström function-space Laplace: not implemented here."""
+
+
+class VaLLA(BaseFunctionalLaplace):
+    """laplace-torch's variational function-space Laplace: not implemented here."""
+
+
+# laplace-torch users see (and pickle by) its module path, laplace_cli.baselaplace, which re-exports
+# these classes; the code lives here, in the laplace package.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = "laplace_cli.baselaplace"

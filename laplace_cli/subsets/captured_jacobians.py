@@ -1,0 +1,86 @@
+"""Per-sample Jacobians of `nn.Embedding` and `nn.LayerNorm` parameters from forward-hook captures.
+
+Like the Linear/Conv2d factors of `subsets.AllWeights`, one batched forward pass and C backward
+passes to the module outputs give every example's Jacobian: for an embedding with indices
+idx (B, T) and output Jacobians G = ∂f_c/∂z (B, C, T, D), J_b[c, v, :] = Σ_{t: idx[b,t]=v}
+G[b, c, t]; for a LayerNorm with normalised inputs x̂ (B, T, n), J_b[c] = Σ_t G[b, c, t] ⊙ x̂[b, t]
+(weight) and Σ_t G[b, c, t] (bias). No `torch.func.vmap` is involved, so this also serves models
+that vmap cannot run (transformers' attention-mask code branches on the data).
+
+Only exact `nn.Embedding` / `nn.LayerNorm` modules whose parameter no other module holds are
+taken, only when the module ran once with a per-example output (batch dimension B), and every
+batch is checked: Σ_b u_b·J_b must equal the gradient of Σ_b u_b·f_b for a random u. A parameter
+that fails (e.g. also used outside its module) gets the generic dense Jacobian instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def _capturable(module: nn.Module) -> bool:
+    if type(module) is nn.Embedding:  # subclasses may compute something else
+        return module.max_norm is None and not module.scale_grad_by_freq and not module.sparse
+    return type(module) is nn.LayerNorm and module.elementwise_affine
+
+
+def capturable_params(model: nn.Module, names: list[str]) -> dict[str, tuple[str, str]]:
+    """{parameter name: (module name, "weight"/"bias")} for those of `names` that have captured
+    Jacobians: held by exactly one module (tied weights are left out), an Embedding/LayerNorm."""
+    holders: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for role, p in module.named_parameters(recurse=False):
+            holders.setdefault(id(p), []).append((mname, module, role))
+    params = dict(model.named_parameters())
+    out: dict[str, tuple[str, str]] = {}
+    for name in names:
+        held = holders.get(id(params[name]), [])
+        if len(held) == 1 and _capturable(held[0][1]):
+            out[name] = (held[0][0], held[0][2])
+    return out
+
+
+def captured_jacobian(module: nn.Module, role: str, inp: Tensor, grad: Tensor) -> Tensor:
+    """Per-sample Jacobian (B, C, numel) of `module.<role>` from its input and output gradients
+    `grad` (C, B, *output shape[1:])."""
+    n_out, batch = grad.shape[:2]
+    if isinstance(module, nn.Embedding):
+        dim = module.embedding_dim
+        G = grad.reshape(n_out, batch, -1, dim).transpose(0, 1)  # (B, C, T, D)
+        idx = inp.reshape(batch, 1, -1, 1).expand(-1, n_out, -1, dim)
+        J = grad.new_zeros(batch, n_out, module.num_embeddings, dim)
+        J.scatter_add_(2, idx, G)
+        if module.padding_idx is not None:
+            J[:, :, module.padding_idx] = 0  # autograd gives the padding row no gradient
+        return J.reshape(batch, n_out, -1)
+    assert isinstance(module, nn.LayerNorm)
+    n = math.prod(module.normalized_shape)
+    G = grad.reshape(n_out, batch, -1, n).transpose(0, 1)  # (B, C, T, n)
+    if role == "bias":
+        return G.sum(2)
+    xhat = F.layer_norm(inp.detach(), module.normalized_shape, eps=module.eps)
+    return torch.einsum("bctn,btn->bcn", G, xhat.reshape(batch, -1, n).to(G.dtype))
+
+
+def agrees_with_gradient(f: Tensor, params: list[Tensor], jacobians: list[Tensor]) -> list[bool]:
+    """Per parameter: Σ_b u_b·J_b equals ∂(Σ_b u_b·f_b)/∂θ for a fixed random u (B, C)?
+
+    Catches what the hooks cannot see (the parameter also used outside its module, an output
+    that mixes examples). `f` must still have its graph.
+    """
+    g = torch.Generator(device="cpu").manual_seed(0)
+    u = torch.randn(f.shape, generator=g, dtype=torch.float64).to(device=f.device, dtype=f.dtype)
+    grads = torch.autograd.grad(f, params, grad_outputs=u, retain_graph=True, allow_unused=True)
+    out = []
+    tol = 1e-10 if f.dtype == torch.float64 else 1e-4
+    for p, grad, J in zip(params, grads, jacobians):
+        expected = torch.zeros_like(p) if grad is None else grad
+        got = torch.einsum("bc,bcp->p", u.to(J.dtype), J).to(expected.dtype)
+        scale = float(expected.abs().max().clamp_min(got.abs().max()))
+        err = float((got - expected.reshape(-1)).abs().max()) if got.numel() else 0.0
+        out.append(err <= tol * scale + 1e-30)
+    return out

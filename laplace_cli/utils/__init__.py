@@ -1,0 +1,47 @@
+"""laplace-torch's `laplace.utils` names: subnetwork masks, `FeatureExtractor`, helpers.
+
+Each is a thin layer over this project's engine (masks: subnetwork.py, the functions the CLI's
+`--subnetwork` selectors call). laplace-torch's `Kron` / `KronDecomposed` matrix classes are not
+offered: this project's K-FAC posterior keeps its own factors (posterior/kron.py); read
+`la.posterior_precision` for the dense matrix. See docs/migrating.md.
+"""
+
+from laplace_cli.utils.feature_extractor import FeatureExtractor
+from laplace_cli.utils.subnetmask import (
+    LargestMagnitudeSubnetMask,
+    LargestVarianceDiagLaplaceSubnetMask,
+    LargestVarianceSWAGSubnetMask,
+    LastLayerSubnetMask,
+    ModuleNameSubnetMask,
+    ParamNameSubnetMask,
+    RandomSubnetMask,
+    ScoreBasedSubnetMask,
+    SubnetMask,
+)
+from laplace_cli.utils.swag import fit_diagonal_swag_var
+from laplace_cli.utils.utils import (
+    expand_prior_precision,
+    fix_prior_prec_structure,
+    get_nll,
+    parameters_per_layer,
+    validate,
+)
+
+__all__ = [
+    "FeatureExtractor",
+    "SubnetMask",
+    "ScoreBasedSubnetMask",
+    "RandomSubnetMask",
+    "LargestMagnitudeSubnetMask",
+    "LargestVarianceDiagLaplaceSubnetMask",
+    "LargestVarianceSWAGSubnetMask",
+    "ParamNameSubnetMask",
+    "ModuleNameSubnetMask",
+    "LastLayerSubnetMask",
+    "fit_diagonal_swag_var",
+    "get_nll",
+    "validate",
+    "parameters_per_layer",
+    "expand_prior_precision",
+    "fix_prior_prec_structure",
+]

@@ -1,0 +1,96 @@
+"""laplace-torch's `FeatureExtractor`: a model wrapper returning the last layer's input too.
+
+The last layer is found by the rule of `subset_of_weights="last_layer"` (the last `nn.Linear`
+in module order, or `last_layer_name`; see last_layer.py), not by a probing forward pass as in
+laplace-torch (the same layer for models that run their modules in order). Features of more
+than two dimensions are reduced with `feature_reduction` ("pick_first", "pick_last",
+"average"); 2-D features are returned as they are (a no-op, as laplace-torch). Unlike
+laplace-torch, reduced features are not `.squeeze()`d, so a batch of one keeps shape (1, d).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from laplace_cli.core.batches import call_model
+from laplace_cli.core.errors import BadInputError
+
+__all__ = ["FeatureExtractor"]
+
+_REDUCTIONS = ("pick_first", "pick_last", "average")
+
+
+class FeatureExtractor(nn.Module):
+    """Wraps `model`; `forward_with_features(x)` returns (outputs, last-layer inputs)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        last_layer_name: str | None = None,
+        enable_backprop: bool = False,
+        feature_reduction: str | None = None,
+    ) -> None:
+        reduction = getattr(feature_reduction, "value", feature_reduction)
+        if reduction is not None and reduction not in _REDUCTIONS:
+            raise BadInputError(
+                "`feature_reduction` must be one of `{'pick_first', 'pick_last', 'average'}`!"
+            )
+        super().__init__()
+        self.model = model
+        self.enable_backprop = enable_backprop
+        self.feature_reduction = reduction
+        self.last_layer: nn.Module | None = None
+        self._last_layer_name: str | None = None
+        self._features: dict[str, Tensor] = {}
+        if last_layer_name is not None:
+            self.set_last_layer(last_layer_name)
+
+    def set_last_layer(self, last_layer_name: str) -> None:
+        """Use the module `last_layer_name` (an `nn.Linear`) as the last layer."""
+        from laplace_cli.subsets.last_layer import LastLayer
+
+        found = LastLayer(self.model, last_layer_name)
+        self._last_layer_name = found.last_layer_name
+        self.last_layer = found.head
+
+    def find_last_layer(self, x: Any) -> Tensor:
+        """Find the last layer (last `nn.Linear`), then return the model's output at `x`."""
+        from laplace_cli.subsets.last_layer import LastLayer
+
+        self.set_last_layer(LastLayer(self.model).last_layer_name)
+        return self.forward(x)
+
+    def forward(self, x: Any) -> Tensor:
+        if self.last_layer is None:
+            return self.find_last_layer(x)
+        return call_model(self.model, x)
+
+    def forward_with_features(self, x: Any) -> tuple[Tensor, Tensor]:
+        """(outputs, features): the model's output and the input of its last layer."""
+        if self.last_layer is None:
+            from laplace_cli.subsets.last_layer import LastLayer
+
+            self.set_last_layer(LastLayer(self.model).last_layer_name)
+        captured: list[Tensor] = []
+
+        def hook(_module: nn.Module, args: tuple, _out: Tensor) -> None:
+            captured.append(args[0] if self.enable_backprop else args[0].detach())
+
+        handle = self.last_layer.register_forward_hook(hook)  # type: ignore[union-attr]
+        try:
+            out = call_model(self.model, x)
+        finally:
+            handle.remove()
+        features = captured[-1]
+        self._features[self._last_layer_name] = features  # type: ignore[index]
+        if features.ndim > 2 and self.feature_reduction is not None:
+            middle = tuple(range(1, features.ndim - 1))
+            if self.feature_reduction == "pick_first":
+                features = features[(slice(None), *([0] * len(middle)), slice(None))]
+            elif self.feature_reduction == "pick_last":
+                features = features[(slice(None), *([-1] * len(middle)), slice(None))]
+            else:
+                features = features.mean(dim=middle)
+        return out, features
