@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from laplace_cli.cli.common import (
     apply_threads,
     check_device,
@@ -73,23 +76,11 @@ def evaluate(
     (regression); AUROC with --ood-data. With --fail-if, exits 1 when a gate holds.
     Under torchrun the processes share the predictive work; rank 0 reports.
     """
-    from laplace_cli.pipeline.gates import parse_gates
-
-    require_file(posterior, "--posterior")
-    require_file(data, "--data")
-    if ood_data is not None:
-        require_file(ood_data, "--ood-data")
-    check_output_file(report, "--report")
-    check_output_file(plot, "--plot")
-    check_output_file(html, "--html")
-    parse_gates(fail_if or [])
+    _check_flags(posterior, data, ood_data, report, plot, html, fail_if)
     apply_threads(threads)
     check_device(device)
     spec = model_override(model, model_factory, model_kwargs, trust_checkpoint)
-    if plot is not None or html is not None:
-        from laplace_cli.pipeline.report import figure_class
-
-        figure_class()  # fail now, before the work, when matplotlib is missing
+    _require_matplotlib(plot, html)
 
     from laplace_cli.pipeline import distributed
 
@@ -97,8 +88,6 @@ def evaluate(
     # computes the metrics of the whole split and alone writes and prints.
     distributed.context(device or "auto")
 
-    from laplace_cli.cli.console import emit_json, stderr_console
-    from laplace_cli.cli.render import print_evaluation
     from laplace_cli.pipeline.evaluation import evaluate as run_evaluate
     from laplace_cli.pipeline.evaluation import save_evaluation_outputs
     from laplace_cli.pipeline.stages import PredictOptions, load_posterior
@@ -128,19 +117,62 @@ def evaluate(
     )
     if result is None:
         return  # not rank 0
-    extra = {
+    extra = _posterior_identity(posterior, lp)
+    save_evaluation_outputs(
+        result, lp.la.likelihood, report=report, plot=plot, html=html, extra=extra
+    )
+    _report(result, extra, json_, quiet)
+    raise_for_gates(result)
+
+
+def _check_flags(
+    posterior: Path,
+    data: Path,
+    ood_data: Path | None,
+    report: Path | None,
+    plot: Path | None,
+    html: Path | None,
+    fail_if: list[str] | None,
+) -> None:
+    """Check the input files, the output files and the gates before any work."""
+    from laplace_cli.pipeline.gates import parse_gates
+
+    require_file(posterior, "--posterior")
+    require_file(data, "--data")
+    if ood_data is not None:
+        require_file(ood_data, "--ood-data")
+    check_output_file(report, "--report")
+    check_output_file(plot, "--plot")
+    check_output_file(html, "--html")
+    parse_gates(fail_if or [])
+
+
+def _require_matplotlib(plot: Path | None, html: Path | None) -> None:
+    """Fail now, before the work, when --plot or --html is asked for and matplotlib is missing."""
+    if plot is not None or html is not None:
+        from laplace_cli.pipeline.report import figure_class
+
+        figure_class()
+
+
+def _posterior_identity(posterior: Path, lp: Any) -> dict[str, Any]:
+    """What the report says of the posterior evaluated: its file, fingerprint and model."""
+    return {
         "posterior": str(posterior),
         "fingerprint": lp.metadata.get("fingerprint"),
         "model": lp.loaded.ref.to_dict(),
     }
-    save_evaluation_outputs(
-        result, lp.la.likelihood, report=report, plot=plot, html=html, extra=extra
-    )
+
+
+def _report(result: Any, extra: dict[str, Any], json_: bool, quiet: bool) -> None:
+    """The evaluation: JSON on stdout with --json, tables on stderr otherwise."""
+    from laplace_cli.cli.console import emit_json, stderr_console
+    from laplace_cli.cli.render import print_evaluation
+
     if json_:
         emit_json({**result.to_dict(), **extra})
     elif not quiet:
         print_evaluation(result, stderr_console)
-    raise_for_gates(result)
 
 
 def raise_for_gates(result) -> None:

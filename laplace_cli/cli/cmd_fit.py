@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 from laplace_cli.cli.common import (
     apply_threads,
@@ -96,6 +98,56 @@ def fit(
     process would. --checkpoint-every N and --resume make a long fit resumable.
     """
     started = time.perf_counter()
+    _check_files(model, data, output, prior, model_factory, model_kwargs)
+    check_positive(prior_precision, "--prior-precision")
+    check_positive(temperature, "--temperature")
+    _check_subset_flags(subset, structure, rank, subnetwork, last_layer_name)
+    apply_threads(threads)
+    check_device(device)
+    kwargs = parse_json_object(model_kwargs, "--model-kwargs")
+
+    from laplace_cli.pipeline.stages import FitOptions, ModelSpec, fit_and_save
+
+    options = FitOptions(
+        likelihood=likelihood.value if likelihood is not None else None,
+        subset=subset.value,
+        structure=structure.value,
+        curvature=curvature.value,
+        backend=backend.value,
+        prior_precision=prior_precision if prior_precision is not None else 1.0,
+        temperature=temperature if temperature is not None else 1.0,
+        prior=str(prior) if prior is not None else None,
+        last_layer_name=last_layer_name,
+        rank=rank,
+        subnetwork=subnetwork,
+        split=split,
+        batch_size=batch_size,
+        seed=seed if seed is not None else 0,
+        checkpoint_every=checkpoint_every or 0,
+        resume=resume,
+        output=str(output),
+    )
+    result = fit_and_save(
+        ModelSpec(str(model), model_factory, kwargs, trust_checkpoint),
+        data,
+        options,
+        output,
+        device=device or "auto",
+        dtype=dtype.value if dtype is not None else None,
+        progress=progress_for(quiet),
+    )
+    _report(result, output, started, quiet, json_)
+
+
+def _check_files(
+    model: Path,
+    data: Path,
+    output: Path,
+    prior: Path | None,
+    model_factory: str | None,
+    model_kwargs: str | None,
+) -> None:
+    """Check the model, data and prior files, the output file and the model factory's flags."""
     require_file(model, "MODEL", allow_model_dir=True)
     require_file(data, "--data")
     check_output_file(output)
@@ -103,8 +155,16 @@ def fit(
         require_file(prior, "--prior")
     check_factory(model_factory)
     parse_json_object(model_kwargs, "--model-kwargs")
-    check_positive(prior_precision, "--prior-precision")
-    check_positive(temperature, "--temperature")
+
+
+def _check_subset_flags(
+    subset: Subset,
+    structure: Structure,
+    rank: int | None,
+    subnetwork: str | None,
+    last_layer_name: str | None,
+) -> None:
+    """Check the flags that apply to one subset or structure only."""
     if rank is not None and structure != Structure.LOWRANK:
         raise BadInputError(
             f"--rank applies to --structure lowrank only, got --structure {structure}"
@@ -128,58 +188,11 @@ def fit(
         raise BadInputError(
             f"--last-layer-name applies to --subset last_layer only, got --subset {subset}"
         )
-    apply_threads(threads)
-    check_device(device)
-    kwargs = parse_json_object(model_kwargs, "--model-kwargs")
 
-    from laplace_cli.cli.console import emit_json, stderr_console
-    from laplace_cli.pipeline.stages import FitOptions, ModelSpec, save_posterior
-    from laplace_cli.pipeline.stages import fit as run_fit
 
-    options = FitOptions(
-        likelihood=likelihood.value if likelihood is not None else None,
-        subset=subset.value,
-        structure=structure.value,
-        curvature=curvature.value,
-        backend=backend.value,
-        prior_precision=prior_precision if prior_precision is not None else 1.0,
-        temperature=temperature if temperature is not None else 1.0,
-        prior=str(prior) if prior is not None else None,
-        last_layer_name=last_layer_name,
-        rank=rank,
-        subnetwork=subnetwork,
-        split=split,
-        batch_size=batch_size,
-        seed=seed if seed is not None else 0,
-        checkpoint_every=checkpoint_every or 0,
-        resume=resume,
-        output=str(output),
-    )
-    spec = ModelSpec(str(model), model_factory, kwargs, trust_checkpoint)
-    result = run_fit(
-        spec,
-        data,
-        options,
-        device=device or "auto",
-        dtype=dtype.value if dtype is not None else None,
-        progress=progress_for(quiet),
-    )
+def _summary(result: Any, output: Path, ctx: Any, started: float) -> dict[str, Any]:
+    """The --json summary (and the numbers of the human one)."""
     la = result.la
-    save_posterior(
-        la,
-        output,
-        result.loaded,
-        {"data": str(data.resolve()), "fit_seconds": round(result.seconds, 3)},
-    )
-    from laplace_cli.pipeline import distributed
-
-    ctx = distributed.context()
-    if ctx is not None:
-        ctx.barrier()  # rank 0 has written the posterior: the checkpoints are no longer needed
-    if result.checkpoint is not None:
-        result.checkpoint.remove()
-    if ctx is not None and not ctx.is_main:
-        return  # one summary, from rank 0
     summary = {
         "posterior": str(output),
         "likelihood": la.likelihood.value,
@@ -205,6 +218,20 @@ def fit(
         summary["resumed_batches"] = result.resumed_batches
     if result.notes:
         summary["notes"] = result.notes
+    return summary
+
+
+def _report(result: Any, output: Path, started: float, quiet: bool, json_: bool) -> None:
+    """The notes and the summary (from rank 0 alone under torchrun): JSON on stdout with
+    --json, one line on stderr otherwise."""
+    from laplace_cli.cli.console import emit_json, stderr_console
+    from laplace_cli.pipeline import distributed
+
+    ctx = distributed.context()
+    if ctx is not None and not ctx.is_main:
+        return  # one summary, from rank 0
+    summary = _summary(result, output, ctx, started)
+    la = result.la
     if not quiet:
         for note in result.notes:
             stderr_console.print(f"note: {note}", markup=False, highlight=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from laplace_cli.cli.common import (
     apply_threads,
     check_device,
@@ -83,15 +85,7 @@ def tune(
     Either way a warning says when the tuned posterior is worse than the MAP there. Without -o
     the posterior file is rewritten in place (atomically).
     """
-    require_file(posterior, "--posterior")
-    if method == TuneMethod.GRIDSEARCH and data is None:
-        raise BadInputError(
-            "--method gridsearch needs --data (a dataset spec with the --split to score)"
-        )
-    if data is not None:
-        require_file(data, "--data")
-    grid = _grid_options(method, grid_min, grid_max, grid_size)
-    check_output_file(output)
+    grid = _check_flags(posterior, method, data, grid_min, grid_max, grid_size, output)
     apply_threads(threads)
     check_device(device)
     spec = model_override(model, model_factory, model_kwargs, trust_checkpoint)
@@ -125,23 +119,50 @@ def tune(
             **grid,
         )
         if result.get("on_edge") and method == TuneMethod.GRIDSEARCH:
-            import warnings
-
-            from laplace_cli.core.errors import LaplaceWarning
-
-            lo, hi = grid.get("log_prior_prec_min", -4.0), grid.get("log_prior_prec_max", 4.0)
-            warnings.warn(
-                f"the grid spans prior precisions 1e{lo:g} to 1e{hi:g}: widen it with "
-                "--grid-min / --grid-max (log10 of the prior precision)",
-                LaplaceWarning,
-                stacklevel=1,
-            )
+            _warn_grid_edge(grid)
     result["warnings"] = list(warned)
     resave(lp, output or posterior)
     if json_:
         emit_json(result)
     elif not quiet:
         _print_result(result, stderr_console, output or posterior)
+
+
+def _check_flags(
+    posterior: Path,
+    method: TuneMethod,
+    data: Path | None,
+    grid_min: float | None,
+    grid_max: float | None,
+    grid_size: int | None,
+    output: Path | None,
+) -> dict:
+    """Check the files and flags; the grid as `optimize_prior_precision` keywords."""
+    require_file(posterior, "--posterior")
+    if method == TuneMethod.GRIDSEARCH and data is None:
+        raise BadInputError(
+            "--method gridsearch needs --data (a dataset spec with the --split to score)"
+        )
+    if data is not None:
+        require_file(data, "--data")
+    grid = _grid_options(method, grid_min, grid_max, grid_size)
+    check_output_file(output)
+    return grid
+
+
+def _warn_grid_edge(grid: dict) -> None:
+    """Warn that the gridsearch optimum is on the grid's edge, and how to widen the grid."""
+    import warnings
+
+    from laplace_cli.core.errors import LaplaceWarning
+
+    lo, hi = grid.get("log_prior_prec_min", -4.0), grid.get("log_prior_prec_max", 4.0)
+    warnings.warn(
+        f"the grid spans prior precisions 1e{lo:g} to 1e{hi:g}: widen it with "
+        "--grid-min / --grid-max (log10 of the prior precision)",
+        LaplaceWarning,
+        stacklevel=1,
+    )
 
 
 def _grid_options(

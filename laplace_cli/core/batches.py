@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.errors import BadInputError, MissingKeyError
 
 Inputs = Tensor | Mapping[str, Tensor]
 
@@ -78,9 +78,9 @@ def split_batch(
     """
     if isinstance(batch, Mapping):
         if y_key not in batch:
-            raise BadInputError(f"dict batch has no target key {y_key!r}; keys: {sorted(batch)}")
+            raise MissingKeyError(f"dict batch has no target key {y_key!r}; keys: {sorted(batch)}")
         if x_key not in batch:
-            raise BadInputError(f"dict batch has no input key {x_key!r}; keys: {sorted(batch)}")
+            raise MissingKeyError(f"dict batch has no input key {x_key!r}; keys: {sorted(batch)}")
         inputs = {k: v for k, v in batch.items() if k != y_key}
         return inputs, batch[y_key]
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:

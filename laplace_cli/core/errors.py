@@ -15,6 +15,13 @@ class BadInputError(LaplaceCliError, ValueError):
     exit_code = 2
 
 
+class MissingKeyError(BadInputError, KeyError):
+    """A dict batch lacks its input or target key (also a `KeyError`, as in laplace-torch)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class NotImplementedYetError(BadInputError):
     """A feature that is not built yet (exit 2, no fake output)."""
 

@@ -2,6 +2,10 @@
 laplace-torch's backend class names (backends), which select this project's curvature."""
 
 from laplace_cli.curvature.backends import (
+    AsdfghjklEF,
+    AsdfghjklGGN,
+    AsdfghjklHessian,
+    AsdfghjklInterface,
     AsdlEF,
     AsdlGGN,
     AsdlHessian,
@@ -33,4 +37,8 @@ __all__ = [
     "CurvlinopsGGN",
     "CurvlinopsEF",
     "CurvlinopsHessian",
+    "AsdfghjklInterface",
+    "AsdfghjklGGN",
+    "AsdfghjklEF",
+    "AsdfghjklHessian",
 ]

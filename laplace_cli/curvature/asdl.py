@@ -30,7 +30,18 @@ from torch.nn import functional as F
 from laplace_cli.core.enums import Curvature, Likelihood, Structure, Subset
 from laplace_cli.core.errors import BadInputError
 
-__all__ = ["asdl_accumulate", "check_asdl", "import_asdl"]
+# laplace-torch's `laplace.curvature.asdl` names (markers selecting this project's curvature).
+from laplace_cli.curvature.backends import AsdlEF, AsdlGGN, AsdlHessian, AsdlInterface
+
+__all__ = [
+    "asdl_accumulate",
+    "check_asdl",
+    "import_asdl",
+    "AsdlInterface",
+    "AsdlGGN",
+    "AsdlEF",
+    "AsdlHessian",
+]
 
 
 def import_asdl() -> Any:
@@ -56,7 +67,7 @@ def check_asdl(la: Any) -> None:
     """Refuse settings the ASDL adapter does not cover, naming the setting and the alternative."""
     import_asdl()
     problems = []
-    if la.hessian_structure not in (Structure.KRON, Structure.DIAG):
+    if not la.structure_spec.asdl:  # posterior.table (a layer above this one) via `la`
         problems.append(f"structure {la.hessian_structure.value!r} (ASDL: kron or diag)")
     if la.curvature not in (Curvature.GGN, Curvature.EF):
         problems.append(f"curvature {la.curvature.value!r} (ASDL: ggn or ef)")

@@ -40,6 +40,10 @@ __all__ = [
     "CurvlinopsGGN",
     "CurvlinopsEF",
     "CurvlinopsHessian",
+    "AsdfghjklInterface",
+    "AsdfghjklGGN",
+    "AsdfghjklEF",
+    "AsdfghjklHessian",
     "resolve_backend",
 ]
 
@@ -116,6 +120,22 @@ class CurvlinopsEF(CurvlinopsInterface, EFInterface):
 
 
 class CurvlinopsHessian(CurvlinopsInterface):
+    """The exact Hessian: not offered by this project (refused when used)."""
+
+
+class AsdfghjklInterface(CurvatureInterface):
+    """Named after the old ``asdfghjkl`` backend of laplace-torch; computed by this engine."""
+
+
+class AsdfghjklGGN(AsdfghjklInterface, GGNInterface):
+    """GGN (laplace-torch: the old asdfghjkl's)."""
+
+
+class AsdfghjklEF(AsdfghjklInterface, EFInterface):
+    """Empirical Fisher (laplace-torch: the old asdfghjkl's)."""
+
+
+class AsdfghjklHessian(AsdfghjklInterface):
     """The exact Hessian: not offered by this project (refused when used)."""
 
 

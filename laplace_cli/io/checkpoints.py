@@ -344,17 +344,7 @@ def load_model(
         model = _load_torchscript(p, dev)
         form = ModelForm.TORCHSCRIPT
     elif kind == "safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from laplace_cli.io.posterior_file import read_safetensors_header
-
-        read_safetensors_header(p)  # absurd lengths, offsets or shapes: refused before allocating
-        try:
-            state = load_file(str(p), device="cpu")
-        except (SafetensorError, OSError, ValueError) as err:
-            raise BadInputError(f"{path}: unreadable safetensors file ({err})") from None
-        model = from_weights(p, state, factory, kwargs)
+        model = _load_safetensors(path, p, factory, kwargs)
         form = ModelForm.SAFETENSORS
     elif kind == "torch_save":
         model, form = load_torch_save(p, factory, kwargs, trust_checkpoint)
@@ -377,6 +367,23 @@ def load_model(
         fingerprint=fingerprint,
     )
     return model, ref
+
+
+def _load_safetensors(
+    path: str | Path, p: Path, factory: str | None, kwargs: dict[str, Any]
+) -> nn.Module:
+    """Build the module with ``factory`` and load a checked ``.safetensors`` file into it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from laplace_cli.io.posterior_file import read_safetensors_header
+
+    read_safetensors_header(p)  # absurd lengths, offsets or shapes: refused before allocating
+    try:
+        state = load_file(str(p), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise BadInputError(f"{path}: unreadable safetensors file ({err})") from None
+    return from_weights(p, state, factory, kwargs)
 
 
 def _load_hf_dir(

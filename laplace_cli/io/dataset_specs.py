@@ -177,6 +177,24 @@ def validate_dataset_spec(
         return None, errors
 
     unknown_keys(data, TOP_KEYS, "", err)
+    task, batch_size, n_classes = _dataset_options(data, err)
+    splits = _dataset_splits(data, base, err)
+
+    if errors:
+        return None, errors
+    spec = DatasetSpec(
+        splits=splits,
+        task=task,
+        batch_size=batch_size,
+        n_classes=n_classes,
+        source=source,
+        base_dir=base,
+    )
+    return spec, []
+
+
+def _dataset_options(data: Mapping[str, Any], err: Any) -> tuple[Likelihood | None, Any, Any]:
+    """``task``, ``batch_size`` and ``n_classes`` (each None when absent or wrong)."""
     task = None
     if data.get("task") is not None:
         try:
@@ -194,7 +212,11 @@ def validate_dataset_spec(
     if n_classes is not None and not positive_int(n_classes):
         err("n_classes", f"expected a positive integer, got {short_repr(n_classes)}")
         n_classes = None
+    return task, batch_size, n_classes
 
+
+def _dataset_splits(data: Mapping[str, Any], base: Path, err: Any) -> dict[str, SplitSpec]:
+    """The ``splits:`` section, each split checked (the wrong ones left out)."""
     splits: dict[str, SplitSpec] = {}
     raw_splits = data.get("splits")
     if raw_splits is None:
@@ -214,18 +236,7 @@ def validate_dataset_spec(
             split = validate_split(str(name), raw, base, split_err)
             if split is not None:
                 splits[str(name)] = split
-
-    if errors:
-        return None, errors
-    spec = DatasetSpec(
-        splits=splits,
-        task=task,
-        batch_size=batch_size,
-        n_classes=n_classes,
-        source=source,
-        base_dir=base,
-    )
-    return spec, []
+    return splits
 
 
 def validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | None:
@@ -240,45 +251,20 @@ def validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | Non
         err(key, message)
 
     unknown_keys(raw, SPLIT_KEYS, "", bad)
-
-    def string(key: str, what: str = "a string") -> str | None:
-        value = raw.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            bad(key, f"expected {what}, got {short_repr(value)}")
-            return None
-        return value
-
-    path = string("path", "a file path (string)")
-    call = string("callable", "'pkg.module:function' or 'file.py:function'")
-    text = string("text", "a field name (string)")
-    tokenizer = string("tokenizer", "a tokenizer folder or name (string)")
-    fmt_raw = string("format", f"one of {', '.join(FORMATS)}")
-    id_key = string("id", "a column name (string)") or "id"
-    y_val = string("y", "a key or column name (string)")
-    target = string("target", "a key or column name (string)")
+    path = _split_string(raw, bad, "path", "a file path (string)")
+    call = _split_string(raw, bad, "callable", "'pkg.module:function' or 'file.py:function'")
+    text = _split_string(raw, bad, "text", "a field name (string)")
+    tokenizer = _split_string(raw, bad, "tokenizer", "a tokenizer folder or name (string)")
+    fmt_raw = _split_string(raw, bad, "format", f"one of {', '.join(FORMATS)}")
+    id_key = _split_string(raw, bad, "id", "a column name (string)") or "id"
+    y_val = _split_string(raw, bad, "y", "a key or column name (string)")
+    target = _split_string(raw, bad, "target", "a key or column name (string)")
     if y_val is not None and target is not None:
         bad("target", "give either y: or target: (they mean the same), not both")
     y_key = y_val if y_val is not None else target
 
-    if call is not None and ":" not in call:
-        bad("callable", f"expected 'pkg.module:function' or 'file.py:function', got {call!r}")
-    if path is None and call is None and "path" not in raw and "callable" not in raw:
-        bad(
-            "",
-            "expected `path:` (a data file) or `callable:` (a function returning a Dataset), got neither",
-        )
-    if path is not None and call is not None:
-        bad("callable", "give either path: or callable:, not both")
-
-    kwargs = raw.get("kwargs")
-    if kwargs is not None:
-        if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-            bad("kwargs", f"expected a mapping of keyword arguments, got {short_repr(kwargs)}")
-            kwargs = None
-        elif call is None and "callable" not in raw:
-            bad("kwargs", "only used with callable:")
+    _check_split_source(raw, bad, path, call)
+    kwargs = _split_kwargs(raw, bad, call)
     max_length = raw.get("max_length")
     if max_length is not None and not positive_int(max_length):
         bad("max_length", f"expected a positive integer, got {short_repr(max_length)}")
@@ -287,56 +273,10 @@ def validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | Non
     if not is_text and "max_length" in raw:
         bad("max_length", "only used with text: / tokenizer:")
 
-    fmt: str | None = None
-    if fmt_raw is not None:
-        key = fmt_raw.lower().lstrip(".")
-        key = {"ndjson": "jsonl", "pth": "pt", "st": "safetensors"}.get(key, key)
-        if key not in FORMATS:
-            bad("format", f"expected one of {', '.join(FORMATS)}, got {fmt_raw!r}")
-        else:
-            fmt = key
-    elif path is not None:
-        suffix = Path(path).suffix.lower()
-        if suffix in SUFFIX_FORMATS:
-            fmt = SUFFIX_FORMATS[suffix]
-        elif not is_text:
-            bad(
-                "path",
-                f"expected a data file ending in {' '.join(SUFFIX_FORMATS)} (or set format:), "
-                f"got {path!r}",
-            )
-
-    x_raw = raw.get("x")
-    x: str | list[str] | None = None
-    if x_raw is not None:
-        if isinstance(x_raw, str) and x_raw.strip():
-            x = x_raw
-        elif isinstance(x_raw, list) and x_raw and all(isinstance(c, str) and c for c in x_raw):
-            if fmt is not None and fmt not in TABLE_FORMATS:
-                bad(
-                    "x",
-                    f"a list of columns is for CSV / JSONL files; {fmt} files take one key name",
-                )
-            else:
-                x = list(x_raw)
-        else:
-            bad("x", f"expected a key name or a list of column names, got {short_repr(x_raw)}")
-    if call is not None:
-        for key in ("x", "y", "target", "id", "format", "header"):
-            if key in raw:
-                bad(key, "not used with callable: (the Dataset yields (x, y) itself)")
-    if fmt == "npy" and x is not None:
-        bad("x", "a .npy file holds one array (the features); it has no keys")
-    if fmt is not None and fmt not in TABLE_FORMATS and "id" in raw:
-        bad("id", "id columns exist only in CSV / JSONL files")
-    header = raw.get("header")
-    if header is not None and not isinstance(header, bool):
-        bad("header", f"expected true or false, got {short_repr(header)}")
-        header = None
-    elif header is not None and fmt is not None and fmt not in ("csv", "tsv"):
-        bad("header", f"only for CSV / TSV files; this split is {fmt}")
-    elif header is not None and is_text:
-        bad("header", "not used with text: (a text table names its text column in its header)")
+    fmt = _split_format(bad, fmt_raw, path, is_text)
+    x = _split_x(raw, bad, fmt)
+    _check_split_keys(raw, bad, call, fmt, x)
+    header = _split_header(raw, bad, fmt, is_text)
 
     y_out: str | Path | None = y_key
     if fmt == "npy" and y_key is not None:
@@ -364,6 +304,118 @@ def validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | Non
         tokenizer=tokenizer,
         max_length=max_length,
     )
+
+
+def _split_string(raw: Mapping[str, Any], bad: Any, key: str, what: str) -> str | None:
+    """The non-empty string at ``raw[key]``, or None (absent, or wrong: reported to ``bad``)."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        bad(key, f"expected {what}, got {short_repr(value)}")
+        return None
+    return value
+
+
+def _check_split_source(
+    raw: Mapping[str, Any], bad: Any, path: str | None, call: str | None
+) -> None:
+    """Exactly one of ``path:`` and ``callable:``, the latter naming a function."""
+    if call is not None and ":" not in call:
+        bad("callable", f"expected 'pkg.module:function' or 'file.py:function', got {call!r}")
+    if path is None and call is None and "path" not in raw and "callable" not in raw:
+        bad(
+            "",
+            "expected `path:` (a data file) or `callable:` (a function returning a Dataset), got neither",
+        )
+    if path is not None and call is not None:
+        bad("callable", "give either path: or callable:, not both")
+
+
+def _split_kwargs(raw: Mapping[str, Any], bad: Any, call: str | None) -> Any:
+    """The ``kwargs:`` of a ``callable:`` split (None when absent or wrong)."""
+    kwargs = raw.get("kwargs")
+    if kwargs is not None:
+        if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+            bad("kwargs", f"expected a mapping of keyword arguments, got {short_repr(kwargs)}")
+            kwargs = None
+        elif call is None and "callable" not in raw:
+            bad("kwargs", "only used with callable:")
+    return kwargs
+
+
+def _split_format(bad: Any, fmt_raw: str | None, path: str | None, is_text: bool) -> str | None:
+    """The file format: ``format:`` (with its aliases) or the path's suffix."""
+    fmt: str | None = None
+    if fmt_raw is not None:
+        key = fmt_raw.lower().lstrip(".")
+        key = {"ndjson": "jsonl", "pth": "pt", "st": "safetensors"}.get(key, key)
+        if key not in FORMATS:
+            bad("format", f"expected one of {', '.join(FORMATS)}, got {fmt_raw!r}")
+        else:
+            fmt = key
+    elif path is not None:
+        suffix = Path(path).suffix.lower()
+        if suffix in SUFFIX_FORMATS:
+            fmt = SUFFIX_FORMATS[suffix]
+        elif not is_text:
+            bad(
+                "path",
+                f"expected a data file ending in {' '.join(SUFFIX_FORMATS)} (or set format:), "
+                f"got {path!r}",
+            )
+    return fmt
+
+
+def _split_x(raw: Mapping[str, Any], bad: Any, fmt: str | None) -> str | list[str] | None:
+    """The ``x:`` key name, or list of columns (tables only)."""
+    x_raw = raw.get("x")
+    x: str | list[str] | None = None
+    if x_raw is not None:
+        if isinstance(x_raw, str) and x_raw.strip():
+            x = x_raw
+        elif isinstance(x_raw, list) and x_raw and all(isinstance(c, str) and c for c in x_raw):
+            if fmt is not None and fmt not in TABLE_FORMATS:
+                bad(
+                    "x",
+                    f"a list of columns is for CSV / JSONL files; {fmt} files take one key name",
+                )
+            else:
+                x = list(x_raw)
+        else:
+            bad("x", f"expected a key name or a list of column names, got {short_repr(x_raw)}")
+    return x
+
+
+def _check_split_keys(
+    raw: Mapping[str, Any],
+    bad: Any,
+    call: str | None,
+    fmt: str | None,
+    x: str | list[str] | None,
+) -> None:
+    """Keys that the split's kind (callable, .npy, non-table file) does not use."""
+    if call is not None:
+        for key in ("x", "y", "target", "id", "format", "header"):
+            if key in raw:
+                bad(key, "not used with callable: (the Dataset yields (x, y) itself)")
+    if fmt == "npy" and x is not None:
+        bad("x", "a .npy file holds one array (the features); it has no keys")
+    if fmt is not None and fmt not in TABLE_FORMATS and "id" in raw:
+        bad("id", "id columns exist only in CSV / JSONL files")
+
+
+def _split_header(raw: Mapping[str, Any], bad: Any, fmt: str | None, is_text: bool) -> bool | None:
+    """``header:`` of a CSV / TSV split (None when absent or wrong)."""
+    header = raw.get("header")
+    if header is not None and not isinstance(header, bool):
+        bad("header", f"expected true or false, got {short_repr(header)}")
+        header = None
+    elif header is not None and fmt is not None and fmt not in ("csv", "tsv"):
+        bad("header", f"only for CSV / TSV files; this split is {fmt}")
+    elif header is not None and is_text:
+        bad("header", "not used with text: (a text table names its text column in its header)")
+    return header
 
 
 def resolve_relative(base: Path, path: str) -> Path:

@@ -123,6 +123,45 @@ def load_hf_model(path: str | Path, kwargs: Mapping[str, Any] | None = None) -> 
             "pip install 'laplace-cli[llm]'"
         ) from None
     p = Path(path)
+    base, adapter = _base_and_adapter(p, kw)
+    task = kw.get("task", "sequence_classification")
+    num_labels = kw.get("num_labels") or (adapter and _adapter_num_labels(adapter))
+    load_kw: dict[str, Any] = {"local_files_only": True}
+    if task == "sequence_classification" and num_labels:
+        load_kw["num_labels"] = int(num_labels)
+    auto = AutoModelForSequenceClassification if task == "sequence_classification" else None
+    auto = auto or AutoModelForCausalLM
+    verbosity = transformers.logging.get_verbosity()
+    bars_off = transformers.utils.logging.is_progress_bar_enabled() is False
+    transformers.logging.set_verbosity_error()  # the "newly initialised head" report is noise
+    transformers.utils.logging.disable_progress_bar()  # stderr belongs to our own progress
+    try:
+        # The head may be new (adapter supplies it); seed it so every load is the same model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = auto.from_pretrained(str(base), **load_kw)
+        if adapter is not None:
+            model = _with_adapter(model, adapter)
+    except BadInputError:
+        raise
+    except Exception as err:  # transformers / peft raise OSError, ValueError, KeyError, ...
+        raise BadInputError(
+            f"{path}: cannot load the Hugging Face model from {base}"
+            + (f" with adapter {adapter}" if adapter else "")
+            + f" ({type(err).__name__}: {err})"
+        ) from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if not bars_off:
+            transformers.utils.logging.enable_progress_bar()
+    if task == "causal_lm":
+        model = CausalLMLogits(model, kw.get("label_token_ids"))
+    model.eval()
+    return model
+
+
+def _base_and_adapter(p: Path, kw: dict[str, Any]) -> tuple[Path, Path | None]:
+    """The base model folder and the adapter folder (None without one)."""
     adapter: Path | None = None
     if (p / "adapter_config.json").is_file():
         adapter = p
@@ -141,46 +180,19 @@ def load_hf_model(path: str | Path, kwargs: Mapping[str, Any] | None = None) -> 
         base = p
         if kw.get("adapter"):
             adapter = resolve_local_dir(str(kw["adapter"]), None, "adapter")
-    task = kw.get("task", "sequence_classification")
-    num_labels = kw.get("num_labels") or (adapter and _adapter_num_labels(adapter))
-    load_kw: dict[str, Any] = {"local_files_only": True}
-    if task == "sequence_classification" and num_labels:
-        load_kw["num_labels"] = int(num_labels)
-    auto = AutoModelForSequenceClassification if task == "sequence_classification" else None
-    auto = auto or AutoModelForCausalLM
-    verbosity = transformers.logging.get_verbosity()
-    bars_off = transformers.utils.logging.is_progress_bar_enabled() is False
-    transformers.logging.set_verbosity_error()  # the "newly initialised head" report is noise
-    transformers.utils.logging.disable_progress_bar()  # stderr belongs to our own progress
+    return base, adapter
+
+
+def _with_adapter(model: nn.Module, adapter: Path) -> nn.Module:
+    """``model`` with the PEFT adapter at ``adapter`` loaded on top (trainable)."""
     try:
-        # The head may be new (adapter supplies it); seed it so every load is the same model.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = auto.from_pretrained(str(base), **load_kw)
-        if adapter is not None:
-            try:
-                from peft import PeftModel
-            except ImportError:
-                raise BadInputError(
-                    f"{adapter}: PEFT adapters need peft: pip install 'laplace-cli[llm]'"
-                ) from None
-            with warnings.catch_warnings():
-                # peft calls a transformers method deprecated in v5; not the user's concern.
-                warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
-                model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    except BadInputError:
-        raise
-    except Exception as err:  # transformers / peft raise OSError, ValueError, KeyError, ...
+        from peft import PeftModel
+    except ImportError:
         raise BadInputError(
-            f"{path}: cannot load the Hugging Face model from {base}"
-            + (f" with adapter {adapter}" if adapter else "")
-            + f" ({type(err).__name__}: {err})"
+            f"{adapter}: PEFT adapters need peft: pip install 'laplace-cli[llm]'"
         ) from None
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        if not bars_off:
-            transformers.utils.logging.enable_progress_bar()
-    if task == "causal_lm":
-        model = CausalLMLogits(model, kw.get("label_token_ids"))
-    model.eval()
+    with warnings.catch_warnings():
+        # peft calls a transformers method deprecated in v5; not the user's concern.
+        warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     return model

@@ -208,6 +208,22 @@ def check_metadata(
     meta: dict[str, Any], source: object, nonfinite: type[LaplaceCliError]
 ) -> dict[str, Any]:
     """Check every metadata value's type and range; return it with enum keys as members."""
+    _check_metadata_keys(meta, source)
+    out = dict(meta)
+    problems: list[str] = []
+    nonfinite_problems: list[str] = []
+    _check_metadata_strings(meta, out, problems)
+    _check_metadata_numbers(meta, problems, nonfinite_problems)
+    _check_metadata_params(meta, problems)
+    _check_metadata_model(meta, problems)
+    _check_metadata_extras(meta, problems)
+    join_problems(source, problems, BadInputError)
+    join_problems(source, nonfinite_problems, nonfinite)
+    return out
+
+
+def _check_metadata_keys(meta: dict[str, Any], source: object) -> None:
+    """Every required key is present and no key is unknown."""
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if meta.get("structure") == Structure.KRON.value and "blocks" not in meta:
         missing.append("blocks")
@@ -220,10 +236,9 @@ def check_metadata(
             f"unknown metadata key(s): {', '.join(with_hint(k, _KNOWN_KEYS) for k in unknown)}",
         )
 
-    out = dict(meta)
-    problems: list[str] = []
-    nonfinite_problems: list[str] = []
 
+def _check_metadata_strings(meta: dict[str, Any], out: dict[str, Any], problems: list[str]) -> None:
+    """String keys (enum ones turned into members in ``out``), the time and the fingerprint."""
     for key, enum in _STR_KEYS.items():
         if key not in meta:
             continue
@@ -247,22 +262,32 @@ def check_metadata(
     if isinstance(fp, str) and (not fp or any(c not in "0123456789abcdef" for c in fp)):
         problems.append(f"metadata 'fingerprint' must be a lower-case hex string, got {clip(fp)}")
 
-    def positive_int(key: str) -> None:
+
+def _check_real(
+    meta: dict[str, Any],
+    key: str,
+    positive: bool,
+    problems: list[str],
+    nonfinite_problems: list[str],
+) -> None:
+    """``meta[key]`` is a finite number (and positive, when asked)."""
+    v = meta[key]
+    if not _is_number(v):
+        problems.append(f"metadata {key!r} must be a number, got {clip(v)}")
+    elif not _finite(v):
+        nonfinite_problems.append(f"metadata {key!r} is not finite ({v})")
+    elif positive and v <= 0:
+        problems.append(f"metadata {key!r} must be positive, got {clip(v)}")
+
+
+def _check_metadata_numbers(
+    meta: dict[str, Any], problems: list[str], nonfinite_problems: list[str]
+) -> None:
+    """Counts, loss, temperature, fit time and noise levels."""
+    for key in ("n_data", "n_outputs", "world_size", "rank"):
         v = meta.get(key)
         if key in meta and not (is_int(v) and v >= 1):
             problems.append(f"metadata {key!r} must be a positive integer, got {clip(v)}")
-
-    for key in ("n_data", "n_outputs", "world_size", "rank"):
-        positive_int(key)
-
-    def real(key: str, positive: bool) -> None:
-        v = meta[key]
-        if not _is_number(v):
-            problems.append(f"metadata {key!r} must be a number, got {clip(v)}")
-        elif not _finite(v):
-            nonfinite_problems.append(f"metadata {key!r} is not finite ({v})")
-        elif positive and v <= 0:
-            problems.append(f"metadata {key!r} must be positive, got {clip(v)}")
 
     n_out = meta["n_outputs"]
     loss = meta["loss"]
@@ -278,8 +303,8 @@ def check_metadata(
         elif not all(_finite(v) for v in loss):
             nonfinite_problems.append(f"metadata 'loss' is not finite ({clip(loss)})")
     else:
-        real("loss", positive=False)
-    real("temperature", positive=True)
+        _check_real(meta, "loss", False, problems, nonfinite_problems)
+    _check_real(meta, "temperature", True, problems, nonfinite_problems)
     if "fit_seconds" in meta:
         fs = meta["fit_seconds"]
         if not (_is_number(fs) and _finite(fs) and fs >= 0):
@@ -299,6 +324,9 @@ def check_metadata(
             f"metadata 'sigma_noise' must have 1 or n_outputs={n_out} entries, got {len(sigma)}"
         )
 
+
+def _check_metadata_params(meta: dict[str, Any], problems: list[str]) -> None:
+    """Parameter names and shapes agree, and the Kronecker blocks (if any) with them."""
     names, shapes = meta["param_names"], meta["param_shapes"]
     names_ok = isinstance(names, list) and all(isinstance(n, str) and n for n in names)
     if not names_ok:
@@ -325,24 +353,28 @@ def check_metadata(
     if "blocks" in meta:
         problems.extend(_check_blocks(meta["blocks"], names, shapes))
 
+
+def _check_metadata_model(meta: dict[str, Any], problems: list[str]) -> None:
+    """The ``model`` object: path, form, factory, fingerprint, kwargs."""
     model = meta["model"]
     if not isinstance(model, dict):
         problems.append(
             f"metadata 'model' must be a JSON object {{path, form, factory, kwargs}}, got {clip(model)}"
         )
-    else:
-        # All may be null: a posterior saved from the Python API has no checkpoint to name
-        # (then tune / evaluate / predict need --model).
-        for k in ("path", "form", "factory", "fingerprint"):
-            if model.get(k) is not None and not isinstance(model[k], str):
-                problems.append(
-                    f"metadata 'model.{k}' must be a string or null, got {clip(model[k])}"
-                )
-        if model.get("kwargs") is not None and not isinstance(model["kwargs"], dict):
-            problems.append(
-                f"metadata 'model.kwargs' must be an object or null, got {clip(model['kwargs'])}"
-            )
+        return
+    # All may be null: a posterior saved from the Python API has no checkpoint to name
+    # (then tune / evaluate / predict need --model).
+    for k in ("path", "form", "factory", "fingerprint"):
+        if model.get(k) is not None and not isinstance(model[k], str):
+            problems.append(f"metadata 'model.{k}' must be a string or null, got {clip(model[k])}")
+    if model.get("kwargs") is not None and not isinstance(model["kwargs"], dict):
+        problems.append(
+            f"metadata 'model.kwargs' must be an object or null, got {clip(model['kwargs'])}"
+        )
 
+
+def _check_metadata_extras(meta: dict[str, Any], problems: list[str]) -> None:
+    """Tuning record, shard sizes, and structure / subset combinations."""
     if "tuning" in meta and not isinstance(meta["tuning"], dict):
         problems.append(f"metadata 'tuning' must be a JSON object, got {clip(meta['tuning'])}")
     if "shard_sizes" in meta:
@@ -363,10 +395,6 @@ def check_metadata(
         problems.append(
             "structure 'kron' cannot be combined with subset 'subnetwork' (use diag, full or lowrank)"
         )
-
-    join_problems(source, problems, BadInputError)
-    join_problems(source, nonfinite_problems, nonfinite)
-    return out
 
 
 def _is_number(x: Any) -> bool:

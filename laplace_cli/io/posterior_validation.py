@@ -110,6 +110,33 @@ def _check_tensors(
     expected, optional, one_of = _expected_tensors(meta)
 
     problems: list[str] = []
+    _check_tensor_names(tensors, meta, expected, optional, one_of, problems)
+    _check_tensor_layouts(tensors, expected, problems)
+    _check_subnetwork_indices(tensors, problems)
+    if meta["structure"] == Structure.LOWRANK:
+        _check_lowrank_shapes(tensors, problems)
+    join_problems(source, problems, BadInputError)
+
+    bad = [
+        n
+        for n, t in tensors.items()
+        if t.dtype in _FLOAT_DTYPES and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise nonfinite(
+            f"{source}: non-finite values (NaN or Inf) in tensor(s) {', '.join(repr(b) for b in bad)}"
+        )
+
+
+def _check_tensor_names(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    expected: dict[str, list[tuple[int, ...]]],
+    optional: set[str],
+    one_of: list[tuple[str, str]],
+    problems: list[str],
+) -> None:
+    """Every expected tensor is present (one of each pair of alternatives), none unknown."""
     missing = [n for n in expected if n not in tensors and n not in optional]
     for a, b in one_of:
         if a not in tensors and b not in tensors:
@@ -125,6 +152,13 @@ def _check_tensors(
             + ", ".join(with_hint(n, expected) for n in unknown)
         )
 
+
+def _check_tensor_layouts(
+    tensors: dict[str, torch.Tensor],
+    expected: dict[str, list[tuple[int, ...]]],
+    problems: list[str],
+) -> None:
+    """Each present tensor's dtype and shape are those of the layout."""
     for name, allowed in expected.items():
         t = tensors.get(name)
         if t is None:
@@ -145,6 +179,9 @@ def _check_tensors(
             want = " or ".join(_fmt_shape(s) for s in allowed)
             problems.append(f"tensor {name!r} has shape {_fmt_shape(got)}, expected {want}")
 
+
+def _check_subnetwork_indices(tensors: dict[str, torch.Tensor], problems: list[str]) -> None:
+    """Subnetwork indices are non-empty, non-negative and strictly increasing."""
     indices = tensors.get("subnetwork.indices")
     if indices is not None and indices.dtype == torch.int64 and indices.dim() == 1:
         # Positions in the model's flattened trainable parameters: the upper bound is the
@@ -160,27 +197,18 @@ def _check_tensors(
                 "tensor 'subnetwork.indices' must be strictly increasing (sorted, no repeats)"
             )
 
-    if meta["structure"] == Structure.LOWRANK:
-        p = int(tensors["mean"].numel()) if "mean" in tensors else None
-        u, ev = tensors.get("lowrank.U"), tensors.get("lowrank.eigvals")
-        if u is not None and (u.dim() != 2 or (p is not None and u.shape[0] != p)):
-            problems.append(
-                f"tensor 'lowrank.U' has shape {_fmt_shape(tuple(u.shape))}, expected (P, k) with P = {p}"
-            )
-        elif u is not None and ev is not None and tuple(ev.shape) != (u.shape[1],):
-            problems.append(
-                f"tensor 'lowrank.eigvals' has shape {_fmt_shape(tuple(ev.shape))}, expected ({u.shape[1]},) to match lowrank.U's k"
-            )
-    join_problems(source, problems, BadInputError)
 
-    bad = [
-        n
-        for n, t in tensors.items()
-        if t.dtype in _FLOAT_DTYPES and not bool(torch.isfinite(t).all())
-    ]
-    if bad:
-        raise nonfinite(
-            f"{source}: non-finite values (NaN or Inf) in tensor(s) {', '.join(repr(b) for b in bad)}"
+def _check_lowrank_shapes(tensors: dict[str, torch.Tensor], problems: list[str]) -> None:
+    """The low-rank factor U is (P, k) and its eigenvalues (k,)."""
+    p = int(tensors["mean"].numel()) if "mean" in tensors else None
+    u, ev = tensors.get("lowrank.U"), tensors.get("lowrank.eigvals")
+    if u is not None and (u.dim() != 2 or (p is not None and u.shape[0] != p)):
+        problems.append(
+            f"tensor 'lowrank.U' has shape {_fmt_shape(tuple(u.shape))}, expected (P, k) with P = {p}"
+        )
+    elif u is not None and ev is not None and tuple(ev.shape) != (u.shape[1],):
+        problems.append(
+            f"tensor 'lowrank.eigvals' has shape {_fmt_shape(tuple(ev.shape))}, expected ({u.shape[1]},) to match lowrank.U's k"
         )
 
 

@@ -111,6 +111,33 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             the message names the file and the problem.
     """
     path = Path(path)
+    size, n, raw = _read_header_bytes(path)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise bad_file(path, f"header is not valid UTF-8 JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise bad_file(path, f"header must be a JSON object, got {type(header).__name__}")
+
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise bad_file(path, "header __metadata__ must map strings to strings")
+
+    data_size = size - 8 - n
+    entries: dict[str, TensorEntry] = {}
+    for name, info in header.items():
+        entries[name] = _check_entry(path, name, info, data_size)
+
+    _check_coverage(path, entries, data_size)
+    return SafetensorsHeader(header_len=n, metadata=dict(metadata), entries=entries, file_size=size)
+
+
+def _read_header_bytes(path: Path) -> tuple[int, int, bytes]:
+    """The file size, the header length N and the N header bytes, checked before reading."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -141,26 +168,11 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
         raise bad_file(path, f"cannot read ({exc.strerror or exc})") from None
     if len(raw) != n:
         raise bad_file(path, "file changed while reading its header")
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise bad_file(path, f"header is not valid UTF-8 JSON ({type(exc).__name__})") from None
-    if not isinstance(header, dict):
-        raise bad_file(path, f"header must be a JSON object, got {type(header).__name__}")
+    return size, n, raw
 
-    metadata = header.pop("__metadata__", None)
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise bad_file(path, "header __metadata__ must map strings to strings")
 
-    data_size = size - 8 - n
-    entries: dict[str, TensorEntry] = {}
-    for name, info in header.items():
-        entries[name] = _check_entry(path, name, info, data_size)
-
+def _check_coverage(path: Path, entries: dict[str, TensorEntry], data_size: int) -> None:
+    """The tensors' byte ranges cover the data section exactly."""
     # The data section must be covered exactly: sorted by start, each range begins where the
     # previous ended, the first at 0 and the last at the end of the file.
     pos = 0
@@ -178,7 +190,6 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             path,
             f"data section is {data_size} bytes but the tensors cover {pos}; the file is truncated or has trailing bytes",
         )
-    return SafetensorsHeader(header_len=n, metadata=dict(metadata), entries=entries, file_size=size)
 
 
 def _check_entry(path: Path, name: str, info: Any, data_size: int) -> TensorEntry:

@@ -121,6 +121,22 @@ def iter_feature_chunks(
             yield chunk.ids, torch.from_numpy(chunk.x.astype(np.float32))
         return
     source = str(path)
+    x = _array_features(path, source, kind, x_key)
+    n = len(x)
+    for start in range(0, n, chunk_rows):
+        part = x[start : start + chunk_rows]
+        t = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))
+        t = t.to(torch.float32)
+        check_finite(t, source, "features", offset=start)
+        if info is not None:
+            info.format, info.rows = kind, start + len(t)
+        yield list(range(start, start + len(t))), t
+
+
+def _array_features(
+    path: str | Path, source: str, kind: str, x_key: str | Sequence[str] | None
+) -> Any:
+    """The features of an array file: memory-mapped (.npy), sliced (.safetensors) or whole."""
     p = Path(path)
     if not p.is_file():
         raise BadInputError(f"{path}: file not found")
@@ -134,12 +150,4 @@ def iter_feature_chunks(
         x = safetensors_slicer(p, x_key or "x", source)
     else:
         x, _ = read_arrays(p, kind, x_key, None, source=source)
-    n = len(x)
-    for start in range(0, n, chunk_rows):
-        part = x[start : start + chunk_rows]
-        t = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))
-        t = t.to(torch.float32)
-        check_finite(t, source, "features", offset=start)
-        if info is not None:
-            info.format, info.rows = kind, start + len(t)
-        yield list(range(start, start + len(t))), t
+    return x

@@ -153,30 +153,18 @@ class TableInfo:
         )
 
 
-def _csv_chunks(
-    lines: Iterator[str],
-    source: str,
-    *,
-    delimiter: str,
-    x_cols: Sequence[str] | None,
-    target: str | None,
-    want_target: bool,
-    id_key: str | None,
-    chunk_rows: int,
-    has_header: bool | None = None,
-    info: TableInfo | None = None,
-) -> Iterator[TableChunk]:
-    reader = csv.reader(lines, delimiter=delimiter)
-    info = info if info is not None else TableInfo()
-    first: list[str] | None = None
+def _csv_first_row(reader: Any) -> list[str] | None:
+    """The first non-blank row of ``reader``, or None when there is none."""
     for row in reader:
         if row and any(c.strip() for c in row):
-            first = row
-            break
-    if first is None:
-        if has_header is False:
-            return  # no header expected and no rows: an empty table
-        raise BadInputError(f"{source}: empty file; expected a header row and data rows")
+            return row
+    return None
+
+
+def _csv_header(
+    first: list[str], line: int, has_header: bool | None, info: TableInfo
+) -> tuple[list[str], list[tuple[list[str], int]], str]:
+    """The header, the pending first data row (if the first line is data) and the error hint."""
     # A first line that is all numbers is data, not a header (else it is silently lost).
     if has_header is None:
         has_header = not _looks_like_data(first)
@@ -188,7 +176,7 @@ def _csv_chunks(
     else:
         # Columns are named by position, so that x / target / id can still name them.
         header = [str(i) for i in range(len(first))]
-        pending.append((first, reader.line_num))
+        pending.append((first, line))
     # Errors that a header read as data would explain say so.
     hint = ""
     if not has_header and info.header_guessed:
@@ -198,6 +186,20 @@ def _csv_chunks(
         )
     elif not has_header:
         hint = " (no header row, as asked: the first line is data, columns are named 0, 1, ...)"
+    return header, pending, hint
+
+
+def _csv_columns(
+    header: list[str],
+    source: str,
+    *,
+    x_cols: Sequence[str] | None,
+    target: str | None,
+    want_target: bool,
+    id_key: str | None,
+    hint: str,
+) -> tuple[dict[str, int], int | None, int | None, set[str], list[str] | None]:
+    """Column indices: ``(col, target_idx, id_idx, excluded, names)`` from the header."""
     dupes = sorted({c for c in header if header.count(c) > 1})
     if dupes:
         raise BadInputError(f"{source}: duplicate column names in the header: {', '.join(dupes)}")
@@ -233,6 +235,103 @@ def _csv_chunks(
                 f"{did_you_mean(missing[0], header)}{hint}"
             )
         names = list(x_cols)
+    return col, target_idx, id_idx, excluded, names
+
+
+def _csv_feature_names(
+    header: list[str], row: list[str], excluded: set[str], source: str, hint: str
+) -> list[str]:
+    """Feature columns decided from the first data row.
+
+    Every column whose value parses as a number, except id and target. A later non-number in
+    one of them is an error naming the row, so chunked and whole-file reading agree.
+    """
+    names = []
+    for name, cell in zip(header, row, strict=True):
+        if name in excluded:
+            continue
+        try:
+            float(cell) if cell.strip() else 0.0
+        except ValueError:
+            continue
+        names.append(name)
+    if not names:
+        raise BadInputError(
+            f"{source}: no numeric feature columns (columns: {', '.join(header)}){hint}"
+        )
+    return names
+
+
+def _csv_features(
+    row: list[str],
+    names: list[str],
+    idx: list[int],
+    source: str,
+    row_index: int,
+    line: int,
+    hint: str,
+) -> list[float]:
+    """The feature values of one row; a cell that is not a number is an error naming it."""
+    try:
+        return [_parse_float(row[j]) for j in idx]
+    except ValueError:
+        for n, j in zip(names, idx, strict=True):
+            try:
+                _parse_float(row[j])
+            except ValueError:
+                got = row[j].strip()
+                what = "missing value" if not got else f"expected a number, got {got!r}"
+                raise BadInputError(
+                    f"{source}: {row_where(row_index, line)}: column {n!r}: {what}"
+                    f"{hint if row_index == 0 else ''}"
+                ) from None
+        raise
+
+
+def _csv_target(
+    row: list[str], target_idx: int, header: list[str], source: str, row_index: int, line: int
+) -> float:
+    """The target value of one row; a cell that is not a number is an error naming it."""
+    try:
+        return _parse_float(row[target_idx])
+    except ValueError:
+        got = row[target_idx].strip()
+        what = "missing value" if not got else f"expected a number, got {got!r}"
+        raise BadInputError(
+            f"{source}: {row_where(row_index, line)}: target column {header[target_idx]!r}: {what}"
+        ) from None
+
+
+def _csv_chunks(
+    lines: Iterator[str],
+    source: str,
+    *,
+    delimiter: str,
+    x_cols: Sequence[str] | None,
+    target: str | None,
+    want_target: bool,
+    id_key: str | None,
+    chunk_rows: int,
+    has_header: bool | None = None,
+    info: TableInfo | None = None,
+) -> Iterator[TableChunk]:
+    reader = csv.reader(lines, delimiter=delimiter)
+    info = info if info is not None else TableInfo()
+    first = _csv_first_row(reader)
+    if first is None:
+        if has_header is False:
+            return  # no header expected and no rows: an empty table
+        raise BadInputError(f"{source}: empty file; expected a header row and data rows")
+    header, pending, hint = _csv_header(first, reader.line_num, has_header, info)
+    col, target_idx, id_idx, excluded, names = _csv_columns(
+        header,
+        source,
+        x_cols=x_cols,
+        target=target,
+        want_target=want_target,
+        id_key=id_key,
+        hint=hint,
+    )
 
     row_index = 0
     xs: list[list[float]] = []
@@ -249,46 +348,11 @@ def _csv_chunks(
                 f"{source}: {row_where(row_index, line)}: expected {len(header)} fields, got {len(row)}"
             )
         if names is None:
-            # Feature columns are decided from the first data row: every column whose value
-            # parses as a number, except id and target. A later non-number in one of them is
-            # an error naming the row, so chunked and whole-file reading agree.
-            names = []
-            for name, cell in zip(header, row, strict=True):
-                if name in excluded:
-                    continue
-                try:
-                    float(cell) if cell.strip() else 0.0
-                except ValueError:
-                    continue
-                names.append(name)
-            if not names:
-                raise BadInputError(
-                    f"{source}: no numeric feature columns (columns: {', '.join(header)}){hint}"
-                )
+            names = _csv_feature_names(header, row, excluded, source, hint)
         idx = [col[n] for n in names]
-        try:
-            xs.append([_parse_float(row[j]) for j in idx])
-        except ValueError:
-            for n, j in zip(names, idx, strict=True):
-                try:
-                    _parse_float(row[j])
-                except ValueError:
-                    got = row[j].strip()
-                    what = "missing value" if not got else f"expected a number, got {got!r}"
-                    raise BadInputError(
-                        f"{source}: {row_where(row_index, line)}: column {n!r}: {what}"
-                        f"{hint if row_index == 0 else ''}"
-                    ) from None
+        xs.append(_csv_features(row, names, idx, source, row_index, line, hint))
         if target_idx is not None:
-            try:
-                ys.append(_parse_float(row[target_idx]))
-            except ValueError:
-                got = row[target_idx].strip()
-                what = "missing value" if not got else f"expected a number, got {got!r}"
-                raise BadInputError(
-                    f"{source}: {row_where(row_index, line)}: target column "
-                    f"{header[target_idx]!r}: {what}"
-                ) from None
+            ys.append(_csv_target(row, target_idx, header, source, row_index, line))
         ids.append(row[id_idx] if id_idx is not None else row_index)
         line_nos.append(line)
         row_index += 1
@@ -361,6 +425,122 @@ def _numeric_array(value: Any, source: str, where: str, what: str) -> np.ndarray
     return arr
 
 
+@dataclass
+class _JsonLayout:
+    """How the records of a JSONL table are read, decided by its first record."""
+
+    mode: str  # "list" (whole line / x key is a list) or "columns"
+    names: list[str]
+    list_key: str | None = None
+    target_key: str | None = None
+    has_id: bool = False
+
+
+def _jsonl_record(text: str, source: str, where: str) -> dict[str, Any] | list[Any]:
+    """One line parsed as a JSON object or array."""
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadInputError(f"{source}: {where}: invalid JSON ({err.msg})") from None
+    if not isinstance(rec, (dict, list)):
+        raise BadInputError(
+            f"{source}: {where}: expected a JSON object or array, got {type(rec).__name__}"
+        )
+    return rec
+
+
+def _jsonl_layout(
+    rec: dict[str, Any] | list[Any],
+    source: str,
+    where: str,
+    *,
+    x_key: str | Sequence[str] | None,
+    target: str | None,
+    want_target: bool,
+    id_key: str | None,
+) -> _JsonLayout:
+    """The layout of a JSONL table: the first record decides it, as the first CSV row does."""
+    if isinstance(rec, list):
+        layout = _JsonLayout("list", [])
+    elif isinstance(x_key, str):
+        layout = _JsonLayout("list", [], list_key=x_key)
+    elif x_key is not None:
+        layout = _JsonLayout("columns", list(x_key))
+    elif isinstance(rec.get("x"), list):
+        layout = _JsonLayout("list", [], list_key="x")
+    else:
+        layout = _JsonLayout("columns", [])
+    if isinstance(rec, dict):
+        if target is not None:
+            if target in rec:
+                layout.target_key = target
+            elif want_target:
+                raise BadInputError(
+                    f"{source}: {where}: no target key {target!r}; keys: "
+                    f"{', '.join(rec)}{did_you_mean(target, rec)}"
+                )
+        elif want_target:
+            layout.target_key = next((n for n in TARGET_NAMES if n in rec), None)
+        layout.has_id = bool(id_key) and id_key in rec
+        if layout.mode == "columns" and not layout.names:
+            skip = set(TARGET_NAMES) | {target, id_key}
+            layout.names = [k for k, v in rec.items() if k not in skip and _is_number(v)]
+            if not layout.names:
+                raise BadInputError(
+                    f"{source}: {where}: no numeric feature keys (keys: {', '.join(rec)}); "
+                    "name a key holding a list of numbers with x:"
+                )
+    return layout
+
+
+def _jsonl_object_features(
+    rec: dict[str, Any], layout: _JsonLayout, source: str, where: str
+) -> np.ndarray:
+    """The features of a JSON object record, read as the layout says."""
+    if layout.mode == "list" and layout.list_key is None:
+        raise BadInputError(
+            f"{source}: {where}: expected a JSON array like the first row, got an object"
+        )
+    list_key = layout.list_key
+    if layout.mode == "list":
+        if list_key not in rec:
+            raise BadInputError(
+                f"{source}: {where}: no feature key {list_key!r}; keys: {', '.join(rec)}"
+                f"{did_you_mean(str(list_key), rec)}"
+            )
+        return _numeric_array(rec[list_key], source, where, f"key {list_key!r}")
+    values = []
+    for n in layout.names:
+        if n not in rec:
+            raise BadInputError(
+                f"{source}: {where}: missing feature key {n!r}{did_you_mean(n, rec)}"
+            )
+        v = rec[n]
+        if not _is_number(v):
+            raise BadInputError(f"{source}: {where}: key {n!r}: expected a number, got {v!r}")
+        values.append(v)
+    return np.asarray(values, dtype=np.float64)
+
+
+def _jsonl_row(
+    rec: dict[str, Any] | list[Any], layout: _JsonLayout, source: str, where: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The features of one record and its target (None when the table has no target)."""
+    if isinstance(rec, list):
+        if layout.mode != "list" or layout.list_key is not None:
+            raise BadInputError(
+                f"{source}: {where}: expected a JSON object like the first row, got an array"
+            )
+        return _numeric_array(rec, source, where, "features"), None
+    feat = _jsonl_object_features(rec, layout, source, where)
+    target_key = layout.target_key
+    if target_key is None:
+        return feat, None
+    if target_key not in rec:
+        raise BadInputError(f"{source}: {where}: missing target key {target_key!r}")
+    return feat, _numeric_array(rec[target_key], source, where, f"target {target_key!r}")
+
+
 def _jsonl_chunks(
     lines: Iterator[str],
     source: str,
@@ -375,11 +555,7 @@ def _jsonl_chunks(
     info = info if info is not None else TableInfo()
     row_index = 0
     start = 0
-    mode: str | None = None  # "list" (whole line / x key is a list) or "columns"
-    names: list[str] = []
-    list_key: str | None = None
-    target_key: str | None = None
-    has_id = False
+    layout: _JsonLayout | None = None
     shape: tuple[int, ...] | None = None
     xs: list[Any] = []
     ys: list[Any] = []
@@ -389,82 +565,20 @@ def _jsonl_chunks(
         if not text.strip():
             continue
         where = row_where(row_index, line_no)
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise BadInputError(f"{source}: {where}: invalid JSON ({err.msg})") from None
-        if not isinstance(rec, (dict, list)):
-            raise BadInputError(
-                f"{source}: {where}: expected a JSON object or array, got {type(rec).__name__}"
+        rec = _jsonl_record(text, source, where)
+        if layout is None:
+            layout = _jsonl_layout(
+                rec,
+                source,
+                where,
+                x_key=x_key,
+                target=target,
+                want_target=want_target,
+                id_key=id_key,
             )
-        if mode is None:
-            # The first record decides the layout, as the first CSV row does.
-            if isinstance(rec, list):
-                mode = "list"
-            elif isinstance(x_key, str):
-                mode, list_key = "list", x_key
-            elif x_key is not None:
-                mode, names = "columns", list(x_key)
-            elif isinstance(rec.get("x"), list):
-                mode, list_key = "list", "x"
-            else:
-                mode = "columns"
-            if isinstance(rec, dict):
-                if target is not None:
-                    if target in rec:
-                        target_key = target
-                    elif want_target:
-                        raise BadInputError(
-                            f"{source}: {where}: no target key {target!r}; keys: "
-                            f"{', '.join(rec)}{did_you_mean(target, rec)}"
-                        )
-                elif want_target:
-                    target_key = next((n for n in TARGET_NAMES if n in rec), None)
-                has_id = bool(id_key) and id_key in rec
-                if mode == "columns" and not names:
-                    skip = set(TARGET_NAMES) | {target, id_key}
-                    names = [k for k, v in rec.items() if k not in skip and _is_number(v)]
-                    if not names:
-                        raise BadInputError(
-                            f"{source}: {where}: no numeric feature keys (keys: {', '.join(rec)}); "
-                            "name a key holding a list of numbers with x:"
-                        )
-        if isinstance(rec, list):
-            if mode != "list" or list_key is not None:
-                raise BadInputError(
-                    f"{source}: {where}: expected a JSON object like the first row, got an array"
-                )
-            feat = _numeric_array(rec, source, where, "features")
-        else:
-            if mode == "list" and list_key is None:
-                raise BadInputError(
-                    f"{source}: {where}: expected a JSON array like the first row, got an object"
-                )
-            if mode == "list":
-                if list_key not in rec:
-                    raise BadInputError(
-                        f"{source}: {where}: no feature key {list_key!r}; keys: {', '.join(rec)}"
-                        f"{did_you_mean(str(list_key), rec)}"
-                    )
-                feat = _numeric_array(rec[list_key], source, where, f"key {list_key!r}")
-            else:
-                values = []
-                for n in names:
-                    if n not in rec:
-                        raise BadInputError(
-                            f"{source}: {where}: missing feature key {n!r}{did_you_mean(n, rec)}"
-                        )
-                    v = rec[n]
-                    if not _is_number(v):
-                        raise BadInputError(
-                            f"{source}: {where}: key {n!r}: expected a number, got {v!r}"
-                        )
-                    values.append(v)
-                feat = np.asarray(values, dtype=np.float64)
-            if target_key is not None:
-                if target_key not in rec:
-                    raise BadInputError(f"{source}: {where}: missing target key {target_key!r}")
-                ys.append(_numeric_array(rec[target_key], source, where, f"target {target_key!r}"))
+        feat, y = _jsonl_row(rec, layout, source, where)
+        if y is not None:
+            ys.append(y)
         if shape is None:
             shape = feat.shape
         elif feat.shape != shape:
@@ -472,20 +586,57 @@ def _jsonl_chunks(
                 f"{source}: {where}: features of shape {feat.shape}, but the first row has {shape}"
             )
         xs.append(feat)
-        ids.append(rec.get(id_key) if has_id and isinstance(rec, dict) else row_index)
+        ids.append(rec.get(id_key) if layout.has_id and isinstance(rec, dict) else row_index)
         line_nos.append(line_no)
         row_index += 1
         info.rows = row_index
         if len(xs) >= chunk_rows:
             yield _finish_json_chunk(
-                xs, ys if target_key else None, ids, start, line_nos, names, source, has_id
+                xs,
+                ys if layout.target_key else None,
+                ids,
+                start,
+                line_nos,
+                layout.names,
+                source,
+                layout.has_id,
             )
             start = row_index
             xs, ys, ids, line_nos = [], [], [], []
-    if xs:
+    if xs and layout is not None:
         yield _finish_json_chunk(
-            xs, ys if target_key else None, ids, start, line_nos, names, source, has_id
+            xs,
+            ys if layout.target_key else None,
+            ids,
+            start,
+            line_nos,
+            layout.names,
+            source,
+            layout.has_id,
         )
+
+
+def _table_format(
+    path: str | Path | TextIO,
+    lines: Iterator[str],
+    source: str,
+    fmt: str | None,
+    header: bool | None,
+    info: TableInfo | None,
+) -> tuple[str, Iterator[str]]:
+    """The table's format (given, from the suffix or sniffed) and the lines to read it from."""
+    if fmt is None and (isinstance(path, (str, Path)) and str(path) != "-"):
+        fmt = detect_format(path)
+    elif fmt is None:
+        fmt, lines = _sniff_text_format(lines)
+    else:
+        fmt = detect_format(source, fmt)
+    if info is not None:
+        info.format = fmt
+    if header is not None and fmt not in ("csv", "tsv"):
+        flag = "--header" if header else "--no-header"
+        raise BadInputError(f"{source}: {flag} (header:) applies to CSV / TSV files, this is {fmt}")
+    return fmt, lines
 
 
 def _finish_json_chunk(
@@ -547,19 +698,7 @@ def iter_table_chunks(
         raise BadInputError(f"chunk_rows: expected a positive integer, got {chunk_rows}")
     lines, source, handle = _open_text(path)
     try:
-        if fmt is None and (isinstance(path, (str, Path)) and str(path) != "-"):
-            fmt = detect_format(path)
-        elif fmt is None:
-            fmt, lines = _sniff_text_format(lines)
-        else:
-            fmt = detect_format(source, fmt)
-        if info is not None:
-            info.format = fmt
-        if header is not None and fmt not in ("csv", "tsv"):
-            flag = "--header" if header else "--no-header"
-            raise BadInputError(
-                f"{source}: {flag} (header:) applies to CSV / TSV files, this is {fmt}"
-            )
+        fmt, lines = _table_format(path, lines, source, fmt, header, info)
         if fmt in ("csv", "tsv"):
             if isinstance(x_key, str):
                 x_key = [x_key]

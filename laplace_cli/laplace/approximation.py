@@ -36,13 +36,13 @@ from laplace_cli.posterior.memory import (
     default_budget,
     jacobian_rows,
 )
+from laplace_cli.posterior.table import parse_structure, structure_spec, supported_combinations
 from laplace_cli.subsets.base import AllWeights, ParameterSubset, iter_rows
 from laplace_cli.subsets.last_layer import LastLayer
 
+#: Built-in structures per subset (a view of `posterior.table`, which also holds registered ones).
 SUPPORTED = {
-    Subset.ALL: {Structure.DIAG, Structure.KRON, Structure.FULL, Structure.LOWRANK},
-    Subset.LAST_LAYER: {Structure.DIAG, Structure.KRON, Structure.FULL, Structure.LOWRANK},
-    Subset.SUBNETWORK: {Structure.DIAG, Structure.FULL},
+    subset: {s for s in Structure if structure_spec(s).supports(subset)} for subset in Subset
 }
 
 
@@ -163,7 +163,8 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         # Predictions differentiable in the inputs (dense Jacobians; laplace-torch's flag).
         self.enable_backprop = bool(enable_backprop)
         self.subset_of_weights = Subset.parse(subset_of_weights, "subset_of_weights")
-        self.hessian_structure = Structure.parse(hessian_structure, "hessian_structure")
+        self.hessian_structure = parse_structure(hessian_structure, "hessian_structure")
+        self.structure_spec = structure_spec(self.hessian_structure)
         from laplace_cli.curvature.backends import resolve_backend
 
         # laplace-torch's backend classes (and backend_kwargs) only choose the curvature here.
@@ -172,10 +173,8 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         )
         self.curvature = Curvature.parse(curvature, "curvature")
         self.kron_approx = KronApprox.parse(kron_approx, "kron_approx")
-        if self.hessian_structure not in SUPPORTED[self.subset_of_weights]:
-            combos = "; ".join(
-                f"{s.value}: {', '.join(sorted(x.value for x in v))}" for s, v in SUPPORTED.items()
-            )
+        if not self.structure_spec.supports(self.subset_of_weights):
+            combos = supported_combinations()
             raise BadInputError(
                 f"hessian_structure {self.hessian_structure.value!r} is not available with subset "
                 f"{self.subset_of_weights.value!r}; supported combinations: {combos}"
@@ -459,9 +458,9 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
                 were restored with `load_partial_state`; pass `override=False`).
             on_batch: called with the number of batches done after each batch (checkpoints).
         """
-        if (reduce is not None or start_batch or on_batch is not None) and getattr(
-            self.posterior, "needs_loader", False
-        ):
+        if (
+            reduce is not None or start_batch or on_batch is not None
+        ) and self.structure_spec.needs_loader:
             raise BadInputError(
                 f"structure {self.hessian_structure.value!r} passes over the data several "
                 "times; it cannot be fitted in shards or resumed (use diag, kron or full)"
@@ -472,7 +471,7 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
             self.n_data = 0
         if override or not hasattr(self, "_fit_generator"):
             self._fit_generator = torch.Generator(device=self._device).manual_seed(self.seed)
-        if getattr(self.posterior, "needs_loader", False):
+        if self.structure_spec.needs_loader:
             return self._fit_matrix_free(train_loader)
         dense = self.posterior.needs_dense_jacobian
         for index, batch in enumerate(train_loader):

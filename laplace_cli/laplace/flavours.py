@@ -107,6 +107,13 @@ class ParametricLaplace(Laplace):
                 "likelihood, subset_of_weights=..., hessian_structure=...)"
             )
         subset, structure = key
+        for name in ("sigma_noise", "prior_precision", "prior_mean"):
+            if isinstance(kwargs.get(name), (str, bytes)):
+                # laplace-torch refuses non-real hyperparameters with a ValueError (torch's
+                # own error would be a TypeError).
+                raise BadInputError(
+                    f"{name} must be a real number or a tensor, got {kwargs[name]!r}"
+                )
         for name, fixed in (("subset_of_weights", subset), ("hessian_structure", structure)):
             given = kwargs.pop(name, fixed)
             if str(getattr(given, "value", given)) != fixed:

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from laplace_cli.core.enums import Structure, Subset
+from laplace_cli.core.enums import Subset
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.core.version import __version__
+from laplace_cli.posterior.table import structure_spec
 
 
 def laplace_state(
@@ -70,7 +71,7 @@ def laplace_state(
         for key in ("pred_type", "link_approx", "prior_structure"):
             if la.tuning.get(key):
                 metadata[key] = la.tuning[key]
-    if la.hessian_structure == Structure.LOWRANK and la.rank is not None:
+    if structure_spec(la.hessian_structure).records_rank and la.rank is not None:
         metadata["rank"] = int(la.rank)
     metadata.update(extra or {})
     return tensors, metadata
@@ -92,7 +93,7 @@ def restore_state(la: Any, tensors: dict[str, Tensor], metadata: dict[str, Any])
         raise BadInputError("the posterior's MAP weights differ from the model's parameters")
     n_data = int(metadata["n_data"])
     state = {k: v.to(dtype=dtype, device=device) for k, v in tensors.items()}
-    if la.hessian_structure == Structure.KRON:
+    if structure_spec(la.hessian_structure).load_with_n_data:
         la.posterior.load_state(state, n_data=n_data)
     else:
         la.posterior.load_state(state)

@@ -258,47 +258,58 @@ def evaluate(
     pred_type, link_approx = default_pred_options(la, options)
     spec = load_dataset_spec(data_path)
     timings: dict[str, float] = {}
+
+    def outputs(split_spec: Any, name: str, label: str, source: str, **kw: Any) -> Any:
+        loader = split_loader(split_spec, name, la.likelihood, batch_size, any_order=True, **kw)
+        return collect_outputs(la, loader, options, progress, label, source=source, ctx=ctx)
+
     start = time.perf_counter()
-    test = collect_outputs(
-        la,
-        split_loader(spec, split, la.likelihood, batch_size, any_order=True),
-        options,
-        progress,
-        f"evaluate {split}",
-        source=f"{data_path}: split {split!r}",
-        ctx=ctx,
-    )
+    test = outputs(spec, split, f"evaluate {split}", f"{data_path}: split {split!r}")
     timings[f"predict_{split}"] = time.perf_counter() - start
     val = None
     if val_split and val_split in spec.splits and la.likelihood != Likelihood.BINARY:
         start = time.perf_counter()
-        val = collect_outputs(
-            la,
-            split_loader(spec, val_split, la.likelihood, batch_size, any_order=True),
-            options,
-            progress,
-            f"evaluate {val_split}",
-            source=f"{data_path}: split {val_split!r}",
-            ctx=ctx,
-        )
+        val = outputs(spec, val_split, f"evaluate {val_split}", f"{data_path}: split {val_split!r}")
         timings[f"predict_{val_split}"] = time.perf_counter() - start
     ood = None
     if ood_data is not None:
+        # Only the inputs are used: an OOD split needs no targets (none are scored).
         ood_spec = load_dataset_spec(ood_data)
-        ood = collect_outputs(
-            la,
-            # Only the inputs are used: an OOD split needs no targets (none are scored).
-            split_loader(
-                ood_spec, ood_split, la.likelihood, batch_size, any_order=True, require_labels=False
-            ),
-            options,
-            progress,
+        ood = outputs(
+            ood_spec,
+            ood_split,
             "evaluate ood",
-            source=f"{ood_data}: split {ood_split!r}",
-            ctx=ctx,
+            f"{ood_data}: split {ood_split!r}",
+            require_labels=False,
         )
     if test is None:
         return None  # not rank 0: the metrics are computed there
+    rows, plots, baseline = _score_rows(la, test, val, ood, n_bins)
+    settings = {
+        "split": split,
+        "val_split": val_split if val is not None else None,
+        "pred_type": pred_type.value,
+        # Regression has no link function: no approximation of one is used (None, "n/a").
+        "link_approx": None if la.likelihood == Likelihood.REGRESSION else link_approx.value,
+        "n_samples": options.n_samples,
+        **_posterior_settings(la),
+        "n_test": int(test.targets.shape[0]),
+        **{k: v for k, v in baseline.items() if v is not None},
+    }
+    results = evaluate_gates(parsed_gates, rows) if parsed_gates else []
+    return EvaluationResult(
+        rows=rows,
+        settings=settings,
+        gates=[r.to_dict() for r in results],
+        timings=timings,
+        plot_inputs=plots,
+        identity=_data_identity(data_path, split, ood_data, ood_split),
+    )
+
+
+def _score_rows(la: Laplace, test: Any, val: Any, ood: Any, n_bins: int) -> tuple[Any, Any, Any]:
+    """`(rows, plots, baseline)`: the metrics of each row (MAP, temperature, Laplace) on the
+    test split, with the OOD detection metrics when an OOD split was given."""
     if la.likelihood == Likelihood.CLASSIFICATION:
         rows, plots, baseline = _classification_rows(la, test, val, n_bins)
     elif la.likelihood == Likelihood.BINARY:
@@ -314,31 +325,19 @@ def evaluate(
                 p_out = torch.softmax(apply_temperature(ood.f_map, temperature), -1)
                 s_in, s_out = 1 - p_in.max(-1).values, 1 - p_out.max(-1).values
             rows[row].update(metrics.ood_metrics(s_in, s_out))
-    settings = {
-        "split": split,
-        "val_split": val_split if val is not None else None,
-        "pred_type": pred_type.value,
-        # Regression has no link function: no approximation of one is used (None, "n/a").
-        "link_approx": None if la.likelihood == Likelihood.REGRESSION else link_approx.value,
-        "n_samples": options.n_samples,
+    return rows, plots, baseline
+
+
+def _posterior_settings(la: Laplace) -> dict[str, Any]:
+    """The posterior's settings recorded in the report."""
+    return {
         "likelihood": la.likelihood.value,
         "structure": la.hessian_structure.value,
         "subset": la.subset_of_weights.value,
         "prior_precision": [float(v) for v in la.prior_precision.reshape(-1)],
         "sigma_noise": [float(v) for v in la.sigma_noise.reshape(-1)],
         "temperature_la": la.temperature,
-        "n_test": int(test.targets.shape[0]),
-        **{k: v for k, v in baseline.items() if v is not None},
     }
-    results = evaluate_gates(parsed_gates, rows) if parsed_gates else []
-    return EvaluationResult(
-        rows=rows,
-        settings=settings,
-        gates=[r.to_dict() for r in results],
-        timings=timings,
-        plot_inputs=plots,
-        identity=_data_identity(data_path, split, ood_data, ood_split),
-    )
 
 
 def _data_identity(

@@ -113,11 +113,30 @@ def _check_value(kind: str, choices: Any, value: Any, where: str, errors: list[s
 
 def validate_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
     """Check every key and value; raise one BadInputError listing all problems."""
-    errors: list[str] = []
     if not isinstance(raw, dict):
         raise BadInputError(
             f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
         )
+    errors = _schema_errors(raw, source)
+    model = raw.get("model")
+    if not isinstance(model, dict) or not model.get("path"):
+        errors.append(f"{source}: model.path: required (the checkpoint to calibrate)")
+    if not raw.get("data"):
+        errors.append(f"{source}: data: required (a dataset spec YAML)")
+    stages = raw.get("stages") or [s for s in STAGES if s in raw] or ["fit"]
+    if isinstance(stages, list) and stages and stages[0] != "fit":
+        errors.append(f"{source}: stages: must start with fit, got {stages}")
+    if isinstance(stages, list) and len(set(stages)) != len(stages):
+        errors.append(f"{source}: stages: each stage once, got {stages}")
+    errors += _gate_errors(raw, source) + _grid_errors(raw, source)
+    if errors:
+        raise BadInputError("\n".join(errors))
+    return _resolved(raw, source, base_dir, dict(model), list(stages))
+
+
+def _schema_errors(raw: dict[str, Any], source: str) -> list[str]:
+    """Unknown keys, and values of the wrong type or outside their choices, section by section."""
+    errors: list[str] = []
     for section, schema in SCHEMA.items():
         node = raw if section == "" else raw.get(section)
         if node is None:
@@ -133,16 +152,12 @@ def validate_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
                 continue
             kind, choices = schema[key]
             _check_value(kind, choices, value, where, errors)
-    model = raw.get("model")
-    if not isinstance(model, dict) or not model.get("path"):
-        errors.append(f"{source}: model.path: required (the checkpoint to calibrate)")
-    if not raw.get("data"):
-        errors.append(f"{source}: data: required (a dataset spec YAML)")
-    stages = raw.get("stages") or [s for s in STAGES if s in raw] or ["fit"]
-    if isinstance(stages, list) and stages and stages[0] != "fit":
-        errors.append(f"{source}: stages: must start with fit, got {stages}")
-    if isinstance(stages, list) and len(set(stages)) != len(stages):
-        errors.append(f"{source}: stages: each stage once, got {stages}")
+    return errors
+
+
+def _gate_errors(raw: dict[str, Any], source: str) -> list[str]:
+    """The `evaluate.fail_if` gates that do not parse."""
+    errors: list[str] = []
     evaluate = raw.get("evaluate") if isinstance(raw.get("evaluate"), dict) else {}
     gates = evaluate.get("fail_if") if isinstance(evaluate.get("fail_if"), list) else []
     for gate in gates:
@@ -152,6 +167,11 @@ def validate_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
             parse_gate(str(gate))
         except BadInputError as exc:
             errors.append(f"{source}: evaluate.fail_if: {exc}")
+    return errors
+
+
+def _grid_errors(raw: dict[str, Any], source: str) -> list[str]:
+    """A `tune.grid_*` range that is empty or out of bounds, checked before any work."""
     tune = raw.get("tune") if isinstance(raw.get("tune"), dict) else {}
     grid = [tune.get(k) for k in ("grid_min", "grid_max", "grid_size")]
     if any(v is not None for v in grid) and all(
@@ -162,15 +182,19 @@ def validate_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
         try:
             check_grid(*grid, names=("tune.grid_min", "tune.grid_max", "tune.grid_size"))
         except BadInputError as exc:
-            errors += [f"{source}: {line}" for line in str(exc).splitlines()]
-    if errors:
-        raise BadInputError("\n".join(errors))
+            return [f"{source}: {line}" for line in str(exc).splitlines()]
+    return []
+
+
+def _resolved(
+    raw: dict[str, Any], source: str, base_dir: Path, model: dict[str, Any], stages: list[str]
+) -> Recipe:
+    """The checked recipe, its paths made absolute relative to the recipe's folder."""
 
     def resolve(p: str) -> Path:
         path = Path(p).expanduser()
         return path if path.is_absolute() else (base_dir / path)
 
-    model = dict(model)
     model["path"] = str(resolve(model["path"]))
     if model.get("factory") and ".py:" in model["factory"]:
         file, _, fn = model["factory"].rpartition(":")
@@ -192,7 +216,7 @@ def validate_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
         base_dir=base_dir,
         model=model,
         data=resolve(raw["data"]),
-        stages=list(stages),
+        stages=stages,
         device=raw.get("device") or "auto",
         dtype=raw.get("dtype"),
         seed=int(raw.get("seed") or 0),
@@ -235,21 +259,45 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
     plus any plot / HTML asked for) and `predictions.<format>` (predict). Gate failures are
     recorded in the result, not raised, so the caller can write everything first.
     """
+    from laplace_cli.pipeline import distributed
     from laplace_cli.pipeline import stages as pipeline
-    from laplace_cli.pipeline.evaluation import evaluate, save_evaluation_outputs
 
     progress = progress or pipeline.no_progress
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = RunResult()
-    fit_cfg = recipe.section("fit")
-    model_spec = pipeline.ModelSpec(
+    lp, fitted = _run_fit(recipe, out, progress, result)
+    # Under torchrun every rank holds the whole posterior after the fit. Rank 0 alone tunes and
+    # writes files; the ranks share the evaluate and predict work (rank 0 gathers the rows).
+    ctx = distributed.context()
+    if "tune" in recipe.stages:
+        _run_tune(recipe, lp, ctx, progress, result)
+    result.log_marginal_likelihood = float(lp.la.log_marginal_likelihood())
+    if "evaluate" in recipe.stages:
+        _run_evaluate(recipe, out, lp, fitted, progress, result)
+    if "predict" in recipe.stages:
+        _run_predict(recipe, out, lp.la, ctx, progress, result)
+    return result
+
+
+def _model_spec(recipe: Recipe) -> Any:
+    """The recipe's `model:` section as a `ModelSpec`."""
+    from laplace_cli.pipeline.stages import ModelSpec
+
+    return ModelSpec(
         path=recipe.model["path"],
         factory=recipe.model.get("factory"),
         kwargs=dict(recipe.model.get("kwargs") or {}),
         trust_checkpoint=bool(recipe.model.get("trust_checkpoint", False)),
     )
-    options = pipeline.FitOptions(
+
+
+def _fit_options(recipe: Recipe) -> Any:
+    """The recipe's `fit:` section as `FitOptions`, with the defaults of `laplace fit`."""
+    from laplace_cli.pipeline.stages import FitOptions
+
+    fit_cfg = recipe.section("fit")
+    return FitOptions(
         likelihood=fit_cfg.get("likelihood"),
         subset=fit_cfg.get("subset", "last_layer"),
         structure=fit_cfg.get("structure", "kron"),
@@ -266,10 +314,16 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
         batch_size=fit_cfg.get("batch_size", recipe.batch_size),
         seed=recipe.seed,
     )
+
+
+def _run_fit(recipe: Recipe, out: Path, progress: Any, result: RunResult) -> tuple[Any, Any]:
+    """Fit and write `posterior.safetensors`: `(LoadedPosterior, FitResult)`."""
+    from laplace_cli.pipeline import stages as pipeline
+
     fitted = pipeline.fit(
-        model_spec,
+        _model_spec(recipe),
         recipe.data,
-        options,
+        _fit_options(recipe),
         device=recipe.device,
         dtype=recipe.dtype,
         progress=progress,
@@ -281,130 +335,135 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
     extra = {"data": str(recipe.data), "fit_seconds": round(fitted.seconds, 3)}
     pipeline.save_posterior(la, posterior_path, fitted.loaded, extra)
     result.files["posterior"] = str(posterior_path)
-    from laplace_cli.pipeline import distributed
+    return pipeline.LoadedPosterior(la, extra, fitted.loaded, str(posterior_path)), fitted
 
-    # Under torchrun every rank holds the whole posterior after the fit. Rank 0 alone tunes and
-    # writes files; the ranks share the evaluate and predict work (rank 0 gathers the rows).
-    ctx = distributed.context()
-    main = ctx is None or ctx.is_main
-    lp = pipeline.LoadedPosterior(la, extra, fitted.loaded, str(posterior_path))
 
-    if "tune" in recipe.stages:
-        if main:
-            cfg = recipe.section("tune")
-            method = cfg.pop("method", "marglik")
-            split = cfg.pop("split", "val")
-            cfg.setdefault("prior_structure", "scalar")  # as `laplace tune`, both methods
-            from laplace_cli.tuning.grid import check_grid
+def _run_tune(recipe: Recipe, lp: Any, ctx: Any, progress: Any, result: RunResult) -> None:
+    """Tune on rank 0 and rewrite the posterior; under torchrun every rank takes the result."""
+    from laplace_cli.pipeline import stages as pipeline
 
-            cfg.update(
-                check_grid(
-                    cfg.pop("grid_min", None),
-                    cfg.pop("grid_max", None),
-                    cfg.pop("grid_size", None),
-                    names=("tune.grid_min", "tune.grid_max", "tune.grid_size"),
-                )
+    if ctx is None or ctx.is_main:
+        cfg = recipe.section("tune")
+        method = cfg.pop("method", "marglik")
+        split = cfg.pop("split", "val")
+        cfg.setdefault("prior_structure", "scalar")  # as `laplace tune`, both methods
+        from laplace_cli.tuning.grid import check_grid
+
+        cfg.update(
+            check_grid(
+                cfg.pop("grid_min", None),
+                cfg.pop("grid_max", None),
+                cfg.pop("grid_size", None),
+                names=("tune.grid_min", "tune.grid_max", "tune.grid_size"),
             )
-            from laplace_cli.io.datasets import load_dataset_spec
-
-            result.tuning = pipeline.tune(
-                lp,
-                method=method,
-                data_path=str(recipe.data),
-                split=split,
-                batch_size=recipe.batch_size,
-                progress=progress,
-                seed=recipe.seed,
-                # marglik: score the tuned posterior against the MAP where the split exists.
-                map_check=split in load_dataset_spec(recipe.data).splits,
-                **cfg,
-            )
-            pipeline.resave(lp, posterior_path)
-        if ctx is not None:
-            result.tuning = _share_tuning(la, ctx)
-    result.log_marginal_likelihood = float(la.log_marginal_likelihood())
-
-    if "evaluate" in recipe.stages:
-        cfg = recipe.section("evaluate")
-        opts = pipeline.PredictOptions(
-            pred_type=cfg.get("pred_type"),
-            link_approx=cfg.get("link_approx"),
-            n_samples=int(cfg.get("samples", 100)),
-            seed=recipe.seed,
         )
-        evaluation = evaluate(
-            la,
-            recipe.data,
-            split=cfg.get("split", "test"),
-            ood_data=cfg.get("ood_data"),
-            ood_split=cfg.get("ood_split", "test"),
-            options=opts,
-            gates=cfg.get("fail_if"),
+        from laplace_cli.io.datasets import load_dataset_spec
+
+        result.tuning = pipeline.tune(
+            lp,
+            method=method,
+            data_path=str(recipe.data),
+            split=split,
             batch_size=recipe.batch_size,
             progress=progress,
-        )
-        result.evaluation = evaluation
-        if evaluation is not None:  # rank 0 writes the report
-            report = out / cfg.get("report", "report.json")
-            written = save_evaluation_outputs(
-                evaluation,
-                la.likelihood,
-                report=report,
-                plot=out / cfg["plot"] if cfg.get("plot") else None,
-                html=out / cfg["html"] if cfg.get("html") else None,
-                extra={
-                    "posterior": str(posterior_path),
-                    "fingerprint": fitted.loaded.fingerprint,
-                    "model": fitted.loaded.ref.to_dict(),
-                    "recipe": recipe.source,
-                    "fit_seconds": fitted.seconds,
-                    "tuning": result.tuning,
-                },
-            )
-            result.files.update(written)
-
-    if "predict" in recipe.stages:
-        from laplace_cli.core.enums import Likelihood
-        from laplace_cli.io.datasets import load_dataset_spec
-        from laplace_cli.io.writers import RowWriter
-
-        cfg = recipe.section("predict")
-        fmt = cfg.get("format", "csv")
-        path = out / cfg.get("output", f"predictions.{fmt}")
-        opts = pipeline.PredictOptions(
-            pred_type=cfg.get("pred_type"),
-            link_approx=cfg.get("link_approx"),
-            n_samples=int(cfg.get("samples", 100)),
-            interval=float(cfg.get("interval", 0.95)),
             seed=recipe.seed,
+            # marglik: score the tuned posterior against the MAP where the split exists.
+            map_check=split in load_dataset_spec(recipe.data).splits,
+            **cfg,
         )
-        loader = pipeline.split_loader(
-            load_dataset_spec(recipe.data),
-            cfg.get("split", "test"),
+        pipeline.resave(lp, Path(lp.path))
+    if ctx is not None:
+        result.tuning = _share_tuning(lp.la, ctx)
+
+
+def _run_evaluate(
+    recipe: Recipe, out: Path, lp: Any, fitted: Any, progress: Any, result: RunResult
+) -> None:
+    """Evaluate (the ranks share the work); rank 0 writes the report and its plot / HTML."""
+    from laplace_cli.pipeline import stages as pipeline
+    from laplace_cli.pipeline.evaluation import evaluate, save_evaluation_outputs
+
+    la = lp.la
+    cfg = recipe.section("evaluate")
+    opts = pipeline.PredictOptions(
+        pred_type=cfg.get("pred_type"),
+        link_approx=cfg.get("link_approx"),
+        n_samples=int(cfg.get("samples", 100)),
+        seed=recipe.seed,
+    )
+    evaluation = evaluate(
+        la,
+        recipe.data,
+        split=cfg.get("split", "test"),
+        ood_data=cfg.get("ood_data"),
+        ood_split=cfg.get("ood_split", "test"),
+        options=opts,
+        gates=cfg.get("fail_if"),
+        batch_size=recipe.batch_size,
+        progress=progress,
+    )
+    result.evaluation = evaluation
+    if evaluation is not None:  # rank 0 writes the report
+        report = out / cfg.get("report", "report.json")
+        written = save_evaluation_outputs(
+            evaluation,
             la.likelihood,
-            recipe.batch_size,
-            require_labels=False,  # predictions need inputs only
+            report=report,
+            plot=out / cfg["plot"] if cfg.get("plot") else None,
+            html=out / cfg["html"] if cfg.get("html") else None,
+            extra={
+                "posterior": str(lp.path),
+                "fingerprint": fitted.loaded.fingerprint,
+                "model": fitted.loaded.ref.to_dict(),
+                "recipe": recipe.source,
+                "fit_seconds": fitted.seconds,
+                "tuning": result.tuning,
+            },
         )
-        single = la.likelihood == Likelihood.REGRESSION and (la.n_outputs or 1) == 1
-        source = f"{recipe.data}: split {cfg.get('split', 'test')!r}"
-        # Chunk i on rank i mod W; rank 0 gathers them round by round (input order), as
-        # `laplace predict` does. Alone, round_robin and gather_rounds pass everything through.
-        # Numbered first: each row keeps its index, which seeds its Monte Carlo draws.
-        numbered = pipeline.number_chunks(pipeline.loader_chunks(loader))
-        chunks = distributed.round_robin(numbered, ctx)
-        rows = distributed.gather_rounds(
-            pipeline.iter_prediction_rows(la, chunks, opts, source), ctx
-        )
-        if not main:
-            for _ in rows:  # a collective: take part to the end
-                pass
-            return result
-        with open(path, "w", encoding="utf-8", newline="") as stream:
-            writer = RowWriter(stream, fmt, cfg.get("columns"), single_output=single)
-            for batch in progress(rows, len(loader), "predict"):
-                writer.write_batch(batch)
-        result.files["predictions"] = str(path)
-    return result
+        result.files.update(written)
+
+
+def _run_predict(
+    recipe: Recipe, out: Path, la: Any, ctx: Any, progress: Any, result: RunResult
+) -> None:
+    """Predict a split (the ranks share the chunks); rank 0 writes `predictions.<format>`."""
+    from laplace_cli.core.enums import Likelihood
+    from laplace_cli.io.datasets import load_dataset_spec
+    from laplace_cli.io.writers import RowWriter
+    from laplace_cli.pipeline import stages as pipeline
+    from laplace_cli.pipeline.prediction_stream import predicted_batches
+
+    cfg = recipe.section("predict")
+    fmt = cfg.get("format", "csv")
+    path = out / cfg.get("output", f"predictions.{fmt}")
+    opts = pipeline.PredictOptions(
+        pred_type=cfg.get("pred_type"),
+        link_approx=cfg.get("link_approx"),
+        n_samples=int(cfg.get("samples", 100)),
+        interval=float(cfg.get("interval", 0.95)),
+        seed=recipe.seed,
+    )
+    loader = pipeline.split_loader(
+        load_dataset_spec(recipe.data),
+        cfg.get("split", "test"),
+        la.likelihood,
+        recipe.batch_size,
+        require_labels=False,  # predictions need inputs only
+    )
+    single = la.likelihood == Likelihood.REGRESSION and (la.n_outputs or 1) == 1
+    source = f"{recipe.data}: split {cfg.get('split', 'test')!r}"
+    # Chunk i on rank i mod W; rank 0 gathers them round by round (input order), as
+    # `laplace predict` does. Numbered first: each row keeps its index, which seeds its Monte
+    # Carlo draws.
+    numbered = pipeline.number_chunks(pipeline.loader_chunks(loader))
+    rows = predicted_batches(la, numbered, opts, source, ctx)
+    if rows is None:  # a rank other than 0: it took part in the gathering to the end
+        return
+    with open(path, "w", encoding="utf-8", newline="") as stream:
+        writer = RowWriter(stream, fmt, cfg.get("columns"), single_output=single)
+        for batch in progress(rows, len(loader), "predict"):
+            writer.write_batch(batch)
+    result.files["predictions"] = str(path)
 
 
 def _share_tuning(la: Any, ctx: Any) -> dict[str, Any] | None:

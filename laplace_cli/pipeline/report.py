@@ -145,60 +145,63 @@ def plot_reliability(
         # Count panels share one y scale so rows of different sizes compare at a glance.
         ax_count = fig.add_subplot(grid[1, col], sharex=ax, sharey=first_count)
         first_count = first_count or ax_count
-        edges = b.edges.detach().cpu().double()
-        lefts = edges[:-1].tolist()
-        widths = (edges[1:] - edges[:-1]).tolist()
-        nonempty = (b.count > 0).cpu().tolist()
-        acc = [a if ok else 0.0 for a, ok in zip(b.accuracy.cpu().tolist(), nonempty, strict=True)]
-        conf = [
-            c if ok else 0.0 for c, ok in zip(b.confidence.cpu().tolist(), nonempty, strict=True)
-        ]
-        keep = [i for i, ok in enumerate(nonempty) if ok]
-
-        ax.bar(
-            [lefts[i] for i in keep],
-            [acc[i] for i in keep],
-            width=[widths[i] for i in keep],
-            align="edge",
-            color="tab:blue",
-            edgecolor="black",
-            linewidth=0.5,
-            label="accuracy",
-        )
-        # The gap bar spans from accuracy to confidence: red hatching shows miscalibration.
-        ax.bar(
-            [lefts[i] for i in keep],
-            [conf[i] - acc[i] for i in keep],
-            bottom=[acc[i] for i in keep],
-            width=[widths[i] for i in keep],
-            align="edge",
-            color="tab:red",
-            alpha=0.3,
-            hatch="//",
-            edgecolor="tab:red",
-            linewidth=0.5,
-            label="gap to confidence",
-        )
-        ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfect")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{name}  (ECE {b.ece():.4f}, N={b.n_samples})")
-        ax.tick_params(labelbottom=False)
-        if col == 0:
-            ax.set_ylabel("accuracy")
-            ax.legend(loc="upper left", fontsize="small")
-        else:
-            ax.tick_params(labelleft=False)
-
-        ax_count.bar(lefts, b.count.cpu().tolist(), width=widths, align="edge", color="gray")
-        ax_count.set_xlabel("confidence")
-        if col == 0:
-            ax_count.set_ylabel("count")
-        else:
-            ax_count.tick_params(labelleft=False)
+        _draw_reliability_panel(ax, ax_count, name, b, first=col == 0)
     if title:
         fig.suptitle(title)
     return _save_figure(fig, path)
+
+
+def _draw_reliability_panel(ax: Any, ax_count: Any, name: str, b: Any, *, first: bool) -> None:
+    """One row's panel: accuracy bars and their gap to confidence, and the counts below."""
+    edges = b.edges.detach().cpu().double()
+    lefts = edges[:-1].tolist()
+    widths = (edges[1:] - edges[:-1]).tolist()
+    nonempty = (b.count > 0).cpu().tolist()
+    acc = [a if ok else 0.0 for a, ok in zip(b.accuracy.cpu().tolist(), nonempty, strict=True)]
+    conf = [c if ok else 0.0 for c, ok in zip(b.confidence.cpu().tolist(), nonempty, strict=True)]
+    keep = [i for i, ok in enumerate(nonempty) if ok]
+
+    ax.bar(
+        [lefts[i] for i in keep],
+        [acc[i] for i in keep],
+        width=[widths[i] for i in keep],
+        align="edge",
+        color="tab:blue",
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
+    # The gap bar spans from accuracy to confidence: red hatching shows miscalibration.
+    ax.bar(
+        [lefts[i] for i in keep],
+        [conf[i] - acc[i] for i in keep],
+        bottom=[acc[i] for i in keep],
+        width=[widths[i] for i in keep],
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        hatch="//",
+        edgecolor="tab:red",
+        linewidth=0.5,
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfect")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{name}  (ECE {b.ece():.4f}, N={b.n_samples})")
+    ax.tick_params(labelbottom=False)
+    if first:
+        ax.set_ylabel("accuracy")
+        ax.legend(loc="upper left", fontsize="small")
+    else:
+        ax.tick_params(labelleft=False)
+
+    ax_count.bar(lefts, b.count.cpu().tolist(), width=widths, align="edge", color="gray")
+    ax_count.set_xlabel("confidence")
+    if first:
+        ax_count.set_ylabel("count")
+    else:
+        ax_count.tick_params(labelleft=False)
 
 
 def _as_curve(name: str, value: Any, levels: Sequence[float] | None) -> CoverageCurve:
@@ -441,36 +444,13 @@ def write_html_report(
         BadInputError: an image is missing or of an unknown type.
     """
     image_tags = [_image_tag(Path(p)) for p in images]
-
-    columns: list[str] = []
-    for metrics in rows_table.values():
-        for key in metrics:
-            if key not in columns:
-                columns.append(key)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body_rows = []
-    for name, metrics in rows_table.items():
-        cells = "".join(
-            f'<td class="num">{_fmt(metrics[c]) if c in metrics else ""}</td>' for c in columns
-        )
-        body_rows.append(f"<tr><th>{html.escape(str(name))}</th>{cells}</tr>")
-    metrics_html = (
-        f"<table><thead><tr><th>row</th>{head}</tr></thead>"
-        f"<tbody>{''.join(body_rows)}</tbody></table>"
-    )
-
+    columns = _metric_columns(rows_table)
+    metrics_html = _metrics_html(rows_table, columns)
     settings_html = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{'n/a' if v is None else _fmt(v)}</td></tr>"
         for k, v in settings.items()
     )
-    identity_html = ""
-    if identity:
-        identity_rows = "".join(
-            f"<tr><th>{html.escape(str(k))}</th><td><code>{_fmt(v)}</code></td></tr>"
-            for k, v in identity.items()
-            if v is not None
-        )
-        identity_html = f"<h2>What was evaluated</h2><table><tbody>{identity_rows}</tbody></table>"
+    identity_html = _identity_html(identity)
     terms = [*(identity or {}), *rows_table, *columns, *settings]
     glossary_html = _glossary_html([str(t) for t in terms])
     gates_html = ""
@@ -497,3 +477,40 @@ def write_html_report(
         + "</body></html>\n"
     )
     return _write(path, page.encode("utf-8"))
+
+
+def _metric_columns(rows_table: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The union of the rows' metric names, in first-seen order."""
+    columns: list[str] = []
+    for metrics in rows_table.values():
+        for key in metrics:
+            if key not in columns:
+                columns.append(key)
+    return columns
+
+
+def _metrics_html(rows_table: Mapping[str, Mapping[str, Any]], columns: list[str]) -> str:
+    """The metrics table: one row per row, blank where a row lacks a metric."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body_rows = []
+    for name, metrics in rows_table.items():
+        cells = "".join(
+            f'<td class="num">{_fmt(metrics[c]) if c in metrics else ""}</td>' for c in columns
+        )
+        body_rows.append(f"<tr><th>{html.escape(str(name))}</th>{cells}</tr>")
+    return (
+        f"<table><thead><tr><th>row</th>{head}</tr></thead>"
+        f"<tbody>{''.join(body_rows)}</tbody></table>"
+    )
+
+
+def _identity_html(identity: Mapping[str, Any] | None) -> str:
+    """What was evaluated, as a table (empty without an identity); None values are left out."""
+    if not identity:
+        return ""
+    identity_rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td><code>{_fmt(v)}</code></td></tr>"
+        for k, v in identity.items()
+        if v is not None
+    )
+    return f"<h2>What was evaluated</h2><table><tbody>{identity_rows}</tbody></table>"

@@ -341,6 +341,56 @@ def fit(
     likelihood = resolve_likelihood(options.likelihood, spec)
     loaded = load_model_spec(model_spec, device, dtype)
     torch.manual_seed(options.seed)
+    la = _new_laplace(model_spec, options, loaded, spec, likelihood, device, dtype, progress)
+    from laplace_cli.pipeline import distributed
+
+    ctx = distributed.context(device) if options.distributed else None
+    if ctx is not None:
+        # The MC Fisher draws targets from a stream seeded by `seed`: one stream per rank, so
+        # the shards' draws are independent (rank 0's equals a one-process fit's over its rows).
+        la.seed = options.seed + ctx.rank
+    note = likelihood_note(options.likelihood, spec, data_path)
+    loader = _fit_loader(spec, options, likelihood, ctx, note, data_path)
+    shard = len(loader.dataset) if hasattr(loader, "dataset") else None
+    _check_first_batch(la, loader, f"{data_path}: split {options.split!r}")
+    checkpoint = _fit_checkpoint(options, la, loaded, data_path, loader, ctx)
+    start_batch = checkpoint.restore(la) if checkpoint is not None and options.resume else 0
+    start = time.perf_counter()
+    _fit_curvature(la, loader, options, checkpoint, start_batch, ctx, data_path, progress)
+    if ctx is not None:
+        # Recorded in the posterior's metadata by `save_posterior` (world_size, shard_sizes).
+        la.shard_sizes = distributed.all_gather_ints(shard or 0, ctx)
+    seconds = time.perf_counter() - start
+    # The summary's log marginal likelihood is part of the work (a Cholesky factorisation of a
+    # full P×P precision: seconds at P in the thousands): timed and shown like the fit.
+    log_ml, summary_start = None, time.perf_counter()
+    if ctx is None or ctx.is_main:
+        for _ in progress([None], 1, "log marginal likelihood"):
+            log_ml = float(la.log_marginal_likelihood())
+    return FitResult(
+        la,
+        loaded,
+        str(data_path),
+        seconds,
+        checkpoint=checkpoint,
+        resumed_batches=start_batch,
+        notes=[note] if note else [],
+        log_marginal_likelihood=log_ml,
+        summary_seconds=time.perf_counter() - summary_start,
+    )
+
+
+def _new_laplace(
+    model_spec: ModelSpec,
+    options: FitOptions,
+    loaded: LoadedModel,
+    spec: DatasetSpec,
+    likelihood: Likelihood,
+    device: str,
+    dtype: str | None,
+    progress: Progress,
+) -> Laplace:
+    """The (unfitted) Laplace of `options`, with its subnetwork chosen and --prior set."""
     sigma = options.sigma_noise if options.sigma_noise is not None else 1.0
     indices = _subnetwork_indices(options, loaded, spec, likelihood, device, progress)
     la = Laplace(
@@ -369,16 +419,23 @@ def fit(
         if set_prior is None:
             raise BadInputError("--prior (a posterior as prior) is not implemented yet")
         set_prior(prior_la)
+    return la
+
+
+def _fit_loader(
+    spec: DatasetSpec,
+    options: FitOptions,
+    likelihood: Likelihood,
+    ctx: Any,
+    note: str | None,
+    data_path: str | Path,
+) -> Any:
+    """The fit split's loader (this rank's shard under torchrun); labels that do not fit an
+    assumed classification say how to declare a regression."""
     from laplace_cli.pipeline import distributed
 
-    ctx = distributed.context(device) if options.distributed else None
-    if ctx is not None:
-        # The MC Fisher draws targets from a stream seeded by `seed`: one stream per rank, so
-        # the shards' draws are independent (rank 0's equals a one-process fit's over its rows).
-        la.seed = options.seed + ctx.rank
-    note = likelihood_note(options.likelihood, spec, data_path)
     try:
-        loader = distributed.shard_loader(
+        return distributed.shard_loader(
             split_loader(spec, options.split, likelihood, options.batch_size, any_order=True), ctx
         )
     except LabelError as err:
@@ -391,15 +448,30 @@ def fit(
             "was assumed; for real-valued targets add `task: regression` to the spec (or pass "
             "--likelihood regression)"
         ) from err
-    shard = len(loader.dataset) if hasattr(loader, "dataset") else None
+
+
+def _check_first_batch(la: Laplace, loader: Any, source: str) -> None:
+    """Check that the model accepts the first batch, before any work is done."""
     with torch.random.fork_rng(devices=[]):  # a loader iterator draws a seed: keep the stream
         first = next(iter(loader), None)
     if first is not None:
         x_first, _ = split_batch(first, la.dict_key_x, la.dict_key_y)
-        check_model_accepts(la, x_first, f"{data_path}: split {options.split!r}")
-    checkpoint = _fit_checkpoint(options, la, loaded, data_path, loader, ctx)
-    start_batch = checkpoint.restore(la) if checkpoint is not None and options.resume else 0
-    start = time.perf_counter()
+        check_model_accepts(la, x_first, source)
+
+
+def _fit_curvature(
+    la: Laplace,
+    loader: Any,
+    options: FitOptions,
+    checkpoint: Any,
+    start_batch: int,
+    ctx: Any,
+    data_path: str | Path,
+    progress: Progress,
+) -> None:
+    """Fit the curvature from `start_batch` on (all-reduced across ranks under torchrun)."""
+    from laplace_cli.pipeline import distributed
+
     try:
         la.fit(
             ProgressView(loader, progress, f"fit {options.structure}"),
@@ -412,27 +484,35 @@ def fit(
         # The engine knows the batch, not the file: name the data file and split as well
         # (same class, so the exit code is unchanged).
         raise type(err)(f"{data_path}: split {options.split!r}: {err}") from err
-    if ctx is not None:
-        # Recorded in the posterior's metadata by `save_posterior` (world_size, shard_sizes).
-        la.shard_sizes = distributed.all_gather_ints(shard or 0, ctx)
-    seconds = time.perf_counter() - start
-    # The summary's log marginal likelihood is part of the work (a Cholesky factorisation of a
-    # full P×P precision: seconds at P in the thousands): timed and shown like the fit.
-    log_ml, summary_start = None, time.perf_counter()
-    if ctx is None or ctx.is_main:
-        for _ in progress([None], 1, "log marginal likelihood"):
-            log_ml = float(la.log_marginal_likelihood())
-    return FitResult(
-        la,
-        loaded,
-        str(data_path),
-        seconds,
-        checkpoint=checkpoint,
-        resumed_batches=start_batch,
-        notes=[note] if note else [],
-        log_marginal_likelihood=log_ml,
-        summary_seconds=time.perf_counter() - summary_start,
+
+
+def fit_and_save(
+    model_spec: ModelSpec,
+    data_path: Path,
+    options: FitOptions,
+    output: str | Path,
+    *,
+    device: str = "auto",
+    dtype: str | None = None,
+    progress: Progress = no_progress,
+) -> FitResult:
+    """`fit`, then write the posterior to `output` (rank 0 under torchrun) and remove the fit's
+    checkpoint once it is written; every rank returns its `FitResult`."""
+    result = fit(model_spec, data_path, options, device=device, dtype=dtype, progress=progress)
+    save_posterior(
+        result.la,
+        output,
+        result.loaded,
+        {"data": str(data_path.resolve()), "fit_seconds": round(result.seconds, 3)},
     )
+    from laplace_cli.pipeline import distributed
+
+    ctx = distributed.context()
+    if ctx is not None:
+        ctx.barrier()  # rank 0 has written the posterior: the checkpoints are no longer needed
+    if result.checkpoint is not None:
+        result.checkpoint.remove()
+    return result
 
 
 def _subnetwork_indices(

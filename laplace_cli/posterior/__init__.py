@@ -1,4 +1,4 @@
-"""Posterior structures behind one interface (`Posterior`), and the registry that builds them."""
+"""Posterior structures behind one interface (`Posterior`); `table` says which exist and what each can do."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import torch
 
 from laplace_cli.core.enums import KronApprox, Structure
-from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior.base import Posterior, expand_prior, per_group_prior
 from laplace_cli.posterior.diag import DiagPosterior
 from laplace_cli.posterior.full import FullPosterior
 from laplace_cli.posterior.kron import KronPosterior
+from laplace_cli.posterior.table import build_from_table
 from laplace_cli.subsets.base import ParamGroup
 
 __all__ = [
@@ -35,16 +35,4 @@ def build_posterior(
     rank: int | None = None,
 ) -> Posterior:
     """Build an empty posterior of the given structure for the given parameter groups."""
-    if structure == Structure.DIAG:
-        return DiagPosterior(groups, dtype, device)
-    if structure == Structure.FULL:
-        return FullPosterior(groups, dtype, device)
-    if structure == Structure.KRON:
-        return KronPosterior(groups, dtype, device, kron_approx=kron_approx)
-    if structure == Structure.LOWRANK:
-        try:
-            from laplace_cli.posterior.lowrank import LowRankPosterior
-        except ImportError:  # pragma: no cover - until the module lands
-            raise BadInputError("structure 'lowrank' is not implemented yet") from None
-        return LowRankPosterior(groups, dtype, device, rank=rank)
-    raise BadInputError(f"unknown structure {structure!r}")
+    return build_from_table(structure, groups, dtype, device, kron_approx=kron_approx, rank=rank)

@@ -12,6 +12,7 @@ import torch
 
 from laplace_cli.core.enums import Structure
 from laplace_cli.core.errors import MemoryBudgetError
+from laplace_cli.posterior.table import structure_spec
 from laplace_cli.subsets.base import ParamGroup
 
 DEFAULT_FRACTION = 0.5
@@ -55,41 +56,18 @@ def default_budget(device: torch.device) -> int:
 
 
 def structure_bytes(
-    structure: Structure, groups: Sequence[ParamGroup], itemsize: int, rank: int | None = None
+    structure: Structure | str,
+    groups: Sequence[ParamGroup],
+    itemsize: int,
+    rank: int | None = None,
 ) -> int:
-    """Bytes held by the curvature of a structure (one copy; decompositions roughly double it)."""
-    n_params = sum(g.numel for g in groups)
-    if structure == Structure.FULL:
-        return n_params * n_params * itemsize
-    if structure == Structure.KRON:
-        total = 0
-        for g in groups:
-            if g.kind == "weight":
-                d_out, d_in = g.kron_shape
-                total += d_out * d_out + d_in * d_in
-            elif g.kind == "bias":
-                total += g.numel * g.numel
-            else:
-                total += g.numel
-        return total * itemsize
-    if structure == Structure.LOWRANK:
-        # The block Krylov basis and its image under H (P × (k + 10)·5 each, at most P × P),
-        # plus U: see posterior/lowrank.py.
-        from laplace_cli.posterior.lowrank import (
-            DEFAULT_N_ITER,
-            DEFAULT_OVERSAMPLE,
-            DEFAULT_RANK,
-            krylov_basis_size,
-        )
-
-        k = min(rank or DEFAULT_RANK, n_params)
-        basis = krylov_basis_size(n_params, k, DEFAULT_OVERSAMPLE, DEFAULT_N_ITER)
-        return n_params * (2 * basis + k + 2) * itemsize
-    return n_params * itemsize
+    """Bytes held by the curvature of a structure (one copy; decompositions roughly double it);
+    each structure's estimate is in `posterior.table`."""
+    return structure_spec(structure).memory(groups, itemsize, rank)
 
 
 def check_structure_memory(
-    structure: Structure,
+    structure: Structure | str,
     groups: Sequence[ParamGroup],
     itemsize: int,
     budget: int,
@@ -105,14 +83,10 @@ def check_structure_memory(
     if 3 * need <= budget:
         return
     n_params = sum(g.numel for g in groups)
-    alternatives = {
-        Structure.FULL: "use kron, diag or subset_of_weights=last_layer",
-        Structure.KRON: "use diag or subset_of_weights=last_layer",
-        Structure.LOWRANK: "use a smaller rank, diag or subset_of_weights=last_layer",
-        Structure.DIAG: "use subset_of_weights=last_layer",
-    }[structure]
+    spec = structure_spec(structure)
+    alternatives = spec.memory_advice
     raise MemoryBudgetError(
-        f"{structure.value} needs {format_bytes(need)} for {format_count(n_params)} parameters; "
+        f"{spec.name} needs {format_bytes(need)} for {format_count(n_params)} parameters; "
         f"{alternatives} (budget {format_bytes(budget)}; or raise max_memory)"
     )
 

@@ -144,19 +144,9 @@ def optimize_prior_precision(
     la.require_fit()
     tm = TuneMethod.parse(method, "method")
     ps = PriorStructure.parse(prior_structure, "prior_structure")
-    if ps == PriorStructure.DIAG and la.hessian_structure == Structure.KRON:
-        raise BadInputError(
-            "prior_structure 'diag' (one prior precision per parameter) is not available with "
-            "hessian_structure 'kron': K-FAC adds the prior to Kronecker eigenvalues, which needs "
-            "one value per parameter tensor; use prior_structure 'scalar' or 'layerwise', or "
-            "structure 'diag' or 'full'"
-        )
+    _check_prior_structure(la, ps)
     if tm == TuneMethod.MARGLIK:
-        if temperature_grid is not None:
-            raise BadInputError(
-                "temperature is tuned by gridsearch only (the marginal likelihood of a tempered "
-                "likelihood is not a model-selection criterion); use method='gridsearch'"
-            )
+        _check_marglik_options(temperature_grid)
         result = run_marglik(
             la,
             ps,
@@ -169,24 +159,9 @@ def optimize_prior_precision(
             tol=tol,
             progress=progress,
         )
-        result["pred_type"] = None if pred_type is None else PredType.parse(pred_type).value
-        result["link_approx"] = None if link_approx is None else LinkApprox.parse(link_approx).value
-        result["loss"] = None
+        result.update(_marglik_predictive(pred_type, link_approx))
     else:
-        if ps != PriorStructure.SCALAR:
-            raise BadInputError(
-                f"gridsearch tunes a scalar prior precision, got prior_structure {ps.value!r}; "
-                "use method='marglik' for layer-wise or per-parameter priors"
-            )
-        if not tune_prior:
-            raise BadInputError(
-                "gridsearch tunes the prior precision; tune_prior=False is for marglik"
-            )
-        if tune_sigma_noise:
-            raise BadInputError(
-                "sigma_noise is tuned by marglik; run method='marglik' with tune_prior=False "
-                "first, then the grid search"
-            )
+        _check_gridsearch_options(ps, tune_prior, tune_sigma_noise)
         result = run_gridsearch(
             la,
             val_loader,
@@ -204,11 +179,77 @@ def optimize_prior_precision(
             use_cache=use_cache,
         )
     if not tune_prior:  # σ on its own: report the structure of the prior that was kept
-        k = la.prior_precision.numel()
-        ps = PriorStructure.SCALAR if k == 1 else PriorStructure.LAYERWISE
-        if k == la.n_params and k != len(la.subset.groups):
-            ps = PriorStructure.DIAG
-    result = {
+        ps = _kept_prior_structure(la)
+    result = _tuning_record(la, tm, ps, result)
+    la.tuning = result
+    if _verbose:  # laplace-torch's `verbose=True`
+        print(f"Optimized prior precision is {la.prior_precision}.")
+    return result
+
+
+def _check_prior_structure(la: FittedLaplace, ps: PriorStructure) -> None:
+    """K-FAC cannot take one prior precision per parameter."""
+    if ps == PriorStructure.DIAG and la.hessian_structure == Structure.KRON:
+        raise BadInputError(
+            "prior_structure 'diag' (one prior precision per parameter) is not available with "
+            "hessian_structure 'kron': K-FAC adds the prior to Kronecker eigenvalues, which needs "
+            "one value per parameter tensor; use prior_structure 'scalar' or 'layerwise', or "
+            "structure 'diag' or 'full'"
+        )
+
+
+def _check_marglik_options(temperature_grid: Sequence[float] | Tensor | None) -> None:
+    """Options that marglik does not take."""
+    if temperature_grid is not None:
+        raise BadInputError(
+            "temperature is tuned by gridsearch only (the marginal likelihood of a tempered "
+            "likelihood is not a model-selection criterion); use method='gridsearch'"
+        )
+
+
+def _marglik_predictive(
+    pred_type: PredType | str | None, link_approx: LinkApprox | str | None
+) -> dict[str, Any]:
+    """The predictive recorded with a marglik result (as given; marglik scores none)."""
+    return {
+        "pred_type": None if pred_type is None else PredType.parse(pred_type).value,
+        "link_approx": None if link_approx is None else LinkApprox.parse(link_approx).value,
+        "loss": None,
+    }
+
+
+def _check_gridsearch_options(
+    ps: PriorStructure, tune_prior: bool, tune_sigma_noise: bool | None
+) -> None:
+    """Options that gridsearch does not take."""
+    if ps != PriorStructure.SCALAR:
+        raise BadInputError(
+            f"gridsearch tunes a scalar prior precision, got prior_structure {ps.value!r}; "
+            "use method='marglik' for layer-wise or per-parameter priors"
+        )
+    if not tune_prior:
+        raise BadInputError("gridsearch tunes the prior precision; tune_prior=False is for marglik")
+    if tune_sigma_noise:
+        raise BadInputError(
+            "sigma_noise is tuned by marglik; run method='marglik' with tune_prior=False "
+            "first, then the grid search"
+        )
+
+
+def _kept_prior_structure(la: FittedLaplace) -> PriorStructure:
+    """The structure of the prior precision that was kept (σ tuned on its own)."""
+    k = la.prior_precision.numel()
+    ps = PriorStructure.SCALAR if k == 1 else PriorStructure.LAYERWISE
+    if k == la.n_params and k != len(la.subset.groups):
+        ps = PriorStructure.DIAG
+    return ps
+
+
+def _tuning_record(
+    la: FittedLaplace, tm: TuneMethod, ps: PriorStructure, result: dict[str, Any]
+) -> dict[str, Any]:
+    """The result of a tuning run with the values now set on ``la`` (stored as ``la.tuning``)."""
+    return {
         "method": tm.value,
         "prior_structure": ps.value,
         "prior_precision": _listed(la.prior_precision),
@@ -216,10 +257,6 @@ def optimize_prior_precision(
         "temperature": float(la.temperature),
         **result,
     }
-    la.tuning = result
-    if _verbose:  # laplace-torch's `verbose=True`
-        print(f"Optimized prior precision is {la.prior_precision}.")
-    return result
 
 
 #: laplace-torch 0.3's positional order of `optimize_prior_precision`'s arguments.

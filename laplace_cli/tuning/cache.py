@@ -44,6 +44,7 @@ from laplace_cli.core.errors import BadInputError, MemoryBudgetError
 from laplace_cli.posterior.base import expand_prior
 from laplace_cli.posterior.full import robust_cholesky
 from laplace_cli.posterior.memory import format_bytes
+from laplace_cli.posterior.table import STRUCTURES, structure_spec
 from laplace_cli.subsets import jacobian_products
 from laplace_cli.subsets.base import DenseFactor, LayerFactor, dense_from_factors, iter_rows
 from laplace_cli.tuning.protocol import FittedLaplace
@@ -51,13 +52,14 @@ from laplace_cli.tuning.protocol import FittedLaplace
 __all__ = ["PredictiveCache", "cache_unsupported_reason"]
 
 #: Structures and subsets the cache implements; anything else is scored by calling `la(...)`.
-CACHED_STRUCTURES = (Structure.DIAG, Structure.KRON, Structure.FULL)
+#: (The structures are those with `tuning_cache` in `posterior.table`.)
+CACHED_STRUCTURES = tuple(Structure(n) for n, spec in STRUCTURES.items() if spec.tuning_cache)
 CACHED_SUBSETS = (Subset.ALL, Subset.LAST_LAYER)
 
 
 def cache_unsupported_reason(la: FittedLaplace) -> str | None:
     """Why `PredictiveCache` cannot serve `la` (None when it can)."""
-    if la.hessian_structure not in CACHED_STRUCTURES:
+    if not structure_spec(la.hessian_structure).tuning_cache:
         return f"structure {la.hessian_structure.value!r} has no predictive cache"
     if la.subset_of_weights not in CACHED_SUBSETS:
         return f"subset {la.subset_of_weights.value!r} has no predictive cache"

@@ -319,6 +319,73 @@ def run_gridsearch(
         raise BadInputError("gridsearch needs validation data: pass val_loader")
     name, fn = _resolve_loss(la.likelihood, loss)
     pt, link = _resolve_predictive(la, pred_type, link_approx)
+    prior_grid, temp_grid = _grid_axes(
+        la, grid, grid_size, log_min, log_max, temperature_grid, refine, name
+    )
+    with_temp = temperature_grid is not None
+
+    # Product grid, prior-major: point k = (prior_grid[k // K], temp_grid[k % K]).
+    n_t = temp_grid.numel()
+    priors = prior_grid.repeat_interleave(n_t)
+    temps = temp_grid.repeat(prior_grid.numel())
+
+    evaluate, map_outputs, cached = _grid_scorer(
+        la, val_loader, use_cache, name, fn, pt, link, n_samples, seed
+    )
+    losses = evaluate(priors, temps)
+    best, on_edge = _grid_best(losses, priors, temps, prior_grid, temp_grid, name)
+    best_prior, best_temp = float(priors[best]), float(temps[best])
+    curve = [
+        [p, t, _json_float(v)] if with_temp else [p, _json_float(v)]
+        for p, t, v in zip(priors.tolist(), temps.tolist(), losses.tolist())
+    ]
+    n_points = priors.numel()
+    best_loss = float(losses[best])
+    refined = False
+    if refine > 0 and prior_grid.numel() > 1:
+        fine, fine_losses = _refine_around(evaluate, prior_grid, best_prior, best_temp, refine)
+        if fine.numel():
+            n_points += fine.numel()
+            _add_to_curve(curve, fine, fine_losses, best_temp, with_temp)
+            fine_ok = torch.where(torch.isfinite(fine_losses), fine_losses, torch.inf)
+            j = int(fine_ok.argmin())
+            if fine_ok[j] < losses[best]:
+                best_prior, refined = float(fine[j]), True
+                best_loss = float(fine_ok[j])
+            curve.sort(key=lambda row: tuple(row[:-1]))
+    if on_edge:
+        _warn_on_edge(float(priors[best]), best_temp, prior_grid)
+    map_check = _against_map(la, name, fn, best_loss, *map_outputs(), "grid search")
+    la.prior_precision = torch.tensor([best_prior], dtype=la.dtype, device=la.device)
+    la.temperature = best_temp
+    tuned = ["prior_precision"] + (["temperature"] if with_temp else [])
+    return {
+        "log_evidence": None,
+        "curve": curve,
+        "pred_type": pt.value,
+        "link_approx": None if link is None else link.value,
+        "loss": name,
+        "n_steps": int(n_points),
+        "converged": True,
+        "on_edge": bool(on_edge),
+        "tuned": tuned,
+        "cached": bool(cached),
+        "refined": refined,
+        **map_check,
+    }
+
+
+def _grid_axes(
+    la: FittedLaplace,
+    grid: Any,
+    grid_size: int,
+    log_min: float,
+    log_max: float,
+    temperature_grid: Any,
+    refine: int,
+    name: str,
+) -> tuple[Tensor, Tensor]:
+    """The prior precisions and temperatures to score, checked."""
     if grid is None:
         if grid_size < 1:
             raise BadInputError(f"grid_size must be at least 1, got {grid_size}")
@@ -336,12 +403,22 @@ def run_gridsearch(
             "loss 'mse' scores the GLM mean, which does not depend on the prior precision: every "
             "grid point scores the same, so the grid search cannot choose (use 'nll')"
         )
+    return prior_grid, temp_grid
 
-    # Product grid, prior-major: point k = (prior_grid[k // K], temp_grid[k % K]).
-    n_t = temp_grid.numel()
-    priors = prior_grid.repeat_interleave(n_t)
-    temps = temp_grid.repeat(prior_grid.numel())
 
+def _grid_scorer(
+    la: FittedLaplace,
+    val_loader: Iterable[Any],
+    use_cache: bool,
+    name: str,
+    fn: LossFn | None,
+    pt: PredType,
+    link: LinkApprox | None,
+    n_samples: int,
+    seed: int,
+) -> tuple[Callable[[Tensor, Tensor], Tensor], Callable[[], tuple[Tensor, Tensor]], bool]:
+    """``(evaluate, map_outputs, cached)``: the validation loss at (priors, temperatures), the
+    MAP outputs and targets, and whether the predictive cache serves them."""
     reason = cache_unsupported_reason(la)
     cached = use_cache and reason is None and pt == PredType.GLM
     if cached:
@@ -354,25 +431,37 @@ def run_gridsearch(
 
         def map_outputs() -> tuple[Tensor, Tensor]:
             return cache.f_mu, cache.y
-    else:
-        batches = [la.prepare_batch(b) for b in val_loader]
-        batches = [(x, y) for x, y in batches if batch_size(x) > 0]
-        if not batches:
-            raise BadInputError("the validation data is empty")
 
-        def evaluate(p: Tensor, t: Tensor) -> Tensor:
-            return _direct_losses(la, batches, p, t, name, fn, pt, link, n_samples, seed)
+        return evaluate, map_outputs, cached
 
-        def map_outputs() -> tuple[Tensor, Tensor]:
-            return _map_outputs(la, batches)
+    batches = [la.prepare_batch(b) for b in val_loader]
+    batches = [(x, y) for x, y in batches if batch_size(x) > 0]
+    if not batches:
+        raise BadInputError("the validation data is empty")
 
-    losses = evaluate(priors, temps)
+    def evaluate_direct(p: Tensor, t: Tensor) -> Tensor:
+        return _direct_losses(la, batches, p, t, name, fn, pt, link, n_samples, seed)
+
+    def map_outputs_direct() -> tuple[Tensor, Tensor]:
+        return _map_outputs(la, batches)
+
+    return evaluate_direct, map_outputs_direct, cached
+
+
+def _grid_best(
+    losses: Tensor,
+    priors: Tensor,
+    temps: Tensor,
+    prior_grid: Tensor,
+    temp_grid: Tensor,
+    name: str,
+) -> tuple[int, bool]:
+    """The index of the lowest finite loss, and whether it lies on the edge of the grid."""
     finite = torch.isfinite(losses)
     if not finite.any():
         raise NumericalError(f"the validation loss {name!r} is not finite at any grid point")
     best = int(torch.where(finite, losses, torch.inf).argmin())
     best_prior, best_temp = float(priors[best]), float(temps[best])
-    best_loss = float(losses[best])
     # A loss that is the same everywhere (mse) has no optimum, on the edge or elsewhere.
     constant = bool((losses[finite] == losses[finite][0]).all())
     on_edge = not constant and (
@@ -380,70 +469,53 @@ def run_gridsearch(
             prior_grid.numel() > 1
             and best_prior in (float(prior_grid.min()), float(prior_grid.max()))
         )
-        or (n_t > 1 and best_temp in (float(temp_grid.min()), float(temp_grid.max())))
+        or (temp_grid.numel() > 1 and best_temp in (float(temp_grid.min()), float(temp_grid.max())))
     )
-    curve = [
-        [p, t, _json_float(v)] if temperature_grid is not None else [p, _json_float(v)]
-        for p, t, v in zip(priors.tolist(), temps.tolist(), losses.tolist())
-    ]
-    n_points = priors.numel()
-    refined = False
-    if refine > 0 and prior_grid.numel() > 1:
-        values = torch.unique(prior_grid)  # sorted
-        i = int(torch.searchsorted(values, torch.tensor(best_prior, dtype=torch.float64)))
-        sides = []
-        for j in (i - 1, i + 1):  # `refine` log-spaced points towards each neighbour
-            if 0 <= j < values.numel():
-                lo, hi = sorted((math.log10(values[i]), math.log10(values[j])))
-                sides.append(torch.logspace(lo, hi, refine + 2, dtype=torch.float64)[1:-1])
-        fine = torch.cat(sides)
-        if fine.numel():
-            fine_losses = evaluate(fine, torch.full_like(fine, best_temp))
-            n_points += fine.numel()
-            for p, v in zip(fine, fine_losses):
-                curve.append(
-                    [float(p), best_temp, _json_float(v)]
-                    if temperature_grid is not None
-                    else [float(p), _json_float(v)]
-                )
-            fine_ok = torch.where(torch.isfinite(fine_losses), fine_losses, torch.inf)
-            j = int(fine_ok.argmin())
-            if fine_ok[j] < losses[best]:
-                best_prior, refined = float(fine[j]), True
-                best_loss = float(fine_ok[j])
-            curve.sort(key=lambda row: tuple(row[:-1]))
-    if on_edge:
-        prior_edge = prior_grid.numel() > 1 and float(priors[best]) in (
-            float(prior_grid.min()),
-            float(prior_grid.max()),
-        )
-        where = (
-            f"prior precision {float(priors[best]):.4g}"
-            if prior_edge
-            else f"temperature {best_temp:.4g}"
-        )
-        warn(
-            f"grid search optimum is on the edge of the grid ({where}); extend the grid in that "
-            "direction"
-        )
-    map_check = _against_map(la, name, fn, best_loss, *map_outputs(), "grid search")
-    la.prior_precision = torch.tensor([best_prior], dtype=la.dtype, device=la.device)
-    la.temperature = best_temp
-    tuned = ["prior_precision"] + (["temperature"] if temperature_grid is not None else [])
-    return {
-        "log_evidence": None,
-        "curve": curve,
-        "pred_type": pt.value,
-        "link_approx": None if link is None else link.value,
-        "loss": name,
-        "n_steps": int(n_points),
-        "converged": True,
-        "on_edge": bool(on_edge),
-        "tuned": tuned,
-        "cached": bool(cached),
-        "refined": refined,
-        **map_check,
-    }
+    return best, on_edge
+
+
+def _refine_around(
+    evaluate: Callable[[Tensor, Tensor], Tensor],
+    prior_grid: Tensor,
+    best_prior: float,
+    best_temp: float,
+    refine: int,
+) -> tuple[Tensor, Tensor]:
+    """Score ``refine`` log-spaced prior precisions towards each neighbour of the best one."""
+    values = torch.unique(prior_grid)  # sorted
+    i = int(torch.searchsorted(values, torch.tensor(best_prior, dtype=torch.float64)))
+    sides = []
+    for j in (i - 1, i + 1):  # `refine` log-spaced points towards each neighbour
+        if 0 <= j < values.numel():
+            lo, hi = sorted((math.log10(values[i]), math.log10(values[j])))
+            sides.append(torch.logspace(lo, hi, refine + 2, dtype=torch.float64)[1:-1])
+    fine = torch.cat(sides)
+    if not fine.numel():
+        return fine, fine
+    return fine, evaluate(fine, torch.full_like(fine, best_temp))
+
+
+def _add_to_curve(
+    curve: list[list[Any]], priors: Tensor, losses: Tensor, temp: float, with_temp: bool
+) -> None:
+    """Append the refinement points to the curve, in its row layout."""
+    for p, v in zip(priors, losses):
+        curve.append([float(p), temp, _json_float(v)] if with_temp else [float(p), _json_float(v)])
+
+
+def _warn_on_edge(grid_best_prior: float, best_temp: float, prior_grid: Tensor) -> None:
+    """Warn that the optimum is on the edge of the grid, naming the axis."""
+    prior_edge = prior_grid.numel() > 1 and grid_best_prior in (
+        float(prior_grid.min()),
+        float(prior_grid.max()),
+    )
+    where = (
+        f"prior precision {grid_best_prior:.4g}" if prior_edge else f"temperature {best_temp:.4g}"
+    )
+    warn(
+        f"grid search optimum is on the edge of the grid ({where}); extend the grid in that "
+        "direction"
+    )
 
 
 def _map_outputs(la: FittedLaplace, batches: list[tuple[Any, Tensor]]) -> tuple[Tensor, Tensor]:

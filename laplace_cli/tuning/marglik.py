@@ -85,19 +85,7 @@ def run_marglik(
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
     regression = la.likelihood == Likelihood.REGRESSION
-    if tune_sigma is None:
-        # As laplace-torch: σ is the user's unless they ask for it to be tuned (it used to be
-        # retuned by default for regression, overwriting a σ set on purpose). `laplace tune`
-        # asks for it explicitly (pipeline.tune). With tune_prior=False σ is all there is to tune.
-        tune_sigma = regression and not tune_prior
-    if tune_sigma and not regression:
-        raise BadInputError("sigma_noise is tuned for regression only")
-    if not (tune_prior or tune_sigma):
-        raise BadInputError("nothing to tune: tune_prior and tune_sigma_noise are both off")
-    if optimizer not in ("lbfgs", "adam"):
-        raise BadInputError(f"optimizer: expected lbfgs or adam, got {optimizer!r}")
-    if n_steps < 1:
-        raise BadInputError(f"n_steps must be at least 1, got {n_steps}")
+    tune_sigma = _marglik_tune_sigma(regression, tune_prior, tune_sigma, optimizer, n_steps)
     low_precision = la.dtype not in (torch.float64,)
     gtol = tol if tol is not None else (1e-4 if low_precision else 1e-7)
     ftol = 1e-6 if low_precision else 1e-13
@@ -113,13 +101,61 @@ def run_marglik(
     if tune_sigma:
         params.append(log_sigma.requires_grad_(True))
 
-    def objective() -> Tensor:
-        lp = log_prior.clamp(-LOG_BOUND, LOG_BOUND)
-        ls = log_sigma.clamp(-LOG_BOUND, LOG_BOUND) if regression else None
-        return -log_evidence(la, lp, ls) / la.n_data
+    opt = _marglik_optimizer(params, optimizer, lr)
+    closure = _memoised_closure(la, opt, params, log_prior, log_sigma, regression)
+    converged, steps, gmax = _marglik_steps(
+        la, ps, closure, opt, params, optimizer, n_steps, gtol, ftol, progress
+    )
+    with torch.no_grad():
+        lp = log_prior.detach().clamp(-LOG_BOUND, LOG_BOUND)
+        ls = log_sigma.detach().clamp(-LOG_BOUND, LOG_BOUND)
+    on_edge = bool((lp.abs() >= LOG_BOUND).any()) or (
+        tune_sigma and bool((ls.abs() >= LOG_BOUND).any())
+    )
+    if tune_prior:
+        la.prior_precision = lp.exp()
+    if tune_sigma:
+        la.sigma_noise = ls.exp()
+    evidence = float(la.log_marginal_likelihood())
+    _warn_marglik(converged, on_edge, n_steps, gmax, gtol)
+    tuned = (["prior_precision"] if tune_prior else []) + (["sigma_noise"] if tune_sigma else [])
+    return {
+        "log_evidence": evidence,
+        "curve": None,
+        "n_steps": steps,
+        "converged": converged,
+        "on_edge": on_edge,
+        "tuned": tuned,
+        "optimizer": optimizer,
+    }
 
+
+def _marglik_tune_sigma(
+    regression: bool, tune_prior: bool, tune_sigma: bool | None, optimizer: str, n_steps: int
+) -> bool:
+    """Check the options; return whether σ is tuned (its default decided)."""
+    if tune_sigma is None:
+        # As laplace-torch: σ is the user's unless they ask for it to be tuned (it used to be
+        # retuned by default for regression, overwriting a σ set on purpose). `laplace tune`
+        # asks for it explicitly (pipeline.tune). With tune_prior=False σ is all there is to tune.
+        tune_sigma = regression and not tune_prior
+    if tune_sigma and not regression:
+        raise BadInputError("sigma_noise is tuned for regression only")
+    if not (tune_prior or tune_sigma):
+        raise BadInputError("nothing to tune: tune_prior and tune_sigma_noise are both off")
+    if optimizer not in ("lbfgs", "adam"):
+        raise BadInputError(f"optimizer: expected lbfgs or adam, got {optimizer!r}")
+    if n_steps < 1:
+        raise BadInputError(f"n_steps must be at least 1, got {n_steps}")
+    return tune_sigma
+
+
+def _marglik_optimizer(
+    params: list[Tensor], optimizer: str, lr: float | None
+) -> torch.optim.Optimizer:
+    """L-BFGS (one iteration per step, strong-Wolfe line search) or Adam."""
     if optimizer == "lbfgs":
-        opt: torch.optim.Optimizer = torch.optim.LBFGS(
+        return torch.optim.LBFGS(
             params,
             lr=1.0 if lr is None else lr,
             max_iter=1,
@@ -129,13 +165,30 @@ def run_marglik(
             history_size=20,
             line_search_fn="strong_wolfe",
         )
-    else:
-        opt = torch.optim.Adam(params, lr=0.1 if lr is None else lr)
+    return torch.optim.Adam(params, lr=0.1 if lr is None else lr)
 
-    # Evaluations by point: the convergence test after a step and the next step's first
-    # evaluation land on a point the line search (or the step before) has just evaluated. On a
-    # full posterior with a non-scalar prior every evaluation is an O(P³) factorisation, so a
-    # point is evaluated once (the points are a few log-priors: the memo is tiny).
+
+def _memoised_closure(
+    la: FittedLaplace,
+    opt: torch.optim.Optimizer,
+    params: list[Tensor],
+    log_prior: Tensor,
+    log_sigma: Tensor,
+    regression: bool,
+) -> Callable[[], Tensor]:
+    """The optimiser's closure: −log p(D)/N and its gradient, evaluated once per point.
+
+    The convergence test after a step and the next step's first evaluation land on a point the
+    line search (or the step before) has just evaluated. On a full posterior with a non-scalar
+    prior every evaluation is an O(P³) factorisation, so a point is evaluated once (the points
+    are a few log-priors: the memo is tiny).
+    """
+
+    def objective() -> Tensor:
+        lp = log_prior.clamp(-LOG_BOUND, LOG_BOUND)
+        ls = log_sigma.clamp(-LOG_BOUND, LOG_BOUND) if regression else None
+        return -log_evidence(la, lp, ls) / la.n_data
+
     memo: dict[bytes, tuple[Tensor, list[Tensor]]] = {}
 
     def closure() -> Tensor:
@@ -158,6 +211,22 @@ def run_marglik(
         memo[key] = (f.detach(), [p.grad.detach().clone() for p in params])
         return f
 
+    return closure
+
+
+def _marglik_steps(
+    la: FittedLaplace,
+    ps: PriorStructure,
+    closure: Callable[[], Tensor],
+    opt: torch.optim.Optimizer,
+    params: list[Tensor],
+    optimizer: str,
+    n_steps: int,
+    gtol: float,
+    ftol: float,
+    progress: Progress,
+) -> tuple[bool, int, float]:
+    """Step until converged or ``n_steps``; return (converged, steps, largest gradient)."""
     started = time.perf_counter()
     first = progress([None], 1, f"marglik: first evaluation ({_what(la, ps)})")
     for _ in first:  # the first evaluation may be a long factorisation: show it
@@ -181,17 +250,11 @@ def run_marglik(
             converged = True
             break
         f_prev = f_now
-    with torch.no_grad():
-        lp = log_prior.detach().clamp(-LOG_BOUND, LOG_BOUND)
-        ls = log_sigma.detach().clamp(-LOG_BOUND, LOG_BOUND)
-    on_edge = bool((lp.abs() >= LOG_BOUND).any()) or (
-        tune_sigma and bool((ls.abs() >= LOG_BOUND).any())
-    )
-    if tune_prior:
-        la.prior_precision = lp.exp()
-    if tune_sigma:
-        la.sigma_noise = ls.exp()
-    evidence = float(la.log_marginal_likelihood())
+    return converged, steps, gmax
+
+
+def _warn_marglik(converged: bool, on_edge: bool, n_steps: int, gmax: float, gtol: float) -> None:
+    """Warn when the optimiser did not converge or drove a value to its bound."""
     if not converged:
         warn(
             f"marglik did not converge in {n_steps} steps (largest gradient {gmax:.2e} > "
@@ -202,13 +265,3 @@ def run_marglik(
             f"marglik drove a hyperparameter to its bound exp(±{LOG_BOUND:g}): the evidence keeps "
             "growing that way (check the model and the data)"
         )
-    tuned = (["prior_precision"] if tune_prior else []) + (["sigma_noise"] if tune_sigma else [])
-    return {
-        "log_evidence": evidence,
-        "curve": None,
-        "n_steps": steps,
-        "converged": converged,
-        "on_edge": on_edge,
-        "tuned": tuned,
-        "optimizer": optimizer,
-    }

@@ -2,11 +2,15 @@
 
 Each is a thin layer over this project's engine (masks: subnetwork.py, the functions the CLI's
 `--subnetwork` selectors call). laplace-torch's `Kron` / `KronDecomposed` matrix classes are not
-offered: this project's K-FAC posterior keeps its own factors (posterior/kron.py); read
-`la.posterior_precision` for the dense matrix. See docs/migrating.md.
+offered (the names exist and raise `NotImplementedError`): this project's K-FAC posterior keeps
+its own factors (posterior/kron.py); read `la.posterior_precision` for the dense matrix.
+`RunningNLLMetric` has torchmetrics' update/compute/reset without depending on it.
+See docs/migrating.md.
 """
 
-from laplace_cli.utils.feature_extractor import FeatureExtractor
+from laplace_cli.utils.feature_extractor import FeatureExtractor, FeatureReduction
+from laplace_cli.utils.matrix import Kron, KronDecomposed
+from laplace_cli.utils.metrics import RunningNLLMetric
 from laplace_cli.utils.subnetmask import (
     LargestMagnitudeSubnetMask,
     LargestVarianceDiagLaplaceSubnetMask,
@@ -20,15 +24,33 @@ from laplace_cli.utils.subnetmask import (
 )
 from laplace_cli.utils.swag import fit_diagonal_swag_var
 from laplace_cli.utils.utils import (
+    SoDSampler,
+    block_diag,
+    diagonal_add_scalar,
     expand_prior_precision,
     fix_prior_prec_structure,
     get_nll,
+    invsqrt_precision,
+    kron,
+    normal_samples,
     parameters_per_layer,
+    symeig,
     validate,
 )
 
 __all__ = [
     "FeatureExtractor",
+    "FeatureReduction",
+    "Kron",
+    "KronDecomposed",
+    "RunningNLLMetric",
+    "invsqrt_precision",
+    "kron",
+    "diagonal_add_scalar",
+    "symeig",
+    "block_diag",
+    "normal_samples",
+    "SoDSampler",
     "SubnetMask",
     "ScoreBasedSubnetMask",
     "RandomSubnetMask",

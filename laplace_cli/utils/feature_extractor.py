@@ -10,6 +10,7 @@ laplace-torch, reduced features are not `.squeeze()`d, so a batch of one keeps s
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 from torch import Tensor, nn
@@ -17,9 +18,18 @@ from torch import Tensor, nn
 from laplace_cli.core.batches import call_model
 from laplace_cli.core.errors import BadInputError
 
-__all__ = ["FeatureExtractor"]
+__all__ = ["FeatureReduction", "FeatureExtractor"]
 
-_REDUCTIONS = ("pick_first", "pick_last", "average")
+
+class FeatureReduction(str, Enum):
+    """How features of more than two dimensions are reduced to (B, d) (laplace-torch's enum)."""
+
+    PICK_FIRST = "pick_first"
+    PICK_LAST = "pick_last"
+    AVERAGE = "average"
+
+
+_REDUCTIONS = tuple(fr.value for fr in FeatureReduction)
 
 
 class FeatureExtractor(nn.Module):

@@ -17,6 +17,13 @@ __all__ = [
     "parameters_per_layer",
     "expand_prior_precision",
     "fix_prior_prec_structure",
+    "invsqrt_precision",
+    "kron",
+    "diagonal_add_scalar",
+    "symeig",
+    "block_diag",
+    "normal_samples",
+    "SoDSampler",
 ]
 
 
@@ -113,3 +120,81 @@ def fix_prior_prec_structure(
         raise BadInputError(f"Invalid prior structure {prior_structure}.")
     value = torch.as_tensor(prior_prec_init).reshape(-1)[0].item()
     return torch.full((sizes[structure],), value, device=device, dtype=dtype)
+
+
+def invsqrt_precision(M: Tensor) -> Tensor:
+    """A lower-triangular `L` with `L Lᵀ = M⁻¹` (laplace-torch's `M^{-1/2}`): the scale of a
+    Gaussian of precision `M`, obtained without inverting `M` first."""
+    flipped = torch.linalg.cholesky(torch.flip(M, (-2, -1)))
+    L_inv = torch.transpose(torch.flip(flipped, (-2, -1)), -2, -1)
+    eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
+    return torch.linalg.solve_triangular(L_inv, eye, upper=False)
+
+
+def kron(t1: Tensor, t2: Tensor) -> Tensor:
+    """Kronecker product of two matrices (`torch.kron` for 2-D inputs)."""
+    if t1.ndim != 2 or t2.ndim != 2:
+        raise BadInputError("kron takes two 2-D tensors")
+    return torch.kron(t1, t2)
+
+
+def diagonal_add_scalar(X: Tensor, value: float | Tensor) -> Tensor:
+    """`X` with `value` added to its diagonal (a new tensor; `X` is left unchanged)."""
+    eye = torch.eye(X.shape[0], dtype=X.dtype, device=X.device)
+    return X + eye * value
+
+
+def symeig(M: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (clamped at 0, NaNs zeroed) and eigenvectors of a symmetric matrix, as
+    laplace-torch's `symeig`: on a failed decomposition retried once with the identity added
+    (and removed from the eigenvalues); a second failure raises (laplace-torch exits)."""
+    try:
+        L, W = torch.linalg.eigh(M, UPLO="U")
+    except RuntimeError:  # did not converge
+        eye = torch.eye(M.shape[0], device=M.device, dtype=M.dtype)
+        L, W = torch.linalg.eigh(M + eye, UPLO="U")
+        L = L - 1.0
+    return torch.nan_to_num(L.clamp(min=0.0)), torch.nan_to_num(W)
+
+
+def block_diag(blocks: list[Tensor]) -> Tensor:
+    """The block-diagonal matrix of square `blocks` (`torch.block_diag`)."""
+    return torch.block_diag(*blocks)
+
+
+def normal_samples(
+    mean: Tensor, var: Tensor, n_samples: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """`n_samples` draws (n_samples, B, C) from the Gaussians of `mean` (B, C) and diagonal
+    variance (B, C) or full covariance (B, C, C) `var`, with laplace-torch's draw order (one
+    (C, n_samples) standard normal shared across the batch)."""
+    if mean.ndim != 2:
+        raise BadInputError("Invalid input shape of mean, should be 2-dimensional.")
+    _, output_dim = mean.shape
+    eps = torch.randn(
+        (output_dim, n_samples), device=mean.device, dtype=mean.dtype, generator=generator
+    )
+    if mean.shape == var.shape:
+        scaled = var.sqrt().unsqueeze(-1) * eps.unsqueeze(0)
+    elif var.ndim == 3 and mean.shape == var.shape[:2] and var.shape[-1] == output_dim:
+        scaled = torch.matmul(torch.linalg.cholesky(var), eps.unsqueeze(0))
+    else:
+        raise BadInputError("Invalid input shapes.")
+    return (mean.unsqueeze(-1) + scaled).permute((2, 0, 1))
+
+
+class SoDSampler(torch.utils.data.Sampler):
+    """Samples `M` of `N` indices without replacement (numpy `default_rng(seed)`), as
+    laplace-torch's subset-of-data sampler."""
+
+    def __init__(self, N: int, M: int, seed: int = 0) -> None:
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        self.indices = torch.tensor(rng.choice(list(range(N)), M, replace=False))
+
+    def __iter__(self):
+        return (i for i in self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 import laplace_cli.io.atomic as atomic
 from laplace_cli.cli import cmd_predict
 from laplace_cli.io.posterior_file import read_posterior
+from laplace_cli.pipeline.prediction_stream import stream_position
 
 
 def _litter(folder: Path) -> list[str]:
@@ -274,7 +275,7 @@ def test_file_size_limit_on_redirected_stdout_keeps_whole_rows(
 def test_row_offsets_are_checked_only_on_regular_files(tmp_path: Path) -> None:
     """/dev/null is seekable but its offset stays 0: taking it for a short write would turn
     `laplace predict > /dev/null` into an error."""
-    position = cmd_predict._position
+    position = stream_position
     with open(tmp_path / "f.jsonl", "w") as f:
         f.write("{}\n")
         f.flush()

@@ -1,0 +1,20 @@
+"""laplace-torch's `laplace.curvature.backpack` path: its backend class names, which select this
+project's curvature (see laplace_cli.curvature.backends; no backpack library is used)."""
+
+from laplace_cli.curvature.backends import (
+    BackPackEF,
+    BackPackGGN,
+    BackPackInterface,
+    CurvatureInterface,
+    EFInterface,
+    GGNInterface,
+)
+
+__all__ = [
+    "BackPackInterface",
+    "BackPackGGN",
+    "BackPackEF",
+    "CurvatureInterface",
+    "EFInterface",
+    "GGNInterface",
+]

@@ -1,0 +1,22 @@
+"""laplace-torch's `laplace.curvature.curvlinops` path: its backend class names, which select this
+project's curvature (see laplace_cli.curvature.backends; no curvlinops library is used)."""
+
+from laplace_cli.curvature.backends import (
+    CurvatureInterface,
+    CurvlinopsEF,
+    CurvlinopsGGN,
+    CurvlinopsHessian,
+    CurvlinopsInterface,
+    EFInterface,
+    GGNInterface,
+)
+
+__all__ = [
+    "CurvlinopsInterface",
+    "CurvlinopsGGN",
+    "CurvlinopsEF",
+    "CurvlinopsHessian",
+    "CurvatureInterface",
+    "EFInterface",
+    "GGNInterface",
+]
