@@ -27,6 +27,7 @@ import atexit
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -116,8 +117,23 @@ def context(device: str | torch.device | None = None) -> DistContext | None:
 
 
 def _shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group together at exit.
+
+    A rank that tears its group down while a peer still talks to it can die in C++
+    ("terminate called without an active exception", SIGABRT) on a loaded machine; a bounded
+    barrier first lets every rank reach this point. A peer that is gone (it failed) makes the
+    barrier fail or time out: then tear down anyway, the run has already failed.
+    """
+    if not dist.is_initialized():
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        else:
+            dist.barrier()
+    except Exception:  # noqa: BLE001 - best effort at exit; the exit code is already decided
+        pass
+    dist.destroy_process_group()
 
 
 def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
