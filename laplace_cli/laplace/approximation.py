@@ -154,14 +154,64 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         enable_backprop: bool = False,
     ) -> None:
         self.model = model
+        # Predictions differentiable in the inputs (dense Jacobians; laplace-torch's flag).
+        self.enable_backprop = bool(enable_backprop)
+        backend, n_mc_samples = self._parse_choices(
+            likelihood,
+            subset_of_weights,
+            hessian_structure,
+            curvature,
+            backend,
+            kron_approx,
+            n_mc_samples,
+            backend_kwargs,
+            asdl_fisher_kwargs,
+        )
+        self._refuse_unsupported(model, backend)
+        # "auto" is the native implementation; "asdl" is checked once the subset exists.
+        self.backend = backend
+        self.last_layer_name = last_layer_name
+        self.feature_reduction = feature_reduction
+        self.dict_key_x, self.dict_key_y = dict_key_x, dict_key_y
+        self.rank = rank
+        self.n_mc_samples = n_mc_samples
+        self.seed = seed
+        if temperature <= 0 or not math.isfinite(temperature):
+            raise BadInputError(f"temperature must be a positive number, got {temperature}")
+        self.temperature = float(temperature)
+        self._place(model, max_memory)
+        self._build(subnetwork_indices, rank)
+        self.mean = self.subset.mean().to(self._dtype)
+        self.prior_precision = prior_precision
+        self.prior_mean = prior_mean
+        self.sigma_noise = sigma_noise
+        self.loss = torch.zeros((), dtype=self._dtype, device=self._device)
+        self.n_data = 0
+        self.n_outputs: int | None = None
+        self.fitted = False
+        self.tuning: dict[str, Any] = {}
+        if prior is not None:
+            self.set_prior_from(prior)
+
+    def _parse_choices(
+        self,
+        likelihood: Likelihood | str,
+        subset_of_weights: Subset | str,
+        hessian_structure: Structure | str,
+        curvature: Curvature | str,
+        backend: Any,
+        kron_approx: KronApprox | str,
+        n_mc_samples: int,
+        backend_kwargs: dict[str, Any] | None,
+        asdl_fisher_kwargs: dict[str, Any] | None,
+    ) -> tuple[str, int]:
+        """Parse the string/enum choices onto `self`; returns (backend name, MC samples)."""
         # laplace-torch's "reward_modeling": fitted as classification, predicted as regression
         # (`la(x)` gives (f_mu, f_var) of the reward logits); see laplace_predictive.__call__.
         self.reward_modeling = str(getattr(likelihood, "value", likelihood)) == "reward_modeling"
         if self.reward_modeling:
             likelihood = Likelihood.CLASSIFICATION
         self.likelihood = Likelihood.parse(likelihood, "likelihood")
-        # Predictions differentiable in the inputs (dense Jacobians; laplace-torch's flag).
-        self.enable_backprop = bool(enable_backprop)
         self.subset_of_weights = Subset.parse(subset_of_weights, "subset_of_weights")
         self.hessian_structure = parse_structure(hessian_structure, "hessian_structure")
         self.structure_spec = structure_spec(self.hessian_structure)
@@ -173,6 +223,10 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         )
         self.curvature = Curvature.parse(curvature, "curvature")
         self.kron_approx = KronApprox.parse(kron_approx, "kron_approx")
+        return backend, n_mc_samples
+
+    def _refuse_unsupported(self, model: nn.Module, backend: str) -> None:
+        """Refuse a subset × structure, model form or backend this engine cannot do."""
         if not self.structure_spec.supports(self.subset_of_weights):
             combos = supported_combinations()
             raise BadInputError(
@@ -195,18 +249,9 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
             )
         if backend not in ("auto", "native", "asdl"):
             raise BadInputError(f"backend: expected auto, native or asdl, got {backend!r}")
-        # "auto" is the native implementation; "asdl" is checked once the subset exists.
-        self.backend = backend
-        self.last_layer_name = last_layer_name
-        self.feature_reduction = feature_reduction
-        self.dict_key_x, self.dict_key_y = dict_key_x, dict_key_y
-        self.rank = rank
-        self.n_mc_samples = n_mc_samples
-        self.seed = seed
-        if temperature <= 0 or not math.isfinite(temperature):
-            raise BadInputError(f"temperature must be a positive number, got {temperature}")
-        self.temperature = float(temperature)
 
+    def _place(self, model: nn.Module, max_memory: int | None) -> None:
+        """Device, dtype and memory budget, from the model's first parameter."""
         first = next((p for p in model.parameters()), None)
         if first is None:
             raise BadInputError("the model has no parameters")
@@ -216,6 +261,8 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
             int(max_memory) if max_memory is not None else default_budget(self._device)
         )
 
+    def _build(self, subnetwork_indices: Any, rank: int | None) -> None:
+        """The parameter subset and the (empty) posterior of the chosen structure."""
         self.subset: ParameterSubset = self._build_subset(subnetwork_indices)
         check_structure_memory(
             self.hessian_structure, self.subset.groups, self._itemsize, self.max_memory, rank
@@ -228,21 +275,10 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
             kron_approx=self.kron_approx,
             rank=rank,
         )
-        if backend == "asdl":
+        if self.backend == "asdl":
             from laplace_cli.curvature.asdl import check_asdl
 
             check_asdl(self)
-        self.mean = self.subset.mean().to(self._dtype)
-        self.prior_precision = prior_precision
-        self.prior_mean = prior_mean
-        self.sigma_noise = sigma_noise
-        self.loss = torch.zeros((), dtype=self._dtype, device=self._device)
-        self.n_data = 0
-        self.n_outputs: int | None = None
-        self.fitted = False
-        self.tuning: dict[str, Any] = {}
-        if prior is not None:
-            self.set_prior_from(prior)
 
     # --- construction -----------------------------------------------------------------------
     def _build_subset(self, subnetwork_indices) -> ParameterSubset:
