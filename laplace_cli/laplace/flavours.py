@@ -141,36 +141,6 @@ class FullLaplace(ParametricLaplace):
 
     _key = ("all", "full")
 
-    def __init__(
-        self,
-        model: nn.Module,
-        likelihood: str,
-        sigma_noise: float | torch.Tensor = 1.0,
-        prior_precision: float | torch.Tensor = 1.0,
-        prior_mean: float | torch.Tensor = 0.0,
-        temperature: float = 1.0,
-        enable_backprop: bool = False,
-        dict_key_x: str = "input_ids",
-        dict_key_y: str = "labels",
-        backend: type | str | None = None,
-        backend_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            model,
-            likelihood,
-            sigma_noise,
-            prior_precision,
-            prior_mean,
-            temperature,
-            enable_backprop,
-            dict_key_x,
-            dict_key_y,
-            backend,
-            backend_kwargs,
-            **kwargs,
-        )
-
 
 def refuse_damping(damping: bool) -> None:
     if damping:

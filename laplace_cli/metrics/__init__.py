@@ -2,58 +2,7 @@
 
 from __future__ import annotations
 
-from laplace_cli.metrics.classification import (  # the old module's public names
-    CoverageCurve,
-    ReliabilityBins,
-    accuracy,
-    adaptive_ece,
-    auroc,
-    binary_brier,
-    binary_metrics,
-    binary_nll,
-    brier,
-    classification_metrics,
-    coverage,
-    coverage_curve,
-    coverage_key,
-    crps_gaussian,
-    ece,
-    fpr_at_tpr,
-    gaussian_nll,
-    interval,
-    mae,
-    mce,
-    nll,
-    ood_metrics,
-    regression_metrics,
-    reliability_bins,
-    rmse,
-)
+from laplace_cli.metrics import classification
+from laplace_cli.metrics.classification import *  # noqa: F403 - the old module's public names
 
-__all__ = [
-    "CoverageCurve",
-    "ReliabilityBins",
-    "accuracy",
-    "adaptive_ece",
-    "auroc",
-    "binary_brier",
-    "binary_metrics",
-    "binary_nll",
-    "brier",
-    "classification_metrics",
-    "coverage",
-    "coverage_curve",
-    "coverage_key",
-    "crps_gaussian",
-    "ece",
-    "fpr_at_tpr",
-    "gaussian_nll",
-    "interval",
-    "mae",
-    "mce",
-    "nll",
-    "ood_metrics",
-    "regression_metrics",
-    "reliability_bins",
-    "rmse",
-]
+__all__ = list(classification.__all__)
