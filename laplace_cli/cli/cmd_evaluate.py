@@ -90,7 +90,8 @@ def evaluate(
 
     from laplace_cli.pipeline.evaluation import evaluate as run_evaluate
     from laplace_cli.pipeline.evaluation import save_evaluation_outputs
-    from laplace_cli.pipeline.stages import PredictOptions, load_posterior
+    from laplace_cli.pipeline.model_loading import load_posterior
+    from laplace_cli.pipeline.predict_stage import PredictOptions
 
     lp = load_posterior(
         posterior,

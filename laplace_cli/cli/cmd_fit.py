@@ -106,7 +106,8 @@ def fit(
     check_device(device)
     kwargs = parse_json_object(model_kwargs, "--model-kwargs")
 
-    from laplace_cli.pipeline.stages import FitOptions, ModelSpec, fit_and_save
+    from laplace_cli.pipeline.fit_stage import FitOptions, fit_and_save
+    from laplace_cli.pipeline.model_loading import ModelSpec
 
     options = FitOptions(
         likelihood=likelihood.value if likelihood is not None else None,

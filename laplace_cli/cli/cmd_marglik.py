@@ -50,7 +50,7 @@ def marglik(
     apply_threads(threads)
     from laplace_cli.cli.console import emit_json, stderr_console
     from laplace_cli.cli.render import print_marglik
-    from laplace_cli.pipeline.stages import load_posterior
+    from laplace_cli.pipeline.model_loading import load_posterior
 
     entries = []
     for path in posteriors:

@@ -99,8 +99,9 @@ def predict(
     ctx = _distributed_context(device, input_)
 
     from laplace_cli.core.enums import Likelihood
+    from laplace_cli.pipeline.model_loading import load_posterior
+    from laplace_cli.pipeline.predict_stage import PredictOptions
     from laplace_cli.pipeline.prediction_stream import predicted_batches, prediction_chunks
-    from laplace_cli.pipeline.stages import PredictOptions, load_posterior
 
     la = load_posterior(
         posterior,

@@ -91,8 +91,8 @@ def tune(
     spec = model_override(model, model_factory, model_kwargs, trust_checkpoint)
 
     from laplace_cli.cli.console import captured_warnings, emit_json, stderr_console
-    from laplace_cli.pipeline.stages import load_posterior, resave
-    from laplace_cli.pipeline.stages import tune as run_tune
+    from laplace_cli.pipeline.model_loading import load_posterior, resave
+    from laplace_cli.pipeline.tune_stage import tune as run_tune
 
     lp = load_posterior(
         posterior,

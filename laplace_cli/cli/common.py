@@ -212,6 +212,6 @@ def model_override(model, factory, kwargs_text, trust: bool = False):
         if factory is not None or kwargs_text is not None:
             raise BadInputError("--model-factory and --model-kwargs need --model")
         return None
-    from laplace_cli.pipeline.stages import ModelSpec
+    from laplace_cli.pipeline.model_loading import ModelSpec
 
     return ModelSpec(str(model), factory, parse_json_object(kwargs_text, "--model-kwargs"), trust)

@@ -2,33 +2,35 @@
 
 from __future__ import annotations
 
-from laplace_cli.pipeline.stages import (  # the old module's public names
-    ROW_FIELDS,
-    FitOptions,
-    FitResult,
+from laplace_cli.pipeline.fit_stage import FitOptions, FitResult, fit
+from laplace_cli.pipeline.model_loading import (
     LoadedModel,
     LoadedPosterior,
     ModelSpec,
-    PredictOptions,
-    Progress,
-    check_model_accepts,
-    default_pred_options,
-    fit,
-    iter_prediction_rows,
     load_model_spec,
     load_posterior,
-    loader_chunks,
     model_spec_from_ref,
-    no_progress,
+    resave,
+    save_posterior,
+)
+from laplace_cli.pipeline.predict_stage import (
+    ROW_FIELDS,
+    PredictOptions,
+    default_pred_options,
+    iter_prediction_rows,
+    loader_chunks,
     normal_quantile,
     predict_batch,
     prediction_rows,
-    resave,
-    resolve_likelihood,
-    save_posterior,
-    split_loader,
-    tune,
 )
+from laplace_cli.pipeline.stage_support import (
+    Progress,
+    check_model_accepts,
+    no_progress,
+    resolve_likelihood,
+    split_loader,
+)
+from laplace_cli.pipeline.tune_stage import tune
 
 __all__ = [
     "Progress",

@@ -37,14 +37,12 @@ from laplace_cli.metrics.temperature import (
 )
 from laplace_cli.pipeline import distributed
 from laplace_cli.pipeline.gates import evaluate_gates, parse_gates
-from laplace_cli.pipeline.stages import (
-    PredictOptions,
+from laplace_cli.pipeline.predict_stage import PredictOptions, default_pred_options, predict_batch
+from laplace_cli.pipeline.stage_support import (
     Progress,
     check_model_accepts,
-    default_pred_options,
     len_or_none,
     no_progress,
-    predict_batch,
     split_loader,
 )
 from laplace_cli.posterior.predictive import RowSeeds

@@ -24,13 +24,13 @@ from laplace_cli.io.tabular import TableInfo, iter_feature_chunks
 from laplace_cli.io.writers import RowWriter
 from laplace_cli.laplace.approximation import Laplace
 from laplace_cli.pipeline import distributed
-from laplace_cli.pipeline.stages import (
+from laplace_cli.pipeline.predict_stage import (
     PredictOptions,
     iter_prediction_rows,
     loader_chunks,
     number_chunks,
-    split_loader,
 )
+from laplace_cli.pipeline.stage_support import split_loader
 
 
 def prediction_chunks(

@@ -260,9 +260,9 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
     recorded in the result, not raised, so the caller can write everything first.
     """
     from laplace_cli.pipeline import distributed
-    from laplace_cli.pipeline import stages as pipeline
+    from laplace_cli.pipeline.stage_support import no_progress
 
-    progress = progress or pipeline.no_progress
+    progress = progress or no_progress
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = RunResult()
@@ -282,7 +282,7 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
 
 def _model_spec(recipe: Recipe) -> Any:
     """The recipe's `model:` section as a `ModelSpec`."""
-    from laplace_cli.pipeline.stages import ModelSpec
+    from laplace_cli.pipeline.model_loading import ModelSpec
 
     return ModelSpec(
         path=recipe.model["path"],
@@ -294,7 +294,7 @@ def _model_spec(recipe: Recipe) -> Any:
 
 def _fit_options(recipe: Recipe) -> Any:
     """The recipe's `fit:` section as `FitOptions`, with the defaults of `laplace fit`."""
-    from laplace_cli.pipeline.stages import FitOptions
+    from laplace_cli.pipeline.fit_stage import FitOptions
 
     fit_cfg = recipe.section("fit")
     return FitOptions(
@@ -318,9 +318,10 @@ def _fit_options(recipe: Recipe) -> Any:
 
 def _run_fit(recipe: Recipe, out: Path, progress: Any, result: RunResult) -> tuple[Any, Any]:
     """Fit and write `posterior.safetensors`: `(LoadedPosterior, FitResult)`."""
-    from laplace_cli.pipeline import stages as pipeline
+    from laplace_cli.pipeline.fit_stage import fit
+    from laplace_cli.pipeline.model_loading import LoadedPosterior, save_posterior
 
-    fitted = pipeline.fit(
+    fitted = fit(
         _model_spec(recipe),
         recipe.data,
         _fit_options(recipe),
@@ -333,14 +334,15 @@ def _run_fit(recipe: Recipe, out: Path, progress: Any, result: RunResult) -> tup
     result.notes = list(fitted.notes)
     posterior_path = out / "posterior.safetensors"
     extra = {"data": str(recipe.data), "fit_seconds": round(fitted.seconds, 3)}
-    pipeline.save_posterior(la, posterior_path, fitted.loaded, extra)
+    save_posterior(la, posterior_path, fitted.loaded, extra)
     result.files["posterior"] = str(posterior_path)
-    return pipeline.LoadedPosterior(la, extra, fitted.loaded, str(posterior_path)), fitted
+    return LoadedPosterior(la, extra, fitted.loaded, str(posterior_path)), fitted
 
 
 def _run_tune(recipe: Recipe, lp: Any, ctx: Any, progress: Any, result: RunResult) -> None:
     """Tune on rank 0 and rewrite the posterior; under torchrun every rank takes the result."""
-    from laplace_cli.pipeline import stages as pipeline
+    from laplace_cli.pipeline.model_loading import resave
+    from laplace_cli.pipeline.tune_stage import tune
 
     if ctx is None or ctx.is_main:
         cfg = recipe.section("tune")
@@ -359,7 +361,7 @@ def _run_tune(recipe: Recipe, lp: Any, ctx: Any, progress: Any, result: RunResul
         )
         from laplace_cli.io.datasets import load_dataset_spec
 
-        result.tuning = pipeline.tune(
+        result.tuning = tune(
             lp,
             method=method,
             data_path=str(recipe.data),
@@ -371,7 +373,7 @@ def _run_tune(recipe: Recipe, lp: Any, ctx: Any, progress: Any, result: RunResul
             map_check=split in load_dataset_spec(recipe.data).splits,
             **cfg,
         )
-        pipeline.resave(lp, Path(lp.path))
+        resave(lp, Path(lp.path))
     if ctx is not None:
         result.tuning = _share_tuning(lp.la, ctx)
 
@@ -380,12 +382,12 @@ def _run_evaluate(
     recipe: Recipe, out: Path, lp: Any, fitted: Any, progress: Any, result: RunResult
 ) -> None:
     """Evaluate (the ranks share the work); rank 0 writes the report and its plot / HTML."""
-    from laplace_cli.pipeline import stages as pipeline
     from laplace_cli.pipeline.evaluation import evaluate, save_evaluation_outputs
+    from laplace_cli.pipeline.predict_stage import PredictOptions
 
     la = lp.la
     cfg = recipe.section("evaluate")
-    opts = pipeline.PredictOptions(
+    opts = PredictOptions(
         pred_type=cfg.get("pred_type"),
         link_approx=cfg.get("link_approx"),
         n_samples=int(cfg.get("samples", 100)),
@@ -430,20 +432,21 @@ def _run_predict(
     from laplace_cli.core.enums import Likelihood
     from laplace_cli.io.datasets import load_dataset_spec
     from laplace_cli.io.writers import RowWriter
-    from laplace_cli.pipeline import stages as pipeline
+    from laplace_cli.pipeline.predict_stage import PredictOptions, loader_chunks, number_chunks
     from laplace_cli.pipeline.prediction_stream import predicted_batches
+    from laplace_cli.pipeline.stage_support import split_loader
 
     cfg = recipe.section("predict")
     fmt = cfg.get("format", "csv")
     path = out / cfg.get("output", f"predictions.{fmt}")
-    opts = pipeline.PredictOptions(
+    opts = PredictOptions(
         pred_type=cfg.get("pred_type"),
         link_approx=cfg.get("link_approx"),
         n_samples=int(cfg.get("samples", 100)),
         interval=float(cfg.get("interval", 0.95)),
         seed=recipe.seed,
     )
-    loader = pipeline.split_loader(
+    loader = split_loader(
         load_dataset_spec(recipe.data),
         cfg.get("split", "test"),
         la.likelihood,
@@ -455,7 +458,7 @@ def _run_predict(
     # Chunk i on rank i mod W; rank 0 gathers them round by round (input order), as
     # `laplace predict` does. Numbered first: each row keeps its index, which seeds its Monte
     # Carlo draws.
-    numbered = pipeline.number_chunks(pipeline.loader_chunks(loader))
+    numbered = number_chunks(loader_chunks(loader))
     rows = predicted_batches(la, numbered, opts, source, ctx)
     if rows is None:  # a rank other than 0: it took part in the gathering to the end
         return

@@ -1,0 +1,139 @@
+"""What the stages share: progress wrappers, the model-input check, the data splits.
+
+Nothing here prints or knows about the terminal: long loops take an optional
+`progress(iterable, total, description)` wrapper that the CLI fills with a progress bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from laplace_cli.core.batches import to_device
+from laplace_cli.core.enums import Likelihood
+from laplace_cli.core.errors import BadInputError, LaplaceCliError
+from laplace_cli.io.datasets import DatasetSpec, make_loader
+from laplace_cli.laplace.approximation import Laplace
+
+Progress = Callable[[Iterable[Any], int | None, str], Iterable[Any]]
+
+
+def no_progress(
+    it: Iterable[Any], total: int | None = None, description: str = ""
+) -> Iterable[Any]:
+    return it
+
+
+def len_or_none(obj: Any) -> int | None:
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
+class ProgressView:
+    """A loader seen through `progress`, re-iterable: each pass starts a fresh progress wrapper.
+
+    `progress(loader, ...)` is a one-shot generator, so handing it to code that walks the data
+    more than once (lowrank's Krylov passes) would see the data once and then nothing. This
+    view calls `progress` again on every `iter()`, keeps `len()`, and passes other attributes
+    (`dataset`, `batch_size`, `sampler`) through to the loader.
+    """
+
+    def __init__(self, loader: Iterable[Any], progress: Progress, description: str) -> None:
+        self.loader = loader
+        self._progress = progress
+        self._description = description
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: a pass (and its bar) starts at the first batch asked for, so `iter(view)`
+        # alone (Laplace.fit's is-it-an-iterator check) starts nothing.
+        self.passes += 1
+        label = self._description if self.passes == 1 else f"{self._description} ({self.passes})"
+        yield from self._progress(self.loader, len_or_none(self.loader), label)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # not set yet (copy / unpickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+
+def check_model_accepts(la: Laplace, x: Any, source: str) -> None:
+    """Raise `BadInputError` (exit 2) when the model cannot run on inputs like `x`.
+
+    Features of the wrong shape for the model (64 flat CSV columns for a CNN that takes
+    (1, 8, 8) images, a data spec of another model) would otherwise fail deep inside the
+    curvature or predictive code as an internal error (exit 70). One forward pass of the model
+    on the first batch tells the two apart before any work starts; the engine's own input
+    errors (`LaplaceCliError`, e.g. sequence outputs) keep their class and get `source` in front.
+
+    Args:
+        la: The Laplace approximation whose model will run on the inputs.
+        x: A batch of inputs (tensor, or dict of tensors for text models), as the loader gives it.
+        source: Where the inputs come from, for the message (file, split).
+    """
+    try:
+        la.subset.output(to_device(x, la.device, la.dtype))
+    except torch.OutOfMemoryError:
+        raise
+    except LaplaceCliError as exc:
+        raise type(exc)(f"{source}: {exc}") from exc
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        shape = (
+            {k: tuple(v.shape[1:]) for k, v in x.items()}
+            if isinstance(x, Mapping)
+            else tuple(x.shape[1:])
+        )
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BadInputError(
+            f"{source}: the model does not accept inputs of shape {shape} per row ({first})"
+        ) from exc
+
+
+# --- data ---------------------------------------------------------------------------------------
+def resolve_likelihood(flag: str | None, spec: DatasetSpec | None) -> Likelihood:
+    """CLI flag over the spec's `task`, classification by default."""
+    if flag:
+        return Likelihood.parse(flag, "--likelihood")
+    if spec is not None and spec.task is not None:
+        return Likelihood.parse(spec.task, "task")
+    return Likelihood.CLASSIFICATION
+
+
+def split_loader(
+    spec: DatasetSpec,
+    split: str,
+    likelihood: Likelihood,
+    batch_size: int | None = None,
+    *,
+    any_order: bool = False,
+    require_labels: bool = True,
+) -> Any:
+    """The split's loader; `any_order=True` (fit, tune, evaluate: results that do not depend on
+    the row order) lets text splits batch rows of similar length together (less padding).
+    `require_labels=False` (predict, out-of-distribution data) accepts a split without targets."""
+    return make_loader(
+        spec,
+        split,
+        batch_size=batch_size,
+        task=likelihood,
+        by_length=any_order,
+        require_labels=require_labels,
+    )
+
+
+def likelihood_note(flag: str | None, spec: DatasetSpec, data_path: str | Path) -> str | None:
+    """The line saying classification was assumed (no `--likelihood`, no `task:`), else None."""
+    if flag or spec.task is not None:
+        return None
+    return (
+        f"likelihood: classification (assumed: {data_path} has no task: and no --likelihood "
+        "was given; for real-valued targets add `task: regression` to the spec)"
+    )
