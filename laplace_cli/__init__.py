@@ -69,6 +69,11 @@ def __getattr__(name: str) -> type:
         from laplace_cli.laplace.approximation import Laplace
 
         return Laplace
+    if name == "marglik_training":  # laplace-torch's `laplace.marglik_training` (the function)
+        from laplace_cli.marglik_training import marglik_training
+
+        globals()[name] = marglik_training  # the function from now on, as in laplace-torch
+        return marglik_training
     for module, names in _FLAVOURS.items():
         if name in names:
             import importlib
@@ -79,6 +84,7 @@ def __getattr__(name: str) -> type:
 
 __all__ = [
     "Laplace",
+    "marglik_training",
     *(name for names in _FLAVOURS.values() for name in names),
     "Likelihood",
     "Subset",

@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"pipeline"},
     # laplace-torch's module paths (thin re-exports and its utils package): docs/migrating.md
-    {"baselaplace", "lllaplace", "subnetlaplace", "utils"},
+    {"baselaplace", "lllaplace", "subnetlaplace", "marglik_training", "utils"},
     {"masks"},
     {"laplace"},
     {"tuning"},

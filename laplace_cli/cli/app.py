@@ -13,12 +13,15 @@ from typing import Annotated
 import typer
 
 from laplace_cli.cli import (
+    cmd_doctor,
     cmd_evaluate,
     cmd_fit,
+    cmd_history,
     cmd_inspect,
     cmd_marglik,
     cmd_predict,
     cmd_run,
+    cmd_train,
     cmd_tune,
 )
 from laplace_cli.cli.errors import LaplaceGroup
@@ -55,7 +58,10 @@ for _module, _name in (
     (cmd_predict, "predict"),
     (cmd_run, "run"),
     (cmd_inspect, "inspect"),
+    (cmd_doctor, "doctor"),
     (cmd_marglik, "marglik"),
+    (cmd_history, "history"),
+    (cmd_train, "train"),
 ):
     app.command(_name, cls=LaplaceCommand, epilog=_epilog(_module.EXAMPLES))(
         getattr(_module, _name)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from laplace_cli.cli.common import (
     apply_threads,
@@ -49,11 +51,46 @@ from laplace_cli.cli.options import (
 from laplace_cli.core.enums import Backend, Curvature, Structure, Subset
 from laplace_cli.core.errors import BadInputError
 
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        metavar="SIZE",
+        help="Memory budget for the curvature and the dense Jacobian chunks, e.g. 4GiB or "
+        "512MB (default: half of the free memory). A structure that does not fit is refused "
+        "before the fit (exit 2); lower it after an out-of-memory error (exit 3).",
+        rich_help_panel="Fitting",
+    ),
+]
+
+ContextPointsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--context-points",
+        metavar="M",
+        help="--structure gp: the number of training rows the GP is conditioned on (default: "
+        "every row of the split). The posterior file stores these M inputs (training data).",
+        rich_help_panel="Fitting",
+    ),
+]
+ContextOpt = Annotated[
+    str,
+    typer.Option(
+        "--context",
+        metavar="first|random",
+        help="--structure gp: which M rows: the first M of the split, or M drawn at random "
+        "with --seed (laplace-torch's draw).",
+        rich_help_panel="Fitting",
+    ),
+]
+
 EXAMPLES = [
     "laplace fit model.pt2 --data data.yaml -o post.st",
     "laplace fit weights.safetensors --model-factory mypkg.nets:make_mlp "
     "--model-kwargs '{\"hidden\": 64}' --data data.yaml --structure diag -o post.st",
     "laplace fit model.pt2 --data data.yaml -o post.st --checkpoint-every 100 --resume",
+    "laplace fit model.pt2 --data data.yaml --subset all --structure gp --context-points 200 "
+    "-o post.st",
     "torchrun --nproc-per-node 4 -m laplace_cli fit model.pt2 --data data.yaml -o post.st",
 ]
 
@@ -83,6 +120,9 @@ def fit(
     seed: SeedOpt = None,
     checkpoint_every: CheckpointEveryOpt = None,
     resume: ResumeOpt = False,
+    max_memory: MaxMemoryOpt = None,
+    context_points: ContextPointsOpt = None,
+    context: ContextOpt = "first",
     threads: ThreadsOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -102,9 +142,13 @@ def fit(
     check_positive(prior_precision, "--prior-precision")
     check_positive(temperature, "--temperature")
     _check_subset_flags(subset, structure, rank, subnetwork, last_layer_name)
+    _check_gp_flags(structure, subset, context_points, context, prior, checkpoint_every, resume)
     apply_threads(threads)
     check_device(device)
     kwargs = parse_json_object(model_kwargs, "--model-kwargs")
+    from laplace_cli.posterior.memory import parse_size
+
+    budget = parse_size(max_memory) if max_memory is not None else None
 
     from laplace_cli.pipeline.fit_stage import FitOptions, fit_and_save
     from laplace_cli.pipeline.model_loading import ModelSpec
@@ -127,7 +171,24 @@ def fit(
         checkpoint_every=checkpoint_every or 0,
         resume=resume,
         output=str(output),
+        max_memory=budget,
     )
+    if structure == Structure.GP:
+        from laplace_cli.pipeline.gp_stage import fit_gp_and_save
+
+        result = fit_gp_and_save(
+            ModelSpec(str(model), model_factory, kwargs, trust_checkpoint),
+            data,
+            options,
+            output,
+            context_points,
+            context,
+            device=device or "auto",
+            dtype=dtype.value if dtype is not None else None,
+            progress=progress_for(quiet),
+        )
+        _report(result, output, started, quiet, json_)
+        return
     result = fit_and_save(
         ModelSpec(str(model), model_factory, kwargs, trust_checkpoint),
         data,
@@ -191,6 +252,42 @@ def _check_subset_flags(
         )
 
 
+def _check_gp_flags(
+    structure: Structure,
+    subset: Subset,
+    context_points: int | None,
+    context: str,
+    prior: Path | None,
+    checkpoint_every: int | None,
+    resume: bool,
+) -> None:
+    """--context-points / --context go with --structure gp, which has no weight-space extras."""
+    if structure != Structure.GP:
+        if context_points is not None or context != "first":
+            raise BadInputError(
+                f"--context-points and --context apply to --structure gp, got --structure {structure}"
+            )
+        return
+    if subset not in (Subset.ALL, Subset.LAST_LAYER):
+        raise BadInputError(
+            f"--structure gp is for --subset all or last_layer, got --subset {subset}"
+        )
+    if context_points is not None and context_points < 1:
+        raise BadInputError(f"--context-points: expected a positive count, got {context_points}")
+    if context not in ("first", "random"):
+        raise BadInputError(f"--context: expected first or random, got {context!r}")
+    for flag, given in (
+        ("--prior", prior is not None),
+        ("--checkpoint-every", bool(checkpoint_every)),
+        ("--resume", resume),
+    ):
+        if given:
+            raise BadInputError(
+                f"{flag} is for weight-space structures; --structure gp fits in one pass "
+                "(use --structure kron, diag or full)"
+            )
+
+
 def _summary(result: Any, output: Path, ctx: Any, started: float) -> dict[str, Any]:
     """The --json summary (and the numbers of the human one)."""
     la = result.la
@@ -217,6 +314,9 @@ def _summary(result: Any, output: Path, ctx: Any, started: float) -> dict[str, A
         summary["shard_sizes"] = list(getattr(la, "shard_sizes", []))
     if result.resumed_batches:
         summary["resumed_batches"] = result.resumed_batches
+    system = getattr(la, "system", None)  # function-space (gp): the M context points
+    if system is not None:
+        summary["context_points"] = int(system.n_context)
     if result.notes:
         summary["notes"] = result.notes
     return summary

@@ -94,3 +94,13 @@ def render(info: dict[str, Any]) -> None:
         )
         tensors.add_row(name, t["dtype"], shape, _human_bytes(t["bytes"]))
     stderr_console.print(tensors)
+    ctx = info.get("context_points")
+    if ctx is not None:
+        stderr_console.print(
+            f"context points: {ctx['count']} ({ctx['strategy']}) training inputs stored, "
+            f"{_human_bytes(ctx['input_bytes'])}; kernel system {_human_bytes(ctx['kernel_bytes'])}"
+            " (shipping this file ships those training rows)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -19,6 +19,7 @@ from laplace_cli.cli.common import (
 from laplace_cli.cli.options import (
     BatchSizeOpt,
     ColumnsOpt,
+    ConformalPredictOpt,
     DataOpt,
     DebugOpt,
     DeviceOpt,
@@ -67,6 +68,7 @@ def predict(
     link_approx: LinkApproxOpt = None,
     samples: SamplesOpt = 100,
     interval: IntervalOpt = 0.95,
+    conformal: ConformalPredictOpt = None,
     model: ModelOverrideOpt = None,
     model_factory: ModelFactoryOpt = None,
     model_kwargs: ModelKwargsOpt = None,
@@ -118,6 +120,10 @@ def predict(
         interval=interval,
         seed=seed if seed is not None else 0,
     )
+    if conformal is not None:
+        from laplace_cli.pipeline.conformal_stage import calibration_for
+
+        options.conformal = calibration_for(la, conformal, options)  # refused when absent
     fields = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     source = "<stdin>" if input_ == "-" else str(input_ or f"{data}: split {split!r}")
     single = la.likelihood == Likelihood.REGRESSION and (la.n_outputs or 1) == 1
@@ -212,13 +218,31 @@ def _write(rows: Any, output: Path | None, fmt: str, fields: list[str] | None, s
 
     from laplace_cli.pipeline.prediction_stream import RowsNotWritten, write_rows
 
-    # Rows are streamed, not written atomically: a consumer may read them as they come, and a
-    # failure half way leaves only whole rows behind (each row is one write).
-    stream = open(output, "w", encoding="utf-8", newline="") if output is not None else sys.stdout
+    if output is None:
+        # On stdout rows are streamed: a consumer reads them as they come, and a failure half
+        # way leaves only whole rows behind (each row is one write).
+        try:
+            return write_rows(sys.stdout, rows, fmt, fields, single_output=single, output=None)
+        except RowsNotWritten as exc:
+            raise _write_failed(exc.error, None, exc.rows_kept) from exc.error
+    if output.exists() and not output.is_file():
+        # A FIFO or a device (-o /dev/stdout): streamed as to stdout; renaming a temporary
+        # file onto it would replace the device node itself.
+        stream = open(output, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed below
+        try:
+            return write_rows(stream, rows, fmt, fields, single_output=single, output=output)
+        except RowsNotWritten as exc:
+            raise _write_failed(exc.error, output, exc.rows_kept) from exc.error
+    # -o FILE is written atomically (streamed into a temporary file next to it, renamed when
+    # complete): a crash, a kill -9 or a full disk leaves the old file or the complete new one,
+    # never a torn one, and of two runs writing the same FILE the last to finish wins whole.
+    from laplace_cli.io.atomic import atomic_write
+
     try:
-        return write_rows(stream, rows, fmt, fields, single_output=single, output=output)
+        with atomic_write(output, "w") as stream:
+            return write_rows(stream, rows, fmt, fields, single_output=single, output=None)
     except RowsNotWritten as exc:
-        raise _write_failed(exc.error, output, exc.rows_kept) from exc.error
+        raise _write_failed(exc.error, output, None) from exc.error
 
 
 def _report(
@@ -281,6 +305,8 @@ def _write_failed(exc: OSError, output: Path | None, rows_kept: int | None) -> B
     kept = ""
     if rows_kept is not None:
         kept = f"; kept the {rows_kept} whole rows written before the failure"
+    elif output is not None:
+        kept = f"; {output} was left as it was (written only once complete)"
     if output is None:
         silence_stdout()
     return BadInputError(f"{where}: cannot write the predictions ({exc.strerror or exc}){kept}")

@@ -14,6 +14,7 @@ from laplace_cli.cli.common import (
 )
 from laplace_cli.cli.options import (
     BatchSizeOpt,
+    ConformalCalibrateOpt,
     DataOpt,
     DebugOpt,
     DeviceOpt,
@@ -61,6 +62,7 @@ def tune(
     grid_min: GridMinOpt = None,
     grid_max: GridMaxOpt = None,
     grid_size: GridSizeOpt = None,
+    conformal: ConformalCalibrateOpt = None,
     output: OutputFileOpt = None,
     model: ModelOverrideOpt = None,
     model_factory: ModelFactoryOpt = None,
@@ -83,9 +85,17 @@ def tune(
     --loss of the predictive on --split over a log-spaced grid (--grid-min, --grid-max,
     --grid-size). With --data, marglik also scores the tuned posterior and the MAP on --split.
     Either way a warning says when the tuned posterior is worse than the MAP there. Without -o
-    the posterior file is rewritten in place (atomically).
+    the posterior file is rewritten in place (atomically). --conformal LEVEL (repeatable) then
+    stores split conformal thresholds calibrated on --split, for 'laplace predict --conformal'.
     """
     grid = _check_flags(posterior, method, data, grid_min, grid_max, grid_size, output)
+    for level in conformal or []:
+        if not 0.0 < level < 1.0:
+            raise BadInputError(f"--conformal: expected a level in (0, 1), e.g. 0.9, got {level}")
+    if conformal and data is None:
+        raise BadInputError(
+            "--conformal needs --data (a dataset spec with the --split to calibrate on)"
+        )
     apply_threads(threads)
     check_device(device)
     spec = model_override(model, model_factory, model_kwargs, trust_checkpoint)
@@ -101,6 +111,10 @@ def tune(
         device=device or "auto",
         dtype=dtype.value if dtype is not None else None,
     )
+    if conformal:
+        from laplace_cli.pipeline.conformal_stage import check_supported
+
+        check_supported(lp.la, "--conformal")  # before the tuning work
     # Warnings (optimum on the grid's edge, worse than the MAP, no convergence) are printed
     # once in the tool's style on stderr (--json too) and listed in the --json document.
     with captured_warnings() as warned:
@@ -116,6 +130,7 @@ def tune(
             link_approx=link_approx.value if link_approx is not None else None,
             loss=loss.value,
             seed=seed if seed is not None else 0,
+            conformal=conformal,
             **grid,
         )
         if result.get("on_edge") and method == TuneMethod.GRIDSEARCH:

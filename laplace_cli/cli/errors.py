@@ -8,6 +8,7 @@
 | 2 | a usage error found by the parser: unknown option, bad choice, missing argument | `error: <message> (see 'laplace fit --help')` |
 | 2 | a file named on the command line that the OS refuses (`FileNotFoundError`, `PermissionError`, ...) | `error: <file>: <reason>` |
 | 3 | `NumericalError`: NaN/Inf curvature or loss, a matrix not positive definite after jitter | `error: <message>` |
+| 3 | `OutOfMemory` (a stage ran out of CUDA / host memory), or a bare `torch.OutOfMemoryError` / `MemoryError` | `error: out of CUDA memory during fit kron ... (batch size 256); lower --batch-size, ...` |
 | 70 | anything else: a bug in laplace-cli (`EX_SOFTWARE` of sysexits.h) | `internal error: <type>: <message>, rerun with --debug for the traceback` |
 | 130 | interrupted (Ctrl-C) | `error: interrupted` |
 
@@ -70,6 +71,23 @@ def _is_epipe(exc: BaseException) -> bool:
     )
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """`MemoryError`, torch's `OutOfMemoryError` (found by name: importing torch here would
+    slow down every command, `--help` included) or its CPU allocator's `RuntimeError`."""
+    if isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate" in str(exc):
+        return True  # torch's CPU allocator
+    return isinstance(exc, MemoryError) or any(
+        k.__name__ == "OutOfMemoryError" and k.__module__.startswith("torch")
+        for k in type(exc).__mro__
+    )
+
+
+OOM_MESSAGE = (
+    "out of memory ({what}); lower --batch-size, choose a cheaper structure (--structure kron "
+    "or diag, or --subset last_layer), or lower --max-memory"
+)
+
+
 @dataclass(frozen=True)
 class ExitRule:
     """One row of the table: exceptions of `kind` (for which `when` holds) exit with `code`.
@@ -96,6 +114,9 @@ EXIT_TABLE: Sequence[ExitRule] = (
     ExitRule(ClickException, EXIT_BAD_INPUT),
     ExitRule((KeyboardInterrupt, typer.Abort), EXIT_INTERRUPTED),
     ExitRule(_USER_OS_ERRORS, EXIT_BAD_INPUT, lambda e: getattr(e, "filename", None) is not None),
+    # An allocation that failed where no stage named its step (the stages raise OutOfMemory,
+    # a LaplaceCliError with exit 3, themselves): still exit 3 with the advice, no traceback.
+    ExitRule(BaseException, EXIT_NUMERICAL, lambda e: _is_out_of_memory(e)),
     ExitRule(BaseException, EXIT_INTERNAL),
 )
 
@@ -128,6 +149,11 @@ def _message(exc: BaseException) -> str | None:
         return str(exc) or type(exc).__name__
     if isinstance(exc, _USER_OS_ERRORS) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or exc}"
+    if _is_out_of_memory(exc):
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return OOM_MESSAGE.format(
+            what=f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        )
     return str(exc)
 
 

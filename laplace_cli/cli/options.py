@@ -86,11 +86,96 @@ PriorPosteriorOpt = Annotated[
     ),
 ]
 OodDataOpt = Annotated[
-    Path | None,
+    list[str] | None,
     typer.Option(
         "--ood-data",
-        help="Dataset spec of out-of-distribution inputs (reports AUROC); uses the same --split.",
+        help="Dataset spec of out-of-distribution inputs (AUROC, AUPR-in/out, FPR@95 per score), "
+        "read from its 'test' split; repeatable as NAME=SPEC (e.g. rot=rot.yaml).",
+        metavar="[NAME=]SPEC",
+        show_default=False,
         rich_help_panel=_INPUTS,
+    ),
+]
+ConformalLevelOpt = Annotated[
+    float,
+    typer.Option(
+        "--conformal-level",
+        help="Coverage level of the split conformal sets / intervals calibrated on the "
+        "validation split (the report's conformal table).",
+        min=0.0,
+        max=1.0,
+        rich_help_panel=_INPUTS,
+    ),
+]
+ConformalCalibrateOpt = Annotated[
+    list[float] | None,
+    typer.Option(
+        "--conformal",
+        help="After tuning, calibrate split conformal sets / intervals at this level on --split "
+        "and store them in the posterior (for 'laplace predict --conformal'); repeatable.",
+        show_default=False,
+        rich_help_panel=_INPUTS,
+    ),
+]
+ConformalPredictOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--conformal",
+        help="Add conformal sets (classification: conformal_set, 0/1 per class) or intervals "
+        "(regression: conformal_lower / conformal_upper) at this level, as calibrated by "
+        "'laplace tune --conformal'.",
+        show_default=False,
+        rich_help_panel=_PRED,
+    ),
+]
+PerLabelTemperatureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--per-label-temperature",
+        help="Binary / multi-label: fit one temperature per label (default: one shared).",
+        rich_help_panel=_INPUTS,
+    ),
+]
+BootstrapOpt = Annotated[
+    int,
+    typer.Option(
+        "--bootstrap",
+        help="Bootstrap resamples B for confidence intervals of every metric and of the paired "
+        "differences between rows (gates: 'ece.upper>0.05', 'nll.diff_vs_map.lower>0'); "
+        "1000 is typical, 0 turns them off. Seeded by --seed.",
+        min=0,
+        rich_help_panel=_OUT,
+    ),
+]
+ConfidenceOpt = Annotated[
+    float,
+    typer.Option(
+        "--confidence",
+        help="Central probability of the bootstrap intervals.",
+        rich_help_panel=_OUT,
+    ),
+]
+IntervalMethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--interval-method",
+        help="Bootstrap interval: percentile (confidence interval of the metric), basic "
+        "(bias-reflected) or prediction (where a fresh split of the same size would land).",
+        rich_help_panel=_OUT,
+    ),
+]
+BinsOpt = Annotated[
+    int,
+    typer.Option(
+        "--bins", help="Calibration bins of ece / mce / aece.", min=1, rich_help_panel=_OUT
+    ),
+]
+BinningOpt = Annotated[
+    str,
+    typer.Option(
+        "--binning",
+        help="Bins of ece / mce: equal-width (k/B, (k+1)/B] or equal-mass (equal counts).",
+        rich_help_panel=_OUT,
     ),
 ]
 InputOpt = Annotated[
@@ -503,4 +588,143 @@ QuietOpt = Annotated[
 DebugOpt = Annotated[
     bool,
     typer.Option("--debug", help="Show the full traceback on any error (or set LAPLACE_DEBUG=1)."),
+]
+BaselineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--baseline",
+        help="Compare with a previous run: a report.json, or 'last', 'best' (lowest laplace.nll) "
+        "or an ISO date from --history. Gates may read baseline.ROW.METRIC, e.g. "
+        "'laplace.ece > baseline.laplace.ece + 0.01'; the report shows the deltas.",
+        show_default=False,
+        rich_help_panel=_OUT,
+    ),
+]
+StrictBaselineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict-baseline",
+        help="Refuse (exit 2) a baseline computed on other data, another split size or other "
+        "settings instead of warning.",
+        rich_help_panel=_OUT,
+    ),
+]
+HistoryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--history",
+        help="Append this run to an SQLite run history (created if absent); see `laplace history`.",
+        show_default=False,
+        rich_help_panel=_OUT,
+    ),
+]
+JunitOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--junit",
+        help="Write a JUnit XML file for CI: one test case per --fail-if gate.",
+        show_default=False,
+        rich_help_panel=_OUT,
+    ),
+]
+SummaryMdOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--summary-md",
+        help="Write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY when set).",
+        show_default=False,
+        rich_help_panel=_OUT,
+    ),
+]
+LogOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--log",
+        help="Log the report to a tracker: mlflow, wandb or tensorboard (an optional extra, "
+        "e.g. pip install 'laplace-cli[mlflow]'); repeatable.",
+        show_default=False,
+        rich_help_panel=_OUT,
+    ),
+]
+
+# --- training (`laplace train`: marginal-likelihood training) ------------------------------------
+_TRAIN = "Training"
+TrainOutputOpt = Annotated[
+    Path,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output folder (created): model.safetensors (the trained weights) and posterior.st.",
+        show_default=False,
+        rich_help_panel=_OUT,
+    ),
+]
+EpochsOpt = Annotated[
+    int, typer.Option("--epochs", min=1, help="Training epochs.", rich_help_panel=_TRAIN)
+]
+LrOpt = Annotated[
+    float, typer.Option("--lr", help="Adam learning rate of the network.", rich_help_panel=_TRAIN)
+]
+LrHypOpt = Annotated[
+    float,
+    typer.Option(
+        "--lr-hyp",
+        help="Adam learning rate of the hyperparameters (log prior precision, log sigma).",
+        rich_help_panel=_TRAIN,
+    ),
+]
+HyperstepsOpt = Annotated[
+    int,
+    typer.Option(
+        "--hypersteps",
+        min=1,
+        help="Hyperparameter steps per marginal-likelihood estimate.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+MarglikFrequencyOpt = Annotated[
+    int,
+    typer.Option(
+        "--marglik-frequency",
+        min=1,
+        help="Estimate the marginal likelihood every N epochs.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+BurninOpt = Annotated[
+    int,
+    typer.Option(
+        "--burnin",
+        min=0,
+        help="Epochs of plain training before the first estimate.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+PatienceOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--patience",
+        min=1,
+        help="Stop after N estimates without a better marginal likelihood (default: train "
+        "all epochs). The best state is kept either way.",
+        show_default=False,
+        rich_help_panel=_TRAIN,
+    ),
+]
+SigmaNoiseInitOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--sigma-noise",
+        help="Initial observation noise for regression, > 0 (default: 1.0).",
+        show_default=False,
+        rich_help_panel=_TRAIN,
+    ),
+]
+FixSigmaNoiseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fix-sigma-noise",
+        help="Keep --sigma-noise fixed instead of learning it (regression).",
+        rich_help_panel=_TRAIN,
+    ),
 ]

@@ -33,13 +33,54 @@ def print_evaluation(result: Any, console: Console) -> None:
     table.add_column("method")
     for m in metrics:
         table.add_column(m, justify="right")
+    intervals = getattr(result, "intervals", None) or {}
+    boot = settings.get("bootstrap")
+    if intervals and boot:
+        table.caption = (
+            f"\\[lower, upper]: {boot['confidence']:.0%} {boot['method']} bootstrap intervals, "
+            f"{boot['n_resamples']} resamples, seed {boot['seed']}"
+        )
     for name, row in result.rows.items():
         label = laplace_label if name == "laplace" else ROW_LABELS.get(name, name)
-        table.add_row(label, *[_fmt(row.get(m)) for m in metrics])
+        cells = [_fmt(row.get(m)) + _fmt_interval(intervals.get(name, {}).get(m)) for m in metrics]
+        table.add_row(label, *cells)
     console.print(table)
+    if intervals.get("laplace"):
+        _print_differences(intervals["laplace"], console)
+    for name, rows in (getattr(result, "tables", None) or {}).items():
+        _print_named_table(name, rows, console)
     for gate in result.gates:
         style = "red" if gate["failed"] else "green"
         console.print(f"[{style}]{gate['message']}[/]")
+
+
+def _fmt_interval(entry: Any) -> str:
+    """`\n[lower, upper]` under a metric's value; empty without an interval."""
+    if not entry:
+        return ""
+    return f"\n[{_fmt(entry.get('lower'))}, {_fmt(entry.get('upper'))}]"
+
+
+def _print_differences(laplace: dict[str, Any], console: Console) -> None:
+    """Paired differences laplace − other row, with their intervals (one row per other row)."""
+    others: list[str] = []
+    for entry in laplace.values():
+        others += [k for k in entry if k.startswith("diff_vs_") and k not in others]
+    if not others:
+        return
+    metrics = list(laplace)
+    table = Table(title="paired differences: Laplace − row (same resamples)")
+    table.add_column("row")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for key in others:
+        other = key.removeprefix("diff_vs_")
+        cells = []
+        for m in metrics:
+            d = laplace[m].get(key)
+            cells.append(_fmt(d["estimate"]) + _fmt_interval(d) if d else _fmt(None))
+        table.add_row(ROW_LABELS.get(other, other), *cells)
+    console.print(table)
 
 
 def print_marglik(entries: list[dict[str, Any]], console: Console) -> None:
@@ -56,4 +97,20 @@ def print_marglik(entries: list[dict[str, Any]], console: Console) -> None:
             e.get("tuned") or "no",
             f"{e['log_marginal_likelihood']:.6g}",
         )
+    console.print(table)
+
+
+def _print_named_table(name: str, rows: dict[str, dict[str, Any]], console: Console) -> None:
+    """A selective / conformal / OOD / per-label table: one row per "row score"."""
+    if not rows:
+        return
+    columns: list[str] = []
+    for row in rows.values():
+        columns += [c for c in row if c not in columns]
+    table = Table(title=name.replace("_", " "))
+    table.add_column("row score")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for label, row in rows.items():
+        table.add_row(label, *(_fmt(row.get(c)) for c in columns))
     console.print(table)

@@ -54,6 +54,9 @@ class Structure(StrEnum):
     """Dense precision, Cholesky-factored."""
     LOWRANK = "lowrank"
     """Top-k eigenpairs of the curvature plus the diagonal prior."""
+    GP = "gp"
+    """Function-space (GP) Laplace on M context points (FunctionalLaplace; not a weight-space
+    posterior, so it is not in `posterior.table`)."""
 
 
 class Curvature(StrEnum):

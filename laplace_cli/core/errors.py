@@ -34,6 +34,15 @@ class MemoryBudgetError(BadInputError, MemoryError):
     """A requested computation would need more memory than allowed; the message says what to use instead."""
 
 
+class OutOfMemory(LaplaceCliError, MemoryError):
+    """The device (CUDA) or the host ran out of memory in the middle of a step (exit 3).
+
+    Unlike `MemoryBudgetError` (refused before allocating, exit 2), the work had started; the
+    message names the step, the batch size in use and what to lower."""
+
+    exit_code = 3
+
+
 class NumericalError(LaplaceCliError, ArithmeticError):
     """Non-finite curvature or loss, or a matrix not positive definite after jitter (exit 3)."""
 

@@ -13,13 +13,16 @@ each class only names *which* curvature to compute:
 
 The curvature is computed by this project's native engine whichever library a class is named
 after (the numbers equal laplace-torch's CurvlinopsGGN / ASDL ones, see tests/compare); the
-optional ASDL implementation is chosen with the string ``backend="asdl"``. The classes are
-markers: creating an instance (laplace-torch's ``CurvlinopsGGN(model, likelihood).diag(X, y)``)
-raises ``NotImplementedError``; use ``Laplace(...).fit`` and its ``posterior_precision``.
+optional ASDL implementation is chosen with the string ``backend="asdl"``. An instance
+(laplace-torch's ``CurvlinopsGGN(model, likelihood).diag(X, y)``) computes laplace-torch's
+backend results (``diag``, ``full``, ``gradients``, ``jacobians``, ``last_layer_jacobians``)
+on one batch with this project's engine; ``kron`` is refused (no
+stand-alone ``Kron`` object here), and the ``*Hessian`` classes refuse to be created.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -45,6 +48,7 @@ __all__ = [
     "AsdfghjklEF",
     "AsdfghjklHessian",
     "resolve_backend",
+    "set_backend_engine",
 ]
 
 #: backend_kwargs keys laplace-torch's Laplace sets itself (ignored here: the subset says it).
@@ -52,19 +56,116 @@ _INTERNAL_KWARGS = ("last_layer", "subnetwork_indices", "dict_key_x", "dict_key_
 
 
 class CurvatureInterface:
-    """Base of laplace-torch's backend names; pass a subclass (not an instance) as `backend=`.
+    """Base of laplace-torch's backend names.
 
-    `curvature` is this project's curvature for the class (None: not offered here).
+    Passed as a class (`Laplace(..., backend=CurvlinopsGGN)`), it selects the curvature. An
+    instance (`CurvlinopsGGN(model, "classification").diag(X, y)`) computes laplace-torch's
+    backend results on one batch with this project's engine: the methods delegate to the
+    implementation registered by `laplace_cli.laplace.backend_objects` (this package sits below
+    the engine's layers and cannot import them). `curvature` is this project's curvature for
+    the class (None: not offered here; such instances refuse the curvature methods).
     """
 
     curvature: ClassVar[str | None] = None
+    #: laplace-torch's exact-Hessian backends: refused here (no exact Hessian is offered).
+    exact_hessian: ClassVar[bool] = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        likelihood: str,
+        last_layer: bool = False,
+        subnetwork_indices: Any = None,
+        dict_key_x: str = "input_ids",
+        dict_key_y: str = "labels",
+        *,
+        stochastic: bool = False,
+        num_samples: int = 1,
+        logit_class_dim: int = -1,
+        **kwargs: Any,
+    ) -> None:
+        if type(self).exact_hessian:
+            raise NotImplementedError(
+                f"{type(self).__name__}: the exact Hessian is not offered by laplace_cli; use "
+                "its positive semi-definite approximation, the GGN (CurvlinopsGGN)"
+            )
+        if str(likelihood) not in ("classification", "regression", "reward_modeling"):
+            raise BadInputError(f"likelihood {likelihood!r}: use 'classification' or 'regression'")
+        if stochastic and type(self).curvature != "ggn":
+            raise BadInputError(
+                f"stochastic=True applies to GGN backends (Monte-Carlo Fisher), not "
+                f"{type(self).__name__}"
+            )
+        self.model = model
+        # reward modelling fits as classification (laplace-torch's rule)
+        self.likelihood = "regression" if str(likelihood) == "regression" else "classification"
+        self.last_layer = bool(last_layer)
+        self.subnetwork_indices = subnetwork_indices
+        self.dict_key_x, self.dict_key_y = dict_key_x, dict_key_y
+        self.stochastic = bool(stochastic)
+        self.num_samples = int(num_samples)
+        # The engine's outputs are (B, C) with the class dimension last; laplace-torch's
+        # other values only matter for its multi-dimensional outputs (not supported here).
+        self.logit_class_dim = logit_class_dim
+        self.factor = 0.5 if self.likelihood == "regression" else 1.0
+        self.kwargs = kwargs
+
+    def _engine(self) -> Any:
+        if _ENGINE is None:
+            # `import laplace_cli.curvature` alone does not load the engine's package (the
+            # package root loads it lazily); loading it registers the engine. By name, as the
+            # root's lazy loader does: this package must not depend on the layers above it.
+            importlib.import_module("laplace_cli.laplace")
+        if _ENGINE is None:  # pragma: no cover - the import above registers it
+            raise RuntimeError("laplace_cli.laplace did not register the backend engine")
+        return _ENGINE
+
+    def _curvature_name(self) -> str:
+        name = type(self).curvature
+        if name is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} names no curvature; use GGNInterface, EFInterface or "
+                "a named backend (CurvlinopsGGN, CurvlinopsEF, ...)"
+            )
+        return "mc_fisher" if self.stochastic else name
+
+    def jacobians(self, x: Any, enable_backprop: bool = False) -> tuple[Any, Any]:
+        """(Js (B, C, P), f (B, C)): per-sample Jacobians of the outputs and the outputs."""
+        return self._engine().jacobians(self, x, enable_backprop)
+
+    def last_layer_jacobians(self, x: Any, enable_backprop: bool = False) -> tuple[Any, Any]:
+        """(Js (B, C, P_last), f (B, C)) over the last layer of a `FeatureExtractor` model."""
+        return self._engine().last_layer_jacobians(self, x, enable_backprop)
+
+    def gradients(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """(Gs (B, P), loss): per-sample gradients of the loss and the summed loss."""
+        return self._engine().gradients(self, x, y)
+
+    def full(self, x: Any, y: Any, N: int | None = None, **kwargs: Any) -> tuple[Any, Any]:
+        """(loss, H (P, P)): the curvature of one batch, dense."""
+        return self._engine().curvature(self, "full", x, y)
+
+    def diag(self, x: Any, y: Any, N: int | None = None, **kwargs: Any) -> tuple[Any, Any]:
+        """(loss, h (P,)): the diagonal of the curvature of one batch."""
+        return self._engine().curvature(self, "diag", x, y)
+
+    def kron(self, x: Any, y: Any, N: int | None = None, **kwargs: Any) -> tuple[Any, Any]:
+        """laplace-torch returns its `Kron` matrix object, which laplace_cli does not offer."""
         raise NotImplementedError(
-            f"{type(self).__name__} only selects the curvature in laplace_cli: pass the class "
-            f"as Laplace(..., backend={type(self).__name__}); this project has no separate "
-            "backend objects (read la.posterior_precision after la.fit instead)"
+            "backend.kron: laplace-torch's Kron matrix object is not offered by laplace_cli; "
+            "use Laplace(..., hessian_structure='kron').fit(...) and read "
+            "la.posterior_precision, or backend.full / backend.diag"
         )
+
+
+#: The implementation behind backend instances (laplace_cli.laplace.backend_objects).
+_ENGINE: Any = None
+
+
+def set_backend_engine(engine: Any) -> None:
+    """Register the object whose functions compute backend instances' results."""
+    global _ENGINE
+    _ENGINE = engine
 
 
 class GGNInterface(CurvatureInterface):
@@ -94,6 +195,8 @@ class AsdlEF(AsdlInterface, EFInterface):
 class AsdlHessian(AsdlInterface):
     """The exact Hessian: not offered by this project (refused when used)."""
 
+    exact_hessian = True
+
 
 class BackPackInterface(CurvatureInterface):
     """Named after BackPACK; computed by this project's engine."""
@@ -122,6 +225,8 @@ class CurvlinopsEF(CurvlinopsInterface, EFInterface):
 class CurvlinopsHessian(CurvlinopsInterface):
     """The exact Hessian: not offered by this project (refused when used)."""
 
+    exact_hessian = True
+
 
 class AsdfghjklInterface(CurvatureInterface):
     """Named after the old ``asdfghjkl`` backend of laplace-torch; computed by this engine."""
@@ -137,6 +242,8 @@ class AsdfghjklEF(AsdfghjklInterface, EFInterface):
 
 class AsdfghjklHessian(AsdfghjklInterface):
     """The exact Hessian: not offered by this project (refused when used)."""
+
+    exact_hessian = True
 
 
 def resolve_backend(
@@ -194,7 +301,7 @@ def resolve_backend(
             )
         n = int(num_samples) if num_samples is not None else n_mc_samples
         return "auto", wanted, n
-    if isinstance(backend, CurvatureInterface):  # pragma: no cover - __init__ refuses
+    if isinstance(backend, CurvatureInterface):
         raise BadInputError("pass the backend class, not an instance")
     if isinstance(backend, type):
         raise BadInputError(

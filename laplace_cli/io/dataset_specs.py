@@ -176,13 +176,17 @@ def validate_dataset_spec(
         errors.append(f"{source}: expected a mapping with a `splits:` section, got {what}")
         return None, errors
 
+    spec = _partial_spec(data, source, base, err)
+    return (None, errors) if errors else (spec, [])
+
+
+def _partial_spec(data: Mapping[str, Any], source: str, base: Path, err: Any) -> DatasetSpec:
+    """The spec with what is right in it: wrong keys reported to `err` and left out, so that
+    the files of the splits that are right can still be checked in the same run."""
     unknown_keys(data, TOP_KEYS, "", err)
     task, batch_size, n_classes = _dataset_options(data, err)
     splits = _dataset_splits(data, base, err)
-
-    if errors:
-        return None, errors
-    spec = DatasetSpec(
+    return DatasetSpec(
         splits=splits,
         task=task,
         batch_size=batch_size,
@@ -190,7 +194,6 @@ def validate_dataset_spec(
         source=source,
         base_dir=base,
     )
-    return spec, []
 
 
 def _dataset_options(data: Mapping[str, Any], err: Any) -> tuple[Likelihood | None, Any, Any]:
@@ -290,7 +293,7 @@ def validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | Non
 
     if problems:
         return None
-    return SplitSpec(
+    split = SplitSpec(
         name=name,
         path=resolve_relative(base, path) if path is not None else None,
         format=fmt,
@@ -304,6 +307,10 @@ def validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | Non
         tokenizer=tokenizer,
         max_length=max_length,
     )
+    # Which key named the targets (`y:` or `target:`), for the file checks' messages; not a
+    # field: the spec's keys are exactly the schema's (tests/io/test_schema_docs.py).
+    split.y_key_name = "target" if target is not None else "y"  # type: ignore[attr-defined]
+    return split
 
 
 def _split_string(raw: Mapping[str, Any], bad: Any, key: str, what: str) -> str | None:
@@ -446,21 +453,35 @@ def load_dataset_spec(path: str | Path, *, check_files: bool = False) -> Dataset
 
     Args:
         path: The YAML file; relative data paths resolve against its folder.
-        check_files: Also report every split file that does not exist (in the same message).
-            Off by default, so that ``fit`` does not fail over a test file not made yet; missing
-            files are reported when a split is loaded.
+        check_files: Also look into every split's file (train, val, test, ood, ...): a file
+            that does not exist, a key or column that is not in it, feature / target row
+            counts that differ, labels outside ``n_classes`` (where cheap); headers only, see
+            :mod:`laplace_cli.io.spec_inputs`. ``fit``, ``tune`` and ``run`` ask for it, so that
+            a mistake in any split fails before any model is loaded or any fit starts; without
+            it a split's file is checked when that split is loaded.
 
     Raises:
-        BadInputError: Invalid YAML (with line), or one line per problem in the spec.
+        BadInputError: Invalid YAML (with line), or one line per problem in the spec and, with
+            ``check_files``, in its files: all of them in one message.
     """
+    from laplace_cli.io.spec_inputs import split_input_problems
+
     data = load_yaml(path)
     source = str(path)
-    spec, errors = validate_dataset_spec(data, source=source, base_dir=Path(path).parent)
-    if spec is not None and check_files:
+    errors: list[str] = []
+    if not isinstance(data, Mapping):
+        _, errors = validate_dataset_spec(data, source=source, base_dir=Path(path).parent)
+        raise BadInputError("\n".join(errors))
+
+    def err(key: str, message: str) -> None:
+        errors.append(f"{source}: {key}: {message}")
+
+    spec = _partial_spec(data, source, Path(path).parent, err)
+    if check_files:
+        # The splits that are right are looked into even when other keys are wrong: every
+        # mistake of the spec in one message, not one per run.
         for split in spec.splits.values():
-            for key, p in (("path", split.path), ("y", split.y)):
-                if isinstance(p, Path) and not p.is_file():
-                    errors.append(f"{source}: splits.{split.name}.{key}: file not found: {p}")
-    if errors or spec is None:
+            errors += split_input_problems(split, f"{source}: splits.{split.name}", spec.n_classes)
+    if errors:
         raise BadInputError("\n".join(errors))
     return spec

@@ -234,7 +234,7 @@ def describe(posterior_file: PosteriorFile) -> dict[str, Any]:
     """
     path = posterior_file.path
     size = path.stat().st_size if path is not None and path.exists() else None
-    return {
+    info = {
         "path": str(path) if path is not None else None,
         "file_size": size,
         "n_params": posterior_file.n_params,
@@ -251,3 +251,21 @@ def describe(posterior_file: PosteriorFile) -> dict[str, Any]:
             for name, t in sorted(posterior_file.tensors.items())
         },
     }
+    gp = posterior_file.metadata.get("gp")
+    if isinstance(gp, dict):  # function-space posterior: it carries M training inputs
+        tensors = posterior_file.tensors
+        info["context_points"] = {
+            "count": gp.get("n_context"),
+            "strategy": gp.get("context"),
+            "input_bytes": sum(
+                t.numel() * t.element_size()
+                for n, t in tensors.items()
+                if n.startswith("gp.context_inputs")
+            ),
+            "kernel_bytes": sum(
+                t.numel() * t.element_size()
+                for n, t in tensors.items()
+                if n.startswith("gp.") and not n.startswith("gp.context_inputs")
+            ),
+        }
+    return info

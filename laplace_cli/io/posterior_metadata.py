@@ -73,6 +73,7 @@ _JSON_KEYS: frozenset[str] = frozenset(
         "shard_sizes",
         "rank",
         "fit_seconds",
+        "gp",
     }
 )
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -227,6 +228,8 @@ def _check_metadata_keys(meta: dict[str, Any], source: object) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if meta.get("structure") == Structure.KRON.value and "blocks" not in meta:
         missing.append("blocks")
+    if meta.get("structure") == Structure.GP.value and "gp" not in meta:
+        missing.append("gp")
     if missing:
         raise bad_file(source, f"missing metadata key(s): {', '.join(missing)}")
     unknown = sorted(set(meta) - _KNOWN_KEYS)
@@ -377,6 +380,8 @@ def _check_metadata_extras(meta: dict[str, Any], problems: list[str]) -> None:
     """Tuning record, shard sizes, and structure / subset combinations."""
     if "tuning" in meta and not isinstance(meta["tuning"], dict):
         problems.append(f"metadata 'tuning' must be a JSON object, got {clip(meta['tuning'])}")
+    elif isinstance(meta.get("tuning"), dict) and "conformal" in meta["tuning"]:
+        problems.extend(_conformal_problems(meta["tuning"]["conformal"]))
     if "shard_sizes" in meta:
         sizes = meta["shard_sizes"]
         if not (isinstance(sizes, list) and all(is_int(s) and s >= 0 for s in sizes)):
@@ -395,6 +400,81 @@ def _check_metadata_extras(meta: dict[str, Any], problems: list[str]) -> None:
         problems.append(
             "structure 'kron' cannot be combined with subset 'subnetwork' (use diag, full or lowrank)"
         )
+    if meta.get("structure") == Structure.GP.value:
+        problems.extend(_gp_problems(meta))
+
+
+def _gp_problems(meta: dict[str, Any]) -> list[str]:
+    """The `gp` object of a function-space posterior (docs/posterior-format.md)."""
+    if meta.get("subset") not in (Subset.ALL.value, Subset.LAST_LAYER.value):
+        return [f"structure 'gp' is for subsets all and last_layer, got {clip(meta.get('subset'))}"]
+    g = meta["gp"]
+    if not isinstance(g, dict):
+        return [f"metadata 'gp' must be a JSON object, got {clip(g)}"]
+    problems = []
+    m = g.get("n_context")
+    if not (is_int(m) and m >= 1) or (is_int(meta.get("n_data")) and m > meta["n_data"]):
+        problems.append(f"metadata 'gp.n_context' must be an integer in 1..n_data, got {clip(m)}")
+    if g.get("context") not in ("first", "random"):
+        problems.append(
+            f"metadata 'gp.context' must be 'first' or 'random', got {clip(g.get('context'))}"
+        )
+    if not is_int(g.get("seed")):
+        problems.append(f"metadata 'gp.seed' must be an integer, got {clip(g.get('seed'))}")
+    if g.get("output_hessian") not in ("diag", "full"):
+        problems.append(
+            f"metadata 'gp.output_hessian' must be 'diag' or 'full', got {clip(g.get('output_hessian'))}"
+        )
+    if not isinstance(g.get("diagonal_kernel"), bool):
+        problems.append(
+            f"metadata 'gp.diagonal_kernel' must be true or false, got {clip(g.get('diagonal_kernel'))}"
+        )
+    keys = g.get("input_keys")
+    if keys is not None and not (
+        isinstance(keys, list) and keys and all(isinstance(k, str) and k for k in keys)
+    ):
+        problems.append(
+            f"metadata 'gp.input_keys' must be null or a list of names, got {clip(keys)}"
+        )
+    unknown = set(g) - {
+        "n_context",
+        "context",
+        "seed",
+        "n_subset",
+        "output_hessian",
+        "diagonal_kernel",
+        "input_keys",
+    }
+    if unknown:
+        problems.append(f"unknown key(s) in metadata 'gp': {', '.join(sorted(unknown))}")
+    return problems
+
+
+def _conformal_problems(record: Any) -> list[str]:
+    """`tuning.conformal` (`laplace tune --conformal`): levels in (0, 1) mapping to a finite
+    `lac` threshold or a list of finite `normalised` thresholds (docs/posterior-format.md)."""
+    levels = record.get("levels") if isinstance(record, dict) else None
+    if not isinstance(levels, dict) or not levels:
+        return [
+            f"metadata 'tuning.conformal' must hold a non-empty 'levels' object, got {clip(record)}"
+        ]
+    problems = []
+    for key, value in levels.items():
+        try:
+            ok_level = 0.0 < float(key) < 1.0
+        except ValueError:
+            ok_level = False
+        lac = value.get("lac") if isinstance(value, dict) else None
+        norm = value.get("normalised") if isinstance(value, dict) else None
+        ok_value = (_is_number(lac) and _finite(lac)) or (
+            isinstance(norm, list) and norm and all(_is_number(q) and _finite(q) for q in norm)
+        )
+        if not (ok_level and ok_value):
+            problems.append(
+                f"metadata 'tuning.conformal.levels' entry {key!r} must be a level in (0, 1) with "
+                f"a finite 'lac' threshold or a list of finite 'normalised' ones, got {clip(value)}"
+            )
+    return problems
 
 
 def _is_number(x: Any) -> bool:

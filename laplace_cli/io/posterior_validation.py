@@ -24,6 +24,8 @@ from laplace_cli.io.posterior_metadata import (
 from laplace_cli.io.safetensors_header import bad_file, join_problems
 
 _FLOAT_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+#: The context inputs of a gp posterior (dict inputs: `gp.context_inputs.<key>`).
+GP_INPUTS = "gp.context_inputs"
 
 
 def _expected_tensors(
@@ -84,7 +86,26 @@ def _expected_tensors(
                 expected[f"kron.{name}.A.eigvecs"] = [(d_in, d_in)]
             elif b["kind"] == "diag":
                 expected[f"kron.{name}.diag"] = [(math.prod(shape),)]
+    elif structure == Structure.GP:
+        _expected_gp(meta, expected)
     return expected, optional, one_of
+
+
+def _expected_gp(meta: dict[str, Any], expected: dict[str, list[tuple[int, ...]]]) -> None:
+    """Function-space Laplace: the kernel system on M context points and their inputs."""
+    g, c = meta["gp"], meta["n_outputs"]
+    m = g["n_context"]
+    expected["prior.precision"] = [(1,)]  # one scalar δ: the kernel is J Jᵀ / δ
+    if g["diagonal_kernel"]:
+        expected["gp.K"] = [(c, m, m)]
+        expected["gp.S"] = [(m, c)]
+    else:
+        expected["gp.K"] = [(m * c, m * c)]
+        expected["gp.S"] = [(m, c)] if g["output_hessian"] == "diag" else [(m, c, c)]
+    expected["gp.mu"] = [(m, c)]
+    # The M context inputs (training rows): any shape with M rows, checked in `_check_gp_inputs`.
+    for key in g.get("input_keys") or [None]:
+        expected[GP_INPUTS if key is None else f"{GP_INPUTS}.{key}"] = []
 
 
 def _unique(items: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
@@ -115,6 +136,8 @@ def _check_tensors(
     _check_subnetwork_indices(tensors, problems)
     if meta["structure"] == Structure.LOWRANK:
         _check_lowrank_shapes(tensors, problems)
+    if meta["structure"] == Structure.GP:
+        _check_gp_inputs(tensors, meta["gp"]["n_context"], problems)
     join_problems(source, problems, BadInputError)
 
     bad = [
@@ -163,7 +186,9 @@ def _check_tensor_layouts(
         t = tensors.get(name)
         if t is None:
             continue
-        if name == "subnetwork.indices":
+        if name.startswith(GP_INPUTS):
+            pass  # inputs may be integer (token ids) as well as floating point
+        elif name == "subnetwork.indices":
             if t.dtype != torch.int64:
                 problems.append(
                     f"tensor {name!r} must be int64, got {str(t.dtype).removeprefix('torch.')}"
@@ -210,6 +235,16 @@ def _check_lowrank_shapes(tensors: dict[str, torch.Tensor], problems: list[str])
         problems.append(
             f"tensor 'lowrank.eigvals' has shape {_fmt_shape(tuple(ev.shape))}, expected ({u.shape[1]},) to match lowrank.U's k"
         )
+
+
+def _check_gp_inputs(tensors: dict[str, torch.Tensor], m: int, problems: list[str]) -> None:
+    """Each context-input tensor has one row per context point."""
+    for name, t in tensors.items():
+        if name.startswith(GP_INPUTS) and (t.dim() == 0 or t.shape[0] != m):
+            problems.append(
+                f"tensor {name!r} has shape {_fmt_shape(tuple(t.shape))}, expected {m} rows "
+                "(metadata gp.n_context)"
+            )
 
 
 def validate_posterior(

@@ -63,6 +63,7 @@ KINDS = {
     "list": "list",
     "dict": "mapping",
     "str|list": "string or list of strings",
+    "path|dict": "path, or mapping of name to path",
 }
 """Value kinds and how the docs name them (recipes check values against these kinds)."""
 
@@ -459,6 +460,22 @@ RECIPE_FIT = Section(
             default=1.0,
         ),
         Key(
+            "context_points",
+            "int",
+            "`structure: gp`: the M training rows the GP is conditioned on (stored in the "
+            "posterior file).",
+            200,
+            default_text="every row of the split",
+        ),
+        Key(
+            "context",
+            "str",
+            "`structure: gp`: which M rows, the first M or M drawn with the recipe's seed.",
+            "random",
+            default="first",
+            choices=("first", "random"),
+        ),
+        Key(
             "last_layer_name",
             "str",
             "Module name of the last layer for `subset: last_layer`.",
@@ -563,6 +580,14 @@ RECIPE_TUNE = Section(
             10,
             default=0,
         ),
+        Key(
+            "conformal",
+            "list",
+            "Levels (each strictly between 0 and 1) at which to store split conformal "
+            "thresholds calibrated on `split`, for `predict --conformal`; as `tune --conformal`.",
+            [0.9, 0.95],
+            default=[],
+        ),
     ),
 )
 
@@ -574,12 +599,22 @@ RECIPE_EVALUATE = Section(
         Key("split", "str", "Split to score.", "test", default="test"),
         Key(
             "ood_data",
-            "path",
-            "A dataset spec of out-of-distribution inputs, for AUROC (targets not needed).",
-            "ood.yaml",
+            "path|dict",
+            "Dataset specs of out-of-distribution inputs (targets not needed): one path, or "
+            "several by name (`{rot: rot.yaml, noise: noise.yaml}`, as `--ood-data NAME=SPEC`) "
+            "for AUROC, AUPR-in/out and FPR@95 per set and per score.",
+            {"rot": "rot.yaml", "noise": "noise.yaml"},
             default_text="—",
         ),
         Key("ood_split", "str", "Split of `ood_data`.", "test", default="test"),
+        Key(
+            "conformal_level",
+            "float",
+            "Nominal coverage of the split conformal table (calibrated on the `val` split), "
+            "strictly between 0 and 1; as `--conformal-level`.",
+            0.95,
+            default=0.9,
+        ),
         _PRED_TYPE,
         _LINK_APPROX,
         _SAMPLES,
@@ -591,9 +626,67 @@ RECIPE_EVALUATE = Section(
             ["ece>0.05"],
             default=[],
         ),
+        Key(
+            "bootstrap",
+            "int",
+            "Bootstrap resamples B for intervals of every metric and of the paired differences "
+            "between rows; gates may then read `ece.upper`, `nll.diff_vs_map.lower`. 0: off.",
+            1000,
+            default=0,
+        ),
+        Key("confidence", "float", "Central probability of the intervals.", 0.9, default=0.95),
+        Key(
+            "interval_method",
+            "str",
+            "`percentile` (confidence interval), `basic` (bias-reflected) or `prediction` "
+            "(where a fresh split of the same size would land).",
+            "percentile",
+            default="prediction",
+            choices=("percentile", "basic", "prediction"),
+        ),
+        Key("bins", "int", "Calibration bins of `ece` / `mce` / `aece`.", 10, default=15),
+        Key(
+            "binning",
+            "str",
+            "Bins of `ece` / `mce`: equal-width or equal-mass (equal counts).",
+            "equal-mass",
+            default="equal-width",
+            choices=("equal-width", "equal-mass"),
+        ),
         Key("plot", "str", "Reliability / coverage plot (PNG).", "reliability.png"),
         Key("html", "str", "Self-contained HTML report.", "report.html"),
         Key("report", "str", "JSON report.", "report.json", default="report.json"),
+        Key(
+            "history",
+            "path",
+            "SQLite run history to append the evaluation to (relative to the recipe; docs/ci.md).",
+            "runs.db",
+            default_text="—",
+        ),
+        Key(
+            "baseline",
+            "str",
+            "A previous report.json (relative to the recipe), or `last`, `best` or an ISO date "
+            "of `history`; gates may read `baseline.<row>.<metric>`.",
+            "last",
+            default_text="—",
+        ),
+        Key(
+            "strict_baseline",
+            "bool",
+            "Refuse a baseline on other data, split size or settings (else a warning).",
+            True,
+            default=False,
+        ),
+        Key("junit", "str", "JUnit XML, one test case per gate.", "gates.xml", default_text="—"),
+        Key("summary_md", "str", "Markdown summary.", "summary.md", default_text="—"),
+        Key(
+            "log",
+            "list",
+            "Trackers to log the report to: mlflow, wandb, tensorboard (optional extras).",
+            ["tensorboard"],
+            default=[],
+        ),
     ),
 )
 

@@ -55,6 +55,19 @@ def _sniff_text_format(lines: Iterator[str]) -> tuple[str, Iterator[str]]:
     return "jsonl", iter(buffered)
 
 
+def _refuse_binary_arrays(lines: Iterator[str], source: str) -> Iterator[str]:
+    """A stream holding an NPZ / .npy file (zip or NumPy magic) is refused with the fix,
+    rather than read as a malformed CSV: arrays need random access, a stream has none."""
+    first = next(lines, None)
+    # NumPy's magic byte 0x93 is not UTF-8: it arrives as \x93, an escape or U+FFFD.
+    if first is not None and (first.startswith("PK\x03\x04") or first[1:6] == "NUMPY"):
+        raise BadInputError(
+            f"{source}: holds an NPZ / .npy file (binary arrays); a stream takes CSV, TSV or "
+            "JSONL text: pass the file with --input FILE"
+        )
+    return lines if first is None else itertools.chain([first], lines)
+
+
 def _table_format(
     path: str | Path | TextIO,
     lines: Iterator[str],
@@ -68,6 +81,7 @@ def _table_format(
         fmt = detect_format(path)
     elif fmt is None:
         fmt, lines = _sniff_text_format(lines)
+        lines = _refuse_binary_arrays(lines, source)
     else:
         fmt = detect_format(source, fmt)
     if info is not None:

@@ -30,6 +30,10 @@ LIST_FIELDS = {
     "var_total": "var_total",
     "lower": "lower",
     "upper": "upper",
+    # `predict --conformal`: the set as 0/1 per class, or the interval per output.
+    "conformal_set": "conformal_set",
+    "conformal_lower": "conformal_lower",
+    "conformal_upper": "conformal_upper",
 }
 
 

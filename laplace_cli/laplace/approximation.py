@@ -42,7 +42,8 @@ from laplace_cli.subsets.last_layer import LastLayer
 
 #: Built-in structures per subset (a view of `posterior.table`, which also holds registered ones).
 SUPPORTED = {
-    subset: {s for s in Structure if structure_spec(s).supports(subset)} for subset in Subset
+    subset: {s for s in Structure if s is not Structure.GP and structure_spec(s).supports(subset)}
+    for subset in Subset
 }
 
 
@@ -55,10 +56,10 @@ def as_tensor(
 
 #: Picks the flavour class for `Laplace(*args, **kwargs)`; installed by `laplace_cli.laplace`
 #: (flavour_table.flavour_for), so this module does not import the subclasses defined on it.
-_flavour_resolver: Callable[[tuple, dict], type] | None = None
+_flavour_resolver: Callable[[tuple, dict], Callable[..., Any]] | None = None
 
 
-def set_flavour_resolver(resolver: Callable[[tuple, dict], type] | None) -> None:
+def set_flavour_resolver(resolver: Callable[[tuple, dict], Callable[..., Any]] | None) -> None:
     """Install the function that maps `Laplace(...)`'s arguments to a flavour class."""
     global _flavour_resolver
     _flavour_resolver = resolver
@@ -77,6 +78,10 @@ class _FlavourFactory(type):
         if cls is not Laplace:
             return super().__call__(*args, **kwargs)
         flavour = _flavour_resolver(args, kwargs) if _flavour_resolver is not None else cls
+        if not (isinstance(flavour, type) and issubclass(flavour, Laplace)):
+            # function-space Laplace (hessian_structure="gp") is its own class: the resolver
+            # returns a builder taking Laplace's arguments (laplace/flavour_table.py).
+            return flavour(*args, **kwargs)
         obj = flavour.__new__(flavour)
         Laplace.__init__(obj, *args, **kwargs)
         return obj

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from laplace_cli.core.enums import Structure, Subset
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.laplace.approximation import Laplace
 from laplace_cli.laplace.flavours import (
     FUNCTION_SPACE_MESSAGE,
@@ -24,6 +26,7 @@ from laplace_cli.laplace.flavours_last_layer import (
     LLLaplace,
 )
 from laplace_cli.laplace.flavours_subnet import DiagSubnetLaplace, FullSubnetLaplace
+from laplace_cli.laplace.functional import FunctionalLaplace, FunctionalLLLaplace
 
 
 def _argument(args: tuple, kwargs: dict, position: int, name: str, default: str) -> Any:
@@ -32,19 +35,42 @@ def _argument(args: tuple, kwargs: dict, position: int, name: str, default: str)
     return kwargs.get(name, default)
 
 
-def flavour_for(args: tuple, kwargs: dict) -> type[Laplace]:
+def _functional_builder(subset: Any) -> Callable[..., Any]:
+    """`Laplace(model, likelihood, subset, "gp", **kw)` → FunctionalLaplace / FunctionalLLLaplace."""
+    name = str(getattr(subset, "value", subset)).strip().lower()
+    classes = {"all": FunctionalLaplace, "last_layer": FunctionalLLLaplace}
+    if name not in classes:
+        raise BadInputError(
+            f"hessian_structure='gp' is for subset_of_weights 'all' or 'last_layer', got {subset!r}"
+        )
+    cls = classes[name]
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > 4:
+            raise BadInputError(
+                "function-space Laplace: pass n_subset and the other settings by keyword"
+            )
+        kwargs.pop("subset_of_weights", None)
+        kwargs.pop("hessian_structure", None)
+        return cls(*args[:2], **kwargs)
+
+    return build
+
+
+def flavour_for(args: tuple, kwargs: dict) -> Callable[..., Any]:
     """The flavour class for `Laplace(*args, **kwargs)` (Laplace itself if none matches).
 
     An unknown subset or structure returns `Laplace`, whose `__init__` then gives its usual
-    error; `hessian_structure="gp"` (or a `functional_approximation`) is function-space
-    Laplace: NotImplementedError.
+    error; `hessian_structure="gp"` returns a builder of function-space Laplace
+    (FunctionalLaplace / FunctionalLLLaplace, laplace/functional.py); a
+    `functional_approximation` (ELLA, VaLLA) is NotImplementedError.
     """
     subset = _argument(args, kwargs, 2, "subset_of_weights", "last_layer")
     structure = _argument(args, kwargs, 3, "hessian_structure", "kron")
-    if str(getattr(structure, "value", structure)).strip().lower() == "gp" or (
-        kwargs.get("functional_approximation") is not None
-    ):
+    if kwargs.get("functional_approximation") is not None:
         raise NotImplementedError(FUNCTION_SPACE_MESSAGE)
+    if str(getattr(structure, "value", structure)).strip().lower() == "gp":
+        return _functional_builder(subset)
     try:
         key = (Subset.parse(subset, "subset").value, Structure.parse(structure, "structure").value)
     except Exception:  # Laplace.__init__ reports it with its own message

@@ -11,8 +11,9 @@ instance of the matching flavour (as laplace-torch's factory does), so
 Keyword arguments beyond laplace-torch's (`curvature`, `rank`, `seed`, `max_memory`, ...)
 pass through to `Laplace`. laplace-torch arguments with no meaning here are refused with the
 alternative: `damping=True` (K-FAC damping), `asdl_fisher_kwargs`, Hessian backends. Function-
-space Laplace (`FunctionalLaplace`, `hessian_structure="gp"`, ELLA, VaLLA) is not implemented:
-those names raise `NotImplementedError`. See docs/migrating.md.
+space Laplace (`FunctionalLaplace`, `hessian_structure="gp"`) lives in laplace/functional.py
+(its own class, not a `Laplace` flavour: a GP posterior, no weight-space precision); ELLA and
+VaLLA raise `NotImplementedError`. See docs/migrating.md.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.laplace.approximation import Laplace
+from laplace_cli.laplace.functional import BaseFunctionalLaplace, FunctionalLaplace
 
 __all__ = [
     "BaseLaplace",
@@ -43,10 +45,9 @@ __all__ = [
 BaseLaplace = Laplace
 
 FUNCTION_SPACE_MESSAGE = (
-    "function-space (GP) Laplace (laplace-torch's FunctionalLaplace, FunctionalLLLaplace, "
-    "ELLA, VaLLA, hessian_structure='gp') is not implemented in laplace_cli yet: it is the "
-    "separate 'function-space Laplace' issue; use a weight-space structure ('diag', 'kron', "
-    "'full' or 'lowrank')"
+    "laplace-torch's ELLA and VaLLA (Nyström / variational function-space Laplace) are not "
+    "implemented in laplace_cli; use FunctionalLaplace / FunctionalLLLaplace "
+    "(hessian_structure='gp') or a weight-space structure ('diag', 'kron', 'full', 'lowrank')"
 )
 
 
@@ -239,23 +240,18 @@ class LowRankLaplace(ParametricLaplace):
         )
 
 
-class BaseFunctionalLaplace:
-    """laplace-torch's function-space Laplace: not implemented here (NotImplementedError)."""
+class ELLA(BaseFunctionalLaplace):
+    """laplace-torch's Nyström function-space Laplace: not implemented here."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError(FUNCTION_SPACE_MESSAGE)
 
 
-class FunctionalLaplace(BaseFunctionalLaplace):
-    """laplace-torch's GP Laplace over all weights: not implemented here."""
-
-
-class ELLA(BaseFunctionalLaplace):
-    """laplace-torch's Nyström function-space Laplace: not implemented here."""
-
-
 class VaLLA(BaseFunctionalLaplace):
     """laplace-torch's variational function-space Laplace: not implemented here."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(FUNCTION_SPACE_MESSAGE)
 
 
 # laplace-torch users see (and pickle by) its module path, laplace_cli.baselaplace, which re-exports

@@ -18,11 +18,11 @@ from laplace_cli.core.errors import BadInputError
 from laplace_cli.laplace.flavours import (
     DiagLaplace,
     FullLaplace,
-    FunctionalLaplace,
     KronLaplace,
     ParametricLaplace,
     refuse_damping,
 )
+from laplace_cli.laplace.functional import FunctionalLLLaplace
 
 __all__ = ["LLLaplace", "DiagLLLaplace", "KronLLLaplace", "FullLLLaplace", "FunctionalLLLaplace"]
 
@@ -128,10 +128,6 @@ class DiagLLLaplace(LLLaplace, DiagLaplace):
     """Diagonal posterior precision over the last layer (laplace-torch's `DiagLLLaplace`)."""
 
     _key = ("last_layer", "diag")
-
-
-class FunctionalLLLaplace(FunctionalLaplace):
-    """laplace-torch's last-layer GP Laplace: not implemented here (NotImplementedError)."""
 
 
 # laplace-torch users see (and pickle by) its module path, laplace_cli.lllaplace, which re-exports

@@ -194,7 +194,8 @@ def _brier(p: Tensor, y: Tensor) -> float:
     return float(((p - onehot) ** 2).sum(dim=1).mean())
 
 
-def _adaptive_ece(p: Tensor, y: Tensor, n_bins: int) -> float:
+def _equal_mass_stats(p: Tensor, y: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean confidence, accuracy and count of the equal-mass bins of :func:`adaptive_ece`."""
     conf, correct = _top_label(p, y)
     n = conf.shape[0]
     sorted_conf, _ = torch.sort(conf)
@@ -205,8 +206,11 @@ def _adaptive_ece(p: Tensor, y: Tensor, n_bins: int) -> float:
     # when many confidences are equal.
     rank = torch.searchsorted(sorted_conf, conf, right=False)  # (N,)
     index = torch.div(rank * n_bins, n, rounding_mode="floor")
-    mean_conf, mean_acc, count = _bin_stats(conf, correct, index, n_bins)
-    return _weighted_gap(mean_conf, mean_acc, count)
+    return _bin_stats(conf, correct, index, n_bins)
+
+
+def _adaptive_ece(p: Tensor, y: Tensor, n_bins: int) -> float:
+    return _weighted_gap(*_equal_mass_stats(p, y, n_bins))
 
 
 def accuracy(probs: Tensor, labels: Tensor) -> float:
@@ -305,25 +309,36 @@ def adaptive_ece(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
     return _adaptive_ece(p, y, n_bins)
 
 
-def classification_metrics(probs: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, float]:
+def classification_metrics(
+    probs: Tensor, labels: Tensor, n_bins: int = 15, binning: str = "equal-width"
+) -> dict[str, float]:
     """All classification metrics at once (inputs validated once).
 
     Args:
         probs: (N, C) class probabilities.
         labels: (N,) integer labels.
         n_bins: number of calibration bins.
+        binning: bins of ``ece`` and ``mce``: ``equal-width`` (as :func:`ece`) or
+            ``equal-mass`` (as :func:`adaptive_ece`); ``aece`` is always equal-mass.
 
     Returns:
         ``{"acc", "nll", "ece", "mce", "brier", "aece"}`` as floats.
     """
     n_bins = check_n_bins(n_bins)
+    if binning not in ("equal-width", "equal-mass"):
+        raise BadInputError(f"binning: expected equal-width or equal-mass, got {binning!r}")
     p, y = check_classification(probs, labels)
-    bins = _reliability_bins(p, y, n_bins)
+    if binning == "equal-mass":
+        mass = _equal_mass_stats(p, y, n_bins)
+        ece_value, mce_value = _weighted_gap(*mass), _max_gap(*mass)
+    else:
+        bins = _reliability_bins(p, y, n_bins)
+        ece_value, mce_value = bins.ece(), bins.mce()
     return {
         "acc": _accuracy(p, y),
         "nll": _nll(p, y, clamp_eps(as_tensor(probs, "probs"))),
-        "ece": bins.ece(),
-        "mce": bins.mce(),
+        "ece": ece_value,
+        "mce": mce_value,
         "brier": _brier(p, y),
         "aece": _adaptive_ece(p, y, n_bins),
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ from torch import Tensor
 
 from laplace_cli.core.batches import split_batch, to_device
 from laplace_cli.core.enums import Likelihood
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.datasets import load_dataset_spec
 from laplace_cli.laplace.approximation import Laplace
+from laplace_cli.metrics import bootstrap
 from laplace_cli.metrics import classification as metrics
 from laplace_cli.metrics.temperature import (
     CalibrationWarning,
@@ -36,7 +39,12 @@ from laplace_cli.metrics.temperature import (
     fit_variance_scale,
 )
 from laplace_cli.pipeline import distributed
-from laplace_cli.pipeline.gates import evaluate_gates, parse_gates
+from laplace_cli.pipeline.gates import (
+    check_intervals_available,
+    evaluate_gates,
+    gate_table,
+    parse_gates,
+)
 from laplace_cli.pipeline.predict_stage import PredictOptions, default_pred_options, predict_batch
 from laplace_cli.pipeline.stage_support import (
     Progress,
@@ -57,6 +65,10 @@ class SplitOutputs:
     probs: Tensor | None = None
     var_total: Tensor | None = None
     f_mu: Tensor | None = None
+    #: The Laplace uncertainty scores of `Laplace.uncertainty`: `var` (logit / epistemic
+    #: variance) and `mutual_info` (BALD, when samples were drawn); for `uncertainty_tables`.
+    var: Tensor | None = None
+    mutual_info: Tensor | None = None
 
     @classmethod
     def concat(cls, parts: list[SplitOutputs | None]) -> SplitOutputs:
@@ -71,7 +83,8 @@ class SplitOutputs:
             xs = [getattr(p, name) for p in kept]
             return torch.cat(xs) if xs[0] is not None else None
 
-        return cls(*(cat(n) for n in ("f_map", "targets", "probs", "var_total", "f_mu")))
+        names = ("f_map", "targets", "probs", "var_total", "f_mu", "var", "mutual_info")
+        return cls(*(cat(n) for n in names))
 
 
 def collect_outputs(
@@ -95,7 +108,7 @@ def collect_outputs(
     loader = distributed.shard_loader(loader, ctx)  # refuses an iterable dataset under ctx
     row = distributed.shard_range(len(whole), ctx.rank, ctx.world_size)[0] if ctx else 0
     pred_type, link_approx = default_pred_options(la, options)
-    f_map, ys, probs, var_total, f_mu = [], [], [], [], []
+    f_map, ys, probs, var_total, f_mu, var, mi = [], [], [], [], [], [], []
     # One forward pass per batch where the subset can share it (last layer: the MAP outputs,
     # the model check and the predictive all read the same features).
     with la.subset.reuse_forward():
@@ -114,10 +127,23 @@ def collect_outputs(
             if "var_total" in pred:
                 var_total.append(pred["var_total"].cpu())
                 f_mu.append(pred["mean"].cpu())
+            if "var" in pred:
+                var.append(pred["var"].cpu())
+            if "mutual_info" in pred:
+                mi.append(pred["mutual_info"].cpu())
     cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
-    mine = SplitOutputs(cat(f_map), cat(ys), cat(probs), cat(var_total), cat(f_mu)) if ys else None
+    mine = (
+        SplitOutputs(cat(f_map), cat(ys), cat(probs), cat(var_total), cat(f_mu), cat(var), cat(mi))
+        if ys
+        else None
+    )
     parts = distributed.gather_to_main(mine, ctx)
     return None if parts is None else SplitOutputs.concat(parts)
+
+
+#: Version of the report's JSON layout (`schema_version`; docs/report.schema.json). Bump it when
+#: a key is renamed or removed or a value changes meaning; adding a key keeps it.
+REPORT_SCHEMA_VERSION = 1
 
 
 @dataclass
@@ -130,36 +156,60 @@ class EvaluationResult:
     #: What was evaluated: data spec, split(s), time and versions from `evaluate`; the
     #: posterior file, model reference and fingerprint added by `save_evaluation_outputs`.
     identity: dict[str, Any] = field(default_factory=dict)
+    #: The comparison with `--baseline` (source, mismatches, deltas); empty without one.
+    baseline: dict[str, Any] = field(default_factory=dict)
+    #: The selective / conformal / OOD / per-label tables (`pipeline.uncertainty_tables`):
+    #: `{table: {"row score": {metric: value}}}`; only the tables that apply.
+    tables: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    #: Risk–coverage curves ("row score" → `metrics.selective.RiskCoverage`) for the plot.
+    curves: dict[str, Any] = field(default_factory=dict)
+    #: Bootstrap intervals (`evaluate(bootstrap_settings=...)`): `{row: {metric: {"lower",
+    #: "upper", "diff_vs_<other>": {"estimate", "lower", "upper"}}}}`; empty without them.
+    intervals: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
         return any(g["failed"] for g in self.gates)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
+            "schema_version": REPORT_SCHEMA_VERSION,
             "identity": self.identity,
             "rows": self.rows,
             "settings": self.settings,
             "gates": self.gates,
             "timings": self.timings,
         }
+        if self.baseline:
+            out["baseline"] = self.baseline
+        if self.tables:
+            out["tables"] = self.tables
+        if self.intervals:
+            out["intervals"] = self.intervals
+        return out
 
 
-def _classification_rows(la: Laplace, test: SplitOutputs, val: SplitOutputs | None, n_bins: int):
+def _classification_rows(
+    la: Laplace,
+    test: SplitOutputs,
+    val: SplitOutputs | None,
+    n_bins: int,
+    binning: str = "equal-width",
+):
     labels = test.targets.long().reshape(-1)
     rows, plots = {}, {}
     map_probs = torch.softmax(test.f_map, -1)
-    rows["map"] = metrics.classification_metrics(map_probs, labels, n_bins)
+    rows["map"] = metrics.classification_metrics(map_probs, labels, n_bins, binning)
     plots["map"] = (map_probs, labels)
     temperature, note = None, None
     if val is not None:
         temperature, note = fit_temperature_checked(val.f_map, val.targets.long().reshape(-1))
         t_probs = torch.softmax(apply_temperature(test.f_map, temperature), -1)
-        rows["temperature"] = metrics.classification_metrics(t_probs, labels, n_bins)
+        rows["temperature"] = metrics.classification_metrics(t_probs, labels, n_bins, binning)
         plots["temperature"] = (t_probs, labels)
         if note is None:
             note = _worse_than_map(rows, f"temperature scaling (T = {temperature:.4g})", "T = 1")
-    rows["laplace"] = metrics.classification_metrics(test.probs, labels, n_bins)
+    rows["laplace"] = metrics.classification_metrics(test.probs, labels, n_bins, binning)
     plots["laplace"] = (test.probs, labels)
     return rows, plots, {"temperature": temperature, "temperature_warning": note}
 
@@ -184,13 +234,42 @@ def _worse_than_map(rows: dict[str, dict[str, float]], what: str, unscaled: str)
     return note
 
 
-def _binary_rows(la: Laplace, test: SplitOutputs):
+def _binary_rows(
+    la: Laplace,
+    test: SplitOutputs,
+    val: SplitOutputs | None = None,
+    n_bins: int = 15,
+    per_label_temperature: bool = False,
+):
+    """Binary / multi-label rows: acc, nll, brier and ECE (the mean of the per-label ECEs, listed
+    per label in the baseline's `ece_per_label`); the temperature row (one T shared by the
+    labels, or one per label) is fitted on the validation split."""
+    from laplace_cli.metrics.binary import (
+        apply_binary_temperature,
+        binary_ece,
+        fit_binary_temperature,
+        two_class,
+    )
+
     y = test.targets.reshape(test.probs.shape)
-    rows = {
-        "map": metrics.binary_metrics(torch.sigmoid(test.f_map), y),
-        "laplace": metrics.binary_metrics(test.probs, y),
-    }
-    return rows, {}, {}
+    probs = {"map": torch.sigmoid(test.f_map)}
+    temperature = None
+    if val is not None:
+        y_val = val.targets.reshape(val.f_map.shape)
+        t = fit_binary_temperature(val.f_map, y_val, per_label_temperature)
+        probs["temperature"] = apply_binary_temperature(test.f_map, t)
+        temperature = [float(v) for v in t] if per_label_temperature else float(t[0])
+    probs["laplace"] = test.probs
+    rows, plots, per_label = {}, {}, {}
+    for row, p in probs.items():
+        mean_ece, per_label[row] = binary_ece(p, y, n_bins)
+        rows[row] = {**metrics.binary_metrics(p, y), "ece": mean_ece}
+        plots[row] = two_class(p, y)  # all labels pooled for the reliability diagram
+    note = None
+    if temperature is not None:
+        note = _worse_than_map(rows, "temperature scaling", "T = 1")
+    baseline = {"temperature": temperature, "temperature_warning": note, "ece_per_label": per_label}
+    return rows, plots, baseline
 
 
 def _regression_rows(la: Laplace, test: SplitOutputs, val: SplitOutputs | None):
@@ -235,7 +314,7 @@ def evaluate(
     *,
     split: str = "test",
     val_split: str | None = "val",
-    ood_data: str | Path | None = None,
+    ood_data: str | Path | Mapping[str, str | Path] | None = None,
     ood_split: str = "test",
     options: PredictOptions | None = None,
     gates: list[str] | None = None,
@@ -243,8 +322,26 @@ def evaluate(
     n_bins: int = 15,
     progress: Progress = no_progress,
     shard: bool = True,
+    conformal_level: float = 0.9,
+    per_label_temperature: bool = False,
+    gate_rows: dict[str, dict[str, Any]] | None = None,
+    binning: str = "equal-width",
+    bootstrap_settings: bootstrap.BootstrapSettings | None = None,
 ) -> EvaluationResult | None:
     """Score MAP, temperature scaling and Laplace on `split`; check `gates` (failures recorded).
+
+    `n_bins` and `binning` (`equal-width` or `equal-mass`) set the bins of `ece` / `mce`. With
+    `bootstrap_settings`, every row's metrics get bootstrap intervals and paired differences
+    (`EvaluationResult.intervals`, `metrics.bootstrap`) that gates can read (`ece.upper`,
+    `nll.diff_vs_map.lower`); a gate on a bound without them is refused before any work.
+
+    `gate_rows` are more rows the gates may read (e.g. `baseline.laplace` from `--baseline`).
+
+    `ood_data` is one dataset spec, or several by name (`{name: spec}`): the first set's AUROC
+    and FPR@95 go into the rows as `auroc` / `fpr95`, every named set's as `auroc_<name>` /
+    `fpr95_<name>`, and all sets, rows and scores into the `ood` table. With a validation split
+    the `conformal` table calibrates at `conformal_level`; `per_label_temperature` fits one
+    temperature per label for binary / multi-label models instead of one shared.
 
     Under torchrun (and `shard`) every rank must call this: the ranks share the predictive
     work, rank 0 returns the result of the whole split (the same as one process) and the other
@@ -252,6 +349,11 @@ def evaluate(
     """
     options = options or PredictOptions()
     parsed_gates = parse_gates(gates or [])  # malformed gates fail before any work
+    check_intervals_available(parsed_gates, bootstrap_settings is not None)
+    if binning not in bootstrap.BINNINGS:
+        raise BadInputError(
+            f"binning: expected one of {', '.join(bootstrap.BINNINGS)}, got {binning!r}"
+        )
     ctx = distributed.context(la.device) if shard else None
     pred_type, link_approx = default_pred_options(la, options)
     spec = load_dataset_spec(data_path)
@@ -265,24 +367,45 @@ def evaluate(
     test = outputs(spec, split, f"evaluate {split}", f"{data_path}: split {split!r}")
     timings[f"predict_{split}"] = time.perf_counter() - start
     val = None
-    if val_split and val_split in spec.splits and la.likelihood != Likelihood.BINARY:
+    if val_split and val_split in spec.splits:
         start = time.perf_counter()
         val = outputs(spec, val_split, f"evaluate {val_split}", f"{data_path}: split {val_split!r}")
         timings[f"predict_{val_split}"] = time.perf_counter() - start
-    ood = None
-    if ood_data is not None:
+    ood_sets = dict(ood_data) if isinstance(ood_data, Mapping) else {}
+    if ood_data is not None and not ood_sets:
+        ood_sets = {"ood": ood_data}
+    oods: dict[str, Any] = {}
+    for name, path in ood_sets.items():
         # Only the inputs are used: an OOD split needs no targets (none are scored).
-        ood_spec = load_dataset_spec(ood_data)
-        ood = outputs(
-            ood_spec,
+        oods[name] = outputs(
+            load_dataset_spec(path),
             ood_split,
-            "evaluate ood",
-            f"{ood_data}: split {ood_split!r}",
+            f"evaluate ood {name}",
+            f"{path}: split {ood_split!r}",
             require_labels=False,
         )
     if test is None:
         return None  # not rank 0: the metrics are computed there
-    rows, plots, baseline = _score_rows(la, test, val, ood, n_bins)
+    ood = next(iter(oods.values()), None)
+    rows, plots, baseline = _score_rows(la, test, val, ood, n_bins, per_label_temperature, binning)
+    intervals: dict[str, Any] = {}
+    recorded_bootstrap = None
+    if bootstrap_settings is not None:
+        start = time.perf_counter()
+        intervals, recorded_bootstrap = _bootstrap_intervals(
+            la, test, ood, rows, plots, baseline, n_bins, binning, bootstrap_settings
+        )
+        timings["bootstrap"] = time.perf_counter() - start
+    extra = _uncertainty_tables(la, test, val, oods, baseline, conformal_level, options.seed)
+    named = isinstance(ood_data, Mapping)
+    for row, values in extra.row_metrics.items():
+        # One unnamed OOD set ("ood"): its `auroc` / `fpr95` are in the rows already.
+        rows[row].update({k: v for k, v in values.items() if named or not k.endswith("_ood")})
+    if baseline.get("ece_per_label") is not None:
+        per_label = baseline.pop("ece_per_label")
+        extra.tables["ece_per_label"] = {
+            row: {f"label_{k}": v for k, v in enumerate(eces)} for row, eces in per_label.items()
+        }
     settings = {
         "split": split,
         "val_split": val_split if val is not None else None,
@@ -293,8 +416,14 @@ def evaluate(
         **_posterior_settings(la),
         "n_test": int(test.targets.shape[0]),
         **{k: v for k, v in baseline.items() if v is not None},
+        **({"conformal_level": conformal_level} if "conformal" in extra.tables else {}),
+        **(
+            {"n_bins": n_bins, "binning": binning} if la.likelihood != Likelihood.REGRESSION else {}
+        ),
+        "bootstrap": recorded_bootstrap,
     }
-    results = evaluate_gates(parsed_gates, rows) if parsed_gates else []
+    table = gate_table({**rows, **(gate_rows or {})}, intervals)
+    results = evaluate_gates(parsed_gates, table) if parsed_gates else []
     return EvaluationResult(
         rows=rows,
         settings=settings,
@@ -302,28 +431,122 @@ def evaluate(
         timings=timings,
         plot_inputs=plots,
         identity=_data_identity(data_path, split, ood_data, ood_split),
+        tables=extra.tables,
+        curves=extra.curves,
+        intervals=intervals,
     )
 
 
-def _score_rows(la: Laplace, test: Any, val: Any, ood: Any, n_bins: int) -> tuple[Any, Any, Any]:
+def _uncertainty_tables(
+    la: Laplace, test: Any, val: Any, oods: dict[str, Any], baseline: Any, level: float, seed: int
+) -> Any:
+    """Selective / conformal / OOD tables (`pipeline.uncertainty_tables`) for the rows."""
+    from laplace_cli.pipeline.uncertainty_tables import uncertainty_tables
+
+    noise = la.sigma_noise.detach().cpu().reshape(-1) ** 2  # the MAP row's regression variance
+    info = {**baseline, "noise": noise}
+    return uncertainty_tables(la.likelihood, test, val, oods, info, level=level, seed=seed)
+
+
+def _score_rows(
+    la: Laplace,
+    test: Any,
+    val: Any,
+    ood: Any,
+    n_bins: int,
+    per_label_temperature: bool = False,
+    binning: str = "equal-width",
+) -> tuple[Any, Any, Any]:
     """`(rows, plots, baseline)`: the metrics of each row (MAP, temperature, Laplace) on the
     test split, with the OOD detection metrics when an OOD split was given."""
     if la.likelihood == Likelihood.CLASSIFICATION:
-        rows, plots, baseline = _classification_rows(la, test, val, n_bins)
+        rows, plots, baseline = _classification_rows(la, test, val, n_bins, binning)
     elif la.likelihood == Likelihood.BINARY:
-        rows, plots, baseline = _binary_rows(la, test)
+        rows, plots, baseline = _binary_rows(la, test, val, n_bins, per_label_temperature)
     else:
         rows, plots, baseline = _regression_rows(la, test, val)
     if ood is not None:
-        temperature = baseline.get("temperature")
         for row in list(rows):
-            s_in, s_out = _ood_scores(la, test, row), _ood_scores(la, ood, row)
-            if row == "temperature" and temperature is not None:
-                p_in = torch.softmax(apply_temperature(test.f_map, temperature), -1)
-                p_out = torch.softmax(apply_temperature(ood.f_map, temperature), -1)
-                s_in, s_out = 1 - p_in.max(-1).values, 1 - p_out.max(-1).values
+            s_in, s_out = _row_ood_scores(la, test, ood, row, baseline.get("temperature"))
             rows[row].update(metrics.ood_metrics(s_in, s_out))
     return rows, plots, baseline
+
+
+def _row_ood_scores(
+    la: Laplace, test: Any, ood: Any, row: str, temperature: Any
+) -> tuple[Tensor, Tensor]:
+    """A row's OOD scores of the scored split and of the OOD split (`_ood_scores`; the
+    temperature row rescales the MAP outputs first)."""
+    s_in, s_out = _ood_scores(la, test, row), _ood_scores(la, ood, row)
+    if row == "temperature" and la.likelihood == Likelihood.BINARY:
+        from laplace_cli.metrics.binary import apply_binary_temperature
+
+        t = torch.as_tensor(temperature, dtype=torch.float64)
+        p_in = apply_binary_temperature(test.f_map, t)
+        p_out = apply_binary_temperature(ood.f_map, t)
+        # The MAP / Laplace rows' binary score (`_ood_scores`), on the rescaled outputs.
+        s_in = -(torch.maximum(p_in, 1 - p_in)).min(-1).values
+        s_out = -(torch.maximum(p_out, 1 - p_out)).min(-1).values
+    elif row == "temperature" and temperature is not None:
+        p_in = torch.softmax(apply_temperature(test.f_map, temperature), -1)
+        p_out = torch.softmax(apply_temperature(ood.f_map, temperature), -1)
+        s_in, s_out = 1 - p_in.max(-1).values, 1 - p_out.max(-1).values
+    return s_in, s_out
+
+
+def _bootstrap_intervals(
+    la: Laplace,
+    test: Any,
+    ood: Any,
+    rows: dict[str, dict[str, float]],
+    plots: dict[str, Any],
+    baseline: dict[str, Any],
+    n_bins: int,
+    binning: str,
+    settings: bootstrap.BootstrapSettings,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`(intervals, recorded settings)`: bootstrap intervals of every row's metrics and paired
+    differences, all rows on the same resamples of the test split (stratified by label for
+    classification) and, with an OOD split, of the OOD split (AUROC)."""
+    strata = None
+    stats: dict[str, bootstrap.Statistic] = {}
+    if la.likelihood == Likelihood.CLASSIFICATION:
+        for row, (probs, labels) in plots.items():
+            stats[row] = bootstrap.classification_statistic(probs, labels, n_bins, binning)
+        strata = test.targets.long().reshape(-1)
+    elif la.likelihood == Likelihood.BINARY:
+        from laplace_cli.metrics.binary import apply_binary_temperature
+
+        y = test.targets.reshape(test.probs.shape)
+        probs = {"map": torch.sigmoid(test.f_map), "laplace": test.probs}
+        if "temperature" in rows:
+            t = torch.as_tensor(baseline.get("temperature"), dtype=torch.float64)
+            probs["temperature"] = apply_binary_temperature(test.f_map, t)
+        stats = {row: bootstrap.binary_statistic(probs[row], y) for row in rows if row in probs}
+    else:
+        for row, (mean, var, y) in plots.items():
+            stats[row] = bootstrap.regression_statistic(mean, var, y)
+    sizes = [int(test.targets.shape[0])]
+    if ood is not None:
+        sizes.append(int(ood.f_map.shape[0]))
+        for row in list(stats):
+            s_in, s_out = _row_ood_scores(la, test, ood, row, baseline.get("temperature"))
+            auroc = bootstrap.auroc_statistic(s_in, s_out)
+            stats[row] = _merged(stats[row], auroc)
+    dists = bootstrap.bootstrap_distributions(
+        stats,
+        sizes,
+        n_resamples=settings.n_resamples,
+        seed=settings.seed,
+        strata=[strata] + [None] * (len(sizes) - 1),
+    )
+    recorded = {**settings.to_dict(), "stratified_by": "label" if strata is not None else None}
+    return bootstrap.intervals_from_distributions(rows, dists, settings), recorded
+
+
+def _merged(*statistics: bootstrap.Statistic) -> bootstrap.Statistic:
+    """One statistic returning the metrics of all of them."""
+    return lambda counts: {k: v for s in statistics for k, v in s(counts).items()}
 
 
 def _posterior_settings(la: Laplace) -> dict[str, Any]:
@@ -339,7 +562,7 @@ def _posterior_settings(la: Laplace) -> dict[str, Any]:
 
 
 def _data_identity(
-    data_path: str | Path, split: str, ood_data: str | Path | None, ood_split: str
+    data_path: str | Path, split: str, ood_data: Any, ood_split: str
 ) -> dict[str, Any]:
     """The data half of a report's identity block, with the time and the versions."""
     from datetime import datetime, timezone
@@ -347,7 +570,10 @@ def _data_identity(
     from laplace_cli.core.version import __version__
 
     identity: dict[str, Any] = {"data": str(Path(data_path).resolve()), "split": split}
-    if ood_data is not None:
+    if isinstance(ood_data, Mapping):  # named OOD sets (`--ood-data name=spec`)
+        identity["ood_data"] = {k: str(Path(v).resolve()) for k, v in ood_data.items()}
+        identity["ood_split"] = ood_split
+    elif ood_data is not None:
         identity["ood_data"] = str(Path(ood_data).resolve())
         identity["ood_split"] = ood_split
     identity["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -378,8 +604,11 @@ def save_evaluation_outputs(
     plot: str | Path | None = None,
     html: str | Path | None = None,
     extra: dict[str, Any] | None = None,
+    history: str | Path | None = None,
 ) -> dict[str, str]:
     """Write the JSON report, the reliability / coverage plot and the HTML page that were asked for.
+
+    With `history` (a run history file) the HTML page also shows its trend plot.
 
     The HTML page embeds the plot; without `plot` it draws one into a temporary file first.
     Returns the paths written, by kind.
@@ -397,16 +626,16 @@ def save_evaluation_outputs(
         atomic_write_bytes(report, (json.dumps(_jsonable(payload), indent=2) + "\n").encode())
         written["report"] = str(report)
 
+    n_bins = result.settings.get("n_bins", 15)  # the bins of the report's ece (equal-width)
+
     def draw(path: str | Path) -> None:
         if likelihood == Likelihood.REGRESSION:
             plot_coverage(result.plot_inputs, path, title="coverage of central intervals")
         elif likelihood == Likelihood.CLASSIFICATION:
-            plot_reliability(result.plot_inputs, path, title="reliability")
-        else:
-            from laplace_cli.core.errors import BadInputError
-
-            raise BadInputError(
-                "--plot: reliability diagrams are drawn for classification and regression"
+            plot_reliability(result.plot_inputs, path, n_bins=n_bins, title="reliability")
+        else:  # binary / multi-label: each label a two-class problem, all labels pooled
+            plot_reliability(
+                result.plot_inputs, path, n_bins=n_bins, title="reliability (labels pooled)"
             )
 
     if plot is not None:
@@ -417,10 +646,19 @@ def save_evaluation_outputs(
         with tempfile.TemporaryDirectory() as tmp:
             if plot is not None:
                 images.append(plot)
-            elif likelihood != Likelihood.BINARY:
+            else:
                 img = Path(tmp) / "plot.png"
                 draw(img)
                 images.append(img)
+            if result.curves:
+                from laplace_cli.pipeline.report import plot_risk_coverage
+
+                images.append(plot_risk_coverage(result.curves, Path(tmp) / "risk_coverage.png"))
+            if history is not None:
+                from laplace_cli.io.history import read_runs
+                from laplace_cli.pipeline.run_history import plot_trend
+
+                images.append(plot_trend(read_runs(history), Path(tmp) / "trend.png"))
             settings = {**result.settings, **(extra or {}).get("posterior_info", {})}
             from types import SimpleNamespace
 
@@ -433,6 +671,8 @@ def save_evaluation_outputs(
                 images,
                 gates=gates,
                 identity=result.identity,
+                baseline=result.baseline or None,
+                tables=result.tables,
             )
         written["html"] = str(html)
     return written
@@ -450,3 +690,8 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def jsonable(obj: Any) -> Any:
+    """`obj` as the JSON report writes it: non-finite floats as None, paths as strings."""
+    return _jsonable(obj)

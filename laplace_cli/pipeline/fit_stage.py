@@ -13,6 +13,7 @@ from torch import Tensor
 from laplace_cli.core.batches import split_batch
 from laplace_cli.core.enums import Likelihood
 from laplace_cli.core.errors import BadInputError, NumericalError
+from laplace_cli.io.dataset_specs import DEFAULT_BATCH_SIZE
 from laplace_cli.io.datasets import DatasetSpec, LabelError, load_dataset_spec
 from laplace_cli.laplace.approximation import Laplace
 from laplace_cli.pipeline.model_loading import (
@@ -28,6 +29,7 @@ from laplace_cli.pipeline.stage_support import (
     check_model_accepts,
     likelihood_note,
     no_progress,
+    out_of_memory_is_exit_3,
     resolve_likelihood,
     split_loader,
 )
@@ -62,6 +64,9 @@ class FitOptions:
     output: str | None = None
     #: Fit this rank's shard and all-reduce when launched by torchrun (`laplace_cli.pipeline.distributed`).
     distributed: bool = True
+    #: structure "gp" (`pipeline.gp_stage`): M context points (None: every row), and which rows.
+    context_points: int | None = None
+    context: str = "first"
 
 
 @dataclass
@@ -92,11 +97,18 @@ def fit(
     progress: Progress = no_progress,
 ) -> FitResult:
     """Load the model and the train split, fit the curvature, return the fitted Laplace."""
-    spec = load_dataset_spec(data_path)
+    # Every split's files, keys and columns (not only the train split's): a test split that
+    # names a missing column fails now, not after the fit at `evaluate`.
+    spec = load_dataset_spec(data_path, check_files=True)
     likelihood = resolve_likelihood(options.likelihood, spec)
     loaded = load_model_spec(model_spec, device, dtype)
     torch.manual_seed(options.seed)
-    la = _new_laplace(model_spec, options, loaded, spec, likelihood, device, dtype, progress)
+    with out_of_memory_is_exit_3(
+        f"fit {options.structure} (allocating the posterior)",
+        options.batch_size or spec.batch_size or DEFAULT_BATCH_SIZE,
+        next(iter(loaded.model.parameters()), torch.empty(0)).device,
+    ):
+        la = _new_laplace(model_spec, options, loaded, spec, likelihood, device, dtype, progress)
     from laplace_cli.pipeline import distributed
 
     ctx = distributed.context(device) if options.distributed else None
@@ -107,7 +119,9 @@ def fit(
     note = likelihood_note(options.likelihood, spec, data_path)
     loader = _fit_loader(spec, options, likelihood, ctx, note, data_path)
     shard = len(loader.dataset) if hasattr(loader, "dataset") else None
-    _check_first_batch(la, loader, f"{data_path}: split {options.split!r}")
+    rows = getattr(loader, "batch_size", None)
+    with out_of_memory_is_exit_3("fit (the first batch)", rows, la.device):
+        _check_first_batch(la, loader, f"{data_path}: split {options.split!r}")
     checkpoint = _fit_checkpoint(options, la, loaded, data_path, loader, ctx)
     start_batch = checkpoint.restore(la) if checkpoint is not None and options.resume else 0
     start = time.perf_counter()
@@ -120,8 +134,9 @@ def fit(
     # full P×P precision: seconds at P in the thousands): timed and shown like the fit.
     log_ml, summary_start = None, time.perf_counter()
     if ctx is None or ctx.is_main:
-        for _ in progress([None], 1, "log marginal likelihood"):
-            log_ml = float(la.log_marginal_likelihood())
+        with out_of_memory_is_exit_3("fit (log marginal likelihood)", rows, la.device):
+            for _ in progress([None], 1, "log marginal likelihood"):
+                log_ml = float(la.log_marginal_likelihood())
     return FitResult(
         la,
         loaded,
@@ -224,21 +239,39 @@ def _fit_curvature(
     data_path: str | Path,
     progress: Progress,
 ) -> None:
-    """Fit the curvature from `start_batch` on (all-reduced across ranks under torchrun)."""
-    from laplace_cli.pipeline import distributed
-
+    """Fit the curvature from `start_batch` on (all-reduced across ranks under torchrun); an
+    out-of-memory error names the structure, the split and the batch size (exit 3)."""
     try:
-        la.fit(
-            ProgressView(loader, progress, f"fit {options.structure}"),
-            override=start_batch == 0,
-            reduce=None if ctx is None else lambda ts: distributed.all_reduce_sum(ts, ctx),
-            start_batch=start_batch,
-            on_batch=checkpoint.on_batch if checkpoint is not None else None,
-        )
+        with out_of_memory_is_exit_3(
+            f"fit {options.structure} on split {options.split!r}",
+            getattr(loader, "batch_size", None),
+            la.device,
+        ):
+            _fit_with_progress(la, loader, options, checkpoint, start_batch, ctx, progress)
     except (BadInputError, NumericalError) as err:
         # The engine knows the batch, not the file: name the data file and split as well
         # (same class, so the exit code is unchanged).
         raise type(err)(f"{data_path}: split {options.split!r}: {err}") from err
+
+
+def _fit_with_progress(
+    la: Laplace,
+    loader: Any,
+    options: FitOptions,
+    checkpoint: Any,
+    start_batch: int,
+    ctx: Any,
+    progress: Progress,
+) -> None:
+    from laplace_cli.pipeline import distributed
+
+    la.fit(
+        ProgressView(loader, progress, f"fit {options.structure}"),
+        override=start_batch == 0,
+        reduce=None if ctx is None else lambda ts: distributed.all_reduce_sum(ts, ctx),
+        start_batch=start_batch,
+        on_batch=checkpoint.on_batch if checkpoint is not None else None,
+    )
 
 
 def fit_and_save(

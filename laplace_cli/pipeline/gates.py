@@ -3,16 +3,25 @@
 Grammar (whitespace between tokens is ignored)::
 
     gate    := operand OP rhs
-    rhs     := number | [number "*"] operand
-    operand := [row "."] metric              (row defaults to "laplace")
+    rhs     := number | [number "*"] operand [("+" | "-") number]
+    operand := [["baseline" "."] row "."] metric ["." "diff_vs_" row] ["." bound]
+                                                   (row defaults to "laplace")
+    bound   := "lower" | "upper"                   (needs evaluate --bootstrap B)
     OP      := ">" | ">=" | "<" | "<=" | "==" | "!="
     number  := ["+" | "-"] digits ["." digits] [("e" | "E") ["+" | "-"] digits]
     row, metric := identifier ([A-Za-z_][A-Za-z0-9_]*)
 
 Examples: ``ece>0.05``, ``laplace.ece >= 0.03``, ``acc<0.9``, ``nll>map.nll``,
-``nll > 1.05*map.nll``. A gate *fails* when its expression is true (``--fail-if``), and also
+``nll > 1.05*map.nll``, ``laplace.ece > baseline.laplace.ece + 0.01`` (``baseline.<row>`` rows
+come from ``evaluate --baseline``: a previous report's metrics). A gate *fails* when its expression is true (``--fail-if``), and also
 when either side is NaN, since then the condition cannot be shown to hold. ``==`` and ``!=``
 compare floats exactly.
+
+Noise-aware operands (:func:`gate_table` adds them to the rows): ``nll.diff_vs_map`` is
+``laplace.nll − map.nll``; with bootstrap intervals (``evaluate --bootstrap B``),
+``ece.upper`` / ``ece.lower`` are the bounds of the interval of ``laplace.ece`` and
+``nll.diff_vs_map.lower`` the lower bound of the paired difference's interval, e.g.
+``laplace.ece.upper > 0.05`` or ``laplace.nll.diff_vs_map.lower > 0``.
 
 Expressions are parsed by a small tokenizer and a hand-written parser (never ``eval``).
 """
@@ -33,7 +42,10 @@ __all__ = [
     "Gate",
     "GateResult",
     "MetricRef",
+    "check_intervals_available",
     "evaluate_gates",
+    "gate_table",
+    "needs_intervals",
     "parse_gate",
     "parse_gates",
     "raise_for_failures",
@@ -41,7 +53,9 @@ __all__ = [
 
 DEFAULT_ROW = "laplace"
 
-GRAMMAR = "[row.]metric OP (number | [number*][row.]metric) with OP one of > >= < <= == !="
+GRAMMAR = (
+    "[row.]metric OP (number | [number*][row.]metric [+ number]) with OP one of > >= < <= == !="
+)
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -57,9 +71,10 @@ _TOKEN = re.compile(
     rf"""
     (?P<space>\s+)
   | (?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)
-  | (?P<ref>{_IDENT}(?:\.{_IDENT})?)
+  | (?P<ref>(?:baseline\.)?{_IDENT}(?:\.{_IDENT})?(?:\.diff_vs_{_IDENT})?(?:\.(?:lower|upper))?)
   | (?P<op>>=|<=|==|!=|>|<)
   | (?P<star>\*)
+  | (?P<sign>[+-])
     """,
     re.VERBOSE,
 )
@@ -67,7 +82,8 @@ _TOKEN = re.compile(
 
 @dataclass(frozen=True)
 class MetricRef:
-    """A metric of one row of the evaluation table, e.g. ``map.nll``."""
+    """A metric of one row of the evaluation table, e.g. ``map.nll`` (row ``baseline.map``
+    for ``baseline.map.nll``)."""
 
     row: str
     metric: str
@@ -93,14 +109,20 @@ class Gate:
     op: str
     coef: float
     right: MetricRef | None = None
+    offset: float = 0.0
+
+    def refs(self) -> list[MetricRef]:
+        """The metrics the gate reads, left first."""
+        return [self.left] + ([self.right] if self.right is not None else [])
 
     def rhs_text(self) -> str:
         """The right-hand side in canonical form: ``0.05``, ``map.nll``, ``1.05*map.nll``."""
         if self.right is None:
             return f"{self.coef:.6g}"
-        if self.coef == 1.0:
-            return str(self.right)
-        return f"{self.coef:.6g}*{self.right}"
+        text = str(self.right) if self.coef == 1.0 else f"{self.coef:.6g}*{self.right}"
+        if self.offset:
+            text += f" {'-' if self.offset < 0 else '+'} {abs(self.offset):.6g}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -154,9 +176,82 @@ def _tokenize(text: str) -> list[tuple[str, str, int]]:
     return tokens
 
 
+BOUNDS = ("lower", "upper")
+"""Suffixes naming an interval bound: ``ece.upper``."""
+
+
 def _ref(token: str, default_row: str) -> MetricRef:
-    row, _, metric = token.rpartition(".")
-    return MetricRef(row or default_row, metric)
+    # A bound and a paired difference are suffixes of the metric (`nll.diff_vs_map.lower` is
+    # metric `nll.diff_vs_map.lower` of row laplace), so `gate_table` can hold them as columns.
+    parts = token.split(".")
+    suffix: list[str] = []
+    if len(parts) > 1 and parts[-1] in BOUNDS:
+        suffix.insert(0, parts.pop())
+    if len(parts) > 1 and parts[-1].startswith("diff_vs_"):
+        suffix.insert(0, parts.pop())
+    metric = parts.pop()
+    if any(p.startswith("diff_vs_") or p in BOUNDS for p in [*parts, metric]):
+        raise BadInputError(
+            f"gate operand {token!r}: expected [row.]metric[.diff_vs_ROW][.lower|.upper]"
+        )
+    return MetricRef(".".join(parts) or default_row, ".".join([metric, *suffix]))
+
+
+def needs_intervals(gates: Iterable[Gate]) -> list[Gate]:
+    """The gates that read an interval bound (``.lower`` / ``.upper``)."""
+    return [
+        g
+        for g in gates
+        if any(r.metric.rpartition(".")[2] in BOUNDS and "." in r.metric for r in g.refs())
+    ]
+
+
+def check_intervals_available(gates: Iterable[Gate], bootstrap: bool) -> None:
+    """Refuse, before any work, gates on interval bounds when no intervals will be computed.
+
+    Raises:
+        BadInputError: one line naming the gates and the flag that computes intervals.
+    """
+    bounded = needs_intervals(gates)
+    if bounded and not bootstrap:
+        names = ", ".join(repr(g.text) for g in bounded)
+        raise BadInputError(
+            f"gate {names} reads an interval bound (.lower/.upper), which needs bootstrap "
+            "intervals: pass --bootstrap B (e.g. --bootstrap 1000), or gate on the metric itself"
+        )
+
+
+def gate_table(
+    rows: Mapping[str, Mapping[str, Any]],
+    intervals: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The rows with the noise-aware columns gates can name, ready for :func:`evaluate_gates`.
+
+    Adds ``<metric>.diff_vs_<other>`` (this row's value minus the other's, for the metrics
+    both have) and, from ``intervals`` (``{row: {metric: {"lower", "upper", "diff_vs_<other>":
+    {"estimate", "lower", "upper"}}}}``, as ``metrics.bootstrap.intervals_from_distributions``
+    returns), ``<metric>.lower/upper`` and ``<metric>.diff_vs_<other>.lower/upper``. Rows whose
+    name holds a dot (``baseline.laplace``) get no differences.
+    """
+    table: dict[str, dict[str, Any]] = {name: dict(metrics) for name, metrics in rows.items()}
+    plain = [name for name in rows if "." not in name]
+    for name in plain:
+        for other in plain:
+            if other == name:
+                continue
+            for metric, value in rows[name].items():
+                other_value = rows[other].get(metric)
+                if isinstance(value, (int, float)) and isinstance(other_value, (int, float)):
+                    table[name][f"{metric}.diff_vs_{other}"] = float(value) - float(other_value)
+    for name, metrics in (intervals or {}).items():
+        for metric, entry in metrics.items():
+            for key, value in entry.items():
+                if isinstance(value, Mapping):  # a paired difference's estimate and bounds
+                    for bound in BOUNDS:
+                        table[name][f"{metric}.{key}.{bound}"] = value[bound]
+                else:
+                    table[name][f"{metric}.{key}"] = value
+    return table
 
 
 def parse_gate(text: str, *, default_row: str = DEFAULT_ROW) -> Gate:
@@ -204,11 +299,24 @@ def parse_gate(text: str, *, default_row: str = DEFAULT_ROW) -> Gate:
         i += 1
     else:
         raise _error(stripped, f"expected a number or a metric after {op!r}, got {describe(i)}")
+    offset = 0.0
+    if right is not None and i < len(tokens):
+        # `metric + 0.01` tokenizes as sign, number; `metric+0.01` as one signed number.
+        if kinds[i] == "sign" and i + 1 < len(tokens) and kinds[i + 1] == "number":
+            if tokens[i + 1][1][0] in "+-":
+                raise _error(stripped, f"unexpected {describe(i + 1)}")
+            offset = float(tokens[i + 1][1]) * (-1.0 if tokens[i][1] == "-" else 1.0)
+            i += 2
+        elif kinds[i] == "number" and tokens[i][1][0] in "+-":
+            offset = float(tokens[i][1])
+            i += 1
     if i != len(tokens):
         raise _error(stripped, f"unexpected {describe(i)}")
     if not math.isfinite(coef):
         raise _error(stripped, f"expected a finite number, got {tokens[2][1]!r}")
-    return Gate(text=stripped, left=left, op=op, coef=coef, right=right)
+    if not math.isfinite(offset):
+        raise _error(stripped, f"expected a finite number, got {offset!r}")
+    return Gate(text=stripped, left=left, op=op, coef=coef, right=right, offset=offset)
 
 
 def parse_gates(texts: Iterable[str], *, default_row: str = DEFAULT_ROW) -> list[Gate]:
@@ -238,7 +346,14 @@ def _lookup(
         return math.nan
     row = rows[ref.row]
     if ref.metric not in row or row[ref.metric] is None:
-        available = ", ".join(k for k, v in row.items() if v is not None) or "none"
+        # Noise-aware columns (`ece.upper`, `nll.diff_vs_map`) are not listed: the grammar names them.
+        available = ", ".join(k for k, v in row.items() if v is not None and "." not in k) or "none"
+        if ref.metric.rpartition(".")[2] in BOUNDS and "." in ref.metric:
+            errors.append(
+                f"gate {gate.text!r}: no interval for {ref}: bounds need evaluate --bootstrap B "
+                f"and exist for the metrics {available}"
+            )
+            return math.nan
         errors.append(
             f"gate {gate.text!r}: unknown metric {ref.metric!r} in row {ref.row!r}; "
             f"available: {available}"
@@ -275,7 +390,7 @@ def evaluate_gates(
         if gate.right is None:
             threshold = gate.coef
         else:
-            threshold = gate.coef * _lookup(gate, gate.right, rows, errors)
+            threshold = gate.coef * _lookup(gate, gate.right, rows, errors) + gate.offset
         values.append((value, threshold))
     if errors:
         raise BadInputError("\n".join(errors))

@@ -20,6 +20,11 @@ from laplace_cli.io.checkpoints import (
 )
 from laplace_cli.io.posterior_file import check_fingerprint, read_posterior, write_posterior
 from laplace_cli.laplace.approximation import Laplace
+from laplace_cli.laplace.functional_state import (
+    functional_from_state,
+    functional_state,
+    is_functional,
+)
 from laplace_cli.laplace.rebuild import laplace_from_state
 from laplace_cli.laplace.serialization import laplace_state
 
@@ -164,9 +169,9 @@ def save_posterior(
 
     # Paths relative to the posterior, so that a moved run folder still finds its model.
     ref = portable_model_ref(loaded.ref.to_dict(), path)
-    tensors, metadata = laplace_state(
-        la, model_ref=ref, fingerprint=loaded.fingerprint, extra=extra
-    )
+    # Function-space (GP) Laplace has its own layout (structure "gp", the context inputs).
+    state = functional_state if is_functional(la) else laplace_state
+    tensors, metadata = state(la, model_ref=ref, fingerprint=loaded.fingerprint, extra=extra)
     write_posterior(path, tensors, metadata)
 
 
@@ -209,7 +214,10 @@ def load_posterior(
         model=spec.path,
         overridden=model_override is not None,
     )
-    la = laplace_from_state(loaded.model, pf.tensors, meta)
+    if str(meta.get("structure")) == "gp":
+        la = functional_from_state(loaded.model, pf.tensors, meta)
+    else:
+        la = laplace_from_state(loaded.model, pf.tensors, meta)
     return LoadedPosterior(la, meta, loaded, str(path))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +14,14 @@ from laplace_cli.core.batches import batch_size, split_batch
 from laplace_cli.core.enums import Likelihood, LinkApprox, PredType
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.laplace.approximation import Laplace
+from laplace_cli.laplace.functional_prediction import functional_uncertainty
+from laplace_cli.laplace.functional_state import is_functional
+from laplace_cli.metrics.conformal import prediction_fields
 from laplace_cli.pipeline.stage_support import (
     check_model_accepts,
+    free_device_cache,
+    is_out_of_memory,
+    out_of_memory,
 )
 from laplace_cli.posterior.predictive import (
     RowSeeds,
@@ -31,6 +37,9 @@ class PredictOptions:
     n_samples: int = 100
     interval: float = 0.95
     seed: int = 0
+    #: Stored conformal thresholds of one level (`conformal_stage.calibration_for`): the rows
+    #: get `conformal_set` or `conformal_lower` / `conformal_upper`.
+    conformal: dict[str, Any] | None = None
 
 
 def default_pred_options(la: Laplace, options: PredictOptions) -> tuple[PredType, LinkApprox]:
@@ -62,12 +71,19 @@ def predict_batch(
     """Everything a prediction row needs for one batch (`Laplace.uncertainty`)."""
     if la.likelihood == Likelihood.REGRESSION:
         normal_quantile(interval)  # validates the level with the option's name
+    if is_functional(la):  # function-space (GP) Laplace: its exact GLM predictive
+        return functional_uncertainty(
+            la, x, pred_type, link_approx, n_samples, generator, level=interval
+        )
     return la.uncertainty(x, pred_type, link_approx, n_samples, generator, level=interval)
 
 
 ROW_FIELDS = {
-    Likelihood.REGRESSION: ("mean", "var", "var_total", "lower", "upper"),
-    Likelihood.CLASSIFICATION: ("pred", "probs", "var", "entropy", "max_prob", "mutual_info"),
+    # conformal_*: only with `PredictOptions.conformal` (`laplace predict --conformal`).
+    Likelihood.REGRESSION: ("mean", "var", "var_total", "lower", "upper")
+    + ("conformal_lower", "conformal_upper"),
+    Likelihood.CLASSIFICATION: ("pred", "probs", "var", "entropy", "max_prob", "mutual_info")
+    + ("conformal_set",),
     Likelihood.BINARY: ("pred", "probs", "var", "entropy", "max_prob", "mutual_info"),
 }
 
@@ -110,19 +126,70 @@ def iter_prediction_rows(
         ids, x = chunk[0], chunk[1]
         start = chunk[2] if len(chunk) > 2 else seen
         seen = start + len(ids)
-        generator = RowSeeds(options.seed, start)
         with la.subset.reuse_forward():  # the check's forward pass serves the prediction
             if not checked:
-                check_model_accepts(la, x, source)
+                try:
+                    check_model_accepts(la, x, source)
+                except (RuntimeError, MemoryError) as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    free_device_cache()  # the batch is halved below; check one row now
+                    check_model_accepts(la, _rows_of(x, 0, 1), source)
                 checked = True
             # Float features are checked; token ids (dict / integer batches) cannot be NaN.
             if isinstance(x, Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
                 bad = int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero()[0, 0])
                 raise BadInputError(f"{source}: row {ids[bad]}: features contain NaN or Inf")
-            pred = predict_batch(
-                la, x, pred_type, link_approx, options.n_samples, generator, options.interval
-            )
+            pred = predict_halving(la, x, start, pred_type, link_approx, options)
+            if options.conformal is not None:
+                pred.update(prediction_fields(pred, options.conformal))
         yield prediction_rows(la, list(ids), pred)
+
+
+def _rows_of(x: Any, lo: int, hi: int) -> Any:
+    """Rows lo:hi of a batch (a tensor, or a dict of tensors for text models)."""
+    if isinstance(x, Mapping):
+        return {k: v[lo:hi] for k, v in x.items()}
+    return x[lo:hi]
+
+
+def predict_halving(
+    la: Laplace,
+    x: Any,
+    start: int,
+    pred_type: PredType,
+    link_approx: LinkApprox,
+    options: PredictOptions,
+) -> dict[str, Tensor]:
+    """`predict_batch` on `x`; on an out-of-memory error, the two halves one after the other
+    (recursively, down to one row), then the results joined.
+
+    The result does not change: Monte Carlo draws are seeded per row from its global index
+    (`RowSeeds(seed, start)`), so a row's scores do not depend on the batch it falls in. One
+    row that still does not fit is `OutOfMemory` (exit 3) naming the batch size asked for."""
+    n = batch_size(x)
+    try:
+        return predict_batch(
+            la,
+            x,
+            pred_type,
+            link_approx,
+            options.n_samples,
+            RowSeeds(options.seed, start),
+            options.interval,
+        )
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(exc):
+            raise  # the memory guard's refusal (exit 2), and every other error
+        free_device_cache()
+        if n <= 1:
+            raise out_of_memory("predict (even one row at a time)", n, la.device, exc) from exc
+    half = n // 2
+    first = predict_halving(la, _rows_of(x, 0, half), start, pred_type, link_approx, options)
+    second = predict_halving(
+        la, _rows_of(x, half, n), start + half, pred_type, link_approx, options
+    )
+    return {k: torch.cat([first[k], second[k]]) for k in first}
 
 
 def loader_chunks(loader: Iterable[Any]) -> Iterator[tuple[list[int], Tensor]]:

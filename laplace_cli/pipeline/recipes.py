@@ -86,6 +86,12 @@ def _check_value(kind: str, choices: Any, value: Any, where: str, errors: list[s
         "list": isinstance(value, list),
         "dict": isinstance(value, dict),
         "str|list": isinstance(value, (str, list)),
+        "path|dict": isinstance(value, str)
+        or (
+            isinstance(value, dict)
+            and bool(value)
+            and all(isinstance(k, str) and k and isinstance(v, str) for k, v in value.items())
+        ),
     }[kind]
     if value is None:
         return
@@ -99,6 +105,7 @@ def _check_value(kind: str, choices: Any, value: Any, where: str, errors: list[s
             "list": "a list",
             "dict": "a mapping",
             "str|list": "a string or a list",
+            "path|dict": "a path or a mapping of name to path (e.g. {rot: rot.yaml})",
         }[kind]
         errors.append(f"{where}: expected {expected}, got {value!r}")
         return
@@ -111,8 +118,11 @@ def _check_value(kind: str, choices: Any, value: Any, where: str, errors: list[s
                 )
 
 
-def validate_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
-    """Check every key and value; raise one BadInputError listing all problems."""
+def validate_recipe(raw: Any, source: str, base_dir: Path, *, check_files: bool = False) -> Recipe:
+    """Check every key and value; raise one BadInputError listing all problems.
+
+    `check_files` (`load_recipe`, `laplace run`) also checks the model file and the data specs
+    with every split's files, keys and columns, in the same message."""
     if not isinstance(raw, dict):
         raise BadInputError(
             f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
@@ -128,7 +138,9 @@ def validate_recipe(raw: Any, source: str, base_dir: Path) -> Recipe:
         errors.append(f"{source}: stages: must start with fit, got {stages}")
     if isinstance(stages, list) and len(set(stages)) != len(stages):
         errors.append(f"{source}: stages: each stage once, got {stages}")
-    errors += _gate_errors(raw, source) + _grid_errors(raw, source)
+    errors += _gate_errors(raw, source) + _grid_errors(raw, source) + _level_errors(raw, source)
+    if check_files:
+        errors += _file_errors(raw, source, base_dir)
     if errors:
         raise BadInputError("\n".join(errors))
     return _resolved(raw, source, base_dir, dict(model), list(stages))
@@ -160,13 +172,73 @@ def _gate_errors(raw: dict[str, Any], source: str) -> list[str]:
     errors: list[str] = []
     evaluate = raw.get("evaluate") if isinstance(raw.get("evaluate"), dict) else {}
     gates = evaluate.get("fail_if") if isinstance(evaluate.get("fail_if"), list) else []
-    for gate in gates:
-        from laplace_cli.pipeline.gates import parse_gate
+    from laplace_cli.pipeline.gates import check_intervals_available, parse_gate
 
+    parsed = []
+    for gate in gates:
         try:
-            parse_gate(str(gate))
+            parsed.append(parse_gate(str(gate)))
         except BadInputError as exc:
             errors.append(f"{source}: evaluate.fail_if: {exc}")
+    bootstrap = evaluate.get("bootstrap", 0)
+    try:
+        check_intervals_available(parsed, isinstance(bootstrap, int) and bootstrap > 0)
+    except BadInputError as exc:
+        errors.append(
+            f"{source}: evaluate.fail_if: {str(exc).replace('--bootstrap', 'bootstrap:')}"
+        )
+    return errors
+
+
+def _file_errors(raw: dict[str, Any], source: str, base_dir: Path) -> list[str]:
+    """The model file, and the data specs (`data`, `evaluate.ood_data`) with every split's
+    files, keys and columns: each mistake in the same message as the recipe's own, before
+    any model is loaded."""
+    from laplace_cli.io.datasets import load_dataset_spec
+
+    errors: list[str] = []
+
+    def resolve(p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else base_dir / path
+
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("path"), str) and model["path"]:
+        if not resolve(model["path"]).exists():
+            errors.append(f"{source}: model.path: file not found: {resolve(model['path'])}")
+    evaluate = raw.get("evaluate") if isinstance(raw.get("evaluate"), dict) else {}
+    ood = evaluate.get("ood_data")
+    named = ood.items() if isinstance(ood, dict) else [("", ood)]
+    specs = [("data", raw.get("data"))]
+    specs += [(f"evaluate.ood_data{'.' + n if n else ''}", v) for n, v in named]
+    for key, value in specs:
+        if not isinstance(value, str) or not value:
+            continue
+        path = resolve(value)
+        if not path.is_file():
+            errors.append(f"{source}: {key}: file not found: {path}")
+            continue
+        try:
+            load_dataset_spec(path, check_files=True)
+        except BadInputError as exc:
+            errors += str(exc).splitlines()
+    return errors
+
+
+def _level_errors(raw: dict[str, Any], source: str) -> list[str]:
+    """`evaluate.conformal_level` and `tune.conformal` levels outside (0, 1) (types: above)."""
+    errors: list[str] = []
+    for section, key in (("evaluate", "conformal_level"), ("tune", "conformal")):
+        node = raw.get(section) if isinstance(raw.get(section), dict) else {}
+        value = node.get(key)
+        values = value if isinstance(value, list) else [] if value is None else [value]
+        for v in values:
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if not number or not 0.0 < v < 1.0:
+                errors.append(
+                    f"{source}: {section}.{key}: expected levels strictly between 0 and 1 "
+                    f"(e.g. 0.9), got {v!r}"
+                )
     return errors
 
 
@@ -209,8 +281,15 @@ def _resolved(
         if selector.path is not None:
             sections["fit"]["subnetwork"] = str(selector.path)
     ev = sections["evaluate"]
-    if ev.get("ood_data"):
+    if isinstance(ev.get("ood_data"), dict):  # several sets by name
+        ev["ood_data"] = {name: str(resolve(p)) for name, p in ev["ood_data"].items()}
+    elif ev.get("ood_data"):
         ev["ood_data"] = str(resolve(ev["ood_data"]))
+    if ev.get("history"):
+        ev["history"] = str(resolve(ev["history"]))
+    baseline = ev.get("baseline")
+    if isinstance(baseline, str) and baseline.endswith(".json"):
+        ev["baseline"] = str(resolve(baseline))  # a file; `last`, `best`, dates stay as they are
     return Recipe(
         source=source,
         base_dir=base_dir,
@@ -236,7 +315,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
             f"{path}: expected a mapping at the top level, got {type(raw).__name__}"
         )
     raw = apply_overrides(raw, overrides or {})
-    return validate_recipe(raw, str(path), path.resolve().parent)
+    return validate_recipe(raw, str(path), path.resolve().parent, check_files=True)
 
 
 @dataclass
@@ -266,6 +345,8 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = RunResult()
+    # The baseline, the history file and the trackers are checked before the fit (bad input).
+    baseline = _evaluate_baseline(recipe) if "evaluate" in recipe.stages else None
     lp, fitted = _run_fit(recipe, out, progress, result)
     # Under torchrun every rank holds the whole posterior after the fit. Rank 0 alone tunes and
     # writes files; the ranks share the evaluate and predict work (rank 0 gathers the rows).
@@ -274,7 +355,7 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
         _run_tune(recipe, lp, ctx, progress, result)
     result.log_marginal_likelihood = float(lp.la.log_marginal_likelihood())
     if "evaluate" in recipe.stages:
-        _run_evaluate(recipe, out, lp, fitted, progress, result)
+        _run_evaluate(recipe, out, lp, fitted, progress, result, baseline)
     if "predict" in recipe.stages:
         _run_predict(recipe, out, lp.la, ctx, progress, result)
     return result
@@ -321,14 +402,30 @@ def _run_fit(recipe: Recipe, out: Path, progress: Any, result: RunResult) -> tup
     from laplace_cli.pipeline.fit_stage import fit
     from laplace_cli.pipeline.model_loading import LoadedPosterior, save_posterior
 
-    fitted = fit(
-        _model_spec(recipe),
-        recipe.data,
-        _fit_options(recipe),
-        device=recipe.device,
-        dtype=recipe.dtype,
-        progress=progress,
-    )
+    options = _fit_options(recipe)
+    if options.structure == "gp":  # function-space Laplace on M context points
+        from laplace_cli.pipeline.gp_stage import fit_gp
+
+        cfg = recipe.section("fit")
+        fitted = fit_gp(
+            _model_spec(recipe),
+            recipe.data,
+            options,
+            cfg.get("context_points"),
+            cfg.get("context", "first"),
+            device=recipe.device,
+            dtype=recipe.dtype,
+            progress=progress,
+        )
+    else:
+        fitted = fit(
+            _model_spec(recipe),
+            recipe.data,
+            options,
+            device=recipe.device,
+            dtype=recipe.dtype,
+            progress=progress,
+        )
     la = fitted.la
     result.fit_seconds = fitted.seconds
     result.notes = list(fitted.notes)
@@ -378,12 +475,50 @@ def _run_tune(recipe: Recipe, lp: Any, ctx: Any, progress: Any, result: RunResul
         result.tuning = _share_tuning(lp.la, ctx)
 
 
+def _evaluate_baseline(recipe: Recipe) -> Any:
+    """Check `evaluate`'s history file, trackers and baseline gates; return the baseline."""
+    from laplace_cli.io.history import check_history_file
+    from laplace_cli.pipeline.baseline import check_baseline_gates, load_baseline
+    from laplace_cli.pipeline.gates import parse_gates
+    from laplace_cli.pipeline.trackers import check_trackers
+
+    cfg = recipe.section("evaluate")
+    if cfg.get("history"):
+        check_history_file(cfg["history"])
+    check_trackers(cfg.get("log") or [])
+    base = load_baseline(cfg["baseline"], cfg.get("history")) if cfg.get("baseline") else None
+    check_baseline_gates(parse_gates(cfg.get("fail_if") or []), base)
+    return base
+
+
+def _bootstrap_settings(cfg: dict[str, Any], seed: int | None) -> Any:
+    """`evaluate.bootstrap` and friends as `metrics.bootstrap.BootstrapSettings` (None: off)."""
+    from laplace_cli.metrics.bootstrap import BootstrapSettings
+
+    n_resamples = int(cfg.get("bootstrap", 0))
+    if n_resamples == 0:
+        return None
+    return BootstrapSettings(
+        n_resamples=n_resamples,
+        confidence=float(cfg.get("confidence", 0.95)),
+        seed=seed if seed is not None else 0,
+        method=cfg.get("interval_method", "prediction"),
+    )
+
+
 def _run_evaluate(
-    recipe: Recipe, out: Path, lp: Any, fitted: Any, progress: Any, result: RunResult
+    recipe: Recipe,
+    out: Path,
+    lp: Any,
+    fitted: Any,
+    progress: Any,
+    result: RunResult,
+    baseline: Any = None,
 ) -> None:
     """Evaluate (the ranks share the work); rank 0 writes the report and its plot / HTML."""
-    from laplace_cli.pipeline.evaluation import evaluate, save_evaluation_outputs
+    from laplace_cli.pipeline.evaluation import evaluate
     from laplace_cli.pipeline.predict_stage import PredictOptions
+    from laplace_cli.pipeline.publish import PublishOptions, publish_evaluation
 
     la = lp.la
     cfg = recipe.section("evaluate")
@@ -399,20 +534,35 @@ def _run_evaluate(
         split=cfg.get("split", "test"),
         ood_data=cfg.get("ood_data"),
         ood_split=cfg.get("ood_split", "test"),
+        conformal_level=float(cfg.get("conformal_level", 0.9)),
         options=opts,
         gates=cfg.get("fail_if"),
         batch_size=recipe.batch_size,
         progress=progress,
+        gate_rows=baseline.gate_rows() if baseline is not None else None,
+        n_bins=int(cfg.get("bins", 15)),
+        binning=cfg.get("binning", "equal-width"),
+        bootstrap_settings=_bootstrap_settings(cfg, recipe.seed),
     )
     result.evaluation = evaluation
     if evaluation is not None:  # rank 0 writes the report
         report = out / cfg.get("report", "report.json")
-        written = save_evaluation_outputs(
-            evaluation,
-            la.likelihood,
+        outputs = PublishOptions(
             report=report,
             plot=out / cfg["plot"] if cfg.get("plot") else None,
             html=out / cfg["html"] if cfg.get("html") else None,
+            baseline=baseline,
+            strict_baseline=bool(cfg.get("strict_baseline", False)),
+            history=cfg.get("history"),
+            junit=out / cfg["junit"] if cfg.get("junit") else None,
+            summary_md=out / cfg["summary_md"] if cfg.get("summary_md") else None,
+            trackers=cfg.get("log") or [],
+        )
+        written = publish_evaluation(
+            evaluation,
+            la.likelihood,
+            recipe.data,
+            outputs,
             extra={
                 "posterior": str(lp.path),
                 "fingerprint": fitted.loaded.fingerprint,

@@ -309,11 +309,12 @@ GLOSSARY: dict[str, str] = {
     "with p > 0.5 that match the target). Higher is better.",
     "nll": "Negative log-likelihood of the targets, mean per example (regression: Gaussian with "
     "the row's variance). Lower is better.",
-    "ece": "Expected calibration error: over 15 equal-width bins of top-label confidence, the "
-    "|accuracy − confidence| gap weighted by the bin's share of rows. Lower is better.",
+    "ece": "Expected calibration error: over n_bins bins of top-label confidence (binning: "
+    "equal-width by default), the |accuracy − confidence| gap weighted by the bin's share of "
+    "rows. Lower is better.",
     "mce": "Maximum calibration error: the largest |accuracy − confidence| gap of a non-empty "
-    "bin (of the 15 used by ece).",
-    "aece": "Adaptive ECE: ece with 15 equal-count bins instead of equal-width ones.",
+    "bin (of the bins used by ece).",
+    "aece": "Adaptive ECE: ece with n_bins equal-count bins instead of equal-width ones.",
     "brier": "Brier score: squared distance between the predicted probabilities and the one-hot "
     "label, summed over classes, mean per example (binary: mean over outputs). Lower is better.",
     "rmse": "Root mean squared error of the predictive mean, in target units.",
@@ -327,6 +328,15 @@ GLOSSARY: dict[str, str] = {
     "which the MAP row lacks, so 0.5 there). 0.5 is chance, 1 perfect.",
     "fpr95": "Fraction of in-distribution rows flagged as out-of-distribution at the threshold "
     "that flags 95 % of the --ood-data rows. Lower is better.",
+    "aurc": "Area under the risk–coverage curve: rows kept from the most confident down "
+    "(classification: by max probability, risk = error rate; regression: by predictive "
+    "variance, risk = squared error), the mean risk over all coverages. Lower is better; the "
+    "selective table has it for every score.",
+    "auroc_": "auroc_NAME / fpr95_NAME: auroc / fpr95 against the OOD set NAME (--ood-data "
+    "NAME=SPEC); the OOD table has AUPR-in / AUPR-out and every score.",
+    "fpr95_": "fpr95_NAME: fpr95 against the OOD set NAME (--ood-data NAME=SPEC).",
+    "conformal_level": "The coverage the split conformal sets / intervals were calibrated for "
+    "on the validation split (--conformal-level).",
     # Settings.
     "split": "The dataset-spec split scored (the rows of the metrics table).",
     "val_split": "The split the temperature-scaling baseline was fitted on (none: no baseline).",
@@ -354,6 +364,11 @@ GLOSSARY: dict[str, str] = {
     "the validation split (the temperature row uses variance s·σ²; s > 1: the MAP noise was too "
     "small).",
     "n_test": "Rows in the scored split.",
+    "n_bins": "Number of calibration bins of ece, mce and aece (--bins).",
+    "binning": "Bins of ece and mce: equal-width (k/B, (k+1)/B] or equal-mass (equal counts).",
+    "bootstrap": "Bootstrap intervals (--bootstrap B): resamples, confidence level, seed, "
+    "interval method (percentile, basic, prediction) and the stratification (by label for "
+    "classification); the intervals are in the JSON report's intervals section.",
     # Identity.
     "posterior": "The posterior file evaluated.",
     "model": "The model checkpoint the posterior names (form, path, factory).",
@@ -363,6 +378,8 @@ GLOSSARY: dict[str, str] = {
     "ood_data": "The dataset spec of the out-of-distribution inputs (for auroc / fpr95).",
     "recipe": "The recipe that ran this evaluation.",
     "created": "When this report was written (UTC).",
+    "data_hash": "SHA-256 (16 hex digits) of the evaluated split's data files: two runs with "
+    "the same hash scored the same rows (compared with --baseline).",
     "laplace_cli": "The laplace-cli version that wrote this report.",
     "torch": "The PyTorch version used.",
 }
@@ -420,8 +437,13 @@ def write_html_report(
     *,
     gates: Sequence[Any] = (),
     identity: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    tables: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> Path:
     """Write one self-contained HTML page: identity, metrics, gates, settings, images, glossary.
+
+    `tables` are more named tables shown after the metrics (`{name: {"row score": {metric:
+    value}}}`: the selective, conformal and OOD tables of `pipeline.uncertainty_tables`).
 
     Images are embedded as base64 ``data:`` URIs, so the page has no external references.
 
@@ -436,6 +458,8 @@ def write_html_report(
             ``message`` and ``failed``), shown with their outcome.
         identity: what was evaluated (posterior file, model, fingerprint, data spec, split,
             time, versions), shown first. A setting whose value is None is shown as "n/a".
+        baseline: the report's ``baseline`` block (``evaluate --baseline``): its deltas are
+            shown as a table after the metrics, with the ways it is not comparable.
 
     Returns:
         The path written.
@@ -470,6 +494,8 @@ def write_html_report(
         f"<p>Written by laplace-cli on {created}.</p>"
         f"{identity_html}"
         f"<h2>Metrics</h2>{metrics_html}"
+        f"{_named_tables_html(tables)}"
+        f"{_baseline_html(baseline)}"
         f"{gates_html}"
         f"<h2>Settings</h2><table><tbody>{settings_html}</tbody></table>"
         + (f"<h2>Figures</h2>{''.join(image_tags)}" if image_tags else "")
@@ -514,3 +540,88 @@ def _identity_html(identity: Mapping[str, Any] | None) -> str:
         if v is not None
     )
     return f"<h2>What was evaluated</h2><table><tbody>{identity_rows}</tbody></table>"
+
+
+def _baseline_html(baseline: Mapping[str, Any] | None) -> str:
+    """The deltas against ``--baseline`` (this run minus the baseline), with its warnings."""
+    if not baseline:
+        return ""
+    deltas = baseline.get("deltas", {})
+    table = (
+        _metrics_html(deltas, _metric_columns(deltas)) if deltas else "<p>No common metrics.</p>"
+    )
+    notes = "".join(
+        f'<li class="failed">not comparable: {html.escape(str(m))}</li>'
+        for m in baseline.get("mismatches", [])
+    )
+    source = html.escape(str(baseline.get("source", "")))
+    return (
+        f"<h2>Change since the baseline</h2><p>This run minus <code>{source}</code>.</p>"
+        f"{table}" + (f"<ul>{notes}</ul>" if notes else "")
+    )
+
+
+#: Headings of the named tables of `write_html_report`.
+TABLE_HEADINGS = {
+    "selective": "Selective prediction",
+    "conformal": "Conformal prediction",
+    "ood": "Out-of-distribution detection",
+    "ece_per_label": "ECE per label",
+}
+
+#: What the rows and columns of each named table are (shown below its heading).
+TABLE_TITLES = {
+    "selective": "Selective prediction: AURC (area under the risk–coverage curve, lower is "
+    "better) and accuracy (regression: MSE) of the most confident 80 % / 90 % of rows, per row "
+    "and confidence score",
+    "conformal": "Split conformal prediction, calibrated on the validation split: test coverage "
+    "(target: the conformal level) and mean set size / interval width, per row and score",
+    "ood": "Out-of-distribution detection per OOD set, row and score: AUROC, AUPR with the "
+    "in-distribution (aupr_in) or OOD (aupr_out) rows as positives, FPR at 95 % TPR",
+    "ece_per_label": "ECE of each label (two-class top-label ECE), per row",
+}
+
+
+def _named_tables_html(tables: Mapping[str, Mapping[str, Mapping[str, Any]]] | None) -> str:
+    """Each named table under a heading (its `TABLE_TITLES` text below it)."""
+    parts = []
+    for name, table in (tables or {}).items():
+        if not table:
+            continue
+        caption = TABLE_TITLES.get(name)
+        heading = TABLE_HEADINGS.get(name, name.replace("_", " ").capitalize())
+        parts.append(
+            f"<h2>{html.escape(heading)}</h2>"
+            + (f"<p>{html.escape(caption)}</p>" if caption else "")
+            + _metrics_html(table, _metric_columns(table))
+        )
+    return "".join(parts)
+
+
+def plot_risk_coverage(
+    curves: Mapping[str, Any], path: str | os.PathLike[str], *, title: str | None = None
+) -> Path:
+    """Risk–coverage curves (`metrics.selective.RiskCoverage`), one line per "row score", to PNG.
+
+    A lower curve is a better selective predictor; its area is the AURC of the legend."""
+    figure_cls = figure_class()
+    _check_rows(curves, "plot_risk_coverage")
+    fig = figure_cls(figsize=(9.0, 4.5))
+    fig.subplots_adjust(left=0.09, right=0.6, bottom=0.12, top=0.9)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, curve in curves.items():
+        risk = curve.risk.cpu().tolist()
+        # Risk r_j holds over (c_{j-1}, c_j], from coverage 0 (the area is the AURC); rows that
+        # all tie (a constant-variance MAP) give one flat step.
+        ax.step(
+            [0.0, *curve.coverage.cpu().tolist()],
+            [risk[0], *risk],
+            where="pre",
+            label=f"{name} ({curve.area():.3g})",
+        )
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("coverage (share of rows kept, most confident first)")
+    ax.set_ylabel("selective risk (error rate; regression: MSE)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title="AURC")
+    ax.set_title(title or "risk–coverage")
+    return _save_figure(fig, path)

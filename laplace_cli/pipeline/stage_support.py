@@ -6,6 +6,7 @@ Nothing here prints or knows about the terminal: long loops take an optional
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 
 from laplace_cli.core.batches import to_device
 from laplace_cli.core.enums import Likelihood
-from laplace_cli.core.errors import BadInputError, LaplaceCliError
+from laplace_cli.core.errors import BadInputError, LaplaceCliError, OutOfMemory
 from laplace_cli.io.datasets import DatasetSpec, make_loader
 from laplace_cli.laplace.approximation import Laplace
 
@@ -81,11 +82,11 @@ def check_model_accepts(la: Laplace, x: Any, source: str) -> None:
     """
     try:
         la.subset.output(to_device(x, la.device, la.dtype))
-    except torch.OutOfMemoryError:
-        raise
     except LaplaceCliError as exc:
         raise type(exc)(f"{source}: {exc}") from exc
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        if is_out_of_memory(exc):
+            raise  # not the inputs' fault: the callers say what to lower
         shape = (
             {k: tuple(v.shape[1:]) for k, v in x.items()}
             if isinstance(x, Mapping)
@@ -95,6 +96,58 @@ def check_model_accepts(la: Laplace, x: Any, source: str) -> None:
         raise BadInputError(
             f"{source}: the model does not accept inputs of shape {shape} per row ({first})"
         ) from exc
+
+
+# --- out of memory ------------------------------------------------------------------------------
+OOM_ADVICE = (
+    "lower --batch-size, choose a cheaper structure (--structure kron or diag, or --subset "
+    "last_layer), or lower --max-memory (the budget the dense Jacobians are chunked to)"
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A real allocation failure, not the memory guard's refusal (exit 2): CUDA's
+    `torch.OutOfMemoryError`, Python's / NumPy's `MemoryError`, or the `RuntimeError` that
+    torch's CPU allocator raises ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(exc, LaplaceCliError):
+        return False
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate" in str(exc)
+
+
+def free_device_cache() -> None:
+    """Give the CUDA caching allocator's free blocks back after an out-of-memory error."""
+    if torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.empty_cache()
+
+
+def out_of_memory(
+    step: str, batch_size: int | None, device: Any, exc: BaseException
+) -> OutOfMemory:
+    """The exit-3 error for an allocation that failed during `step`."""
+    kind = "CUDA" if isinstance(exc, torch.OutOfMemoryError) else "host (CPU)"
+    facts = [f"device {device}"] if device is not None else []
+    if batch_size is not None:
+        facts.append(f"batch size {batch_size}")
+    where = f" ({', '.join(facts)})" if facts else ""
+    return OutOfMemory(f"out of {kind} memory during {step}{where}; {OOM_ADVICE}")
+
+
+@contextlib.contextmanager
+def out_of_memory_is_exit_3(
+    step: str, batch_size: int | None, device: Any = None
+) -> Iterator[None]:
+    """Turn a CUDA / host out-of-memory error inside the block into `OutOfMemory` (exit 3)
+    naming `step` and `batch_size`, instead of a traceback (exit 70)."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(exc):
+            raise  # the memory guard's own refusal (exit 2), and every other error
+        free_device_cache()
+        raise out_of_memory(step, batch_size, device, exc) from exc
 
 
 # --- data ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 from laplace_cli.core.enums import Likelihood
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.datasets import load_dataset_spec
+from laplace_cli.laplace.functional_state import is_functional
 from laplace_cli.pipeline.model_loading import (
     LoadedPosterior,
 )
@@ -14,6 +15,7 @@ from laplace_cli.pipeline.stage_support import (
     Progress,
     ProgressView,
     no_progress,
+    out_of_memory_is_exit_3,
     split_loader,
 )
 
@@ -28,6 +30,7 @@ def tune(
     batch_size: int | None = None,
     progress: Progress = no_progress,
     map_check: bool = True,
+    conformal: list[float] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Optimise the prior precision (and σ for regression) and record the result on `lp.la`.
@@ -37,8 +40,24 @@ def tune(
     posterior and the MAP on `split` with `loss`, as the grid search does, and warns
     (TuningWarning) when the tuned one is worse. The result gets `likelihood` and, where
     scored, `tuned_loss`, `map_loss`, `worse_than_map`.
+
+    `conformal` levels: after tuning, split conformal thresholds are calibrated on `split` with
+    the tuned predictive and stored as the result's (and the posterior's) `tuning.conformal`
+    (`pipeline.conformal_stage`); a later tune replaces them with the rest of the record.
     """
     la = lp.la
+    if is_functional(la):  # function-space (GP) Laplace: one scalar prior precision
+        from laplace_cli.pipeline.gp_stage import tune_gp
+
+        return tune_gp(
+            lp,
+            method=method,
+            data_path=data_path,
+            split=split,
+            batch_size=batch_size,
+            progress=progress,
+            **kwargs,
+        )
     check = None
     if method == "gridsearch":
         data_path = data_path or lp.metadata.get("data")
@@ -54,7 +73,10 @@ def tune(
         # The library leaves σ alone unless asked (as laplace-torch); the CLI keeps tuning it
         # with the prior for regression, as `laplace tune --help` says.
         kwargs.setdefault("tune_sigma_noise", True)
-    result = la.optimize_prior_precision(method=method, progress=progress, **kwargs)
+    loader = kwargs.get("val_loader")
+    rows = batch_size or getattr(loader, "batch_size", None)
+    with out_of_memory_is_exit_3(f"tune ({method})", rows, la.device):
+        result = la.optimize_prior_precision(method=method, progress=progress, **kwargs)
     if check is not None:
         from laplace_cli.tuning.api import compare_with_map
 
@@ -70,4 +92,19 @@ def tune(
             )
         )
     result["likelihood"] = la.likelihood.value
+    if conformal:
+        from laplace_cli.pipeline.conformal_stage import calibrate_conformal
+        from laplace_cli.pipeline.predict_stage import PredictOptions
+
+        data_path = data_path or lp.metadata.get("data")
+        if not data_path:
+            raise BadInputError("--conformal needs calibration data: pass --data")
+        loader = split_loader(load_dataset_spec(data_path), split, la.likelihood, batch_size)
+        options = PredictOptions(
+            pred_type=kwargs.get("pred_type"),
+            link_approx=kwargs.get("link_approx"),
+            n_samples=kwargs.get("n_samples", 100),
+            seed=kwargs.get("seed", 0),
+        )
+        calibrate_conformal(la, loader, conformal, options, split=split, progress=progress)
     return result

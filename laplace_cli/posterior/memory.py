@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from laplace_cli.core.enums import Structure
-from laplace_cli.core.errors import MemoryBudgetError
+from laplace_cli.core.errors import BadInputError, MemoryBudgetError
 from laplace_cli.posterior.table import structure_spec
 from laplace_cli.subsets.base import ParamGroup
 
@@ -33,6 +33,38 @@ def format_count(n: int) -> str:
     if n >= 1_000:
         return f"{n / 1e3:.1f}k"
     return str(n)
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+def parse_size(text: str, name: str = "--max-memory") -> int:
+    """Bytes from `4GiB`, `512MB`, `1.5g` or a plain number of bytes; `BadInputError` (exit
+    2, naming `name`) for anything else."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS or float(m.group(1)) * _UNITS[unit] < 1:
+        raise BadInputError(
+            f"{name}: expected a size such as 4GiB, 512MB or a number of bytes, got {text!r}"
+        )
+    return int(float(m.group(1)) * _UNITS[unit])
 
 
 def available_memory(device: torch.device) -> int:

@@ -1,14 +1,20 @@
-"""Per-sample Jacobians of `nn.Embedding` and `nn.LayerNorm` parameters from forward-hook captures.
+"""Per-sample Jacobians of `nn.Embedding`, `nn.LayerNorm` and `nn.BatchNorm*d` parameters from
+forward-hook captures.
 
 Like the Linear/Conv2d factors of `subsets.AllWeights`, one batched forward pass and C backward
 passes to the module outputs give every example's Jacobian: for an embedding with indices
 idx (B, T) and output Jacobians G = ∂f_c/∂z (B, C, T, D), J_b[c, v, :] = Σ_{t: idx[b,t]=v}
 G[b, c, t]; for a LayerNorm with normalised inputs x̂ (B, T, n), J_b[c] = Σ_t G[b, c, t] ⊙ x̂[b, t]
-(weight) and Σ_t G[b, c, t] (bias). No `torch.func.vmap` is involved, so this also serves models
-that vmap cannot run (transformers' attention-mask code branches on the data).
+(weight) and Σ_t G[b, c, t] (bias); for a BatchNorm in eval mode (running statistics, so examples
+stay independent) with x̂ = (x − μ_run)/√(σ²_run + ε) (B, ch, S), J_b[c] = Σ_s G[b, c, :, s] ⊙
+x̂[b, :, s] (weight) and Σ_s G[b, c, :, s] (bias). No `torch.func.vmap` is involved, so this also
+serves models that vmap cannot run (transformers' attention-mask code branches on the data), and
+it costs no pass beyond the C backward passes the Linear/Conv2d factors need anyway.
 
-Only exact `nn.Embedding` / `nn.LayerNorm` modules whose parameter no other module holds are
-taken, only when the module ran once with a per-example output (batch dimension B), and every
+Only exact `nn.Embedding` / `nn.LayerNorm` / `nn.BatchNorm1d/2d/3d` modules whose parameter no
+other module holds are taken (BatchNorm only with running statistics: without them it normalises
+by batch statistics even in eval mode), only when the module ran once with a per-example output
+(batch dimension B), and every
 batch is checked: Σ_b u_b·J_b must equal the gradient of Σ_b u_b·f_b for a random u. A parameter
 that fails (e.g. also used outside its module) gets the generic dense Jacobian instead.
 """
@@ -21,16 +27,21 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
 
 def _capturable(module: nn.Module) -> bool:
     if type(module) is nn.Embedding:  # subclasses may compute something else
         return module.max_norm is None and not module.scale_grad_by_freq and not module.sparse
+    if type(module) in _BATCH_NORMS:
+        return module.affine and module.running_mean is not None and module.running_var is not None
     return type(module) is nn.LayerNorm and module.elementwise_affine
 
 
 def capturable_params(model: nn.Module, names: list[str]) -> dict[str, tuple[str, str]]:
     """{parameter name: (module name, "weight"/"bias")} for those of `names` that have captured
-    Jacobians: held by exactly one module (tied weights are left out), an Embedding/LayerNorm."""
+    Jacobians: held by exactly one module (tied weights are left out), an Embedding, LayerNorm or
+    BatchNorm with running statistics."""
     holders: dict[int, list[tuple[str, nn.Module, str]]] = {}
     for mname, module in model.named_modules(remove_duplicate=False):
         for role, p in module.named_parameters(recurse=False):
@@ -57,6 +68,16 @@ def captured_jacobian(module: nn.Module, role: str, inp: Tensor, grad: Tensor) -
         if module.padding_idx is not None:
             J[:, :, module.padding_idx] = 0  # autograd gives the padding row no gradient
         return J.reshape(batch, n_out, -1)
+    if isinstance(module, _BATCH_NORMS):
+        ch = module.num_features
+        G = grad.reshape(n_out, batch, ch, -1)  # (C, B, ch, S)
+        if role == "bias":
+            return G.sum(3).transpose(0, 1)
+        # Eval mode: the module normalised by its running statistics (`eval_mode` in the caller).
+        scale = torch.rsqrt(module.running_var.to(G.dtype) + module.eps)
+        mean = module.running_mean.to(G.dtype)
+        xhat = (inp.detach().reshape(batch, ch, -1).to(G.dtype) - mean[:, None]) * scale[:, None]
+        return torch.einsum("kbcs,bcs->bkc", G, xhat)
     assert isinstance(module, nn.LayerNorm)
     n = math.prod(module.normalized_shape)
     G = grad.reshape(n_out, batch, -1, n).transpose(0, 1)  # (B, C, T, n)

@@ -168,3 +168,62 @@ def _apply_output_jacobian(G: Tensor, z: Tensor) -> Tensor:
             return z
         return torch.matmul(G0, z)
     return torch.einsum("bco,bok->bck", G, z)
+
+
+def kernel(
+    factors1: Sequence[Factor], factors2: Sequence[Factor], independent: bool = False
+) -> Tensor:
+    """The neural tangent kernel block J₁ J₂ᵀ: (B₁, C, B₂, C), or its output diagonal (B₁, B₂, C).
+
+    For outer-product factors, J_b[c, (o, i)] = G_b[c, o] a_b[i], so
+    (J₁ J₂ᵀ)[b, c, b', c'] = Σ_layers (G₁[b, c] · G₂[b', c']) (a₁[b] · a₂[b']): B₁·B₂·C²·O flops
+    per layer and no (B, C, P) Jacobian. Other factors (convolutions, dense groups) are made
+    dense per call; callers bound B₁ and B₂ by their memory budget.
+    """
+    parts1, parts2 = _all_outer(factors1), _all_outer(factors2)
+    if parts1 is None or parts2 is None:
+        J1, J2 = (
+            dense_from_factors(factors1),
+            dense_from_factors(factors2).to(factors_dtype(factors1)),
+        )
+        if independent:
+            return torch.einsum("acp,bcp->abc", J1, J2)
+        return torch.einsum("acp,bdp->acbd", J1, J2)
+    out: Tensor | None = None
+    for (G1, a1, _), (G2, a2, _) in zip(
+        _same_output_jacobian(parts1), _same_output_jacobian(parts2), strict=True
+    ):
+        aa = a1 @ a2.to(a1.dtype).T
+        G2 = G2.to(G1.dtype)
+        if independent:
+            term = torch.einsum("aco,bco->abc", G1, G2) * aa[:, :, None]
+        else:
+            term = torch.einsum("aco,bdo->acbd", G1, G2) * aa[:, None, :, None]
+        out = term if out is None else out + term
+    assert out is not None
+    return out
+
+
+def kernel_diagonal(factors: Sequence[Factor], independent: bool = False) -> Tensor:
+    """J_b J_bᵀ per example: (B, C, C), or its diagonal (B, C) (the prior variance at each input)."""
+    parts = _all_outer(factors)
+    if parts is None:
+        J = dense_from_factors(factors)
+        if independent:
+            return (J * J).sum(-1)
+        return torch.einsum("bcp,bdp->bcd", J, J)
+    out: Tensor | None = None
+    for G, a, _ in _same_output_jacobian(parts):
+        aa = (a * a).sum(-1)
+        if independent:
+            term = (G * G).sum(-1) * aa[:, None]
+        else:
+            term = torch.einsum("bco,bdo->bcd", G, G) * aa[:, None, None]
+        out = term if out is None else out + term
+    assert out is not None
+    return out
+
+
+def factors_dtype(factors: Sequence[Factor]) -> torch.dtype:
+    fac = factors[0]
+    return fac.J.dtype if isinstance(fac, DenseFactor) else fac.G.dtype

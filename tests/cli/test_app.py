@@ -346,7 +346,8 @@ CASES = [
         70,
         "internal error: RuntimeError: boom, rerun with --debug for the traceback",
     ),
-    (MemoryError(), 70, "internal error: MemoryError"),
+    # Out of memory is exit 3 with advice, not an internal error (docs/hardening.md).
+    (MemoryError(), 3, "error: out of memory (MemoryError); lower --batch-size"),
 ]
 IDS = [type(e).__name__ for e, _, _ in CASES]
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from laplace_cli.cli.app import app
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ["fit", "tune", "evaluate", "predict", "run", "inspect", "marglik"]
+COMMANDS = ["fit", "tune", "evaluate", "predict", "run", "inspect", "marglik", "train", "history"]
 USAGE = {
     "fit": "Usage: laplace fit [OPTIONS] MODEL",
     "inspect": "Usage: laplace inspect [OPTIONS] POSTERIOR",
@@ -53,7 +53,8 @@ def test_explicit_metavars_are_kept() -> None:
 
 
 # --- files quoted in help texts and documentation ---------------------------------------------
-_REPO_PATH = re.compile(r"(?:\.\./)*(?:recipes|sample_models|docs|benchmarks)/[\w./-]*\w")
+# The look-behind keeps `tests/benchmarks/x.py` from being read as `benchmarks/x.py`.
+_REPO_PATH = re.compile(r"(?<![\w/])(?:\.\./)*(?:recipes|sample_models|docs|benchmarks)/[\w./-]*\w")
 
 
 def _quoted_paths() -> list[tuple[str, Path, str]]:

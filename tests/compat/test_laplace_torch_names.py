@@ -148,12 +148,16 @@ def test_flavour_positional_signature_is_laplace_torch_s():
 
 def test_function_space_and_refused_options_are_clear():
     model = make_model()
-    for call in (
-        lambda: laplace_cli.Laplace(model, "classification", "all", "gp"),
-        lambda: laplace_cli.FunctionalLaplace(model, "classification", n_subset=10),
-        lambda: laplace_cli.FunctionalLLLaplace(model, "classification", n_subset=10),
-    ):
-        with pytest.raises(NotImplementedError, match="function-space"):
+    # function-space Laplace exists (tests/laplace/test_functional_laplace.py); ELLA/VaLLA do not
+    assert isinstance(
+        laplace_cli.Laplace(model, "classification", "all", "gp"), laplace_cli.FunctionalLaplace
+    )
+    assert isinstance(
+        laplace_cli.FunctionalLLLaplace(model, "classification", n_subset=10),
+        laplace_cli.BaseFunctionalLaplace,
+    )
+    for call in (lambda: laplace_cli.ELLA(model, "classification"),):
+        with pytest.raises(NotImplementedError, match="ELLA"):
             call()
     with pytest.raises(BadInputError, match="damping"):
         laplace_cli.KronLaplace(model, "classification", damping=True)
@@ -201,8 +205,15 @@ def test_backend_stochastic_selects_mc_fisher():
         backend_kwargs={"stochastic": True, "num_samples": 5},
     )
     assert la.curvature.value == "mc_fisher" and la.n_mc_samples == 5
-    with pytest.raises(NotImplementedError, match="backend="):
-        curvature.CurvlinopsGGN(make_model(), "classification")
+    # an instance is a backend object (tests/compat/test_backend_objects.py), not a selector
+    with pytest.raises(BadInputError, match="class, not an instance"):
+        laplace_cli.Laplace(
+            make_model(),
+            "classification",
+            "all",
+            "diag",
+            backend=curvature.CurvlinopsGGN(make_model(), "classification"),
+        )
 
 
 # --- subnetwork masks --------------------------------------------------------------------

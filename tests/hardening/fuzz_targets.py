@@ -8,6 +8,10 @@ exception type, a hang) is a failure.
 Targets:
     check_spec(text, folder)        load_dataset_spec on a YAML file holding `text`
     check_posterior(data, folder)   read_posterior on a file holding `data`
+    check_recipe(text, folder)      load_recipe on a YAML file holding `text` (with its files)
+    check_gate(text)                parse_gate, and evaluate_gates on a metrics table
+    check_prediction_input(data)    predict's input reader on `data` as stdin (CSV / TSV /
+                                    JSONL text, NPZ / .npy bytes, anything)
 """
 
 from __future__ import annotations
@@ -26,8 +30,14 @@ from laplace_cli.io.datasets import load_dataset_spec
 from laplace_cli.io.posterior_file import read_posterior, write_posterior
 
 __all__ = [
+    "check_gate",
     "check_posterior",
+    "check_prediction_input",
+    "check_recipe",
     "check_spec",
+    "gate_texts",
+    "prediction_inputs",
+    "recipe_texts",
     "posterior_bytes",
     "spec_texts",
     "valid_posterior_bytes",
@@ -291,3 +301,193 @@ def posterior_bytes(valid: bytes) -> st.SearchStrategy[bytes]:
         _byte_mutation(valid),
         _header_mutation(valid),
     )
+
+
+# --- recipes -----------------------------------------------------------------------------------
+
+
+def check_recipe(text: str | bytes, folder: Path) -> str:
+    """Load a recipe from `text` (its model and data files checked, nothing run): "ok" or
+    "refused"; raise on anything else. Messages name a file: the recipe, or the data spec it
+    names (`data.yaml` in `folder`, valid or not, is what a fuzzed `data:` may point at)."""
+    from laplace_cli.pipeline.recipes import load_recipe
+
+    path = folder / "recipe.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+    try:
+        load_recipe(path)
+    except BadInputError as err:
+        first = str(err).splitlines()[0]
+        assert first.startswith((str(path), str(folder))), f"message names no file: {err}"
+        return "refused"
+    return "ok"
+
+
+def recipe_folder(folder: Path) -> Path:
+    """The files a fuzzed recipe may name: a model, a valid data spec and its split."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.pt").write_bytes(b"")
+    np.savez(folder / "train.npz", x=np.zeros((4, 2), "float32"), y=np.zeros(4, "int64"))
+    (folder / "data.yaml").write_text("splits:\n  train: {path: train.npz, x: x, y: y}\n")
+    return folder
+
+
+def _recipe_words() -> tuple[list[str], dict[str, list[str]]]:
+    from laplace_cli.pipeline.recipes import SCHEMA
+
+    return sorted(SCHEMA[""]), {k: sorted(v) for k, v in SCHEMA.items() if k}
+
+
+_TOP, _SECTIONS = _recipe_words()
+_RECIPE_VALUES = _values | st.sampled_from(
+    ["model.pt", "data.yaml", "nope.yaml", "kron", "diag", "full", "marglik", "ece>0.1", "all"]
+)
+_recipe_documents = st.fixed_dictionaries(
+    {},
+    optional={
+        **{k: _RECIPE_VALUES for k in _TOP if k not in _SECTIONS},
+        **{
+            name: st.dictionaries(st.sampled_from(keys) | _keys, _RECIPE_VALUES, max_size=5)
+            | _RECIPE_VALUES
+            for name, keys in _SECTIONS.items()
+        },
+        "model": st.fixed_dictionaries(
+            {"path": st.sampled_from(["model.pt", "gone.pt"]) | _scalars},
+            optional={"factory": st.sampled_from(["m:f", "file.py:f"]) | _scalars},
+        )
+        | _values,
+        "data": st.sampled_from(["data.yaml", "spec.yaml", "nope.yaml"]) | _scalars,
+        "stages": st.lists(st.sampled_from(["fit", "tune", "evaluate", "predict", "x"])),
+    },
+)
+_VALID_RECIPE = (
+    "model: {path: model.pt, factory: m:f}\ndata: data.yaml\nseed: 0\n"
+    "stages: [fit, tune, evaluate]\nfit: {subset: all, structure: kron}\n"
+    "tune: {method: gridsearch, grid_min: 0.01, grid_max: 10, grid_size: 5}\n"
+    "evaluate: {split: train, fail_if: ['ece>0.1', 'nll > 1.05*map.nll']}\n"
+)
+recipe_texts = st.one_of(
+    _recipe_documents.map(_dump),
+    _mutated_text(_VALID_RECIPE),
+    st.text(max_size=200),
+    st.binary(max_size=100),
+)
+
+# --- gate expressions --------------------------------------------------------------------------
+
+_GATE_ROWS = {
+    "laplace": {"acc": 0.9, "nll": 0.3, "ece": 0.05, "brier": float("nan")},
+    "map": {"acc": 0.91, "nll": 0.35, "ece": 0.07, "brier": 0.2},
+}
+
+
+def check_gate(text: str) -> str:
+    """Parse a gate; if it parses, evaluate it on a small table: "ok" or "refused"."""
+    from laplace_cli.pipeline.gates import evaluate_gates, parse_gate
+
+    try:
+        gate = parse_gate(text)
+        evaluate_gates([gate], _GATE_ROWS)
+    except BadInputError as err:
+        assert str(err).strip(), "empty message"
+        return "refused"
+    return "ok"
+
+
+_GATE_TOKENS = st.sampled_from(
+    "ece nll acc brier map laplace baseline . * + - > >= < <= == != = 0.05 1e-3 1.05 nan inf "
+    "diff_vs_map upper lower ( ) e 1e999 -0 _x9".split()
+    + [" "]
+)
+_metric = st.tuples(
+    st.sampled_from(["", "laplace.", "map.", "baseline.laplace.", "x."]),
+    st.sampled_from(["ece", "nll", "acc", "brier", "nll.diff_vs_map", "ece.upper", "zz"]),
+).map("".join)
+_number = st.floats(allow_nan=False).map(repr) | st.sampled_from(["0.05", "1e-3", "-2", "1e999"])
+_gate_forms = st.tuples(
+    _metric,
+    st.sampled_from([">", ">=", "<", "<=", "==", "!="]),
+    st.one_of(
+        _number,
+        _metric,
+        st.tuples(_number, st.just("*"), _metric).map("".join),
+        st.tuples(_metric, st.sampled_from(["+", "-"]), _number).map("".join),
+    ),
+).map(" ".join)
+gate_texts = st.one_of(
+    _gate_forms,  # well-formed or nearly: parsed and evaluated
+    st.lists(_GATE_TOKENS, max_size=9).map("".join),
+    st.text(max_size=30),
+)
+
+# --- the prediction input reader (stdin) -------------------------------------------------------
+
+
+def check_prediction_input(data: bytes) -> str:
+    """Read `data` as `laplace predict` reads stdin (`--input -`): "ok" or "refused"."""
+    import io
+    import sys
+
+    from laplace_cli.io.tabular import TableInfo, iter_feature_chunks
+
+    stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+    real, sys.stdin = sys.stdin, stdin
+    try:
+        for _, x in iter_feature_chunks("-", chunk_rows=4, info=TableInfo()):
+            assert x.dtype == torch.float32 and x.ndim >= 2
+    except BadInputError as err:
+        assert str(err).startswith("<stdin>"), f"message does not name <stdin>: {err}"
+        return "refused"
+    finally:
+        sys.stdin = real
+    return "ok"
+
+
+def _npz_bytes(arrays: dict[str, Any]) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _npy_bytes(array: Any) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+_cells = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-(10**20), 10**20).map(str),
+    st.sampled_from(["", " ", "nan", "x", "1e999", '"1,2"', "id", "label", "y", "é"]),
+    st.text(max_size=4),
+)
+_csv_texts = st.lists(st.lists(_cells, min_size=1, max_size=5), min_size=1, max_size=6).flatmap(
+    lambda rows: st.sampled_from([",", "\t", ";"]).map(
+        lambda sep: "\n".join(sep.join(r) for r in rows) + "\n"
+    )
+)
+_jsonl_texts = st.lists(_json_values, min_size=1, max_size=5).map(
+    lambda recs: "".join(json.dumps(r) + "\n" for r in recs)
+)
+_arrays = st.sampled_from(
+    [[[1.0, 2.0]], [[1, 2], [3, 4]], [1.0, 2.0, 3.0], [[[1.0]]], [], [[float("nan")]]]
+)
+prediction_inputs = st.one_of(
+    _csv_texts.map(lambda t: t.encode("utf-8", "surrogatepass")),
+    _jsonl_texts.map(str.encode),
+    st.dictionaries(st.sampled_from(["x", "y", "id", "z"]), _arrays, max_size=3).map(
+        lambda d: _npz_bytes({k: __import__("numpy").asarray(v) for k, v in d.items()})
+    ),
+    _arrays.map(lambda a: _npy_bytes(__import__("numpy").asarray(a, dtype="float32"))),
+    st.binary(max_size=200),
+)

@@ -7,6 +7,7 @@ stdout and stderr apart) unless the library is the natural level. Models are wei
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,64 @@ def make_workspace(root: Path) -> Workspace:
     return ws
 
 
+@dataclass(frozen=True)
+class Case:
+    """One row of docs/hardening.md: the table, the case, its exit code and message.
+
+    `message` is what stderr says, after `error: `: several lines joined by ` / `, `...` for
+    what is left out; paths are written by their file name only. The autouse fixture
+    `_check_documented_case` (conftest.py) fails the test unless one of its runs exited with
+    `code` and printed every piece of `message` (for a test with several cases: each case, or
+    for a parametrized one at least one case per run), so the documentation cannot drift from
+    the behaviour; `tests/hardening/hardening_doc.py` renders the tables from these entries.
+    """
+
+    table: str
+    text: str
+    code: int
+    message: str
+    also: str = ""  # what else the test checks (the table's last column), e.g. "nothing ran"
+
+
+def case(table: str, text: str, code: int, message: str, also: str = "") -> Any:
+    """Mark a test as the proof of one documented case (see :class:`Case`).
+
+    `message` may be empty (an exit 0, or a case whose point is `also`): then only the exit
+    code is matched. `also` documents an assertion of the test body itself.
+    """
+
+    def mark(fn: Any) -> Any:
+        # Decorators apply bottom-up: keep the cases in the order they are written.
+        here = Case(table, text, code, message, also)
+        fn.hardening_cases = [here, *getattr(fn, "hardening_cases", [])]
+        return fn
+
+    return mark
+
+
+#: (exit code, stderr) of each run of the current test, for `_check_documented_case`.
+OUTCOMES: list[tuple[int, str]] = []
+
+
+def record(code: int, stderr: str) -> None:
+    """Record a run made without `invoke` (a subprocess) for the documented-case check."""
+    OUTCOMES.append((code, stderr))
+
+
+def _short_paths(text: str) -> str:
+    """Absolute paths reduced to their file name, as the documentation writes them."""
+    return re.sub(r"(?:/[^/\s:'\"(),]+)+/(?=[^/\s])", "", text)
+
+
+def case_matches(c: Case, code: int, stderr: str) -> bool:
+    """Whether one run shows the documented case: the exit code and every piece of the message."""
+    if code != c.code:
+        return False
+    said = " ".join(_short_paths(stderr).split())
+    pieces = [p.strip() for line in c.message.split(" / ") for p in line.split("...")]
+    return all(" ".join(p.split()) in said for p in pieces if p)
+
+
 def invoke(runner: CliRunner, args: list[str], code: int, *needles: str) -> Result:
     """Run the CLI; assert the exit code, no traceback, and every needle in stderr.
 
@@ -177,6 +236,7 @@ def invoke(runner: CliRunner, args: list[str], code: int, *needles: str) -> Resu
     `error: ` (never `internal error`) for a non-zero code, and stdout stays empty then.
     """
     result = runner.invoke(app, args)
+    record(result.exit_code, result.stderr)
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     assert result.exit_code == code, (result.exit_code, result.stderr)
     if code != 0:

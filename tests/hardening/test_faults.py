@@ -1,8 +1,9 @@
 """Faults: interrupted writes, Ctrl-C during a fit, a full disk during predict.
 
-Posterior writes are atomic (a temporary file in the same folder, renamed into place): whatever
-fails, the old file stays as it was and no temporary file is left. Prediction rows are streamed;
-when the disk fills up, the file is cut back to its last whole row and the command exits 2.
+Posterior writes and `predict -o FILE` are atomic (a temporary file in the same folder, renamed
+into place): whatever fails, the old file stays as it was and no temporary file is left.
+Prediction rows on stdout are streamed; when the disk fills up, a redirected file is cut back to
+its last whole row and the command exits 2.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
-from hardening_support import Workspace, invoke
+from hardening_support import Workspace, case, invoke, record
 from typer.testing import CliRunner
 
 import laplace_cli.io.atomic as atomic
-from laplace_cli.cli import cmd_predict
 from laplace_cli.io.posterior_file import read_posterior
 from laplace_cli.pipeline.prediction_stream import stream_position
 
@@ -52,6 +52,20 @@ def _fail_fsync_with(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> Non
     ],
     ids=["disk-full", "ctrl-c"],
 )
+@case(
+    "faults",
+    "`fit -o keep.st` over an existing posterior, the write fails (ENOSPC at fsync)",
+    2,
+    "keep.st: cannot write (No space left on device)",
+    "the old file is byte-identical; no `.tmp` left",
+)
+@case(
+    "faults",
+    "the same interrupted by Ctrl-C during the write",
+    130,
+    "interrupted",
+    "the old file is byte-identical; no `.tmp` left",
+)
 def test_interrupted_fit_write_keeps_the_old_posterior(
     runner: CliRunner,
     fitted: Workspace,
@@ -72,6 +86,13 @@ def test_interrupted_fit_write_keeps_the_old_posterior(
     assert _litter(fitted.root) == []
 
 
+@case(
+    "faults",
+    "`tune` rewriting a posterior in place, the write fails (EIO)",
+    2,
+    "post.st: cannot write (Input/output error)",
+    "the old posterior is intact and still reads",
+)
 def test_interrupted_tune_in_place_keeps_the_old_posterior(
     runner: CliRunner, fitted: Workspace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -120,6 +141,13 @@ SLOW_DATA = textwrap.dedent(
 )
 
 
+@case(
+    "faults",
+    "SIGINT to `python -m laplace_cli fit` in the middle of the fit loop (real process and signal)",
+    130,
+    "interrupted",
+    "stderr ends with `error: interrupted`, no traceback, no output file, no temporary file",
+)
 def test_sigint_during_fit_exits_130_and_writes_nothing(ws: Workspace) -> None:
     (ws / "slow.py").write_text(SLOW_DATA)
     marker = ws / "fitting"
@@ -151,6 +179,7 @@ def test_sigint_during_fit_exits_130_and_writes_nothing(ws: Workspace) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+    record(proc.returncode, stderr)
     assert proc.returncode == 130, stderr
     assert stderr.strip().endswith("error: interrupted"), stderr
     assert "Traceback" not in stderr and stdout == ""
@@ -165,10 +194,16 @@ class _FillingDisk:
     """A text file on a device with `capacity` bytes: a write that does not fit puts what fits
     on disk (a short write, as the OS does) and raises ENOSPC."""
 
-    def __init__(self, path: Path, capacity: int) -> None:
+    def __init__(self, path: Path | int, capacity: int) -> None:
         self.raw = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
         self.capacity, self.used = capacity, 0
         self.encoding = "utf-8"
+
+    def __enter__(self) -> _FillingDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def write(self, text: str) -> int:
         data = text.encode()
@@ -203,29 +238,51 @@ def _predict_rows(path: Path, fmt: str) -> list:
     return rows
 
 
+@case(
+    "faults",
+    "disk full in the middle of a batch, `predict -o rows.jsonl` (the temporary"
+    " file's device takes what fits, then raises ENOSPC)",
+    2,
+    "rows.jsonl: cannot write the predictions (No space left on device); rows.jsonl was left as"
+    " it was (written only once complete)",
+    "the old file is byte-identical; no `.tmp` left",
+)
+@case(
+    "faults",
+    "the same, `predict -o rows.csv`",
+    2,
+    "rows.csv: cannot write the predictions (No space left on device); rows.csv was left as it"
+    " was ...",
+    "the same",
+)
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
-def test_disk_full_during_predict_keeps_whole_rows(
+def test_disk_full_during_predict_keeps_the_old_file(
     runner: CliRunner,
     fitted: Workspace,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     fmt: str,
 ) -> None:
+    """`predict -o FILE` is written atomically: the disk filling up in the middle of a batch
+    leaves the FILE that was there before, byte for byte, and no temporary file."""
     out = tmp_path / f"rows.{fmt}"
+    out.write_text("the old predictions\n")
     args = ["predict", "-p", str(fitted / "post_full.st"), "--data", str(fitted / "data.yaml")]
     args += ["--split", "train", "-b", "4", "-o", str(out), "-q"]
     full = tmp_path / f"full.{fmt}"
     invoke(runner, [*args[:-3], "-o", str(full), "-q"], 0)
     capacity = len(full.read_bytes()) * 3 // 5  # the disk fills up in the middle of a batch
     monkeypatch.setattr(
-        cmd_predict, "open", lambda path, *a, **k: _FillingDisk(path, capacity), raising=False
+        atomic.os, "fdopen", lambda fd, *a, **k: _FillingDisk(fd, capacity), raising=False
     )
-    result = invoke(runner, args, 2, f"{out}: cannot write the predictions (No space left")
-    rows = _predict_rows(out, fmt)
-    assert 0 < len(rows) < 20 and len(rows) % 4 == 0  # whole batches of 4
-    assert f"kept the {len(rows)} whole rows" in result.stderr
-    # What was kept is exactly the beginning of the complete output.
-    assert full.read_bytes().startswith(out.read_bytes())
+    invoke(
+        runner,
+        args,
+        2,
+        f"{out}: cannot write the predictions (No space left on device); {out} was left as it was",
+    )
+    assert out.read_text() == "the old predictions\n"
+    assert _litter(tmp_path) == []
 
 
 def _predict_process(fitted: Workspace, stdout, env_extra: dict[str, str], limit: int | None):
@@ -245,16 +302,32 @@ def _predict_process(fitted: Workspace, stdout, env_extra: dict[str, str], limit
     )
 
 
+@case(
+    "faults",
+    "`predict > /dev/full` (real process)",
+    2,
+    "<stdout>: cannot write the predictions (No space left on device)",
+    "stderr is exactly that one line (was: internal error, exit 70)",
+)
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_predict_to_dev_full_exits_2(fitted: Workspace) -> None:
     with open("/dev/full", "w") as sink:
         proc = _predict_process(fitted, sink, {}, None)
+    record(proc.returncode, proc.stderr)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == (
         "error: <stdout>: cannot write the predictions (No space left on device)"
     )
 
 
+@case(
+    "faults",
+    "`predict > rows.jsonl` with a file size limit (RLIMIT_FSIZE 3000 bytes, real process,"
+    " `PYTHONUNBUFFERED=1`)",
+    2,
+    "<stdout>: cannot write the predictions (...); kept the ... whole rows",
+    "the file ends on a whole row; the rows kept are a multiple of the batch size",
+)
 def test_file_size_limit_on_redirected_stdout_keeps_whole_rows(
     fitted: Workspace, tmp_path: Path
 ) -> None:
@@ -264,6 +337,7 @@ def test_file_size_limit_on_redirected_stdout_keeps_whole_rows(
     out = tmp_path / "rows.jsonl"
     with open(out, "w") as sink:
         proc = _predict_process(fitted, sink, {"PYTHONUNBUFFERED": "1"}, 3000)
+    record(proc.returncode, proc.stderr)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: <stdout>: cannot write the predictions ("), proc.stderr
     rows = _predict_rows(out, "jsonl")

@@ -1,4 +1,5 @@
-"""Property-based tests: random YAML and random / mutated posterior bytes never give a traceback.
+"""Property-based tests: random specs, recipes, gates, prediction inputs and posterior bytes never
+give a traceback.
 
 A quick run of the targets in `fuzz_targets.py` (the long run is `benchmarks/fuzz_readers.py`):
 every input gives a value or a `BadInputError` naming the file; through the CLI, exit 0 or 2
@@ -11,9 +12,16 @@ from pathlib import Path
 
 import pytest
 from fuzz_targets import (
+    check_gate,
     check_posterior,
+    check_prediction_input,
+    check_recipe,
     check_spec,
+    gate_texts,
     posterior_bytes,
+    prediction_inputs,
+    recipe_folder,
+    recipe_texts,
     spec_texts,
     valid_posterior_bytes,
 )
@@ -90,5 +98,50 @@ def test_spec_loader_through_the_cli(folder: Path) -> None:
         assert "Traceback" not in result.stdout + result.stderr
         assert result.exit_code == 2, result.stderr
         assert result.stderr.startswith("error: "), result.stderr
+
+    run()
+
+
+def test_recipe_loader_never_raises_anything_else(folder: Path) -> None:
+    where = recipe_folder(folder / "recipes")
+
+    @_SETTINGS
+    @given(text=recipe_texts)
+    def run(text: str | bytes) -> None:
+        assert check_recipe(text, where) in ("ok", "refused")
+
+    run()
+
+
+@settings(_SETTINGS, max_examples=300)
+@given(text=gate_texts)
+def test_gate_parser_never_raises_anything_else(text: str) -> None:
+    assert check_gate(text) in ("ok", "refused")
+
+
+@settings(_SETTINGS, max_examples=200)
+@given(data=prediction_inputs)
+def test_prediction_input_reader_never_raises_anything_else(data: bytes) -> None:
+    assert check_prediction_input(data) in ("ok", "refused")
+
+
+def test_prediction_input_through_the_cli(folder: Path, valid: bytes) -> None:
+    """`... | laplace predict -p post.st`: exit 0 or 2 on any stdin, never a traceback."""
+    from hardening_support import make_workspace
+
+    ws = make_workspace(folder / "ws")
+    runner = CliRunner()
+    post = ws / "post.st"
+    fitted = runner.invoke(app, ws.fit_args(ws / "data.yaml", post, structure="diag"))
+    assert fitted.exit_code == 0, fitted.stderr
+
+    @settings(_SETTINGS, max_examples=30)
+    @given(data=prediction_inputs)
+    def run(data: bytes) -> None:
+        result = runner.invoke(app, ["predict", "-p", str(post), "--input", "-"], input=data)
+        assert "Traceback" not in result.stdout + result.stderr
+        assert result.exit_code in (0, 2), result.stderr
+        if result.exit_code == 2:
+            assert result.stderr.startswith("error: "), result.stderr
 
     run()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hardening_support import Workspace, features, invoke
+from hardening_support import Workspace, case, features, invoke
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -33,6 +33,14 @@ class _CreatesFile:
 # --- pickles -----------------------------------------------------------------------------------
 
 
+@case(
+    "hostile",
+    "model `.pt` whose pickle would run code (torch.save, raw pickle, inside a state dict)",
+    2,
+    "evil.pt: not a state dict of tensors but a pickle that would import or run code (...),"
+    " refused without running it; if you trust this file pass --trust-checkpoint, ...",
+    "the code did not run (its marker file does not exist)",
+)
 @pytest.mark.parametrize("container", ["torch-save", "raw-pickle", "inside-state-dict"])
 def test_code_pickle_as_model_is_refused_and_nothing_runs(
     runner: CliRunner, ws: Workspace, container: str
@@ -55,6 +63,13 @@ def test_code_pickle_as_model_is_refused_and_nothing_runs(
     assert not marker.exists()
 
 
+@case(
+    "hostile",
+    "the same with `--trust-checkpoint`",
+    2,
+    "unpickled a TextIOWrapper, expected a torch.nn.Module",
+    "the code *did* run: the flag is the only gate",
+)
 def test_trust_checkpoint_is_the_only_gate(runner: CliRunner, ws: Workspace) -> None:
     """With --trust-checkpoint the same file does run (that is what the flag says)."""
     marker = ws / "pwned.txt"
@@ -64,6 +79,13 @@ def test_trust_checkpoint_is_the_only_gate(runner: CliRunner, ws: Workspace) -> 
     assert marker.exists()
 
 
+@case(
+    "hostile",
+    "whole pickled `nn.Module`",
+    2,
+    "whole.pt: not a state dict of tensors but a pickle ... refused without running it",
+)
+@case("hostile", "the same with `--trust-checkpoint`", 0, "", "the posterior is written")
 def test_whole_pickled_module_needs_trust(runner: CliRunner, ws: Workspace) -> None:
     torch.manual_seed(0)
     torch.save(torch.nn.Sequential(torch.nn.Linear(4, 3)), ws / "whole.pt")
@@ -73,6 +95,14 @@ def test_whole_pickled_module_needs_trust(runner: CliRunner, ws: Workspace) -> N
     assert (ws / "p.st").is_file()
 
 
+@case(
+    "hostile",
+    "data `.pt` with pickled objects",
+    2,
+    "evil_data.pt: holds pickled objects, not only tensors; data files are read with"
+    " weights_only=True and never run code",
+    "nothing ran",
+)
 def test_code_pickle_as_data_is_refused(runner: CliRunner, ws: Workspace) -> None:
     marker = ws / "pwned.txt"
     torch.save({"x": _CreatesFile(marker), "y": torch.zeros(3)}, ws / "evil_data.pt")
@@ -81,12 +111,27 @@ def test_code_pickle_as_data_is_refused(runner: CliRunner, ws: Workspace) -> Non
     assert not marker.exists()
 
 
+@case(
+    "hostile",
+    "`.npz` with object arrays",
+    2,
+    "obj.npz: unreadable .npz (Object arrays cannot be loaded when allow_pickle=False)",
+)
 def test_npz_with_object_arrays_is_refused(runner: CliRunner, ws: Workspace) -> None:
     ws.npz("obj.npz", x=np.array([object()] * 3), y=np.zeros(3))
     data = ws.spec("obj.yaml", "splits:\n  train: {path: obj.npz, x: x, y: y}\n")
     invoke(runner, ws.fit_args(data), 2, "obj.npz: unreadable .npz", "allow_pickle=False")
 
 
+@case(
+    "hostile",
+    'posterior naming `subprocess:call` with `{"args": ["touch", ...]}` as the model factory',
+    2,
+    "the posterior names the model factory 'subprocess:call', which is installed code"
+    " (...subprocess.py); a posterior file may only name your own code. If this is the right"
+    " factory, say so: --model CHECKPOINT --model-factory subprocess:call",
+    "nothing ran",
+)
 def test_posterior_cannot_name_installed_code_to_run(
     runner: CliRunner, fitted: Workspace, tmp_path: Path
 ) -> None:
@@ -114,6 +159,12 @@ def test_posterior_cannot_name_installed_code_to_run(
     assert not marker.exists()
 
 
+@case(
+    "hostile",
+    "posterior naming `os:system`, `builtins:exec`, `shutil:rmtree`, `torch:save`, `numpy:save`",
+    2,
+    "the posterior names the model factory ...",
+)
 @pytest.mark.parametrize(
     "factory", ["os:system", "builtins:exec", "shutil:rmtree", "torch:save", "numpy:save"]
 )
@@ -131,6 +182,13 @@ def test_posterior_factory_from_the_installation_is_refused(
     )
 
 
+@case(
+    "hostile",
+    "posterior naming the user's own factory file (control)",
+    0,
+    "",
+    "`marglik` loads it",
+)
 def test_posterior_naming_the_users_own_factory_still_loads(
     runner: CliRunner, fitted: Workspace
 ) -> None:
@@ -138,6 +196,14 @@ def test_posterior_naming_the_users_own_factory_still_loads(
     invoke(runner, ["marglik", str(fitted / "post_full.st")], 0)
 
 
+@case(
+    "hostile",
+    "posterior naming a module of the user's project (`pkg.nets:mlp`, regular or namespace"
+    " package)",
+    0,
+    "",
+    "fit and `marglik` both run",
+)
 @pytest.mark.parametrize("package", ["namespace", "regular"])
 def test_posterior_naming_a_module_of_the_users_project_loads(
     runner: CliRunner, ws: Workspace, monkeypatch: pytest.MonkeyPatch, package: str
@@ -199,6 +265,29 @@ def no_tensor_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(safetensors.torch, "load_file", forbidden)
 
 
+@case(
+    "hostile",
+    "model `.safetensors` with header length 2⁶²",
+    2,
+    "absurd.safetensors: header length 4611686018427387904 is absurd (limit 100000000 bytes)",
+    "refused from the header alone: `safetensors.torch.load_file` is never called",
+)
+@case(
+    "hostile",
+    "model `.safetensors` with offsets [0, 2⁶⁰]",
+    2,
+    "absurd.safetensors: tensor '0.bias': data_offsets [0, 1152921504606846976] lie outside the"
+    " 204-byte data section",
+    "the same",
+)
+@case(
+    "hostile",
+    "model `.safetensors` with shape [2⁴⁰, 2⁴⁰]",
+    2,
+    "absurd.safetensors: tensor '0.bias': F32 of shape [1099511627776, 1099511627776] needs ..."
+    " bytes, its byte range holds 24",
+    "the same",
+)
 @pytest.mark.parametrize(("kind", "message"), _ABSURD, ids=[k for k, _ in _ABSURD])
 def test_absurd_model_safetensors_refused_before_allocating(
     runner: CliRunner, ws: Workspace, no_tensor_loading: None, kind: str, message: str
@@ -208,6 +297,27 @@ def test_absurd_model_safetensors_refused_before_allocating(
     invoke(runner, args, 2, f"{ws / 'absurd.safetensors'}: ", message)
 
 
+@case(
+    "hostile",
+    "posterior with header length 2⁶² (inspect)",
+    2,
+    "absurd.st: header length 4611686018427387904 is absurd",
+    "`load_file` never called",
+)
+@case(
+    "hostile",
+    "posterior with offsets [0, 2⁶⁰] (inspect)",
+    2,
+    "absurd.st: tensor ... data_offsets [0, 1152921504606846976] lie outside",
+    "`load_file` never called",
+)
+@case(
+    "hostile",
+    "posterior with shape [2⁴⁰, 2⁴⁰] (inspect)",
+    2,
+    "absurd.st: tensor ... of shape [1099511627776, 1099511627776] needs",
+    "`load_file` never called",
+)
 @pytest.mark.parametrize(("kind", "message"), _ABSURD, ids=[k for k, _ in _ABSURD])
 def test_absurd_posterior_refused_before_allocating(
     runner: CliRunner, fitted: Workspace, no_tensor_loading: None, tmp_path: Path, kind, message
@@ -217,6 +327,12 @@ def test_absurd_posterior_refused_before_allocating(
     invoke(runner, ["inspect", str(post)], 2, f"{post}: ", message)
 
 
+@case(
+    "hostile",
+    "safetensors *data split* with the same three (safetensors' own checks)",
+    2,
+    "absurd_data.safetensors: unreadable safetensors file (...)",
+)
 @pytest.mark.parametrize("kind", ["header-length", "offsets", "shape"])
 def test_absurd_safetensors_data_split(runner: CliRunner, ws: Workspace, kind: str) -> None:
     save_file({"x": torch.zeros(20, 4), "y": torch.zeros(20, dtype=torch.long)}, str(ws / "d.st"))
@@ -241,6 +357,16 @@ _LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     ],
     ids=["billion-laughs", "recursive-alias", "deep-nesting"],
 )
+@case(
+    "hostile",
+    "YAML 'billion laughs' (9 levels of 9 aliases)",
+    2,
+    "bomb.yaml: YAML aliases expand to more than 100,000 values; refused (a 'billion laughs'"
+    " file?)",
+    "in milliseconds (it used to hang printing the value)",
+)
+@case("hostile", "YAML alias that refers to itself", 2, "bomb.yaml: YAML alias refers to itself")
+@case("hostile", "YAML nested 600 deep", 2, "bomb.yaml: invalid YAML: nested too deeply")
 def test_yaml_bombs_are_refused_quickly(
     runner: CliRunner, ws: Workspace, text: str, message: str
 ) -> None:
@@ -248,6 +374,13 @@ def test_yaml_bombs_are_refused_quickly(
     invoke(runner, ws.fit_args(data), 2, f"{data}", message)
 
 
+@case(
+    "hostile",
+    "YAML `!!python/object/apply:os.system`",
+    2,
+    "tag.yaml:1:9: invalid YAML: could not determine a constructor for the tag ...",
+    "nothing ran (safe loader)",
+)
 def test_yaml_python_tags_are_not_constructed(runner: CliRunner, ws: Workspace) -> None:
     marker = ws / "pwned.txt"
     data = ws.spec("tag.yaml", f"splits: !!python/object/apply:os.system ['touch {marker}']\n")
@@ -282,14 +415,32 @@ def linked(ws: Workspace) -> Workspace:
     return ws
 
 
+@case(
+    "hostile",
+    "split path through a symlink out of the spec's folder, or `../elsewhere.npz`",
+    0,
+    "",
+    "followed (see the policy below)",
+)
 @pytest.mark.parametrize("split", ["link", "up"])
 def test_paths_out_of_the_spec_folder_are_followed(
     runner: CliRunner, linked: Workspace, split: str
 ) -> None:
-    args = linked.fit_args(linked / "proj/data.yaml", extra=("--split", split))
-    invoke(runner, args, 0)
+    # `fit` checks every split of its spec first: the followed paths in a spec of their own.
+    good = linked.spec(
+        "proj/good.yaml",
+        "splits:\n  link: {path: link.npz, x: x, y: y}\n"
+        "  up: {path: ../outside/elsewhere.npz, x: x, y: y}\n",
+    )
+    invoke(runner, linked.fit_args(good, extra=("--split", split)), 0)
 
 
+@case(
+    "hostile",
+    "a dangling symlink or a symlink loop as a split's file",
+    2,
+    "data.yaml: splits. ... .path: file not found",
+)
 @pytest.mark.parametrize("split", ["dangling", "loop"])
 def test_broken_symlinks_are_missing_files(
     runner: CliRunner, linked: Workspace, split: str
@@ -298,6 +449,13 @@ def test_broken_symlinks_are_missing_files(
     invoke(runner, args, 2, f"proj/data.yaml: splits.{split}.path: file not found")
 
 
+@case(
+    "hostile",
+    "`fit -o out.st` where out.st is a symlink",
+    0,
+    "",
+    "the link is replaced by a complete posterior; its target is not written to",
+)
 def test_output_onto_a_symlink_replaces_the_link_not_its_target(
     runner: CliRunner, ws: Workspace
 ) -> None:

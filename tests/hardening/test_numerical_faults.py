@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hardening_support import Workspace, features, invoke, model_state
+from hardening_support import Workspace, case, features, invoke, model_state
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -34,6 +34,28 @@ def _overflowing_workspace(ws: Workspace) -> None:
     ws.split_spec("big", x, np.arange(20) % 3)
 
 
+@case(
+    "numerical",
+    "float32 curvature overflow, kron (first-layer weights 1e-25, inputs 1e20 in batch 1)",
+    3,
+    "big.yaml: split 'train': batch 1: the curvature of 0.weight (A) is not finite (NaN or Inf:"
+    " check the scale of the inputs and weights, or fit in float64)",
+    "no posterior written",
+)
+@case(
+    "numerical",
+    "the same, diag",
+    3,
+    "big.yaml: split 'train': batch 1: the curvature of 0.weight (diag) is not finite ...",
+    "no posterior written",
+)
+@case(
+    "numerical",
+    "the same, full",
+    3,
+    "big.yaml: split 'train': batch 1: the curvature of 0.weight (full) is not finite ...",
+    "no posterior written",
+)
 @pytest.mark.parametrize(
     ("structure", "where"),
     [("kron", "0.weight (A)"), ("diag", "0.weight (diag)"), ("full", "0.weight (full)")],
@@ -54,6 +76,7 @@ def test_curvature_overflow_names_batch_and_layer(
     assert not (ws / "out.st").exists()
 
 
+@case("numerical", "the same in `--dtype float64` (control)", 0, "", "the posterior is written")
 def test_same_overflow_in_float64_fits(runner: CliRunner, ws: Workspace) -> None:
     # The control: the same data and weights fit in float64, so exit 3 above is the overflow.
     _overflowing_workspace(ws)
@@ -67,6 +90,13 @@ def test_same_overflow_in_float64_fits(runner: CliRunner, ws: Workspace) -> None
     assert (ws / "out.st").is_file()
 
 
+@case(
+    "numerical",
+    "training loss overflow (outputs 1e20 vs targets 0, float32)",
+    3,
+    "reg.yaml: split 'train': batch 0: the training loss is not finite",
+    "no posterior written",
+)
 def test_loss_overflow_names_batch(runner: CliRunner, ws: Workspace) -> None:
     # Outputs of 1e20 against targets 0: ½(y − f)² = 5e39 overflows float32; the outputs and
     # the curvature (last-layer Jacobians are tanh activations) stay finite.
@@ -79,6 +109,13 @@ def test_loss_overflow_names_batch(runner: CliRunner, ws: Workspace) -> None:
     assert not (ws / "out.st").exists()
 
 
+@case(
+    "numerical",
+    "model returns NaN for one row (batch 2)",
+    3,
+    "marked.yaml: split 'train': batch 2: the model's outputs contain NaN or Inf",
+    "no posterior written",
+)
 def test_model_returning_nan_for_one_batch(runner: CliRunner, ws: Workspace) -> None:
     x = features()
     x[17, 0] = 99.0  # row 17 is in batch 2 (batch size 8); the model returns NaN for it
@@ -114,6 +151,16 @@ def indefinite(fitted: Workspace, tmp_path):
     return path
 
 
+@case(
+    "numerical",
+    "precision not positive definite after jitter (H = −100·I, layer-wise prior 1e-3) in"
+    " predict, evaluate, marglik, tune",
+    3,
+    "posterior precision is not positive definite even with jitter 1.0e-08, 1.0e-07, 1.0e-06,"
+    " 1.0e-05, 1.0e-04, 1.0e-03; raise the prior precision or check the curvature for"
+    " non-finite values",
+    "the posterior is unchanged; tune writes no output",
+)
 @pytest.mark.parametrize("command", ["predict", "evaluate", "marglik", "tune"])
 def test_not_positive_definite_after_jitter(
     runner: CliRunner, fitted: Workspace, indefinite, command: str, tmp_path

@@ -1,0 +1,498 @@
+"""Seeded bootstrap confidence intervals of the evaluation metrics, vectorised over resamples.
+
+A *resample* draws N rows with replacement from a split of N rows. Resamples are drawn as
+index tensors of shape (b, N) in chunks (:func:`resample_indices`) and turned into per-row
+counts ``w`` (b, N); every metric here is then a function of ``w`` evaluated for all the
+resamples of a chunk at once (``w @ x / N`` for a mean, ``scatter_add`` for binned and rank
+statistics), never a Python loop per resample. Applied to ``w = 1`` each statistic equals the
+metric of :mod:`laplace_cli.metrics.classification` on the whole split.
+
+* **Stratified** resampling (classification: by label) draws each stratum's rows from that
+  stratum only, so every resample keeps the split's class counts; accuracy, NLL and ECE then do
+  not vary with the class mix, which is fixed by how the split was made.
+* **Paired** differences: every row of an evaluation (MAP, temperature, Laplace) is scored on
+  the *same* resamples, so ``laplace.nll − map.nll`` is computed per resample and its interval
+  reflects the noise of the difference, not of each metric separately.
+* With out-of-distribution data (AUROC), a second group of rows is resampled alongside the
+  test rows, from the same random stream.
+
+Three interval methods, each from the same B resampled values ``θ*_b``:
+
+* ``percentile``: the ``(1 − level)/2`` and ``(1 + level)/2`` quantiles of the
+  ``θ*_b`` (linear interpolation, numpy's default). A confidence interval for the metric of
+  the population the split was drawn from.
+* ``basic``: the percentile bounds reflected around the estimate, ``(2θ̂ − q_hi, 2θ̂ − q_lo)``,
+  which removes the bootstrap's estimate of the bias (ECE is biased upwards: a resample's ECE
+  exceeds the split's, which exceeds the population's).
+* ``prediction`` (default: the question a nightly gate asks): where the metric of a *fresh* split of the same size would fall,
+  ``θ̂ + quantiles of (θ*_b − θ*_b')`` over pairs of distinct resamples. The split's value and
+  a fresh split's are two draws of the same noisy statistic, so the interval is about √2
+  wider than a confidence interval and needs no bias correction (both draws share the bias).
+  This is the interval that answers "is tonight's ECE different from what another test split
+  would give?"; ``benchmarks/bootstrap_coverage.py`` measures each method's coverage of a
+  fresh split's ECE (percentile and basic fall well short of their level for ECE).
+
+Resamples depend only on the seed, the group sizes, the strata and ``n_resamples``: for the
+same inputs and seed the intervals are identical on every run and machine (CPU generator).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from laplace_cli.core.errors import BadInputError
+from laplace_cli.metrics.checks import (
+    as_tensor,
+    check_binary_labels,
+    check_classification,
+    check_level,
+    check_n_bins,
+    check_probs,
+    check_regression,
+    check_scores,
+    clamp_eps,
+)
+from laplace_cli.metrics.regression import coverage_key
+
+__all__ = [
+    "BINNINGS",
+    "METHODS",
+    "BootstrapSettings",
+    "Statistic",
+    "auroc_statistic",
+    "binary_statistic",
+    "bootstrap_distributions",
+    "classification_statistic",
+    "interval",
+    "intervals_from_distributions",
+    "regression_statistic",
+    "resample_indices",
+]
+
+BINNINGS = ("equal-width", "equal-mass")
+"""Binning schemes of the ECE: equal-width bins ``(k/B, (k+1)/B]`` or equal-count bins."""
+
+METHODS = ("percentile", "basic", "prediction")
+"""Interval methods (module docstring): percentile, basic (reflected), prediction (fresh split)."""
+
+#: ``prediction`` pairs resample b with b + s (mod B) for s = 1..S, S = min(B − 1, this // B):
+#: every ordered pair of distinct resamples up to B = 2048, a fixed subset beyond.
+PREDICTION_PAIRS = 1 << 22
+
+#: Upper bound on b × N per chunk of resamples (memory: a few float64 tensors of this size).
+CHUNK_ELEMENTS = 1 << 21
+
+Statistic = Callable[[Sequence[Tensor]], dict[str, Tensor]]
+"""Counts per group, each (b, N_group) float64, to metric name → (b,) values."""
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """How intervals are computed; recorded in the report's settings.
+
+    Attributes:
+        n_resamples: B, the number of resamples (> 0).
+        confidence: central probability of each interval, in (0, 1).
+        seed: seed of the resampling stream.
+        method: ``percentile``, ``basic`` or ``prediction`` (module docstring).
+    """
+
+    n_resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+    method: str = "prediction"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_resamples, bool) or not isinstance(self.n_resamples, int):
+            raise BadInputError(f"bootstrap: expected an integer B > 0, got {self.n_resamples!r}")
+        if self.n_resamples < 1:
+            raise BadInputError(
+                f"bootstrap: expected B > 0 resamples, got {self.n_resamples} "
+                "(0 turns the bootstrap off)"
+            )
+        check_level(self.confidence, "confidence")
+        if self.method not in METHODS:
+            raise BadInputError(
+                f"bootstrap method: expected one of {', '.join(METHODS)}, got {self.method!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_resamples": self.n_resamples,
+            "confidence": self.confidence,
+            "seed": self.seed,
+            "method": self.method,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Resampling
+# --------------------------------------------------------------------------------------------
+
+
+def _strata_positions(n: int, strata: Tensor | None) -> list[Tensor]:
+    """Row positions of each stratum, strata in ascending order (one stratum: all rows)."""
+    if strata is None:
+        return [torch.arange(n)]
+    s = torch.as_tensor(strata).reshape(-1).cpu()
+    if s.shape[0] != n:
+        raise BadInputError(f"strata: expected {n} values, got {s.shape[0]}")
+    return [torch.nonzero(s == value).reshape(-1) for value in torch.unique(s)]
+
+
+def resample_indices(
+    sizes: Sequence[int],
+    n_resamples: int,
+    *,
+    seed: int,
+    strata: Sequence[Tensor | None] | None = None,
+    chunk_size: int | None = None,
+) -> Iterator[list[Tensor]]:
+    """Bootstrap resamples of one or more groups of rows, in chunks of resamples.
+
+    For each chunk of b resamples and each group (in order), and in that group for each stratum
+    (ascending stratum value), ``randint(0, n_s, (b, n_s))`` is drawn from one CPU generator
+    seeded with ``seed`` and mapped to the stratum's row positions; a group's index tensor is
+    the strata's columns side by side, (b, N_group). Row order inside a resample does not
+    matter to any metric.
+
+    Args:
+        sizes: number of rows of each group (e.g. the test split, then the OOD split).
+        n_resamples: B, the total number of resamples.
+        seed: seed of the generator.
+        strata: per group, None or (N_group,) stratum labels (resampled within each stratum).
+        chunk_size: resamples per chunk (default: ``CHUNK_ELEMENTS // max(sizes)``). It changes
+            which random numbers land where, so it is part of the stream's definition.
+
+    Yields:
+        One list per chunk: per group, a (b, N_group) int64 tensor of row indices.
+    """
+    if any(n < 1 for n in sizes):
+        raise BadInputError(f"bootstrap: expected groups of at least one row, got sizes {sizes}")
+    strata = list(strata) if strata is not None else [None] * len(sizes)
+    positions = [_strata_positions(n, s) for n, s in zip(sizes, strata, strict=True)]
+    if chunk_size is None:
+        chunk_size = max(1, CHUNK_ELEMENTS // max(sizes))
+    generator = torch.Generator().manual_seed(int(seed))
+    done = 0
+    while done < n_resamples:
+        b = min(chunk_size, n_resamples - done)
+        chunk = []
+        for group in positions:
+            cols = [
+                pos[torch.randint(0, pos.shape[0], (b, pos.shape[0]), generator=generator)]
+                for pos in group
+            ]
+            chunk.append(torch.cat(cols, dim=1))
+        yield chunk
+        done += b
+
+
+def _counts(index: Tensor, n: int) -> Tensor:
+    """(b, n) float64 number of times each row appears in each resample."""
+    w = torch.zeros(index.shape[0], n, dtype=torch.float64)
+    return w.scatter_add_(1, index, torch.ones(index.shape, dtype=torch.float64))
+
+
+def bootstrap_distributions(
+    statistics: Mapping[str, Statistic],
+    sizes: Sequence[int],
+    *,
+    n_resamples: int,
+    seed: int,
+    strata: Sequence[Tensor | None] | None = None,
+    chunk_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, dict[str, Tensor]]:
+    """The B resampled values of every statistic, all rows on the same resamples (paired).
+
+    Args:
+        statistics: row name → statistic (counts per group → metric → (b,) values).
+        sizes, n_resamples, seed, strata, chunk_size: as :func:`resample_indices`.
+        progress: called with the number of resamples done after each chunk.
+
+    Returns:
+        row → metric → (B,) float64 values, resample b in position b for every row.
+    """
+    parts: dict[str, dict[str, list[Tensor]]] = {row: {} for row in statistics}
+    done = 0
+    for chunk in resample_indices(
+        sizes, n_resamples, seed=seed, strata=strata, chunk_size=chunk_size
+    ):
+        counts = [_counts(idx, n) for idx, n in zip(chunk, sizes, strict=True)]
+        for row, statistic in statistics.items():
+            for metric, values in statistic(counts).items():
+                parts[row].setdefault(metric, []).append(values.to(torch.float64).cpu())
+        done += chunk[0].shape[0]
+        if progress is not None:
+            progress(done)
+    return {row: {m: torch.cat(v) for m, v in ms.items()} for row, ms in parts.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Intervals
+# --------------------------------------------------------------------------------------------
+
+
+def interval(
+    values: Tensor, confidence: float = 0.95, *, method: str = "percentile", estimate: float = 0.0
+) -> tuple[float, float]:
+    """``(lower, upper)`` of the central ``confidence`` interval from bootstrap values.
+
+    ``percentile``: the ``(1 ∓ confidence)/2`` quantiles of ``values`` (linear interpolation
+    between order statistics, as ``numpy.quantile``). ``basic``: ``(2·estimate − q_hi,
+    2·estimate − q_lo)``. ``prediction``: ``estimate`` plus those quantiles of the differences
+    ``values[b] − values[(b + s) mod B]``, s = 1..S (``PREDICTION_PAIRS``). NaN when any value
+    is NaN.
+    """
+    confidence = check_level(confidence, "confidence")
+    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if v.numel() == 0 or bool(torch.isnan(v).any()):
+        return math.nan, math.nan
+    alpha = (1.0 - confidence) / 2.0
+    probs = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64)
+    if method == "prediction":
+        if v.numel() < 2:
+            return math.nan, math.nan
+        n_shifts = min(v.numel() - 1, max(1, PREDICTION_PAIRS // v.numel()))
+        pairs = torch.cat([v - v.roll(-s) for s in range(1, n_shifts + 1)])
+        q = torch.quantile(pairs, probs)
+        return estimate + float(q[0]), estimate + float(q[1])
+    q = torch.quantile(v, probs)
+    lo, hi = float(q[0]), float(q[1])
+    if method == "percentile":
+        return lo, hi
+    if method == "basic":
+        return 2.0 * estimate - hi, 2.0 * estimate - lo
+    raise BadInputError(f"bootstrap method: expected one of {', '.join(METHODS)}, got {method!r}")
+
+
+def intervals_from_distributions(
+    point: Mapping[str, Mapping[str, float]],
+    distributions: Mapping[str, Mapping[str, Tensor]],
+    settings: BootstrapSettings,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Intervals of each row's metrics and of its paired differences to every other row.
+
+    Returns ``{row: {metric: {"lower", "upper", "diff_vs_<other>": {"estimate", "lower",
+    "upper"}, ...}}}``: the path of a value is the path a gate names it by
+    (``laplace.nll.diff_vs_map.lower``). A difference is ``row − other`` per resample; its
+    estimate is the difference of the point values.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    level, method = settings.confidence, settings.method
+    for row, dists in distributions.items():
+        row_out: dict[str, dict[str, Any]] = {}
+        for metric, values in dists.items():
+            estimate = float(point[row][metric])
+            lo, hi = interval(values, level, method=method, estimate=estimate)
+            entry: dict[str, Any] = {"lower": lo, "upper": hi}
+            for other, other_dists in distributions.items():
+                if other == row or metric not in other_dists:
+                    continue
+                diff_estimate = estimate - float(point[other][metric])
+                d_lo, d_hi = interval(
+                    values - other_dists[metric], level, method=method, estimate=diff_estimate
+                )
+                entry[f"diff_vs_{other}"] = {
+                    "estimate": diff_estimate,
+                    "lower": d_lo,
+                    "upper": d_hi,
+                }
+            row_out[metric] = entry
+        out[row] = row_out
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics (counts → metric values per resample)
+# --------------------------------------------------------------------------------------------
+
+
+def _mean(w: Tensor, x: Tensor) -> Tensor:
+    """Weighted mean per resample: ``Σ_n w_bn x_n / N`` (every resample has N rows)."""
+    return (w @ x) / x.shape[0]
+
+
+def _equal_width_index(conf: Tensor, n_bins: int) -> Tensor:
+    # Same edges and (lo, hi] convention as metrics.classification.reliability_bins.
+    edges = torch.arange(n_bins + 1, dtype=torch.float64) / n_bins
+    return torch.bucketize(conf, edges[1:-1].contiguous(), right=False)
+
+
+def _fixed_bin_gaps(w: Tensor, onehot: Tensor, conf: Tensor, correct: Tensor) -> tuple[Tensor, ...]:
+    """Per resample and bin: count, Σ confidence, Σ correct, for a bin fixed per row."""
+    count = w @ onehot
+    conf_sum = w @ (onehot * conf[:, None])
+    acc_sum = w @ (onehot * correct[:, None])
+    return count, conf_sum, acc_sum
+
+
+def _equal_mass_sums(
+    w: Tensor, group: Tensor, group_conf: Tensor, correct: Tensor, n_bins: int
+) -> tuple[Tensor, ...]:
+    """Per resample and bin: count, Σ confidence, Σ correct over equal-mass bins.
+
+    As ``metrics.classification.adaptive_ece`` on the materialised resample: a row goes into
+    bin ``floor(r·B/N)`` with ``r`` the number of the resample's rows of strictly smaller
+    confidence; rows of equal confidence (one ``group``) share a bin.
+    """
+    b, n = w.shape
+    n_groups = group_conf.shape[0]
+    idx = group.expand(b, n)
+    g_count = torch.zeros(b, n_groups, dtype=torch.float64).scatter_add_(1, idx, w)
+    g_correct = torch.zeros(b, n_groups, dtype=torch.float64).scatter_add_(1, idx, w * correct)
+    rank = (torch.cumsum(g_count, dim=1) - g_count).round().to(torch.int64)  # exact integers
+    bins = torch.div(rank * n_bins, n, rounding_mode="floor").clamp_max(n_bins - 1)
+
+    def per_bin(x: Tensor) -> Tensor:
+        return torch.zeros(b, n_bins, dtype=torch.float64).scatter_add_(1, bins, x)
+
+    return per_bin(g_count), per_bin(g_count * group_conf), per_bin(g_correct)
+
+
+def _ece_mce(count: Tensor, conf_sum: Tensor, acc_sum: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """ECE ``Σ_b |Σacc − Σconf| / N`` and MCE ``max_b |acc_b − conf_b|`` over non-empty bins."""
+    gap = (acc_sum - conf_sum).abs()
+    ece = gap.sum(dim=1) / n
+    mce = torch.where(count > 0, gap / count.clamp_min(1.0), torch.zeros_like(gap)).amax(dim=1)
+    return ece, mce
+
+
+def classification_statistic(
+    probs: Tensor, labels: Tensor, n_bins: int = 15, binning: str = "equal-width"
+) -> Statistic:
+    """Resampled ``acc, nll, ece, mce, brier, aece`` of (N, C) probabilities (group 0).
+
+    Same definitions as :func:`laplace_cli.metrics.classification.classification_metrics`;
+    ``binning`` sets the bins of ``ece`` and ``mce`` (``aece`` is always equal-mass).
+    """
+    n_bins = check_n_bins(n_bins)
+    if binning not in BINNINGS:
+        raise BadInputError(f"binning: expected one of {', '.join(BINNINGS)}, got {binning!r}")
+    p, y = check_classification(probs, labels)
+    p, y = p.cpu(), y.cpu()
+    eps = clamp_eps(as_tensor(probs, "probs"))
+    n = p.shape[0]
+    conf, pred = p.max(dim=1)
+    correct = (pred == y).to(torch.float64)
+    row_nll = -p.gather(1, y[:, None]).squeeze(1).clamp_min(eps).log()
+    onehot_y = torch.nn.functional.one_hot(y, p.shape[1]).to(torch.float64)
+    row_brier = ((p - onehot_y) ** 2).sum(dim=1)
+    width_onehot = torch.nn.functional.one_hot(_equal_width_index(conf, n_bins), n_bins).to(
+        torch.float64
+    )
+    group_conf, group = torch.unique(conf, sorted=True, return_inverse=True)
+
+    def statistic(counts: Sequence[Tensor]) -> dict[str, Tensor]:
+        w = counts[0].to(torch.float64)
+        width = _ece_mce(*_fixed_bin_gaps(w, width_onehot, conf, correct), n)
+        mass = _ece_mce(*_equal_mass_sums(w, group, group_conf, correct, n_bins), n)
+        ece, mce = width if binning == "equal-width" else mass
+        return {
+            "acc": _mean(w, correct),
+            "nll": _mean(w, row_nll),
+            "ece": ece,
+            "mce": mce,
+            "brier": _mean(w, row_brier),
+            "aece": mass[0],
+        }
+
+    return statistic
+
+
+def binary_statistic(probs: Tensor, labels: Tensor) -> Statistic:
+    """Resampled ``acc, nll, brier`` of independent sigmoid outputs (rows resampled, group 0).
+
+    As :func:`laplace_cli.metrics.classification.binary_metrics`: means over all elements.
+    """
+    p = check_probs(probs, simplex=False).cpu()
+    t = check_binary_labels(labels, p.shape).to(p.device)
+    eps = clamp_eps(as_tensor(probs, "probs"))
+    p2, t2 = p.reshape(p.shape[0], -1), t.reshape(p.shape[0], -1)
+    row_acc = ((p2 > 0.5).to(torch.float64) == t2).to(torch.float64).mean(dim=1)
+    ll = t2 * p2.clamp_min(eps).log() + (1.0 - t2) * (1.0 - p2).clamp_min(eps).log()
+    row_nll = -ll.mean(dim=1)
+    row_brier = ((p2 - t2) ** 2).mean(dim=1)
+
+    def statistic(counts: Sequence[Tensor]) -> dict[str, Tensor]:
+        w = counts[0].to(torch.float64)
+        return {"acc": _mean(w, row_acc), "nll": _mean(w, row_nll), "brier": _mean(w, row_brier)}
+
+    return statistic
+
+
+def regression_statistic(
+    mean: Tensor, var: Tensor, y: Tensor, levels: Sequence[float] = (0.5, 0.9, 0.95)
+) -> Statistic:
+    """Resampled ``rmse, mae, nll, crps, coverage_<pct>`` of Gaussian predictives (group 0).
+
+    As :func:`laplace_cli.metrics.classification.regression_metrics`; rows (with their D
+    outputs) are resampled, so each metric is the resample's mean over its N·D elements.
+    """
+    checked = [check_level(lv, "levels") for lv in levels]
+    m, v, t = (x.cpu() for x in check_regression(mean, var, y))
+    m, v, t = (x.reshape(x.shape[0], -1) for x in (m, v, t))
+    err = t - m
+    sigma = v.sqrt()
+    z = err / sigma
+    pdf = torch.exp(-0.5 * z**2) / math.sqrt(2.0 * math.pi)
+    crps = sigma * (z * (2.0 * torch.special.ndtr(z) - 1.0) + 2.0 * pdf - 1.0 / math.sqrt(math.pi))
+    rows = {
+        "sq": (err**2).mean(dim=1),
+        "mae": err.abs().mean(dim=1),
+        "nll": (0.5 * (math.log(2.0 * math.pi) + v.log() + err**2 / v)).mean(dim=1),
+        "crps": crps.mean(dim=1),
+    }
+    for lv in checked:
+        half = float(torch.special.ndtri(torch.tensor((1.0 + lv) / 2.0, dtype=torch.float64)))
+        rows[coverage_key(lv)] = (err.abs() <= half * sigma).to(torch.float64).mean(dim=1)
+
+    def statistic(counts: Sequence[Tensor]) -> dict[str, Tensor]:
+        w = counts[0].to(torch.float64)
+        out = {"rmse": _mean(w, rows["sq"]).sqrt()}
+        out.update({k: _mean(w, x) for k, x in rows.items() if k != "sq"})
+        return out
+
+    return statistic
+
+
+def auroc_statistic(
+    scores_in: Tensor, scores_out: Tensor, groups: tuple[int, int] = (0, 1)
+) -> Statistic:
+    """Resampled AUROC of OOD scores (higher = more likely OOD), in and OOD rows resampled apart.
+
+    ``AUROC = Σ_j w_out,j (#in below s_j + ½ #in tied with s_j) / (N_in N_out)`` with the
+    resample's counts, as :func:`laplace_cli.metrics.classification.auroc` (ties count ½).
+
+    Args:
+        scores_in: (N_in,) scores of the scored split (group ``groups[0]``).
+        scores_out: (N_out,) scores of the OOD split (group ``groups[1]``).
+    """
+    s_in = check_scores(scores_in, "scores_in").cpu()
+    s_out = check_scores(scores_out, "scores_out").cpu()
+    n_in, n_out = s_in.shape[0], s_out.shape[0]
+    values, group = torch.unique(torch.cat([s_in, s_out]), sorted=True, return_inverse=True)
+    g_in, g_out = group[:n_in], group[n_in:]
+    n_groups = values.shape[0]
+
+    def statistic(counts: Sequence[Tensor]) -> dict[str, Tensor]:
+        w_in = counts[groups[0]].to(torch.float64)
+        w_out = counts[groups[1]].to(torch.float64)
+        b = w_in.shape[0]
+        c_in = torch.zeros(b, n_groups, dtype=torch.float64).scatter_add_(
+            1, g_in.expand(b, n_in), w_in
+        )
+        c_out = torch.zeros(b, n_groups, dtype=torch.float64).scatter_add_(
+            1, g_out.expand(b, n_out), w_out
+        )
+        below = torch.cumsum(c_in, dim=1) - c_in
+        return {"auroc": (c_out * (below + 0.5 * c_in)).sum(dim=1) / (n_in * n_out)}
+
+    return statistic

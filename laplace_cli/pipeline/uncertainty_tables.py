@@ -1,0 +1,240 @@
+"""What the uncertainty buys, for `laplace evaluate`: selective prediction, split conformal sets /
+intervals and OOD detection over several data sets, for the MAP, temperature and Laplace rows.
+
+Every number comes from the pure functions of `laplace_cli.metrics.selective`, `.conformal` and
+`.ood`; this module only chooses, per row, the probabilities / variances and the scores:
+
+* confidence scores (higher = more sure) per row: ``max_prob`` and ``entropy`` (its negative)
+  for every classification row; the Laplace row adds ``mutual_info`` (BALD, when the predictive
+  drew samples) and ``logit_var`` (the summed functional variance of the logits, GLM J Σ Jᵀ, or
+  the sample variance with pred_type nn). Regression: ``pred_var`` (the summed predictive
+  variance; for MAP and temperature the constant noise variance, so every row ties and the AURC
+  is the plain MSE). OOD scores are minus the confidences.
+* selective loss: 0/1 error (classification), the share of wrong labels (binary / multi-label),
+  the mean squared error over outputs (regression).
+* conformal: calibrated on the validation split at `level`; classification LAC and APS on each
+  row's probabilities, regression the absolute residual (MAP) and the residual normalised by
+  the row's predictive standard deviation (temperature, Laplace).
+
+Tables are ``{label: {metric: value}}`` with labels "row score" (and "ood_set row score").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from laplace_cli.core.enums import Likelihood
+from laplace_cli.core.scores import max_probability, predictive_entropy
+from laplace_cli.metrics import conformal, selective
+from laplace_cli.metrics.ood import ood_detection_metrics
+from laplace_cli.metrics.selective import RiskCoverage
+
+#: The score whose AURC goes into the main rows (usable in gates as `laplace.aurc`).
+DEFAULT_SCORE = {"classification": "max_prob", "binary": "max_prob", "regression": "pred_var"}
+
+
+@dataclass
+class RowView:
+    """One row's predictive on one split: probabilities (classification / binary) or mean and
+    total variance (regression), and the Laplace extras when present."""
+
+    probs: Tensor | None = None
+    mean: Tensor | None = None
+    var: Tensor | None = None
+    extra: dict[str, Tensor] = field(default_factory=dict)  # more confidence scores
+
+
+def confidences(likelihood: Likelihood, view: RowView) -> dict[str, Tensor]:
+    """Confidence scores of a row (higher = more sure), each (N,)."""
+    if likelihood == Likelihood.REGRESSION:
+        out = {"pred_var": -view.var.to(torch.float64).reshape(view.var.shape[0], -1).sum(1)}
+    else:
+        binary = likelihood == Likelihood.BINARY
+        p = view.probs.to(torch.float64)
+        p = p.unsqueeze(1) if p.ndim == 1 else p
+        out = {"max_prob": max_probability(p, binary), "entropy": -predictive_entropy(p, binary)}
+    out.update(
+        {k: -v.to(torch.float64).reshape(v.shape[0], -1).sum(1) for k, v in view.extra.items()}
+    )
+    return out
+
+
+def selective_loss(likelihood: Likelihood, view: RowView, targets: Tensor) -> Tensor:
+    """Per-row loss the selective risk averages."""
+    if likelihood == Likelihood.REGRESSION:
+        y = targets.to(torch.float64).reshape(view.mean.shape)
+        return ((view.mean.to(torch.float64) - y) ** 2).reshape(y.shape[0], -1).mean(1)
+    if likelihood == Likelihood.BINARY:
+        y = targets.reshape(view.probs.shape).to(torch.float64)
+        wrong = ((view.probs > 0.5).to(torch.float64) != y).to(torch.float64)
+        return wrong.reshape(y.shape[0], -1).mean(1)
+    return (view.probs.argmax(-1) != targets.reshape(-1).long()).to(torch.float64)
+
+
+def selective_table(
+    likelihood: Likelihood, views: dict[str, RowView], targets: Tensor
+) -> tuple[dict[str, dict[str, float]], dict[str, RiskCoverage]]:
+    """(table, curves): AURC and risk at 80 / 90 % coverage per row and score, and the
+    risk–coverage curve of each."""
+    table, curves = {}, {}
+    accuracy = likelihood != Likelihood.REGRESSION
+    for row, view in views.items():
+        loss = selective_loss(likelihood, view, targets)
+        for score, conf in confidences(likelihood, view).items():
+            label = f"{row} {score}"
+            table[label] = selective.selective_metrics(
+                conf, loss, risk_name="mse", accuracy=accuracy
+            )
+            curves[label] = selective.risk_coverage_curve(conf, loss)
+    return table, curves
+
+
+def conformal_table(
+    likelihood: Likelihood,
+    val_views: dict[str, RowView],
+    val_targets: Tensor,
+    test_views: dict[str, RowView],
+    test_targets: Tensor,
+    level: float,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Split conformal per row and score, calibrated on validation, measured on test.
+
+    Binary / multi-label models get no table (empty): their prediction sets are over label
+    vectors, which this does not build."""
+    table: dict[str, dict[str, float]] = {}
+    if likelihood == Likelihood.CLASSIFICATION:
+        y_val, y_test = val_targets.reshape(-1).long(), test_targets.reshape(-1).long()
+        for row, view in test_views.items():
+            p_val, p_test = val_views[row].probs.double(), view.probs.double()
+            for score in conformal.CLASSIFICATION_SCORES:
+                # Separate streams for the calibration and the test draws (APS only).
+                g_cal = torch.Generator().manual_seed(seed)
+                g_test = torch.Generator().manual_seed(seed + 1)
+                s = (
+                    conformal.lac_scores(p_val, y_val)
+                    if score == "lac"
+                    else conformal.aps_scores(p_val, y_val, g_cal)
+                )
+                q = conformal.conformal_quantile(s, level)
+                sets = conformal.class_sets(p_test, q, score, g_test)
+                table[f"{row} {score}"] = {**conformal.set_metrics(sets, y_test), "threshold": q}
+    elif likelihood == Likelihood.REGRESSION:
+        for row, view in test_views.items():
+            normalised = row != "map"
+            name = "normalised" if normalised else "abs_residual"
+            val = val_views[row]
+            std_val = val.var.double().sqrt() if normalised else torch.ones_like(val.mean.double())
+            std_test = (
+                view.var.double().sqrt() if normalised else torch.ones_like(view.mean.double())
+            )
+            q = conformal.interval_thresholds(
+                conformal.interval_scores(val.mean, std_val, val_targets), level
+            )
+            lower, upper = conformal.regression_intervals(view.mean, std_test, q)
+            table[f"{row} {name}"] = {
+                **conformal.interval_metrics(lower, upper, test_targets),
+                "threshold": q[0] if len(q) == 1 else max(q),
+            }
+    return table
+
+
+def ood_table(
+    likelihood: Likelihood, in_views: dict[str, RowView], ood_views: dict[str, dict[str, RowView]]
+) -> dict[str, dict[str, float]]:
+    """AUROC, AUPR-in, AUPR-out and FPR@95 per OOD set, row and score (OOD score = −confidence)."""
+    table = {}
+    for name, views in ood_views.items():
+        for row, view in views.items():
+            conf_in = confidences(likelihood, in_views[row])
+            for score, conf_out in confidences(likelihood, view).items():
+                metrics = ood_detection_metrics(-conf_in[score], -conf_out)
+                table[f"{name} {row} {score}"] = metrics
+    return table
+
+
+def row_views(likelihood: Likelihood, out: Any, baseline: dict[str, Any]) -> dict[str, RowView]:
+    """The rows' predictives on one split's outputs (`evaluation.SplitOutputs`): MAP, the
+    temperature baseline when it was fitted (`baseline`'s temperature / variance_scale), and
+    Laplace."""
+    from laplace_cli.metrics.binary import apply_binary_temperature
+    from laplace_cli.metrics.temperature import apply_temperature
+
+    views: dict[str, RowView] = {}
+    extra: dict[str, Tensor] = {}
+    if out.mutual_info is not None:
+        extra["mutual_info"] = out.mutual_info
+    if likelihood == Likelihood.REGRESSION:
+        noise = baseline["noise"].to(out.f_map.dtype).expand_as(out.f_map)
+        views["map"] = RowView(mean=out.f_map, var=noise)
+        if baseline.get("variance_scale") is not None:
+            views["temperature"] = RowView(mean=out.f_map, var=noise * baseline["variance_scale"])
+        views["laplace"] = RowView(mean=out.f_mu, var=out.var_total)
+        return views
+    if out.var is not None:
+        extra["logit_var"] = out.var
+    if likelihood == Likelihood.BINARY:
+        views["map"] = RowView(probs=torch.sigmoid(out.f_map))
+        if baseline.get("temperature") is not None:
+            t = torch.as_tensor(baseline["temperature"], dtype=torch.float64)
+            views["temperature"] = RowView(probs=apply_binary_temperature(out.f_map, t))
+    else:
+        views["map"] = RowView(probs=torch.softmax(out.f_map, -1))
+        if baseline.get("temperature") is not None:
+            t_logits = apply_temperature(out.f_map, baseline["temperature"])
+            views["temperature"] = RowView(probs=torch.softmax(t_logits, -1))
+    views["laplace"] = RowView(probs=out.probs, extra=extra)
+    return views
+
+
+@dataclass
+class UncertaintyTables:
+    """The tables of the report and the risk–coverage curves to plot."""
+
+    tables: dict[str, dict[str, dict[str, float]]]
+    curves: dict[str, RiskCoverage]
+    #: Per row, the metrics that also go into the main rows (gates read those): `aurc` of the
+    #: default score, and with OOD sets `auroc_<set>` / `fpr95_<set>` of that score.
+    row_metrics: dict[str, dict[str, float]]
+
+
+def uncertainty_tables(
+    likelihood: Likelihood,
+    test: Any,
+    val: Any,
+    ood: dict[str, Any],
+    baseline: dict[str, Any],
+    *,
+    level: float = 0.9,
+    seed: int = 0,
+) -> UncertaintyTables:
+    """Selective, conformal (with a validation split) and OOD (with OOD sets) tables."""
+    kind = likelihood.value
+    default = DEFAULT_SCORE[kind]
+    test_views = row_views(likelihood, test, baseline)
+    tables: dict[str, dict[str, dict[str, float]]] = {}
+    sel, curves = selective_table(likelihood, test_views, test.targets)
+    tables["selective"] = sel
+    row_metrics: dict[str, dict[str, float]] = {
+        row: {"aurc": sel[f"{row} {default}"]["aurc"]} for row in test_views
+    }
+    if val is not None:
+        val_views = row_views(likelihood, val, baseline)
+        conf = conformal_table(
+            likelihood, val_views, val.targets, test_views, test.targets, level, seed
+        )
+        if conf:
+            tables["conformal"] = conf
+    if ood:
+        ood_views = {name: row_views(likelihood, out, baseline) for name, out in ood.items()}
+        tables["ood"] = ood_table(likelihood, test_views, ood_views)
+        for name in ood:
+            for row in test_views:
+                m = tables["ood"][f"{name} {row} {default}"]
+                row_metrics[row][f"auroc_{name}"] = m["auroc"]
+                row_metrics[row][f"fpr95_{name}"] = m["fpr95"]
+    return UncertaintyTables(tables=tables, curves=curves, row_metrics=row_metrics)
