@@ -191,7 +191,7 @@ def agreement(bench: zoo.Bench, configs, n_train: int, device: torch.device) -> 
                 theirs = make_la("theirs", model, bench.likelihood, subset, structure, loader)
                 errs = {}
                 P = ours.n_params
-                if structure == "diag":  # the (P,) diagonal (ours' `posterior_precision` is dense)
+                if structure == "diag":  # the (P,) diagonal, from the engine's own posterior
                     errs["precision"] = rel_err(
                         ours.posterior.diag_precision(ours.prior_precision, ours.curvature_scale()),
                         theirs.posterior_precision,
@@ -200,9 +200,10 @@ def agreement(bench: zoo.Bench, configs, n_train: int, device: torch.device) -> 
                     errs["precision"] = rel_err(
                         ours.posterior_precision, theirs.posterior_precision
                     )
-                elif P <= 3000:  # kron: dense (P, P) only where it is small
+                elif P <= 3000:  # kron (both a KronDecomposed): dense (P, P) only where small
                     errs["precision"] = rel_err(
-                        ours.posterior_precision, theirs.posterior_precision.to_matrix()
+                        ours.posterior_precision.to_matrix(),
+                        theirs.posterior_precision.to_matrix(),
                     )
                 f_mu, f_var = ours.functional_variance(xt)
                 with torch.enable_grad():

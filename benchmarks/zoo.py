@@ -207,7 +207,7 @@ class TokenClassifier(nn.Module):
         return self.net(input_ids=x).logits
 
 
-def gpt2_lora() -> nn.Module:
+def gpt2_lora(classes: int = 4) -> nn.Module:
     """2 layers, width 64, 2 heads, vocab 512; LoRA r=8 on c_attn, trainable `score` head."""
     import transformers
     from peft import LoraConfig, get_peft_model
@@ -215,7 +215,7 @@ def gpt2_lora() -> nn.Module:
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)  # the base is a random init: seeded, so every build is the same
     config = transformers.GPT2Config(
-        vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=2, num_labels=4,
+        vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=2, num_labels=classes,
         pad_token_id=0,
     )  # fmt: skip
     base = transformers.GPT2ForSequenceClassification(config)

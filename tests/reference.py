@@ -112,3 +112,12 @@ def dense_log_marglik(
     return log_lik - 0.5 * (
         torch.logdet(post) - torch.log(prior_vec).sum() + (mean * prior_vec * mean).sum()
     )
+
+
+def dense_precision(la) -> Tensor:
+    """`la.posterior_precision` as a dense (P, P) matrix (as laplace-torch, kron returns a
+    `KronDecomposed` and diag the vector (P,))."""
+    P = la.posterior_precision
+    if hasattr(P, "to_matrix"):
+        return P.to_matrix()
+    return torch.diag(P) if P.ndim == 1 else P

@@ -150,12 +150,10 @@ class CurvatureInterface:
         return self._engine().curvature(self, "diag", x, y)
 
     def kron(self, x: Any, y: Any, N: int | None = None, **kwargs: Any) -> tuple[Any, Any]:
-        """laplace-torch returns its `Kron` matrix object, which laplace_cli does not offer."""
-        raise NotImplementedError(
-            "backend.kron: laplace-torch's Kron matrix object is not offered by laplace_cli; "
-            "use Laplace(..., hessian_structure='kron').fit(...) and read "
-            "la.posterior_precision, or backend.full / backend.diag"
-        )
+        """(loss, H as a `Kron`): the K-FAC curvature of one batch (laplace_cli.utils.Kron).
+
+        `N` is accepted and not used: the input factors are averaged over this batch."""
+        return self._engine().curvature(self, "kron", x, y)
 
 
 #: The implementation behind backend instances (laplace_cli.laplace.backend_objects).

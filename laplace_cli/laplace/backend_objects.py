@@ -86,7 +86,8 @@ def gradients(backend: Any, x: Any, y: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def curvature(backend: Any, structure: str, x: Any, y: Tensor) -> tuple[Tensor, Tensor]:
-    """(loss, curvature) of one batch: h (P,) for "diag", H (P, P) for "full"."""
+    """(loss, curvature) of one batch: h (P,) for "diag", H (P, P) for "full", a `Kron` for
+    "kron"."""
     model, subset, data = backend.model, "all", (x, y)
     if backend.subnetwork_indices is not None:
         subset = "subnetwork"
@@ -105,6 +106,8 @@ def curvature(backend: Any, structure: str, x: Any, y: Tensor) -> tuple[Tensor, 
         dict_key_y=backend.dict_key_y,
     )
     la.fit([data])
+    if structure == "kron":
+        return la.loss.detach().reshape(()), la.posterior.as_kron()
     state = la.posterior.raw_state()
     H = state["h"] if structure == "diag" else state["H"]
     return la.loss.detach().reshape(()), H.detach()

@@ -27,6 +27,7 @@ from torch import nn
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.laplace.approximation import Laplace
 from laplace_cli.laplace.functional import BaseFunctionalLaplace, FunctionalLaplace
+from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
 
 __all__ = [
     "BaseLaplace",
@@ -130,11 +131,57 @@ class ParametricLaplace(Laplace):
             kwargs["backend"] = "auto"  # laplace-torch's None: its default GGN, ours too
         Laplace.__init__(self, model, likelihood, subset, structure, **kwargs)
 
+    # --- laplace-torch's values before `fit` (the engine's own state is untouched) ---------
+    def _init_H(self) -> None:
+        """laplace-torch's (private) reset of H to zeros. Before `fit` H is zeros already, so
+        this does nothing; after it, resetting is refused (the engine keeps one fit)."""
+        if self.fitted:
+            raise NotImplementedError(
+                "_init_H after fit is not offered: refit with fit(..., override=True) or "
+                "construct a new Laplace"
+            )
+
+    def _layer_unknown(self) -> bool:
+        """laplace-torch finds an unnamed last layer at `fit`: until then mean and H are None."""
+        return self.subset_of_weights.value == "last_layer" and self.last_layer_name is None
+
+    @property
+    def mean(self) -> torch.Tensor | None:
+        """After `fit` the MAP θ* (P,). Before it, as laplace-torch: the prior mean (P,) for
+        every parameter, or None for a last-layer flavour without `last_layer_name`."""
+        if self.fitted or self.subset_of_weights.value == "subnetwork":
+            return Laplace.mean.fget(self)
+        if self._layer_unknown():
+            return None
+        return self.prior_mean.expand(self.n_params).clone()
+
+    @mean.setter
+    def mean(self, value: torch.Tensor) -> None:
+        Laplace.mean.fset(self, value)
+
+    @property
+    def H(self) -> torch.Tensor | None:
+        """The curvature in the structure's form (see `Laplace.H`). Before `fit`, as
+        laplace-torch: zeros (diag (P,), full (P, P)), or None (lowrank; a last-layer flavour
+        without `last_layer_name`)."""
+        if self.fitted:
+            return Laplace.H.fget(self)
+        if self._layer_unknown() or self.hessian_structure.value not in ("diag", "full"):
+            return None
+        shape = (self.n_params,) * (1 if self.hessian_structure.value == "diag" else 2)
+        return torch.zeros(shape, dtype=self._dtype, device=self._device)
+
 
 class DiagLaplace(ParametricLaplace):
     """Diagonal posterior precision over all weights (laplace-torch's `DiagLaplace`)."""
 
     _key = ("all", "diag")
+
+    @property
+    def posterior_precision(self) -> torch.Tensor:
+        """The posterior precision's diagonal (P,), laplace-torch's form for diag."""
+        self.require_fit()
+        return self.posterior.diag_precision(self.prior_precision, self.curvature_scale())
 
 
 class FullLaplace(ParametricLaplace):
@@ -196,6 +243,29 @@ class KronLaplace(ParametricLaplace):
         )
 
     damping = False  # laplace-torch's attribute; damping is not offered (see __init__)
+
+    # laplace-torch's forms: views built from the fitted K-FAC posterior (posterior/kron.py),
+    # which keeps its own factors; changing a returned object changes nothing here.
+    @property
+    def H_facs(self) -> Kron:
+        """The summed curvature's Kronecker factors (laplace-torch's `H_facs`), a `Kron`."""
+        return self.posterior.as_kron()
+
+    @property
+    def H(self) -> Kron | KronDecomposed | None:
+        """laplace-torch's `H`: before `fit` the zero `Kron` (None for a last-layer flavour
+        without `last_layer_name`), after it the eigendecomposed curvature (no σ, temperature
+        or prior), a `KronDecomposed`."""
+        if self.fitted:
+            return self.posterior.as_kron_decomposed()
+        return None if self._layer_unknown() else self.posterior.as_kron()
+
+    @property
+    def posterior_precision(self) -> KronDecomposed:
+        """The posterior precision as a `KronDecomposed` (laplace-torch's form); `.to_matrix()`
+        gives the dense (P, P) matrix."""
+        self.require_fit()
+        return self.posterior.as_kron_decomposed(self.prior_precision, self.curvature_scale())
 
 
 class LowRankLaplace(ParametricLaplace):

@@ -310,12 +310,12 @@ class PosteriorMixin:
                 raise BadInputError(
                     f"the state has {key} {meta.get(key)!r}, this approximation {value!r}"
                 )
-        if state_dict.get("n_outputs") is not None and int(state_dict["mean"].numel()) != int(
-            self.mean.numel()
-        ):
+        # The engine's mean (flavours show laplace-torch's prior mean or None before fit).
+        n_mine = int(PosteriorMixin.mean.fget(self).numel())
+        if state_dict.get("n_outputs") is not None and int(state_dict["mean"].numel()) != n_mine:
             raise BadInputError(
                 f"the state covers {state_dict['mean'].numel()} parameters, this model "
-                f"{self.mean.numel()}: use the same model, subset and requires_grad switches"
+                f"{n_mine}: use the same model, subset and requires_grad switches"
             )
         restore_state(self, dict(state_dict["posterior"]), meta)
         self.enable_backprop = bool(state_dict.get("enable_backprop", False))

@@ -24,6 +24,7 @@ from laplace_cli.core.enums import KronApprox, Structure
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior.base import Posterior, per_group_prior
 from laplace_cli.posterior.diag import factor_diag, factor_functional_variance
+from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
 from laplace_cli.subsets.base import DenseFactor, LayerFactor
 
 
@@ -276,6 +277,50 @@ class KronPosterior(Posterior):
                 z = z @ self.eigendecomposition()[i]["B.eigvecs"].T
             out.append(z.reshape(n, -1))
         return torch.cat(out, dim=1)
+
+    # --- laplace-torch's matrix objects ---------------------------------------------------
+    def as_kron(self) -> Kron:
+        """The summed curvature as laplace-torch's `Kron`: [B, Σaaᵀ/N] per weight (B ⊗ A),
+        [B] per bias, the exact diagonal (a 1-D factor) for other parameters. Copies."""
+        n = max(self.n_data, 1)
+        kfacs: list[list[Tensor]] = []
+        for i, g in enumerate(self.groups):
+            kind = block_kind(g.kind)
+            if kind == "kron":
+                kfacs.append([self.B[i].clone(), self.A_sum[i] / n])
+            elif kind == "kron_bias":
+                kfacs.append([self.B[i].clone()])
+            else:
+                kfacs.append([self.diag[i].clone()])
+        return Kron(kfacs)
+
+    def as_kron_decomposed(
+        self, prior: Tensor | None = None, scale: Tensor | None = None
+    ) -> KronDecomposed:
+        """This posterior's eigendecomposition as laplace-torch's `KronDecomposed`: the curvature
+        alone, or times `scale` plus the per-tensor `prior` (the posterior precision)."""
+        eigs = self.eigendecomposition()
+        vecs: list[list[Tensor | None]] = []
+        vals: list[list[Tensor]] = []
+        for i, g in enumerate(self.groups):
+            kind, e = block_kind(g.kind), eigs[i]
+            if kind == "kron":
+                vecs.append([e["B.eigvecs"], e["A.eigvecs"]])
+                vals.append([e["B.eigvals"], e["A.eigvals"]])
+            elif kind == "kron_bias":
+                vecs.append([e["B.eigvecs"]])
+                vals.append([e["B.eigvals"]])
+            else:
+                vecs.append([None])
+                vals.append([self.diag[i]])
+        out = KronDecomposed(vecs, vals)
+        if scale is not None:
+            if scale.numel() != 1:
+                raise BadInputError("kron does not support a per-output sigma_noise")
+            out = out * scale.reshape(())
+        if prior is not None:
+            out = out + per_group_prior(prior, self.groups, "kron")
+        return out
 
     # --- state ------------------------------------------------------------------------------
     def block_metadata(self) -> list[dict]:

@@ -1,9 +1,8 @@
 """laplace-torch's `laplace.utils` names: subnetwork masks, `FeatureExtractor`, helpers.
 
 Each is a thin layer over this project's engine (masks: subnetwork.py, the functions the CLI's
-`--subnetwork` selectors call). laplace-torch's `Kron` / `KronDecomposed` matrix classes are not
-offered (the names exist and raise `NotImplementedError`): this project's K-FAC posterior keeps
-its own factors (posterior/kron.py); read `la.posterior_precision` for the dense matrix.
+`--subnetwork` selectors call). `Kron` / `KronDecomposed` are the K-FAC posterior's algebra
+(posterior/kron_matrix.py) with laplace-torch's interface.
 `RunningNLLMetric` has torchmetrics' update/compute/reset without depending on it.
 See docs/migrating.md.
 """

@@ -111,8 +111,6 @@ def test_refusals() -> None:
     model = make_model()
     with pytest.raises(NotImplementedError, match="GGN"):
         ours.CurvlinopsHessian(model, "classification")
-    with pytest.raises(NotImplementedError, match="kron"):
-        ours.CurvlinopsGGN(model, "classification").kron(*data("classification"))
     with pytest.raises(BadInputError, match="stochastic"):
         ours.CurvlinopsEF(model, "classification", stochastic=True)
     with pytest.raises(NotImplementedError, match="curvature"):

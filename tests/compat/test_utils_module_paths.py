@@ -105,12 +105,13 @@ def test_feature_reduction_enum_is_accepted():
         FeatureExtractor(model, feature_reduction="max")
 
 
-def test_kron_matrix_classes_refused_with_the_alternative():
-    for cls in (utils.Kron, utils.KronDecomposed):
-        with pytest.raises(NotImplementedError, match="posterior_precision"):
-            cls([torch.eye(2)])
-    with pytest.raises(NotImplementedError, match="hessian_structure='kron'"):
-        utils.Kron.init_from_model(torch.nn.Linear(2, 2), "cpu", torch.float64)
+def test_kron_matrix_classes_at_laplace_torch_paths():
+    # The classes themselves are checked in tests/compat/test_kron_matrix.py.
+    from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
+    from laplace_cli.utils import matrix
+
+    assert utils.Kron is matrix.Kron is Kron
+    assert utils.KronDecomposed is matrix.KronDecomposed is KronDecomposed
 
 
 def test_sod_sampler_draws_distinct_indices():

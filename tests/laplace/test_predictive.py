@@ -2,7 +2,7 @@
 
 The oracle for every structure × subset × model × likelihood is J Σ Jᵀ with J the per-sample
 Jacobian from `tests/reference.py` (a loop over samples with `jacrev`, independent of the
-library) and Σ the dense inverse of `la.posterior_precision`. The memory tests check that diag
+library) and Σ the dense inverse of `ref.dense_precision(la)`. The memory tests check that diag
 and kron never ask for a dense (B, C, P) Jacobian and chunk rows by the budget. The cases and the
 oracle here are shared with `tests/laplace/test_predictive_links.py`. low-rank and subnetwork cases skip
 while their modules are absent.
@@ -127,7 +127,7 @@ def brute_force(la: Laplace, model: nn.Module, X: torch.Tensor):
         J = J[:, :, subnetwork_indices(model)]
     else:
         f, J = reference_jacobians(model, la.subset.names, X)
-    sigma = torch.linalg.inv(la.posterior_precision)
+    sigma = torch.linalg.inv(ref.dense_precision(la))
     return f, J, 0.5 * (sigma + sigma.T)
 
 
