@@ -159,6 +159,9 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         enable_backprop: bool = False,
     ) -> None:
         self.model = model
+        # The argument as given: a laplace-torch backend class is kept for the flavours'
+        # `backend` object (laplace/flavours.py); the engine uses `_backend_name`.
+        self._backend_class = backend
         # Predictions differentiable in the inputs (dense Jacobians; laplace-torch's flag).
         self.enable_backprop = bool(enable_backprop)
         backend, n_mc_samples = self._parse_choices(
@@ -174,7 +177,9 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         )
         self._refuse_unsupported(model, backend)
         # "auto" is the native implementation; "asdl" is checked once the subset exists.
-        self.backend = backend
+        # The engine's own name; `backend` (a property) shows it, and laplace-torch's flavour
+        # classes show a backend object there instead (laplace/flavours.py).
+        self._backend_name = backend
         self.last_layer_name = last_layer_name
         self.feature_reduction = feature_reduction
         self.dict_key_x, self.dict_key_y = dict_key_x, dict_key_y
@@ -197,6 +202,11 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         self.tuning: dict[str, Any] = {}
         if prior is not None:
             self.set_prior_from(prior)
+
+    @property
+    def backend(self) -> Any:
+        """The engine that computes the curvature: "auto", "native" or "asdl"."""
+        return self._backend_name
 
     def _parse_choices(
         self,
@@ -280,7 +290,7 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
             kron_approx=self.kron_approx,
             rank=rank,
         )
-        if self.backend == "asdl":
+        if self._backend_name == "asdl":
             from laplace_cli.curvature.asdl import check_asdl
 
             check_asdl(self)
@@ -530,7 +540,7 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
                     (xc, y[i * rows : (i + 1) * rows]) for i, xc in enumerate(iter_rows(x, rows))
                 ]
             for xc, yc in chunks:
-                if self.backend == "asdl":
+                if self._backend_name == "asdl":
                     from laplace_cli.curvature.asdl import asdl_accumulate
 
                     f = asdl_accumulate(self, xc, yc).to(self._dtype)

@@ -24,7 +24,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from laplace_cli.core.batches import keep_graph
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.curvature.backends import CurvatureInterface, CurvlinopsEF, CurvlinopsGGN
 from laplace_cli.laplace.approximation import Laplace
 from laplace_cli.laplace.functional import BaseFunctionalLaplace, FunctionalLaplace
 from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
@@ -131,6 +133,18 @@ class ParametricLaplace(Laplace):
             kwargs["backend"] = "auto"  # laplace-torch's None: its default GGN, ours too
         Laplace.__init__(self, model, likelihood, subset, structure, **kwargs)
 
+    @property
+    def backend(self) -> CurvatureInterface:
+        """laplace-torch's backend object (`la.backend.jacobians(x)`, `.diag(X, y)`, ...),
+        bound to this model, likelihood and subset; computed by this engine (see
+        laplace/backend_objects.py). The class is the one passed as `backend=`; for None or a
+        string, CurvlinopsGGN (CurvlinopsEF for curvature="ef"). Not part of `state_dict`."""
+        # `laplace_cli.Laplace(...)` builds flavours too, so the cache may not exist yet
+        cached = self.__dict__.get("_backend_object")
+        if cached is None:
+            cached = self.__dict__["_backend_object"] = _backend_object(self)
+        return cached
+
     # --- laplace-torch's values before `fit` (the engine's own state is untouched) ---------
     def _init_H(self) -> None:
         """laplace-torch's (private) reset of H to zeros. Before `fit` H is zeros already, so
@@ -170,6 +184,48 @@ class ParametricLaplace(Laplace):
             return None
         shape = (self.n_params,) * (1 if self.hessian_structure.value == "diag" else 2)
         return torch.zeros(shape, dtype=self._dtype, device=self._device)
+
+
+class _LastLayerFeatures:
+    """laplace-torch's `FeatureExtractor` interface (`last_layer`, `forward_with_features`)
+    over this engine's last-layer subset, for a last-layer flavour's backend object: the
+    features come from the subset's hook (with its `feature_reduction`), the model is not
+    copied."""
+
+    def __init__(self, la: Laplace) -> None:
+        self._la = la
+        self.last_layer = la.subset.head
+        self.enable_backprop = la.enable_backprop
+
+    def forward_with_features(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        # keep_graph: with enable_backprop the features stay differentiable in the inputs
+        with keep_graph(self.enable_backprop):
+            phi, f = self._la.subset.features(x)
+        return f, phi
+
+    def __call__(self, x: Any) -> torch.Tensor:
+        return self.forward_with_features(x)[0]
+
+
+def _backend_object(la: ParametricLaplace) -> CurvatureInterface:
+    """laplace-torch's `backend_cls(model, likelihood, last_layer=..., subnetwork_indices=...,
+    ...)` for a flavour, with the class and options that select the engine's curvature."""
+    cls = getattr(la, "_backend_class", None)
+    curvature = la.curvature.value
+    if not (isinstance(cls, type) and issubclass(cls, CurvatureInterface)):
+        cls = CurvlinopsEF if curvature == "ef" else CurvlinopsGGN
+    last_layer = la.subset_of_weights.value == "last_layer"
+    subnet = la.subset_of_weights.value == "subnetwork"
+    return cls(
+        _LastLayerFeatures(la) if last_layer else la.model,
+        "reward_modeling" if la.reward_modeling else la.likelihood.value,
+        last_layer=last_layer,
+        subnetwork_indices=la.subset.indices if subnet else None,
+        dict_key_x=la.dict_key_x,
+        dict_key_y=la.dict_key_y,
+        stochastic=curvature == "mc_fisher",
+        num_samples=la.n_mc_samples,
+    )
 
 
 class DiagLaplace(ParametricLaplace):
