@@ -100,31 +100,7 @@ def train_and_save(
         task=likelihood,
         generator=generator,
     )
-    la, model, margliks, losses = marglik_training(
-        model,
-        loader,
-        likelihood=likelihood,
-        hessian_structure=options.structure,
-        optimizer_kwargs={"lr": options.lr},
-        n_epochs=options.epochs,
-        lr_hyp=options.lr_hyp,
-        prior_structure=options.prior_structure,
-        n_epochs_burnin=options.burnin,
-        n_hypersteps=options.hypersteps,
-        marglik_frequency=options.marglik_frequency,
-        prior_prec_init=options.prior_precision,
-        sigma_noise_init=options.sigma_noise,
-        temperature=options.temperature,
-        fix_sigma_noise=options.fix_sigma_noise,
-        patience=options.patience,
-        progress=lambda it, total, description: progress(it, total, description),
-    )
-    if not margliks:
-        raise BadInputError(
-            f"--epochs {options.epochs} ends before the first marginal-likelihood estimate "
-            f"(--burnin {options.burnin}, --marglik-frequency {options.marglik_frequency}); "
-            "train for more epochs or lower them"
-        )
+    la, model, margliks, losses = _marglik_train(model, loader, likelihood, options, progress)
     write_weights(model, checkpoint, factory_dtype)
     # The posterior's model reference (the checkpoint with its factory) and fingerprint come
     # from loading what was written, as `laplace fit CHECKPOINT --dtype ...` would.
@@ -155,6 +131,42 @@ def train_and_save(
         time.perf_counter() - started,
         [note] if note else [],
     )
+
+
+def _marglik_train(
+    model: torch.nn.Module,
+    loader: Any,
+    likelihood: str,
+    options: TrainOptions,
+    progress: Progress,
+) -> tuple[Laplace, torch.nn.Module, list[float], list[float]]:
+    """`marglik_training` with the options of `laplace train`; refuses a run with no estimate."""
+    la, model, margliks, losses = marglik_training(
+        model,
+        loader,
+        likelihood=likelihood,
+        hessian_structure=options.structure,
+        optimizer_kwargs={"lr": options.lr},
+        n_epochs=options.epochs,
+        lr_hyp=options.lr_hyp,
+        prior_structure=options.prior_structure,
+        n_epochs_burnin=options.burnin,
+        n_hypersteps=options.hypersteps,
+        marglik_frequency=options.marglik_frequency,
+        prior_prec_init=options.prior_precision,
+        sigma_noise_init=options.sigma_noise,
+        temperature=options.temperature,
+        fix_sigma_noise=options.fix_sigma_noise,
+        patience=options.patience,
+        progress=progress,
+    )
+    if not margliks:
+        raise BadInputError(
+            f"--epochs {options.epochs} ends before the first marginal-likelihood estimate "
+            f"(--burnin {options.burnin}, --marglik-frequency {options.marglik_frequency}); "
+            "train for more epochs or lower them"
+        )
+    return la, model, margliks, losses
 
 
 def _refit(la: Laplace, model: torch.nn.Module, loader: Any) -> Laplace:
