@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -87,16 +87,15 @@ def doctor(
     if json_:
         emit_json(doc)
     else:
-        _render(findings, stderr_console)
-    if fail_on is not None and lib.SEVERITIES.index(doc["worst"]) >= lib.SEVERITIES.index(
-        fail_on.value
-    ):
+        render_findings(findings, stderr_console)
+    if lib.fails(doc["worst"], fail_on.value if fail_on is not None else None):
         raise GateFailed(
             f"doctor: a finding of severity {doc['worst']} (--fail-on {fail_on.value})"
         )
 
 
-def _render(findings, console) -> None:
+def render_findings(findings: list[Any], console: Any) -> None:
+    """The findings as a table (check, severity, finding → action) on `console`."""
     from rich.table import Table
 
     table = Table(title="laplace doctor", title_justify="left")

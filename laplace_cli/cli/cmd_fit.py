@@ -22,6 +22,7 @@ from laplace_cli.cli.options import (
     BackendOpt,
     BatchSizeOpt,
     CheckpointEveryOpt,
+    CurvatureDtypeOpt,
     CurvatureOpt,
     DataOpt,
     DebugOpt,
@@ -117,6 +118,7 @@ def fit(
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    curvature_dtype: CurvatureDtypeOpt = None,
     seed: SeedOpt = None,
     checkpoint_every: CheckpointEveryOpt = None,
     resume: ResumeOpt = False,
@@ -172,6 +174,7 @@ def fit(
         resume=resume,
         output=str(output),
         max_memory=budget,
+        curvature_dtype=curvature_dtype.value if curvature_dtype is not None else None,
     )
     if structure == Structure.GP:
         from laplace_cli.pipeline.gp_stage import fit_gp_and_save

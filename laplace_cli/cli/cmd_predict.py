@@ -20,6 +20,7 @@ from laplace_cli.cli.options import (
     BatchSizeOpt,
     ColumnsOpt,
     ConformalPredictOpt,
+    ConformalScoreOpt,
     DataOpt,
     DebugOpt,
     DeviceOpt,
@@ -51,6 +52,7 @@ EXAMPLES = [
     "laplace predict -p post.st --input x.npz > rows.jsonl",
     "laplace predict -p post.st --data data.yaml --split test -o preds.csv",
     "torchrun --nproc-per-node 2 -m laplace_cli predict -p post.st --data data.yaml -o preds.csv",
+    "laplace predict -p post.st --data data.yaml --conformal 0.9 --conformal-score aps -o sets.csv",
 ]
 
 
@@ -69,6 +71,7 @@ def predict(
     samples: SamplesOpt = 100,
     interval: IntervalOpt = 0.95,
     conformal: ConformalPredictOpt = None,
+    conformal_score: ConformalScoreOpt = None,
     model: ModelOverrideOpt = None,
     model_factory: ModelFactoryOpt = None,
     model_kwargs: ModelKwargsOpt = None,
@@ -123,7 +126,10 @@ def predict(
     if conformal is not None:
         from laplace_cli.pipeline.conformal_stage import calibration_for
 
-        options.conformal = calibration_for(la, conformal, options)  # refused when absent
+        # Refused (exit 2) when absent or for a score the likelihood has not.
+        options.conformal = calibration_for(la, conformal, options, conformal_score)
+    elif conformal_score is not None:
+        raise BadInputError("--conformal-score needs --conformal LEVEL (e.g. --conformal 0.9)")
     fields = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     source = "<stdin>" if input_ == "-" else str(input_ or f"{data}: split {split!r}")
     single = la.likelihood == Likelihood.REGRESSION and (la.n_outputs or 1) == 1

@@ -31,7 +31,7 @@ def run(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run the stages RECIPE lists (fit, tune, evaluate, predict), in order, into one folder.
+    """Run the stages RECIPE lists (fit, tune, evaluate, predict, doctor), in order, into one folder.
 
     --set overrides recipe values by dotted key; the recipe file's header says how to run it.
     """
@@ -63,6 +63,7 @@ def run(
         "log_marginal_likelihood": result.log_marginal_likelihood,
         "tuning": result.tuning,
         "evaluation": result.evaluation.to_dict() if result.evaluation is not None else None,
+        "doctor": result.doctor,
     }
     if result.notes:
         summary["notes"] = result.notes
@@ -78,7 +79,21 @@ def run(
         )
         if result.evaluation is not None:
             print_evaluation(result.evaluation, stderr_console)
+        if result.doctor is not None:
+            from types import SimpleNamespace
+
+            from laplace_cli.cli.cmd_doctor import render_findings
+
+            found = [SimpleNamespace(**f) for f in result.doctor["findings"]]
+            render_findings(found, stderr_console)
         for kind, path in result.files.items():
             stderr_console.print(f"  {kind}: {path}")
     if result.evaluation is not None:
         raise_for_gates(result.evaluation)
+    if result.doctor is not None and result.doctor["failed"]:
+        from laplace_cli.core.errors import GateFailed
+
+        raise GateFailed(
+            f"doctor: a finding of severity {result.doctor['worst']} "
+            f"(doctor.fail_on: {result.doctor['fail_on']})"
+        )

@@ -111,10 +111,6 @@ def tune(
         device=device or "auto",
         dtype=dtype.value if dtype is not None else None,
     )
-    if conformal:
-        from laplace_cli.pipeline.conformal_stage import check_supported
-
-        check_supported(lp.la, "--conformal")  # before the tuning work
     # Warnings (optimum on the grid's edge, worse than the MAP, no convergence) are printed
     # once in the tool's style on stderr (--json too) and listed in the --json document.
     with captured_warnings() as warned:

@@ -121,9 +121,21 @@ ConformalPredictOpt = Annotated[
     float | None,
     typer.Option(
         "--conformal",
-        help="Add conformal sets (classification: conformal_set, 0/1 per class) or intervals "
+        help="Add conformal sets (classification: conformal_set, 0/1 per class; binary / "
+        "multi-label: conformal_has_0 / conformal_has_1, 0/1 per label) or intervals "
         "(regression: conformal_lower / conformal_upper) at this level, as calibrated by "
         "'laplace tune --conformal'.",
+        show_default=False,
+        rich_help_panel=_PRED,
+    ),
+]
+ConformalScoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--conformal-score",
+        help="Conformal score of the --conformal sets: lac (default; 1 − p_y) or aps "
+        "(randomised adaptive sets, classification only; one uniform per row seeded by --seed "
+        "and the row's index).",
         show_default=False,
         rich_help_panel=_PRED,
     ),
@@ -533,7 +545,24 @@ DtypeOpt = Annotated[
     Dtype | None,
     typer.Option(
         "--dtype",
-        help="Compute dtype (default: the model's).",
+        help=(
+            "Dtype the model runs in (default: the checkpoint's). bfloat16 / float16: forward "
+            "and backward passes in half precision, curvature and predictions in float32 "
+            "(docs/half-precision.md)."
+        ),
+        show_default=False,
+        rich_help_panel=_RUN,
+        **_CHOICE,
+    ),
+]
+CurvatureDtypeOpt = Annotated[
+    Dtype | None,
+    typer.Option(
+        "--curvature-dtype",
+        help=(
+            "Dtype of the curvature, the posterior and the predictions: float32 or float64 "
+            "(default: the model's; float32 for a bfloat16 / float16 model)."
+        ),
         show_default=False,
         rich_help_panel=_RUN,
         **_CHOICE,

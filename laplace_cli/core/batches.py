@@ -174,13 +174,43 @@ def call_model(model: nn.Module, x: Inputs) -> Tensor:
     return out
 
 
+#: Set inside `flat_outputs()`: dense outputs (B, C, *S) are flattened to (B, C·|S|) and
+#: their (C, *S) recorded in the list.
+_FLAT_OUTPUTS: contextvars.ContextVar[list[tuple[int, ...]] | None] = contextvars.ContextVar(
+    "laplace_flat_outputs", default=None
+)
+
+
+@contextlib.contextmanager
+def flat_outputs() -> Iterator[list[tuple[int, ...]]]:
+    """Within the block `as_2d_output` flattens dense outputs (B, C, *S) to (B, C·|S|).
+
+    Row-major, so entry c·|S| + s is class c at position s, the layout of the per-sample
+    Jacobians' `out.reshape(-1)`. Yields a list that receives the (C, *S) of each flattened
+    output. `Laplace(output_positions=...)` turns it on for its subset (docs/dense-outputs.md).
+    """
+    shapes: list[tuple[int, ...]] = []
+    token = _FLAT_OUTPUTS.set(shapes)
+    try:
+        yield shapes
+    finally:
+        _FLAT_OUTPUTS.reset(token)
+
+
 def as_2d_output(f: Tensor) -> Tensor:
-    """Outputs (B,) become (B, 1); (B, C) stay; anything else is refused (classes on the last axis)."""
+    """Outputs (B,) become (B, 1); (B, C) stay; (B, C, *S) are flattened inside `flat_outputs()`
+    and refused elsewhere (classes on the last axis)."""
     if f.ndim == 1:
         return f.unsqueeze(-1)
+    shapes = _FLAT_OUTPUTS.get()
+    if f.ndim > 2 and shapes is not None:
+        shapes.append(tuple(f.shape[1:]))
+        return f.flatten(1)
     if f.ndim != 2:
         raise BadInputError(
             f"model output has shape {tuple(f.shape)}; expected (batch, outputs). "
-            "For sequence outputs use the last-layer subset with a feature_reduction"
+            "For sequence outputs use the last-layer subset with a feature_reduction; for "
+            "per-position outputs (B, C, *S) Laplace(..., output_positions='independent' or "
+            "'mean') in Python (docs/dense-outputs.md)"
         )
     return f

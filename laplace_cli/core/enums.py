@@ -118,6 +118,10 @@ class TuneLoss(StrEnum):
 class Dtype(StrEnum):
     FLOAT32 = "float32"
     FLOAT64 = "float64"
+    BFLOAT16 = "bfloat16"
+    """Half precision: the model runs in it; curvature and predictions stay in float32."""
+    FLOAT16 = "float16"
+    """Half precision: the model runs in it; curvature and predictions stay in float32."""
 
 
 class OutputFormat(StrEnum):

@@ -16,10 +16,16 @@ class BadInputError(LaplaceCliError, ValueError):
 
 
 class MissingKeyError(BadInputError, KeyError):
-    """A dict batch lacks its input or target key (also a `KeyError`, as in laplace-torch)."""
+    """A dict batch lacks its input or target key, or a module name is not in the model (also
+    a `KeyError`, as in laplace-torch)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class MissingArgumentError(BadInputError, TypeError):
+    """A required argument is missing or None (also a `TypeError`, as Python raises for a
+    missing argument of laplace-torch's signatures)."""
 
 
 class NotImplementedYetError(BadInputError):

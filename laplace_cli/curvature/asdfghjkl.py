@@ -1,7 +1,7 @@
 """laplace-torch's `laplace.curvature.asdfghjkl` path: its backend class names, which select this
-project's curvature (see laplace_cli.curvature.backends; no asdfghjkl library is used)."""
+project's curvature (laplace_cli/laplace/backends.py; no asdfghjkl library is used)."""
 
-from laplace_cli.curvature.backends import (
+from laplace_cli.laplace.backends import (
     AsdfghjklEF,
     AsdfghjklGGN,
     AsdfghjklHessian,

@@ -138,22 +138,33 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     return dev
 
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    # Half precision: the model runs in it, the Laplace maths in float32 (docs/half-precision.md).
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """Turn ``"float32"`` / ``"float64"`` (or a torch dtype, or None) into a dtype.
+    """Turn ``"float32"`` / ``"float64"`` / ``"bfloat16"`` / ``"float16"`` (or a torch dtype, or
+    None) into a dtype.
 
     Raises:
         BadInputError: Any other value.
     """
     if dtype is None or isinstance(dtype, torch.dtype):
         if dtype is not None and dtype not in _DTYPES.values():
-            raise BadInputError(f"--dtype: expected float32 or float64, got {dtype}")
+            raise BadInputError(
+                f"--dtype: expected float32, float64, bfloat16 or float16, got {dtype}"
+            )
         return dtype
     key = str(dtype).strip().lower().removeprefix("torch.")
     if key not in _DTYPES:
-        raise BadInputError(f"--dtype: expected float32 or float64, got {dtype!r}")
+        raise BadInputError(
+            f"--dtype: expected float32, float64, bfloat16 or float16, got {dtype!r}"
+        )
     return _DTYPES[key]
 
 
@@ -313,7 +324,8 @@ def load_model(
         factory_kwargs: Keyword arguments for the factory, as a dict or a JSON object string.
         trust_checkpoint: Allow unpickling a whole module (runs code from the file).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a device.
-        dtype: ``"float32"`` / ``"float64"`` to convert the parameters, or None to keep them.
+        dtype: ``"float32"`` / ``"float64"`` / ``"bfloat16"`` / ``"float16"`` to convert the
+            parameters, or None to keep them.
 
     Returns:
         ``(model, ref)``; ``ref.fingerprint`` is taken before the dtype / device conversion.

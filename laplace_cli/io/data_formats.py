@@ -7,6 +7,7 @@ Split out of `laplace_cli.io.tabular`, which re-exports the public names.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -25,13 +26,34 @@ SUFFIX_FORMATS = {
     ".tsv": "tsv",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
+    ".idx": "idx",
 }
-ARRAY_FORMATS = ("npz", "npy", "pt", "safetensors")
+ARRAY_FORMATS = ("npz", "npy", "pt", "safetensors", "idx")
 TABLE_FORMATS = ("csv", "tsv", "jsonl")
 FORMATS = ARRAY_FORMATS + TABLE_FORMATS
 TARGET_NAMES = ("y", "label", "target", "labels", "targets")
 """Column / key names taken as the target when none is named (and ignored as features)."""
 DEFAULT_CHUNK_ROWS = 1024
+
+
+# MNIST-style names: train-images-idx3-ubyte, t10k-labels.idx1-ubyte, ... (`.gz` or not).
+_IDX_NAME = re.compile(r"(^|[-_.])idx\d+(-ubyte)?$", re.IGNORECASE)
+
+
+def format_from_name(path: str | Path) -> str | None:
+    """The format a file name says (its suffix, or an IDX name such as ``*-idx3-ubyte.gz``).
+
+    ``.gz`` is only understood for IDX files (``x.idx.gz``, ``train-images-idx3-ubyte.gz``);
+    None when the name says nothing known.
+    """
+    name = Path(str(path)).name
+    suffix = Path(name).suffix.lower()
+    if suffix in SUFFIX_FORMATS:
+        return SUFFIX_FORMATS[suffix]
+    stem = name[:-3] if suffix == ".gz" else name
+    if Path(stem).suffix.lower() == ".idx" or _IDX_NAME.search(stem):
+        return "idx"
+    return None
 
 
 def detect_format(path: str | Path, fmt: str | None = None) -> str:
@@ -48,13 +70,15 @@ def detect_format(path: str | Path, fmt: str | None = None) -> str:
                 f"{path}: unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}"
             )
         return key
-    suffix = Path(str(path)).suffix.lower()
-    if suffix not in SUFFIX_FORMATS:
+    found = format_from_name(path)
+    if found is None:
+        suffix = Path(str(path)).suffix.lower()
         raise BadInputError(
             f"{path}: unknown data file type {suffix or '(no suffix)'!r}; expected one of "
-            f"{' '.join(SUFFIX_FORMATS)} (or give the format explicitly)"
+            f"{' '.join(SUFFIX_FORMATS)}, an IDX name such as *-idx3-ubyte.gz "
+            "(or give the format explicitly)"
         )
-    return SUFFIX_FORMATS[suffix]
+    return found
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
@@ -62,6 +86,16 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     by_lower = {str(o).lower(): str(o) for o in options}
     close = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
     return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
+def file_not_found(at: str, path: Path | str) -> str:
+    """`<at>: file not found: <path>`, with the Debian package to install when the path is in
+    Debian's data-set tree (`/usr/share/datasets/<name>/...` comes from `dataset-<name>`)."""
+    message = f"{at}: file not found: {path}"
+    parts = Path(path).parts
+    if len(parts) > 4 and parts[1:4] == ("usr", "share", "datasets"):
+        message += f" (install it with: apt-get install dataset-{parts[4]})"
+    return message
 
 
 def row_where(row: int, line: int | None) -> str:

@@ -10,6 +10,8 @@ one :class:`~laplace_cli.core.errors.BadInputError`, one line per problem.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 
 from laplace_cli.core.enums import Likelihood
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.io.data_formats import format_from_name
 from laplace_cli.io.safe_yaml import load_yaml
 from laplace_cli.io.spec_schema import DATA_SPEC_SECTIONS, keys_of
 from laplace_cli.io.tabular import (
@@ -52,10 +55,11 @@ class SplitSpec:
     Attributes:
         name: The split's name (``train``, ``val``, ...).
         path: The data file, resolved against the YAML file's folder.
-        format: ``npz``, ``npy``, ``pt``, ``safetensors``, ``csv``, ``tsv`` or ``jsonl``.
+        format: ``npz``, ``npy``, ``pt``, ``safetensors``, ``idx``, ``csv``, ``tsv`` or
+            ``jsonl``.
         x: Feature key, or a list of feature columns (CSV / JSONL).
-        y: Target key / column (``y:`` or ``target:``); for ``npy``, the resolved path of a
-            second ``.npy`` holding the targets.
+        y: Target key / column (``y:`` or ``target:``); for ``npy`` / ``idx``, the resolved
+            path of a second file of that format holding the targets.
         id: Id column / key (CSV / JSONL), never a feature.
         header: CSV / TSV: whether the first line is a header (None: a header unless every
             field of it is a number or empty; without one, columns are named "0", "1", ...).
@@ -64,6 +68,9 @@ class SplitSpec:
         text: Text field (text datasets; not built yet).
         tokenizer: Tokenizer folder or name (text datasets).
         max_length: Token limit (text datasets).
+        rows: ``(start, stop)`` of a ``rows: start:stop`` selection (None: that end open), or
+            None for every row.
+        scale: Factor the features are multiplied by after reading.
     """
 
     name: str
@@ -78,6 +85,8 @@ class SplitSpec:
     text: str | None = None
     tokenizer: str | None = None
     max_length: int | None = None
+    rows: tuple[int | None, int | None] | None = None
+    scale: float = 1.0
 
     @property
     def kind(self) -> str:
@@ -280,6 +289,7 @@ def validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | Non
     x = _split_x(raw, bad, fmt)
     _check_split_keys(raw, bad, call, fmt, x)
     header = _split_header(raw, bad, fmt, is_text)
+    rows, scale = _split_rows_scale(raw, bad, call is not None or "callable" in raw or is_text)
 
     y_out: str | Path | None = y_key
     if fmt == "npy" and y_key is not None:
@@ -290,6 +300,9 @@ def validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | Non
             )
         else:
             y_out = resolve_relative(base, y_key)
+    if fmt == "idx" and y_key is not None:
+        # Any name: IDX label files are named like `train-labels-idx1-ubyte.gz`.
+        y_out = resolve_relative(base, y_key)
 
     if problems:
         return None
@@ -306,6 +319,8 @@ def validate_split(name: str, raw: Any, base: Path, err: Any) -> SplitSpec | Non
         text=text,
         tokenizer=tokenizer,
         max_length=max_length,
+        rows=rows,
+        scale=scale,
     )
     # Which key named the targets (`y:` or `target:`), for the file checks' messages; not a
     # field: the spec's keys are exactly the schema's (tests/io/test_schema_docs.py).
@@ -339,6 +354,40 @@ def _check_split_source(
         bad("callable", "give either path: or callable:, not both")
 
 
+_ROWS = re.compile(r"^\s*(\d*)\s*:\s*(\d*)\s*$")
+
+
+def _split_rows_scale(
+    raw: Mapping[str, Any], bad: Any, not_a_file: bool
+) -> tuple[tuple[int | None, int | None] | None, float]:
+    """``rows:`` as ``(start, stop)`` and ``scale:`` (a positive finite number; default 1)."""
+    rows: tuple[int | None, int | None] | None = None
+    value = raw.get("rows")
+    if value is not None:
+        match = _ROWS.match(value) if isinstance(value, str) else None
+        if match is None:
+            bad("rows", f"expected 'start:stop' such as '0:10000', got {short_repr(value)}")
+        else:
+            start = int(match[1]) if match[1] else None
+            stop = int(match[2]) if match[2] else None
+            if start is not None and stop is not None and stop <= start:
+                bad("rows", f"expected start < stop, got {value!r} (no rows)")
+            else:
+                rows = (start, stop)
+    scale = raw.get("scale", 1.0)
+    ok = isinstance(scale, (int, float)) and not isinstance(scale, bool)
+    if not ok or not math.isfinite(scale) or scale <= 0:
+        bad(
+            "scale",
+            f"expected a positive number such as 0.00392156862745098, got {short_repr(scale)}",
+        )
+        scale = 1.0
+    for key in ("rows", "scale"):
+        if key in raw and not_a_file:
+            bad(key, "only for data files (path:), not with callable: or text:")
+    return rows, float(scale)
+
+
 def _split_kwargs(raw: Mapping[str, Any], bad: Any, call: str | None) -> Any:
     """The ``kwargs:`` of a ``callable:`` split (None when absent or wrong)."""
     kwargs = raw.get("kwargs")
@@ -362,14 +411,12 @@ def _split_format(bad: Any, fmt_raw: str | None, path: str | None, is_text: bool
         else:
             fmt = key
     elif path is not None:
-        suffix = Path(path).suffix.lower()
-        if suffix in SUFFIX_FORMATS:
-            fmt = SUFFIX_FORMATS[suffix]
-        elif not is_text:
+        fmt = format_from_name(path)
+        if fmt is None and not is_text:
             bad(
                 "path",
-                f"expected a data file ending in {' '.join(SUFFIX_FORMATS)} (or set format:), "
-                f"got {path!r}",
+                f"expected a data file ending in {' '.join(SUFFIX_FORMATS)} or an IDX name "
+                f"(*-idx3-ubyte.gz) (or set format:), got {path!r}",
             )
     return fmt
 
@@ -406,8 +453,8 @@ def _check_split_keys(
         for key in ("x", "y", "target", "id", "format", "header"):
             if key in raw:
                 bad(key, "not used with callable: (the Dataset yields (x, y) itself)")
-    if fmt == "npy" and x is not None:
-        bad("x", "a .npy file holds one array (the features); it has no keys")
+    if fmt in ("npy", "idx") and x is not None:
+        bad("x", f"a .{fmt} file holds one array (the features); it has no keys")
     if fmt is not None and fmt not in TABLE_FORMATS and "id" in raw:
         bad("id", "id columns exist only in CSV / JSONL files")
 

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from laplace_cli.core.enums import Likelihood
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.io.data_formats import file_not_found
 from laplace_cli.io.dataset_specs import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from laplace_cli.io.dataset_specs import SPLIT_KEYS as SPLIT_KEYS
 from laplace_cli.io.dataset_specs import TOP_KEYS as TOP_KEYS
@@ -244,34 +245,14 @@ def load_split(
     path = split.path
     src = str(path)
     if not path.is_file():
-        raise BadInputError(f"{at}.path: file not found: {path}")
+        raise BadInputError(file_not_found(f"{at}.path", path))
     ids: list[Any] | None = None
     if split.format in ARRAY_FORMATS:
-        if split.format == "npy" and isinstance(split.y, Path) and not split.y.is_file():
-            raise BadInputError(f"{at}.y: file not found: {split.y}")
-        x, y = read_arrays(
-            path,
-            split.format,
-            x_key=split.x if isinstance(split.x, str) else None,
-            y_key=None if split.format == "npy" else (None if split.y is None else str(split.y)),
-            y_path=split.y if split.format == "npy" else None,
-            source=src,
-        )
-        x = x.to(torch.float32)
-        check_finite(x, src, "features")
+        x, y = _read_array_split(split, at, path, src)
     else:
-        table = read_table(
-            path,
-            fmt=split.format,
-            x_key=split.x,
-            target=None if split.y is None else str(split.y),
-            id_key=split.id,
-            source=src,
-            header=split.header,
-        )
-        x = torch.from_numpy(table.x.astype("float32"))
-        y = None if table.y is None else torch.from_numpy(table.y)
-        ids = table.ids if table.has_ids else None
+        x, y, ids = _read_table_split(split, at, path, src)
+    if split.scale != 1.0:
+        x = x * split.scale
     if len(x) == 0:
         raise BadInputError(f"{at}: {src}: empty split (no rows)")
     if y is None:
@@ -282,6 +263,76 @@ def load_split(
             raise BadInputError(f"{at}: {src}: {len(x)} feature rows but {len(y)} targets")
         y = _convert_targets(y, the_task, spec.n_classes, src)
     return ArrayDataset(x, y, ids=ids, source=src)
+
+
+def _read_array_split(
+    split: SplitSpec, at: str, path: Path, src: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An array-file split: its rows selected, features float32 and checked finite."""
+    assert split.format is not None
+    paired = split.format in ("npy", "idx")  # targets in a second file of the same format
+    if paired and isinstance(split.y, Path) and not split.y.is_file():
+        raise BadInputError(file_not_found(f"{at}.y", split.y))
+    x, y = read_arrays(
+        path,
+        split.format,
+        x_key=split.x if isinstance(split.x, str) else None,
+        y_key=None if paired else (None if split.y is None else str(split.y)),
+        y_path=split.y if paired else None,
+        source=src,
+        rows=split.rows if split.format == "idx" else None,  # IDX reads only these rows
+    )
+    if y is not None and len(y) != len(x):
+        raise BadInputError(f"{at}: {src}: {len(x)} feature rows but {len(y)} targets")
+    if split.format != "idx":
+        x, y, _ = _select_rows(split, at, len(x), x, y, None)  # before float32: less memory
+    x = x.to(torch.float32)
+    check_finite(x, src, "features")
+    return x, y
+
+
+def _read_table_split(
+    split: SplitSpec, at: str, path: Path, src: str
+) -> tuple[torch.Tensor, torch.Tensor | None, list[Any] | None]:
+    """A table split (CSV / TSV / JSONL): features float32, targets, row ids; rows selected."""
+    table = read_table(
+        path,
+        fmt=split.format,
+        x_key=split.x,
+        target=None if split.y is None else str(split.y),
+        id_key=split.id,
+        source=src,
+        header=split.header,
+    )
+    x = torch.from_numpy(table.x.astype("float32"))
+    y = None if table.y is None else torch.from_numpy(table.y)
+    ids = table.ids if table.has_ids else None
+    return _select_rows(split, at, len(x), x, y, ids)
+
+
+def _select_rows(
+    split: SplitSpec,
+    at: str,
+    n: int,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    ids: list[Any] | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, list[Any] | None]:
+    """The ``rows: start:stop`` of a file split (all rows without it)."""
+    if split.rows is None:
+        return x, y, ids
+    start, stop = split.rows
+    if (stop if stop is not None else start or 0) > n:
+        raise BadInputError(
+            f"{at}.rows: {start if start is not None else ''}:{stop if stop is not None else ''}"
+            f" reaches past the file's {n} rows; lower it (rows: 0:{n} is the whole file)"
+        )
+    part = slice(start, stop)
+    return (
+        x[part],
+        None if y is None else y[part],
+        None if ids is None else ids[part],
+    )
 
 
 def _load_text(

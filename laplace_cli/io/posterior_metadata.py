@@ -17,6 +17,7 @@ from typing import Any
 
 from laplace_cli.core.enums import (
     Curvature,
+    Dtype,
     KronApprox,
     Likelihood,
     LinkApprox,
@@ -54,7 +55,9 @@ _STR_KEYS: dict[str, type[StrEnum] | None] = {
     "kron_approx": KronApprox,
     "backend": None,
     "feature_reduction": None,
+    "output_positions": None,
     "data": None,
+    "model_dtype": Dtype,
 }
 # Keys whose value is stored as a JSON string.
 _JSON_KEYS: frozenset[str] = frozenset(
@@ -74,6 +77,8 @@ _JSON_KEYS: frozenset[str] = frozenset(
         "rank",
         "fit_seconds",
         "gp",
+        "ignore_index",
+        "output_shape",
     }
 )
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -381,7 +386,7 @@ def _check_metadata_extras(meta: dict[str, Any], problems: list[str]) -> None:
     if "tuning" in meta and not isinstance(meta["tuning"], dict):
         problems.append(f"metadata 'tuning' must be a JSON object, got {clip(meta['tuning'])}")
     elif isinstance(meta.get("tuning"), dict) and "conformal" in meta["tuning"]:
-        problems.extend(_conformal_problems(meta["tuning"]["conformal"]))
+        problems.extend(_conformal_problems(meta["tuning"]["conformal"], meta))
     if "shard_sizes" in meta:
         sizes = meta["shard_sizes"]
         if not (isinstance(sizes, list) and all(is_int(s) and s >= 0 for s in sizes)):
@@ -450,31 +455,68 @@ def _gp_problems(meta: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _conformal_problems(record: Any) -> list[str]:
-    """`tuning.conformal` (`laplace tune --conformal`): levels in (0, 1) mapping to a finite
-    `lac` threshold or a list of finite `normalised` thresholds (docs/posterior-format.md)."""
+#: The thresholds a `tuning.conformal` level holds per likelihood: (required, optional) keys.
+#: Scores are probabilities' complements or APS masses (in [0, 1]) or normalised residuals (≥ 0).
+_CONFORMAL_KEYS = {
+    "classification": ({"lac"}, {"aps"}),  # posteriors tuned before APS was stored have no aps
+    "binary": ({"label_lac"}, set()),
+    "regression": ({"normalised"}, set()),
+}
+_CONFORMAL_LISTS = {"label_lac", "normalised"}  # one threshold per label / output
+
+
+def _conformal_problems(record: Any, meta: dict[str, Any] | None = None) -> list[str]:
+    """`tuning.conformal` (`laplace tune --conformal`): levels in (0, 1) mapping to the
+    thresholds of the posterior's likelihood (classification: `lac` and `aps` in [0, 1];
+    binary: `label_lac`, one in [0, 1] per output; regression: `normalised`, one ≥ 0 per
+    output), each finite (docs/posterior-format.md). A tampered value would silently change
+    every set `predict --conformal` emits, so anything else is refused."""
     levels = record.get("levels") if isinstance(record, dict) else None
     if not isinstance(levels, dict) or not levels:
         return [
             f"metadata 'tuning.conformal' must hold a non-empty 'levels' object, got {clip(record)}"
         ]
+    meta = meta or {}
+    kind = meta.get("likelihood")
+    required, optional = _CONFORMAL_KEYS.get(kind, (set(), {"lac", "aps", *_CONFORMAL_LISTS}))
+    n_out = meta.get("n_outputs") if is_int(meta.get("n_outputs")) else None
+    expected = (
+        f"{' and '.join(sorted(required))}{' (and aps)' if optional and required else ''}"
+        if required
+        else "lac, aps, label_lac or normalised"
+    )
     problems = []
     for key, value in levels.items():
         try:
             ok_level = 0.0 < float(key) < 1.0
         except ValueError:
             ok_level = False
-        lac = value.get("lac") if isinstance(value, dict) else None
-        norm = value.get("normalised") if isinstance(value, dict) else None
-        ok_value = (_is_number(lac) and _finite(lac)) or (
-            isinstance(norm, list) and norm and all(_is_number(q) and _finite(q) for q in norm)
+        ok_value = (
+            isinstance(value, dict)
+            and required <= set(value)
+            and set(value) <= required | optional
+            and bool(value)
+            and all(_conformal_value_ok(k, v, n_out) for k, v in value.items())
         )
         if not (ok_level and ok_value):
             problems.append(
                 f"metadata 'tuning.conformal.levels' entry {key!r} must be a level in (0, 1) with "
-                f"a finite 'lac' threshold or a list of finite 'normalised' ones, got {clip(value)}"
+                f"finite {expected} threshold(s) for a {kind or 'posterior'} posterior "
+                f"(probabilities' scores in [0, 1], one per output for lists), got {clip(value)}"
             )
     return problems
+
+
+def _conformal_value_ok(key: str, value: Any, n_out: int | None) -> bool:
+    """One stored threshold (or list of them) is a finite number in its score's range."""
+    if key in _CONFORMAL_LISTS:
+        if not (isinstance(value, list) and value) or (n_out is not None and len(value) != n_out):
+            return False
+        values = value
+    else:
+        values = [value]
+    upper = math.inf if key == "normalised" else 1.0 + 1e-9  # float rounding of 1 − p, masses
+    return all(_is_number(q) and _finite(q) and 0.0 <= q <= upper for q in values)
 
 
 def _is_number(x: Any) -> bool:

@@ -178,8 +178,9 @@ def render_recipes() -> str:
         "```",
         "",
         "The run writes `posterior.safetensors` (after fit, rewritten after tune), "
-        "`report.json` (evaluate, plus the plot and HTML page asked for) and "
-        "`predictions.<format>` (predict) into the output folder.",
+        "`report.json` (evaluate, plus the plot and HTML page asked for), "
+        "`predictions.<format>` (predict) and `doctor.json` (doctor, "
+        "[doctor.md](doctor.md)) into the output folder.",
         "",
         *_sections(RECIPE_SECTIONS, "##"),
     ]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from laplace_cli.io.data_formats import did_you_mean
+from laplace_cli.io.data_formats import did_you_mean, file_not_found
 from laplace_cli.io.table_common import is_numeric_cell
 
 __all__ = ["MAX_LABEL_CHECK", "split_input_problems"]
@@ -51,9 +51,9 @@ def split_input_problems(split: Any, at: str, n_classes: int | None) -> list[str
     problems: list[str] = []
     ykey = getattr(split, "y_key_name", "y")
     if not split.path.is_file():
-        problems.append(f"{at}.path: file not found: {split.path}")
-    if split.format == "npy" and isinstance(split.y, Path) and not split.y.is_file():
-        problems.append(f"{at}.y: file not found: {split.y}")
+        problems.append(file_not_found(f"{at}.path", split.path))
+    if split.format in ("npy", "idx") and isinstance(split.y, Path) and not split.y.is_file():
+        problems.append(file_not_found(f"{at}.y", split.y))
     if problems:
         return problems
     try:
@@ -67,6 +67,8 @@ def split_input_problems(split: Any, at: str, n_classes: int | None) -> list[str
             problems += _npy_pair_problems(split, at, n_classes)
         elif split.format == "safetensors":
             problems += _safetensors_problems(split, at, ykey)
+        elif split.format == "idx":
+            problems += _idx_problems(split, at, n_classes)
     except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         # An unreadable header is reported by the loader with its own words; here it is one
         # more line, so that the other splits' problems still come out together.
@@ -189,6 +191,32 @@ def _npy_pair_problems(split: Any, at: str, n_classes: int | None) -> list[str]:
     if not problems and n_classes is not None:
         problems += _label_range(
             at, "y", split.y.name, y_info, n_classes, lambda: np.load(split.y, allow_pickle=False)
+        )
+    return problems
+
+
+def _idx_problems(split: Any, at: str, n_classes: int | None) -> list[str]:
+    """IDX images (and labels file): headers readable, row counts, ``rows:`` within the file."""
+    from laplace_cli.core.errors import BadInputError
+    from laplace_cli.io.idx_files import read_idx, read_idx_header
+
+    try:
+        x_shape = read_idx_header(split.path)[0]
+        y_info = None if split.y is None else read_idx_header(split.y)
+    except BadInputError as err:
+        return [f"{at}.path: {err}"]
+    problems = [] if y_info is None else _rows_match(at, split.path.name, x_shape, y_info[0])
+    if split.rows is not None:
+        start, stop = split.rows
+        end = stop if stop is not None else start or 0
+        if end > x_shape[0]:
+            problems.append(
+                f"{at}.rows: reaches row {end} but {split.path.name} has {x_shape[0]} rows; "
+                f"lower it (rows: 0:{x_shape[0]} is the whole file)"
+            )
+    if not problems and y_info is not None and n_classes is not None:
+        problems += _label_range(
+            at, "y", split.y.name, y_info, n_classes, lambda: read_idx(split.y)
         )
     return problems
 

@@ -124,7 +124,7 @@ def _values(enum: Any) -> tuple[str, ...]:
 
 # Kept here (not imported from laplace_cli.io.data_formats, which imports torch) so that the
 # schema stays cheap to import; tests/io/test_schema_docs.py checks it matches FORMATS.
-DATA_FORMATS = ("npz", "npy", "pt", "safetensors", "csv", "tsv", "jsonl")
+DATA_FORMATS = ("npz", "npy", "pt", "safetensors", "idx", "csv", "tsv", "jsonl")
 
 # --------------------------------------------------------------------------- dataset spec
 
@@ -181,7 +181,8 @@ DATA_SPEC_SPLIT = Section(
             "path",
             "path",
             "The data file, relative to the YAML file's folder: `.npz`, `.npy`, `.pt`, "
-            "`.safetensors`, `.csv`, `.tsv`, `.jsonl`. Give `path:` or `callable:`.",
+            "`.safetensors`, `.csv`, `.tsv`, `.jsonl`, or an IDX file (MNIST format, plain "
+            "or `.gz`: `.idx`, `*-idx3-ubyte.gz`). Give `path:` or `callable:`.",
             "train.npz",
             default_text="required unless `callable:`",
         ),
@@ -198,8 +199,8 @@ DATA_SPEC_SPLIT = Section(
             "x",
             "str|list",
             "Features: the key in an array file (`.npz`, `.pt`, `.safetensors`) or JSONL "
-            "object, or a list of feature columns (CSV / TSV / JSONL). A `.npy` file is the "
-            "features itself and takes no `x:`.",
+            "object, or a list of feature columns (CSV / TSV / JSONL). A `.npy` or IDX file "
+            "is the features itself and takes no `x:`.",
             ["f0", "f1", "f2"],
             default_text="key `x`; for tables, every numeric column but the target and id",
         ),
@@ -207,7 +208,8 @@ DATA_SPEC_SPLIT = Section(
             "y",
             "str",
             "The target key or column (`target:` means the same; give one). For a `.npy` "
-            "split: the path of a second `.npy` file with the targets. A split without "
+            "or IDX split: the path of a second file of that format with the targets "
+            "(`train-labels-idx1-ubyte.gz`). A split without "
             "targets can be used by `predict` and as `--ood-data`, not by fit / tune / "
             "evaluate.",
             "label",
@@ -238,6 +240,23 @@ DATA_SPEC_SPLIT = Section(
             "are all numbers (`2019,2020`).",
             False,
             default_text="a header unless the first line is all numbers",
+        ),
+        Key(
+            "rows",
+            "str",
+            "Only these rows of the file, `start:stop` as in Python (0-based, `stop` "
+            "excluded; either may be left out): a subset of a large file without copying it. "
+            "A `stop` past the file's end is refused. Not with `callable:` or `text:`.",
+            "0:10000",
+            default_text="all rows",
+        ),
+        Key(
+            "scale",
+            "float",
+            "Multiply the features by this positive number after reading (`0.00392156862745098`"
+            " = 1/255 turns 8-bit pixels into [0, 1]). Not with `callable:` or `text:`.",
+            0.00392156862745098,
+            default=1.0,
         ),
         Key(
             "callable",
@@ -286,7 +305,7 @@ DATA_SPEC_SECTIONS = (DATA_SPEC_TOP, DATA_SPEC_SPLIT)
 
 # --------------------------------------------------------------------------- recipes
 
-RECIPE_STAGES = ("fit", "tune", "evaluate", "predict")
+RECIPE_STAGES = ("fit", "tune", "evaluate", "predict", "doctor")
 
 _PRED_TYPE = Key(
     "pred_type",
@@ -344,10 +363,11 @@ RECIPE_TOP = Section(
         Key(
             "dtype",
             "str",
-            "Floating-point type of the model and the posterior.",
+            "Floating-point type of the model (bfloat16 / float16: the posterior stays float32, "
+            "docs/half-precision.md).",
             "float64",
             default_text="the checkpoint's",
-            choices=("float32", "float64"),
+            choices=("float32", "float64", "bfloat16", "float16"),
         ),
         Key("seed", "int", "Seed of every random stream (MC samples, shuffles).", 1, default=0),
         Key(
@@ -361,6 +381,7 @@ RECIPE_TOP = Section(
         Key("tune", "dict", "Settings of the tune stage.", {"method": "marglik"}),
         Key("evaluate", "dict", "Settings of the evaluate stage.", {"split": "test"}),
         Key("predict", "dict", "Settings of the predict stage.", {"format": "csv"}),
+        Key("doctor", "dict", "Settings of the doctor stage.", {"fail_on": "warning"}),
         Key("name", "str", "A name for the recipe (not used by the run).", "digits_mlp_kron"),
         Key("description", "str", "Free text (not used by the run).", "K-FAC over all weights"),
     ),
@@ -724,6 +745,40 @@ RECIPE_PREDICT = Section(
     ),
 )
 
+RECIPE_DOCTOR = Section(
+    "doctor",
+    "Doctor",
+    "As `laplace doctor` ([doctor.md](doctor.md)) on the run's posterior, last (after tune, "
+    "evaluate and predict): the findings are printed and written to the output folder. With `fail_on: "
+    "warning`, a warning (or worse) makes the run exit 1, after every file is written.",
+    (
+        Key(
+            "split",
+            "str",
+            "Split to diagnose the predictive on (the `train` split is used too, when present).",
+            "test",
+            default="val",
+            choices=("val", "test"),
+        ),
+        Key(
+            "fail_on",
+            "str",
+            "Exit 1 when a finding of this severity or worse exists (`never`: report only); "
+            "as `laplace doctor --fail-on`.",
+            "warning",
+            default="never",
+            choices=("never", "warning", "error"),
+        ),
+        Key(
+            "output",
+            "str",
+            "The findings (as `laplace doctor --json`), relative to the output folder.",
+            "doctor.json",
+            default="doctor.json",
+        ),
+    ),
+)
+
 RECIPE_SECTIONS = (
     RECIPE_TOP,
     RECIPE_MODEL,
@@ -731,6 +786,7 @@ RECIPE_SECTIONS = (
     RECIPE_TUNE,
     RECIPE_EVALUATE,
     RECIPE_PREDICT,
+    RECIPE_DOCTOR,
 )
 
 

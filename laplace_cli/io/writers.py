@@ -34,6 +34,9 @@ LIST_FIELDS = {
     "conformal_set": "conformal_set",
     "conformal_lower": "conformal_lower",
     "conformal_upper": "conformal_upper",
+    # binary / multi-label: per label, 0/1 whether value 0 / value 1 is in the label's set.
+    "conformal_has_0": "conformal_has_0",
+    "conformal_has_1": "conformal_has_1",
 }
 
 

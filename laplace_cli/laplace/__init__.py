@@ -3,8 +3,7 @@ laplace-torch's flavour classes over it (flavours*.py; `Laplace(...)` builds the
 
 from __future__ import annotations
 
-from laplace_cli.curvature.backends import set_backend_engine
-from laplace_cli.laplace import backend_objects, flavour_table
+from laplace_cli.laplace import flavour_table
 from laplace_cli.laplace.approximation import (  # the old module's public names
     SUPPORTED,
     Laplace,
@@ -14,8 +13,6 @@ from laplace_cli.laplace.approximation import (  # the old module's public names
 )
 
 set_flavour_resolver(flavour_table.flavour_for)
-# backend instances (laplace_cli.curvature) compute with this package's engine
-set_backend_engine(backend_objects)
 
 __all__ = [
     "PosteriorMixin",

@@ -27,10 +27,17 @@ from laplace_cli.core.enums import (
     Structure,
     Subset,
 )
-from laplace_cli.core.errors import BadInputError, NumericalError
+from laplace_cli.core.errors import BadInputError, MissingArgumentError, NumericalError
+from laplace_cli.laplace import dense_outputs as dense
+from laplace_cli.laplace.dense_outputs import (
+    build_dense_subset,
+    check_dense_choices,
+    parse_output_positions,
+)
 from laplace_cli.laplace.posterior_quantities import PosteriorMixin
+from laplace_cli.laplace.precision import check_half_precision, model_dtype_of, posterior_dtype
 from laplace_cli.laplace.prediction import PredictiveMixin
-from laplace_cli.posterior import Posterior, build_posterior, expand_prior
+from laplace_cli.posterior import Posterior, build_posterior, expand_prior, softmax_last_layer
 from laplace_cli.posterior.memory import (
     check_structure_memory,
     default_budget,
@@ -39,6 +46,8 @@ from laplace_cli.posterior.memory import (
 from laplace_cli.posterior.table import parse_structure, structure_spec, supported_combinations
 from laplace_cli.subsets.base import AllWeights, ParameterSubset, iter_rows
 from laplace_cli.subsets.last_layer import LastLayer
+from laplace_cli.subsets.precision import cast_factors
+from laplace_cli.subsets.projected_outputs import projected_outputs
 
 #: Built-in structures per subset (a view of `posterior.table`, which also holds registered ones).
 SUPPORTED = {
@@ -108,11 +117,19 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         last_layer_name, feature_reduction: for the last-layer subset.
         kron_approx: "expand" or "reduce" for inputs with a weight-sharing dimension.
         max_memory: budget in bytes for curvature and Jacobian chunks (default: half of free).
+        curvature_dtype: dtype of the curvature, posterior and predictions (float32 / float64);
+            default the model's, float32 for a bfloat16 / float16 model, whose forward and
+            backward passes stay in its own dtype (docs/half-precision.md).
         dict_key_x, dict_key_y: keys of dict batches.
         n_mc_samples, seed: targets sampled per input for curvature "mc_fisher", and the seed
             of the fit's random streams (MC targets, the lowrank eigensolver's start block).
         prior: a fitted `Laplace` whose posterior becomes this one's prior (continual
             learning; see `set_prior_from`). It sets `prior_mean` and `prior_precision`.
+        output_positions: for models with dense outputs (B, C, *S) (segmentation, per-token):
+            "independent" (the positions' log-likelihoods summed) or "mean" (their mean per
+            input); the curvature is the per-position GGN summed, `la(x)` is per position
+            (B, C, *S). `ignore_index`: the classification target of a masked position.
+            docs/dense-outputs.md.
         enable_backprop: predictions (`la(x)`, `functional_samples`, ...) stay differentiable
             in the inputs x (GLM through dense per-sample Jacobians, NN through the sampled
             networks), as laplace-torch's flag.
@@ -121,7 +138,7 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
             "classification" and `la.reward_modeling` is True.
         backend: "auto" / "native" (this engine), "asdl" (the optional ASDL path), or one of
             laplace-torch's class names from `laplace_cli.curvature` (`CurvlinopsGGN`,
-            `AsdlEF`, ...), which select the curvature; see curvature/backends.py.
+            `AsdlEF`, ...), which select the curvature; see laplace/backend_choice.py.
         backend_kwargs, asdl_fisher_kwargs: laplace-torch's; `{"stochastic": True,
             "num_samples": k}` selects the MC Fisher with k samples (docs/migrating.md).
 
@@ -157,8 +174,15 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         seed: int = 0,
         prior: Laplace | None = None,
         enable_backprop: bool = False,
+        curvature_dtype: torch.dtype | str | None = None,
+        output_positions: str | None = None,
+        ignore_index: int = -100,
     ) -> None:
         self.model = model
+        # Dense outputs (B, C, *S): positions as rows of the likelihood (laplace/dense_outputs.py).
+        self.output_positions = parse_output_positions(output_positions)
+        self.ignore_index = int(ignore_index)
+        self.output_shape: tuple[int, ...] | None = None
         # The argument as given: a laplace-torch backend class is kept for the flavours'
         # `backend` object (laplace/flavours.py); the engine uses `_backend_name`.
         self._backend_class = backend
@@ -176,6 +200,8 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
             asdl_fisher_kwargs,
         )
         self._refuse_unsupported(model, backend)
+        if self.output_positions is not None:
+            check_dense_choices(self, backend, feature_reduction)
         # "auto" is the native implementation; "asdl" is checked once the subset exists.
         # The engine's own name; `backend` (a property) shows it, and laplace-torch's flavour
         # classes show a backend object there instead (laplace/flavours.py).
@@ -189,7 +215,8 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         if temperature <= 0 or not math.isfinite(temperature):
             raise BadInputError(f"temperature must be a positive number, got {temperature}")
         self.temperature = float(temperature)
-        self._place(model, max_memory)
+        self._place(model, max_memory, curvature_dtype)
+        check_half_precision(self._model_dtype, self.hessian_structure, self._backend_name)
         self._build(subnetwork_indices, rank)
         self.mean = self.subset.mean().to(self._dtype)
         self.prior_precision = prior_precision
@@ -230,7 +257,7 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         self.subset_of_weights = Subset.parse(subset_of_weights, "subset_of_weights")
         self.hessian_structure = parse_structure(hessian_structure, "hessian_structure")
         self.structure_spec = structure_spec(self.hessian_structure)
-        from laplace_cli.curvature.backends import resolve_backend
+        from laplace_cli.laplace.backend_choice import resolve_backend
 
         # laplace-torch's backend classes (and backend_kwargs) only choose the curvature here.
         backend, curvature, n_mc_samples = resolve_backend(
@@ -265,13 +292,18 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         if backend not in ("auto", "native", "asdl"):
             raise BadInputError(f"backend: expected auto, native or asdl, got {backend!r}")
 
-    def _place(self, model: nn.Module, max_memory: int | None) -> None:
-        """Device, dtype and memory budget, from the model's first parameter."""
+    def _place(self, model: nn.Module, max_memory: int | None, curvature_dtype: Any = None) -> None:
+        """Device, dtypes and memory budget, from the model's first parameter.
+
+        `_model_dtype` is what the model runs in (inputs are cast to it); `_dtype` is the
+        posterior's: the model's, float32 for a bfloat16 / float16 model, or `curvature_dtype`
+        (laplace/precision.py)."""
         first = next((p for p in model.parameters()), None)
         if first is None:
             raise BadInputError("the model has no parameters")
         self._device = first.device
-        self._dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
+        self._model_dtype = model_dtype_of(model)
+        self._dtype = posterior_dtype(self._model_dtype, curvature_dtype)
         self.max_memory = (
             int(max_memory) if max_memory is not None else default_budget(self._device)
         )
@@ -291,12 +323,17 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
             rank=rank,
         )
         if self._backend_name == "asdl":
-            from laplace_cli.curvature.asdl import check_asdl
+            from laplace_cli.fisher.asdl import check_asdl
 
             check_asdl(self)
 
     # --- construction -----------------------------------------------------------------------
     def _build_subset(self, subnetwork_indices) -> ParameterSubset:
+        if self.output_positions is not None:
+            return build_dense_subset(self, subnetwork_indices, self._build_plain_subset)
+        return self._build_plain_subset(subnetwork_indices)
+
+    def _build_plain_subset(self, subnetwork_indices) -> ParameterSubset:
         if self.subset_of_weights == Subset.ALL:
             return AllWeights(self.model, kron_approx=self.kron_approx)
         if self.subset_of_weights == Subset.LAST_LAYER:
@@ -306,13 +343,23 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         except ImportError:
             raise BadInputError("subset_of_weights 'subnetwork' is not implemented yet") from None
         if subnetwork_indices is None:
-            raise BadInputError("subset_of_weights 'subnetwork' needs subnetwork_indices")
+            raise MissingArgumentError(
+                "subset_of_weights 'subnetwork' needs subnetwork_indices (a 1-D tensor of "
+                "parameter indices, e.g. laplace_cli.utils.LargestMagnitudeSubnetMask(model, "
+                "n_params_subnet=128).select())"
+            )
         return Subnetwork(self.model, subnetwork_indices)
 
     @property
     def dtype(self) -> torch.dtype:
-        """The floating dtype of the posterior and of every prediction (the model's)."""
+        """The floating dtype of the posterior and of every prediction (the model's, float32
+        for a bfloat16 / float16 model, or `curvature_dtype`)."""
         return self._dtype
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        """The dtype the model runs in; floating inputs are cast to it (`as_inputs`)."""
+        return self._model_dtype
 
     @property
     def device(self) -> torch.device:
@@ -439,8 +486,10 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
     # --- fitting ----------------------------------------------------------------------------
     def prepare_batch(self, batch: Any) -> tuple[Inputs, Tensor]:
         x, y = split_batch(batch, self.dict_key_x, self.dict_key_y)
-        x = to_device(x, self._device, self._dtype)
+        x = to_device(x, self._device, self._model_dtype)
         y = y.to(self._device)
+        if self.output_positions is not None:
+            return x, dense.prepare_targets(self.likelihood, y, self._dtype)
         if self.likelihood == Likelihood.CLASSIFICATION:
             y = y.long().reshape(-1)
         else:
@@ -472,11 +521,17 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
 
     def _output_sqrt(self, f: Tensor, y: Tensor) -> Tensor:
         """W (B, C, K): Hessian square root (GGN), loss gradient (EF) or sampled gradients (MC)."""
+        if self.output_positions is not None:  # block-diagonal over positions
+            return dense.output_sqrt(self, f, y, self._row_output_sqrt)
+        return self._row_output_sqrt(f, y)
+
+    def _row_output_sqrt(self, f: Tensor, y: Tensor) -> Tensor:
+        """`_output_sqrt` of outputs (B, C)."""
         if self.curvature == Curvature.GGN:
             return lik.hessian_sqrt(self.likelihood, f)
         if self.curvature == Curvature.EF:
             return lik.output_gradient(self.likelihood, f, y).unsqueeze(-1)
-        from laplace_cli.curvature.mc_fisher import sampled_output_gradients
+        from laplace_cli.fisher.mc_fisher import sampled_output_gradients
 
         return sampled_output_gradients(self.likelihood, f, self.n_mc_samples, self._fit_generator)
 
@@ -509,19 +564,10 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
                 were restored with `load_partial_state`; pass `override=False`).
             on_batch: called with the number of batches done after each batch (checkpoints).
         """
-        if (
-            reduce is not None or start_batch or on_batch is not None
-        ) and self.structure_spec.needs_loader:
-            raise BadInputError(
-                f"structure {self.hessian_structure.value!r} passes over the data several "
-                "times; it cannot be fitted in shards or resumed (use diag, kron or full)"
-            )
-        if override:
-            self.posterior.reset()
-            self.loss = torch.zeros((), dtype=self._dtype, device=self._device)
-            self.n_data = 0
-        if override or not hasattr(self, "_fit_generator"):
-            self._fit_generator = torch.Generator(device=self._device).manual_seed(self.seed)
+        self._start_fit(
+            override,
+            sharded_or_resumed=bool(reduce is not None or start_batch or on_batch is not None),
+        )
         if self.structure_spec.needs_loader:
             return self._fit_matrix_free(train_loader)
         dense = self.posterior.needs_dense_jacobian
@@ -533,30 +579,61 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
                 if on_batch is not None:
                     on_batch(index + 1)
                 continue
-            chunks = [(x, y)]
-            if dense:
-                rows = self.jacobian_chunk_rows()
-                chunks = [
-                    (xc, y[i * rows : (i + 1) * rows]) for i, xc in enumerate(iter_rows(x, rows))
-                ]
-            for xc, yc in chunks:
-                if self._backend_name == "asdl":
-                    from laplace_cli.curvature.asdl import asdl_accumulate
-
-                    f = asdl_accumulate(self, xc, yc).to(self._dtype)
-                    self._record_batch(index, f, yc)
-                    continue
-                f, factors, J = self.jacobian_pieces(xc)
-                f = f.to(self._dtype)
-                self._record_batch(index, f, yc)
-                W = self._output_sqrt(f, yc)
-                self.posterior.accumulate(W, factors, J)
+            for xc, yc in self._fit_chunks(x, y, dense):
+                self._accumulate_chunk(index, xc, yc)
             self._check_finite(index)
             if on_batch is not None:
                 on_batch(index + 1)
         if reduce is not None:
             self._reduce_partial_state(reduce)
         return self._finish_fit()
+
+    def _start_fit(self, override: bool, *, sharded_or_resumed: bool) -> None:
+        """Refuse shards / resumes the structure cannot do, then reset (override) the sums."""
+        if sharded_or_resumed and self.structure_spec.needs_loader:
+            raise BadInputError(
+                f"structure {self.hessian_structure.value!r} passes over the data several "
+                "times; it cannot be fitted in shards or resumed (use diag, kron or full)"
+            )
+        if override:
+            self.posterior.reset()
+            self.loss = torch.zeros((), dtype=self._dtype, device=self._device)
+            self.n_data = 0
+        if override or not hasattr(self, "_fit_generator"):
+            self._fit_generator = torch.Generator(device=self._device).manual_seed(self.seed)
+
+    def _fit_chunks(self, x: Any, y: Tensor, dense: bool) -> list[tuple[Any, Tensor]]:
+        """One batch as row chunks: dense Jacobians (B, C, P) are built a few rows at a time."""
+        chunks = [(x, y)]
+        # a diag fit that fell back to dense Jacobians (no layer factors) chunks them too
+        if dense or self.__dict__.get("_no_layer_factors", False):
+            rows = self.jacobian_chunk_rows()
+            chunks = [(xc, y[i * rows : (i + 1) * rows]) for i, xc in enumerate(iter_rows(x, rows))]
+        return chunks
+
+    def _accumulate_chunk(self, index: int, xc: Any, yc: Tensor) -> None:
+        """Record one chunk's loss and add its curvature, by the cheapest route that applies."""
+        if self._backend_name == "asdl":
+            from laplace_cli.fisher.asdl import asdl_accumulate
+
+            f = asdl_accumulate(self, xc, yc).to(self._dtype)
+            self._record_batch(index, f, yc)
+            return
+        if self._may_project():
+            f = self.subset.output(xc).to(self._dtype)
+            if f.shape[1] >= softmax_last_layer.MIN_OUTPUTS:
+                self._record_batch(index, f, yc)
+                self._accumulate_projected(xc, f, yc)
+                return
+        f, factors, J = self.jacobian_pieces(xc)
+        f = f.to(self._dtype)
+        self._record_batch(index, f, yc)
+        if self.softmax_closed_form():
+            # Many classes: Σ Λ and Σ φφᵀ from φ and p, no (B, C, C) root.
+            self._accumulate_closed_form(factors, f, yc)
+            return
+        W = self._output_sqrt(f, yc)
+        self.posterior.accumulate(W, factors, J)
 
     def partial_state(self) -> dict[str, Tensor]:
         """The raw state of a fit in progress: every tensor a sum over the data seen so far.
@@ -594,6 +671,9 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
 
     def _record_batch(self, index: int, f: Tensor, y: Tensor) -> None:
         """Check one batch's outputs (B, C) and targets; add its loss and size."""
+        if self.output_positions is not None:
+            dense.record_batch(self, index, f, y)
+            return
         if self.n_outputs is None:
             if self._sigma_noise.numel() not in (1, f.shape[1]):
                 raise BadInputError(
@@ -615,6 +695,49 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
             loss = lik.summed_loss(self.likelihood, f, y)
         self.loss = self.loss + loss.detach()
         self.n_data += f.shape[0]
+
+    def softmax_closed_form(self) -> bool:
+        """True where the last-layer softmax curvature and variances come from features and
+        probabilities (`posterior.softmax_last_layer`): a last-layer diag / kron posterior of
+        a classifier with at least `softmax_last_layer.MIN_OUTPUTS` classes (GGN from p; the
+        MC and empirical Fisher from their output-space roots, K ≪ C columns)."""
+        return (
+            isinstance(self.subset, LastLayer)
+            and self.likelihood == Likelihood.CLASSIFICATION
+            and self.hessian_structure in softmax_last_layer.CLOSED_FORM_STRUCTURES
+            and self.posterior.split_outputs is None
+            and self._backend_name != "asdl"
+            and (self.n_outputs or 0) >= softmax_last_layer.MIN_OUTPUTS
+        )
+
+    def _may_project(self) -> bool:
+        """MC / empirical Fisher with diag or kron over all weights, many classes (or not known
+        yet): the factors of the K sampled output gradients are back-propagated instead of the
+        C outputs' (`subsets.projected_outputs`)."""
+        return (
+            isinstance(self.subset, AllWeights)
+            and self.curvature in (Curvature.MC_FISHER, Curvature.EF)
+            and self.hessian_structure in softmax_last_layer.CLOSED_FORM_STRUCTURES
+            and self.posterior.split_outputs is None
+            and self._backend_name != "asdl"
+            and not self._dense_for_backprop()
+            and (self.n_outputs is None or self.n_outputs >= softmax_last_layer.MIN_OUTPUTS)
+        )
+
+    def _accumulate_projected(self, x: Any, f: Tensor, y: Tensor) -> None:
+        W = self._output_sqrt(f, y)  # (B, C, K)
+        with projected_outputs(self.model, W):
+            _, factors = self.subset.factors(x)  # K backward passes, G (B, K, T, d_out)
+        k = W.shape[-1]
+        eye = torch.eye(k, dtype=self._dtype, device=self._device).expand(W.shape[0], k, k)
+        self.posterior.accumulate(eye, cast_factors(factors, self._dtype), None)
+
+    def _accumulate_closed_form(self, factors: Any, f: Tensor, y: Tensor) -> None:
+        phi = factors[0].a[:, 0]  # (B, d): the last layer's inputs
+        if self.curvature == Curvature.GGN:
+            softmax_last_layer.accumulate(self.posterior, phi, p=torch.softmax(f, dim=-1))
+        else:
+            softmax_last_layer.accumulate(self.posterior, phi, W=self._output_sqrt(f, y))
 
     def _finish_fit(self) -> Laplace:
         if self.n_data == 0:

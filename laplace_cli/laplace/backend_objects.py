@@ -3,8 +3,7 @@
 `CurvlinopsGGN(model, "classification").diag(X, y)` and its siblings (laplace_cli.curvature)
 delegate here: the curvature of a batch is a `Laplace` fit over that single batch (unit noise,
 so the numbers are laplace-torch's unscaled backend curvature), Jacobians come from the
-parameter subsets. The curvature package sits below this one, so it cannot import it;
-`laplace_cli.laplace` registers this module with `set_backend_engine` when it loads.
+parameter subsets. The classes (laplace/backends.py) call these functions directly.
 
 laplace-torch's conventions kept here: results are sums over the batch (no 1/N), the loss is
 the summed cross-entropy or ½·Σ‖y − f‖², per-sample gradients are of that loss.

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from torch import nn
+
 from laplace_cli.core.enums import Structure, Subset
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.laplace.approximation import Laplace
@@ -27,6 +29,7 @@ from laplace_cli.laplace.flavours_last_layer import (
 )
 from laplace_cli.laplace.flavours_subnet import DiagSubnetLaplace, FullSubnetLaplace
 from laplace_cli.laplace.functional import FunctionalLaplace, FunctionalLLLaplace
+from laplace_cli.laplace.precision import check_half_precision, model_dtype_of
 
 
 def _argument(args: tuple, kwargs: dict, position: int, name: str, default: str) -> Any:
@@ -52,6 +55,9 @@ def _functional_builder(subset: Any) -> Callable[..., Any]:
             )
         kwargs.pop("subset_of_weights", None)
         kwargs.pop("hessian_structure", None)
+        model = args[0] if args else kwargs.get("model")
+        if isinstance(model, nn.Module):
+            check_half_precision(model_dtype_of(model), Structure.GP)
         return cls(*args[:2], **kwargs)
 
     return build

@@ -26,8 +26,8 @@ from torch import nn
 
 from laplace_cli.core.batches import keep_graph
 from laplace_cli.core.errors import BadInputError
-from laplace_cli.curvature.backends import CurvatureInterface, CurvlinopsEF, CurvlinopsGGN
 from laplace_cli.laplace.approximation import Laplace
+from laplace_cli.laplace.backends import CurvatureInterface, CurvlinopsEF, CurvlinopsGGN
 from laplace_cli.laplace.functional import BaseFunctionalLaplace, FunctionalLaplace
 from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
 

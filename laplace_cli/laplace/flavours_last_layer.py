@@ -72,6 +72,38 @@ class LLLaplace(ParametricLaplace):
             **kwargs,
         )
 
+    # laplace-torch finds an unnamed last layer at `fit` and checks the prior mean's length
+    # only then: until `fit` a prior mean of another length is kept as given (and read back),
+    # and `fit` refuses it before any curvature is computed. Every other value is checked now.
+    @property
+    def prior_mean(self) -> torch.Tensor:
+        pending = self.__dict__.get("_pending_prior_mean")
+        return pending if pending is not None else ParametricLaplace.prior_mean.fget(self)
+
+    @prior_mean.setter
+    def prior_mean(self, value: float | torch.Tensor) -> None:
+        self.__dict__.pop("_pending_prior_mean", None)
+        t = torch.as_tensor(value)
+        if (
+            not self.__dict__.get("fitted", False)
+            and self._layer_unknown()
+            and t.ndim == 1
+            and t.numel() not in (1, self.n_params)
+        ):
+            ParametricLaplace.prior_mean.fset(self, 0.0)
+            self.__dict__["_pending_prior_mean"] = t.to(device=self._device, dtype=self._dtype)
+            return
+        ParametricLaplace.prior_mean.fset(self, value)
+
+    def fit(self, train_loader: Any, override: bool = True, **kwargs: Any) -> Any:
+        """`Laplace.fit`, after checking a prior mean kept from construction (see above)."""
+        pending = self.__dict__.get("_pending_prior_mean")
+        if pending is not None:
+            # raises BadInputError (wrong length) and stays pending, so a retry refuses it too
+            ParametricLaplace.prior_mean.fset(self, pending)
+            del self.__dict__["_pending_prior_mean"]
+        return super().fit(train_loader, override, **kwargs)
+
 
 class FullLLLaplace(LLLaplace, FullLaplace):
     """Dense posterior precision over the last layer (laplace-torch's `FullLLLaplace`)."""

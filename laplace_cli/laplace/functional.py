@@ -29,47 +29,25 @@ from laplace_cli.core import likelihoods as lik
 from laplace_cli.core.batches import Inputs, batch_size, split_batch, to_device
 from laplace_cli.core.enums import Curvature, Likelihood, LinkApprox, Structure, Subset
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.laplace.functional_kernels import (
+    check_context_targets,
+    chunk_bounds,
+    context_indices,
+    context_kernel,
+    dense_kernel,
+    gather_context,
+    point_kernels,
+    slice_rows,
+)
 from laplace_cli.posterior import gp
 from laplace_cli.posterior.memory import default_budget
 from laplace_cli.posterior.predictive import glm_link, sample_gaussian_outputs
-from laplace_cli.subsets.base import AllWeights, Factor, ParameterSubset
-from laplace_cli.subsets.jacobian_products import kernel, kernel_diagonal, matmul
+from laplace_cli.subsets.base import AllWeights, DenseFactor, Factor, ParameterSubset
+from laplace_cli.subsets.jacobian_products import matmul
 from laplace_cli.subsets.last_layer import LastLayer
 
+# context_indices: its former home (functional_kernels.py has the context-point machinery)
 __all__ = ["BaseFunctionalLaplace", "FunctionalLaplace", "FunctionalLLLaplace", "context_indices"]
-
-
-def context_indices(n_data: int, n_context: int, strategy: str, seed: int) -> np.ndarray:
-    """Row indices of the M context points among N (sorted for a single streaming pass)."""
-    if not 0 < n_context <= n_data:
-        raise BadInputError(
-            f"n_subset (context points) must be in 1..{n_data} (the training set size), got "
-            f"{n_context}"
-        )
-    if strategy == "first":
-        return np.arange(n_context)
-    if strategy == "random":
-        rng = np.random.default_rng(seed)
-        return np.sort(rng.choice(list(range(n_data)), n_context, replace=False))
-    raise BadInputError(f"context: expected 'random' or 'first', got {strategy!r}")
-
-
-def _take_rows(x: Inputs, rows: Tensor) -> Inputs:
-    if isinstance(x, Mapping):
-        return {k: v[rows] for k, v in x.items()}
-    return x[rows]
-
-
-def _cat_rows(parts: list[Inputs]) -> Inputs:
-    if isinstance(parts[0], Mapping):
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # type: ignore[index]
-    return torch.cat(parts)  # type: ignore[arg-type]
-
-
-def _slice_rows(x: Inputs, lo: int, hi: int) -> Inputs:
-    if isinstance(x, Mapping):
-        return {k: v[lo:hi] for k, v in x.items()}
-    return x[lo:hi]
 
 
 class BaseFunctionalLaplace:
@@ -114,34 +92,13 @@ class FunctionalLaplace(BaseFunctionalLaplace):
         feature_reduction: str | None = None,
     ) -> None:
         self.likelihood = Likelihood(str(getattr(likelihood, "value", likelihood)))
-        if self.likelihood == Likelihood.BINARY:
-            raise BadInputError(
-                "function-space Laplace supports 'classification' and 'regression'; for a "
-                "binary likelihood use a weight-space structure"
-            )
-        subset, _ = self._key
-        for name, given, fixed in (
-            ("subset_of_weights", subset_of_weights, subset),
-            ("hessian_structure", hessian_structure, "gp"),
-        ):
-            if given is not None and str(getattr(given, "value", given)) != fixed:
-                raise BadInputError(f"{type(self).__name__} has {name}={fixed!r}, got {given!r}")
-        if enable_backprop:
-            raise BadInputError(
-                "enable_backprop=True (gradients through the GP predictive) is not offered by "
-                "function-space Laplace here; use a weight-space Laplace(enable_backprop=True)"
-            )
-        if output_hessian not in ("diag", "full"):
-            raise BadInputError(
-                f"output_hessian: expected 'diag' or 'full', got {output_hessian!r}"
-            )
-        if diagonal_kernel is not None:
-            independent_outputs = bool(diagonal_kernel)
-        if independent_outputs and output_hessian == "full":
-            raise BadInputError(
-                "independent_outputs=True keeps one kernel per output, so only the diagonal of "
-                "the output Hessian: use output_hessian='diag'"
-            )
+        independent_outputs = self._check_options(
+            subset_of_weights,
+            hessian_structure,
+            enable_backprop,
+            output_hessian,
+            independent_outputs if diagonal_kernel is None else bool(diagonal_kernel),
+        )
         self.model = model
         self.n_subset = n_subset
         self.independent_outputs = bool(independent_outputs)
@@ -173,6 +130,43 @@ class FunctionalLaplace(BaseFunctionalLaplace):
         self._context_factor_cache: list[list[Factor]] | None = None
 
     # --- construction ------------------------------------------------------------------------
+    def _check_options(
+        self,
+        subset_of_weights: str | None,
+        hessian_structure: str | None,
+        enable_backprop: bool,
+        output_hessian: str,
+        independent_outputs: bool,
+    ) -> bool:
+        """Refuse what function-space Laplace does not offer; returns `independent_outputs`."""
+        if self.likelihood == Likelihood.BINARY:
+            raise BadInputError(
+                "function-space Laplace supports 'classification' and 'regression'; for a "
+                "binary likelihood use a weight-space structure"
+            )
+        subset, _ = self._key
+        for name, given, fixed in (
+            ("subset_of_weights", subset_of_weights, subset),
+            ("hessian_structure", hessian_structure, "gp"),
+        ):
+            if given is not None and str(getattr(given, "value", given)) != fixed:
+                raise BadInputError(f"{type(self).__name__} has {name}={fixed!r}, got {given!r}")
+        if enable_backprop:
+            raise BadInputError(
+                "enable_backprop=True (gradients through the GP predictive) is not offered by "
+                "function-space Laplace here; use a weight-space Laplace(enable_backprop=True)"
+            )
+        if output_hessian not in ("diag", "full"):
+            raise BadInputError(
+                f"output_hessian: expected 'diag' or 'full', got {output_hessian!r}"
+            )
+        if independent_outputs and output_hessian == "full":
+            raise BadInputError(
+                "independent_outputs=True keeps one kernel per output, so only the diagonal of "
+                "the output Hessian: use output_hessian='diag'"
+            )
+        return bool(independent_outputs)
+
     def _make_subset(
         self, last_layer_name: str | None, feature_reduction: str | None
     ) -> ParameterSubset:
@@ -301,41 +295,10 @@ class FunctionalLaplace(BaseFunctionalLaplace):
             n_data = sum(batch_size(self._prepare(b)[0]) for b in train_loader)
         n_context = n_data if self.n_subset is None else int(self.n_subset)
         wanted = torch.as_tensor(context_indices(n_data, n_context, self.context, self.seed))
-        xs: list[Inputs] = []
-        ys: list[Tensor] = []
-        start = 0
-        for batch in train_loader:
-            x, y = self._prepare(batch)
-            b = batch_size(x)
-            if y.shape[0] != b:  # e.g. (N, C) float targets flattened into N·C labels
-                raise BadInputError(
-                    f"the batch has {b} inputs but {y.shape[0]} targets; classification "
-                    "targets are class indices of shape (N,)"
-                )
-            lo, hi = torch.searchsorted(wanted, torch.tensor([start, start + b])).tolist()
-            if hi > lo:
-                rows = (wanted[lo:hi] - start).to(y.device)
-                xs.append(_take_rows(x, rows))
-                ys.append(y[rows])
-            start += b
-        if start != n_data or not xs:
-            raise BadInputError(
-                f"the train loader yielded {start} rows but its dataset has {n_data}"
-            )
-        x_ctx, y_ctx = _cat_rows(xs), torch.cat(ys)
+        x_ctx, y_ctx = gather_context(train_loader, wanted, n_data, self._prepare)
         with torch.no_grad():
-            n_out = self.subset.output(_slice_rows(x_ctx, 0, 1)).shape[-1]
-        if self.likelihood == Likelihood.CLASSIFICATION and (
-            int(y_ctx.min()) < 0 or int(y_ctx.max()) >= n_out
-        ):
-            raise BadInputError(
-                f"labels must lie in [0, {n_out}) for a model with {n_out} outputs, got min "
-                f"{int(y_ctx.min())}, max {int(y_ctx.max())}"
-            )
-        if self.likelihood == Likelihood.REGRESSION and y_ctx.shape[-1] != n_out:
-            raise BadInputError(
-                f"regression targets have {y_ctx.shape[-1]} columns, the model {n_out} outputs"
-            )
+            n_out = self.subset.output(slice_rows(x_ctx, 0, 1)).shape[-1]
+        check_context_targets(self.likelihood, y_ctx, n_out)
         self.n_data, self.n_outputs, self.context_inputs = n_data, n_out, x_ctx
         self.batch_size = getattr(train_loader, "batch_size", None)
         self.prior_factor_sod, self._K_MM = n_context / n_data, None
@@ -345,10 +308,8 @@ class FunctionalLaplace(BaseFunctionalLaplace):
         loss = torch.zeros((), dtype=self._dtype, device=self._device)
         lams, mus = [], []
         chunks = self._context_chunks()
-        blocks: list[list[Tensor]] = [[None] * len(chunks) for _ in chunks]  # type: ignore[list-item]
         cached = self._context_factors()
-        for i, (lo, hi) in enumerate(chunks):
-            f_i, F_i = cached[i]
+        for (lo, hi), (f_i, F_i) in zip(chunks, cached, strict=True):
             y_i = y_ctx[lo:hi]
             loss = loss + lik.summed_loss(self.likelihood, f_i, y_i)
             lams.append(lik.hessian(self.likelihood, f_i))
@@ -357,11 +318,15 @@ class FunctionalLaplace(BaseFunctionalLaplace):
                 mus.append(y_i - f_i + j_theta)  # y − m, m = f + J(μ₀ − θ*)
             else:
                 mus.append(j_theta)
-            for j in range(i, len(chunks)):
-                F_j = cached[j][1]
-                blocks[i][j] = kernel(F_i, F_j, self.independent_outputs).detach()
         self.loss = loss.detach()
-        K = self._assemble(blocks, chunks, n_context, n_out)
+        K = context_kernel(
+            [F for _, F in cached],
+            chunks,
+            self.independent_outputs,
+            n_out,
+            self._dtype,
+            self._device,
+        )
         lam = torch.cat(lams).detach()
         S = gp.output_hessian_root(lam, diagonal=self.output_hessian == "diag")
         if self.independent_outputs:
@@ -372,38 +337,16 @@ class FunctionalLaplace(BaseFunctionalLaplace):
 
     def _context_chunks(self) -> list[tuple[int, int]]:
         assert self.context_inputs is not None
-        m = batch_size(self.context_inputs)
-        return [(lo, min(m, lo + self._chunk)) for lo in range(0, m, self._chunk)]
+        return chunk_bounds(batch_size(self.context_inputs), self._chunk)
 
     def _context_factors(self) -> list[tuple[Tensor, list[Factor]]]:
         """Outputs and Jacobian factors of each context chunk (recomputed per call)."""
         assert self.context_inputs is not None
         out = []
         for lo, hi in self._context_chunks():
-            f, F = self.subset.factors(_slice_rows(self.context_inputs, lo, hi))
+            f, F = self.subset.factors(slice_rows(self.context_inputs, lo, hi))
             out.append((f.detach(), F))
         return out
-
-    def _assemble(
-        self, blocks: list[list[Tensor]], chunks: list[tuple[int, int]], m: int, c: int
-    ) -> Tensor:
-        if self.independent_outputs:
-            K = torch.empty(m, m, c, dtype=self._dtype, device=self._device)
-        else:
-            K = torch.empty(m, c, m, c, dtype=self._dtype, device=self._device)
-        for i, (lo, hi) in enumerate(chunks):
-            for j in range(i, len(chunks)):
-                lo2, hi2 = chunks[j]
-                blk = blocks[i][j]
-                if self.independent_outputs:
-                    K[lo:hi, lo2:hi2] = blk
-                    K[lo2:hi2, lo:hi] = blk.transpose(0, 1)
-                else:
-                    K[lo:hi, :, lo2:hi2] = blk
-                    K[lo2:hi2, :, lo:hi] = blk.permute(2, 3, 0, 1)
-        if self.independent_outputs:
-            return K.permute(2, 0, 1).contiguous()
-        return K.reshape(m * c, m * c)
 
     # --- posterior ------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -422,16 +365,12 @@ class FunctionalLaplace(BaseFunctionalLaplace):
     def _test_kernels(self, x: Inputs, joint: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """f(x), prior k(x, x) and K(x, context), all without the prior scale v."""
         f, F = self.subset.factors(x)
-        if joint:
-            k_star = kernel(F, F, self.independent_outputs)
-        else:
-            k_star = kernel_diagonal(F, self.independent_outputs)
-        cross = [kernel(F, F_c, self.independent_outputs) for _, F_c in self._context_factors()]
-        return (
-            f.detach(),
-            k_star.detach(),
-            torch.cat(cross, dim=2 if not self.independent_outputs else 1).detach(),
-        )
+        k_star, k_cross = self._point_kernels(F, joint)
+        return f.detach(), k_star.detach(), k_cross.detach()
+
+    def _point_kernels(self, F: list[Factor], joint: bool) -> tuple[Tensor, Tensor]:
+        contexts = (F_c for _, F_c in self._context_factors())
+        return point_kernels(F, contexts, self.independent_outputs, joint)
 
     def _moments(
         self, f: Tensor, k_star: Tensor, k_cross: Tensor, joint: bool
@@ -454,22 +393,17 @@ class FunctionalLaplace(BaseFunctionalLaplace):
         x = to_device(x, self._device, self._dtype)
         return self._moments(*self._test_kernels(x, joint), joint)
 
-    def functional_variance(self, Js_star: Tensor) -> Tensor:
+    def functional_variance(self, Js_star: Tensor) -> Tensor:  # noqa: N803 - laplace-torch's
         """k_** − K_*M (K_MM + Λ⁻¹)⁻¹ K_M* for given test Jacobians (N*, C, P): (N*, C, C)."""
+        return self._dense_moments(Js_star, joint=False)
+
+    def _dense_moments(self, Js_star: Tensor, joint: bool) -> Tensor:  # noqa: N803
+        """The posterior covariance at test points given by dense Jacobians (N*, C, P)."""
         self._check_fitted()
         J = Js_star.to(self._dtype)
-        k_star = torch.einsum("bcp,bdp->bcd", J, J)
-        if self.independent_outputs:
-            k_star = torch.diagonal(k_star, dim1=-2, dim2=-1)
-        from laplace_cli.subsets.base import DenseFactor
-
-        cross = [
-            kernel([DenseFactor(J)], F_c, self.independent_outputs)
-            for _, F_c in self._context_factors()
-        ]
-        k_cross = torch.cat(cross, dim=2 if not self.independent_outputs else 1)
+        k_star, k_cross = self._point_kernels([DenseFactor(J)], joint)
         f = torch.zeros(J.shape[0], J.shape[1], dtype=J.dtype, device=J.device)
-        return self._moments(f, k_star, k_cross, joint=False)[1]
+        return self._moments(f, k_star, k_cross, joint=joint)[1]
 
     def __call__(
         self,
@@ -547,19 +481,7 @@ class FunctionalLaplace(BaseFunctionalLaplace):
 
     def functional_covariance(self, Js_star: Tensor) -> Tensor:  # noqa: N803 - laplace-torch's
         """Joint posterior covariance (N*·C, N*·C) for given test Jacobians (N*, C, P)."""
-        self._check_fitted()
-        J = Js_star.to(self._dtype)
-        b, c = J.shape[:2]
-        from laplace_cli.subsets.base import DenseFactor
-
-        k_star = kernel([DenseFactor(J)], [DenseFactor(J)], self.independent_outputs)
-        cross = [
-            kernel([DenseFactor(J)], F_c, self.independent_outputs)
-            for _, F_c in self._context_factors()
-        ]
-        k_cross = torch.cat(cross, dim=2 if not self.independent_outputs else 1)
-        f = torch.zeros(b, c, dtype=J.dtype, device=J.device)
-        return self._moments(f, k_star, k_cross, joint=True)[1]
+        return self._dense_moments(Js_star, joint=True)
 
     # --- laplace-torch's internals (its unit tests call them) ------------------------------------
     @staticmethod
@@ -585,19 +507,17 @@ class FunctionalLaplace(BaseFunctionalLaplace):
     def _kernel_batch(self, jacobians: Tensor, batch: Inputs) -> Tensor:
         """(M/N) J₁ Σ₀ J₂ᵀ: (b₁·C, b₂·C), or (b₁, b₂, C) with independent outputs."""
         J2, _ = self._jacobians(batch)
-        J1 = self._prior_weights(jacobians)
+        K = dense_kernel(self._prior_weights(jacobians), J2, self.independent_outputs)
         if self.independent_outputs:
-            return torch.einsum("acp,bcp->abc", J1, J2.to(jacobians.dtype))
-        P = jacobians.shape[-1]
-        return J1.reshape(-1, P) @ J2.reshape(-1, P).to(jacobians.dtype).T
+            return K
+        b1, c, b2, _ = K.shape
+        return K.reshape(b1 * c, b2 * c)
 
     def _kernel_star(self, jacobians: Tensor, joint: bool = False) -> Tensor:
         """(M/N) J Σ₀ Jᵀ per point (B, C, C) / (B, C); joint: (B, B, C, C) / (B, B, C)."""
         J1 = self._prior_weights(jacobians)
         if joint:
-            if self.independent_outputs:
-                return torch.einsum("acp,bcp->abc", J1, jacobians)
-            return torch.einsum("acp,bep->abce", J1, jacobians)
+            return self._pairs(dense_kernel(J1, jacobians, self.independent_outputs))
         if self.independent_outputs:
             return (J1 * jacobians).sum(-1)
         return torch.einsum("bcp,bep->bce", J1, jacobians)
@@ -605,11 +525,12 @@ class FunctionalLaplace(BaseFunctionalLaplace):
     def _kernel_batch_star(self, jacobians: Tensor, batch: Inputs) -> Tensor:
         """(M/N) K(x_*, batch): (B, b, C, C), or (B, b, C) with independent outputs."""
         J2, _ = self._jacobians(batch)
-        J2 = J2.to(jacobians.dtype)
         J1 = self._prior_weights(jacobians)
-        if self.independent_outputs:
-            return torch.einsum("bcp,dcp->bdc", J1, J2)
-        return torch.einsum("bcp,dep->bdce", J1, J2)
+        return self._pairs(dense_kernel(J1, J2.to(jacobians.dtype), self.independent_outputs))
+
+    def _pairs(self, K: Tensor) -> Tensor:
+        """A kernel block (B₁, C, B₂, C) in laplace-torch's point-pair layout (B₁, B₂, C, C)."""
+        return K if self.independent_outputs else K.permute(0, 2, 1, 3)
 
     def _init_K_MM(self) -> None:  # noqa: N802 - laplace-torch's name
         """A zeroed kernel buffer for `_store_K_batch`: (M·C, M·C), or C × (M, M) independent."""

@@ -7,6 +7,9 @@ A mixin of `Laplace` (as `PredictiveMixin` is): every method reads the fitted st
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -15,6 +18,18 @@ from laplace_cli.core.enums import Structure
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior import expand_prior
 from laplace_cli.posterior.predictive import RowSeeds, weight_generator
+
+#: `state_dict()` keys of the posterior file's tensors: `posterior.<tensor name>`.
+STATE_TENSOR_PREFIX = "posterior."
+
+
+def _plain_json(obj: Any) -> Any:
+    """JSON for the metadata's non-JSON values, as the posterior file encodes them."""
+    if hasattr(obj, "tolist"):  # tensors, numpy arrays and scalars
+        return obj.tolist()
+    if isinstance(obj, (tuple, set, frozenset)):
+        return list(obj)
+    return str(getattr(obj, "value", obj))  # enums, paths
 
 
 class PosteriorMixin:
@@ -235,21 +250,30 @@ class PosteriorMixin:
         return value
 
     def square_norm(self, value: Tensor) -> Tensor:
-        """(θ − θ*)ᵀ Λ (θ − θ*), the squared norm under the posterior precision."""
-        self.require_fit()
+        """(θ − θ*)ᵀ Λ (θ − θ*), the squared norm under the posterior precision.
+
+        Before `fit` (H = 0, as laplace-torch) it is the prior's: (θ − μ₀)ᵀ P₀ (θ − μ₀)."""
+        if not self.fitted:
+            delta = self._subset_value(value) - self.prior_mean.to(self._dtype)
+            return (delta**2 * self.prior_precision_diag.to(delta)).sum(-1)
         delta = self._subset_value(value) - self._mean
         return self.posterior.quad_form(delta, self.prior_precision, self.curvature_scale())
 
     def log_prob(self, value: Tensor, normalized: bool = True) -> Tensor:
-        """log N(value; θ*, Λ⁻¹) (without the constant terms when `normalized` is False)."""
+        """log N(value; θ*, Λ⁻¹) (without the constant terms when `normalized` is False).
+
+        Before `fit` the posterior is the prior (H = 0, as laplace-torch): log N(value; μ₀, P₀⁻¹)."""
         if not normalized:
             return -self.square_norm(value) / 2
         import math
 
+        log_det = (
+            self.log_det_posterior_precision
+            if self.fitted
+            else self.prior_precision_diag.log().sum()
+        )
         return (
-            -self.n_params / 2 * math.log(2 * math.pi)
-            + self.log_det_posterior_precision / 2
-            - self.square_norm(value) / 2
+            -self.n_params / 2 * math.log(2 * math.pi) + log_det / 2 - self.square_norm(value) / 2
         )
 
     def state_dict(self) -> dict:
@@ -258,17 +282,18 @@ class PosteriorMixin:
 
         laplace-torch's keys (mean, H, loss, prior_mean, prior_precision, sigma_noise, n_data,
         n_outputs, likelihood, temperature, enable_backprop, cls_name; `likelihood` as a string,
-        `H` as the `H` property for diag and full, else the structure's tensors by name) plus `posterior` and `metadata`, the
-        tensors and metadata of the safetensors posterior file (`serialization.laplace_state`).
+        `H` in laplace-torch's form: the `H` tensor for diag and full, the Kronecker factors
+        `[[B, A] or [B], ...]` for kron, `(U, eigvals)` for lowrank), plus the safetensors
+        posterior file's content (`serialization.laplace_state`): each tensor under
+        `posterior.<name>` and the metadata as one JSON string under `metadata`. Every value is
+        a tensor, a plain value or a list of tensors, as laplace-torch's own (no dicts).
         """
         from laplace_cli.laplace.serialization import laplace_state
 
         tensors, metadata = laplace_state(self)
         return {
             "mean": self.mean.detach(),
-            "H": H.detach()
-            if isinstance(H := self.H, Tensor)
-            else {k: v.detach() for k, v in self.posterior.state().items()},
+            "H": self._plain_H(),
             "loss": self.loss.detach(),
             "prior_mean": self.prior_mean.detach(),
             "prior_precision": self.prior_precision.detach(),
@@ -281,9 +306,20 @@ class PosteriorMixin:
             "temperature": float(self.temperature),
             "enable_backprop": bool(getattr(self, "enable_backprop", False)),
             "cls_name": type(self).__name__,
-            "posterior": tensors,
-            "metadata": metadata,
+            **{f"{STATE_TENSOR_PREFIX}{name}": t for name, t in tensors.items()},
+            # JSON, as the posterior file stores it (restore_state reads that form)
+            "metadata": json.dumps(metadata, default=_plain_json, sort_keys=True),
         }
+
+    def _plain_H(self) -> Tensor | list[list[Tensor]] | tuple[Tensor, ...]:
+        """H as laplace-torch's state_dict holds it (see `state_dict`)."""
+        H = self.H
+        if isinstance(H, Tensor):
+            return H.detach()
+        as_kron = getattr(self.posterior, "as_kron", None)
+        if as_kron is not None:
+            return [[f.detach() for f in F] for F in as_kron().kfacs]
+        return tuple(v.detach() for v in self.posterior.state().values())
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load `state_dict()` output into this (unfitted or fitted) approximation.
@@ -300,6 +336,8 @@ class PosteriorMixin:
                 "make sure subset_of_weights and hessian_structure are the same"
             )
         meta = state_dict["metadata"]
+        if isinstance(meta, str):
+            meta = json.loads(meta)
         mine = {
             "likelihood": self.likelihood.value,
             "subset": self.subset_of_weights.value,
@@ -317,5 +355,10 @@ class PosteriorMixin:
                 f"the state covers {state_dict['mean'].numel()} parameters, this model "
                 f"{n_mine}: use the same model, subset and requires_grad switches"
             )
-        restore_state(self, dict(state_dict["posterior"]), meta)
+        tensors = dict(state_dict.get("posterior") or {})  # the nested form of earlier versions
+        n = len(STATE_TENSOR_PREFIX)
+        tensors.update(
+            {k[n:]: v for k, v in state_dict.items() if k.startswith(STATE_TENSOR_PREFIX)}
+        )
+        restore_state(self, tensors, meta)
         self.enable_backprop = bool(state_dict.get("enable_backprop", False))

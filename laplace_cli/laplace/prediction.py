@@ -26,7 +26,9 @@ from laplace_cli.core.scores import (
     predictive_entropy,
     regression_variance_split,
 )
+from laplace_cli.laplace import dense_outputs
 from laplace_cli.metrics import classification as metrics
+from laplace_cli.posterior import softmax_last_layer
 from laplace_cli.posterior.memory import (
     format_bytes,
 )
@@ -48,6 +50,7 @@ from laplace_cli.posterior.predictive import (
 )
 from laplace_cli.subsets.base import Factor, NoLayerFactorsError, iter_rows
 from laplace_cli.subsets.last_layer import LastLayer
+from laplace_cli.subsets.precision import cast_factors
 
 
 class PredictiveMixin:
@@ -55,7 +58,8 @@ class PredictiveMixin:
 
     # --- predictive -------------------------------------------------------------------------
     def as_inputs(self, x: Any) -> Inputs:
-        return to_device(x, self._device, self._dtype)
+        """Inputs on the model's device; floating ones in the dtype the model runs in."""
+        return to_device(x, self._device, getattr(self, "_model_dtype", self._dtype))
 
     def factor_rows(self, x: Inputs) -> int:
         """Rows per chunk of the structured (diag / kron) functional variance.
@@ -87,9 +91,10 @@ class PredictiveMixin:
         ):
             try:
                 f, factors = self.subset.factors(x)
-                return f, factors, None
+                # A half-precision model's pieces: products are formed in the posterior's dtype.
+                return f, cast_factors(factors, self._dtype), None
             except NoLayerFactorsError:
-                if not posterior.needs_dense_jacobian:
+                if not (posterior.needs_dense_jacobian or posterior.accepts_dense_jacobian):
                     raise
                 self._no_layer_factors = True
         f, J = self.subset.jacobians(x)
@@ -109,7 +114,7 @@ class PredictiveMixin:
         empty = lambda *s: torch.empty(*s, dtype=self._dtype, device=self._device)  # noqa: E731
         return empty(0, n_out), empty(0, n_out, n_out)
 
-    def functional_variance(self, x: Any) -> tuple[Tensor, Tensor]:
+    def functional_variance_at(self, x: Any) -> tuple[Tensor, Tensor]:
         """GLM mean f(x; θ*) (B, C) and covariance J Σ Jᵀ (B, C, C), Σ = Λ⁻¹.
 
         No dense (B, C, P) Jacobian is built where the structure allows it: diag and kron work
@@ -125,7 +130,7 @@ class PredictiveMixin:
         self.require_fit()
         if self._backprop_off():
             with keep_graph():
-                return self.functional_variance(x)
+                return self.functional_variance_at(x)
         x = self.as_inputs(x)
         if batch_size(x) == 0:
             return self._empty_prediction()
@@ -146,13 +151,13 @@ class PredictiveMixin:
         """(f_μ, f_var) of the linearised network.
 
         f_var is (B, C, C); (B, C) with `diagonal_output`; with `joint`, f_μ is flattened to
-        (B·C,) and f_var is the covariance across the whole batch (B·C, B·C).
+        (B·C,) and f_var is the covariance across the whole batch (B·C, B·C). `joint` ignores
+        `diagonal_output`, as laplace-torch does (its test: "Joint predictive ignores
+        diagonal_output"); the (B·C, B·C) shape says which one was returned.
         """
-        if joint and diagonal_output:
-            raise BadInputError("joint and diagonal_output exclude each other; pick one")
         if joint:
             return self.joint_functional_covariance(x)
-        f_mu, f_var = self.functional_variance(x)
+        f_mu, f_var = self.functional_variance_at(x)
         if diagonal_output:
             f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
         return f_mu, f_var
@@ -185,7 +190,7 @@ class PredictiveMixin:
             cov = self.posterior.functional_variance(prior, scale, J=J.reshape(1, -1, J.shape[-1]))
         else:
             f, factors = self.subset.factors(x)
-            f = f.to(self._dtype)
+            f, factors = f.to(self._dtype), cast_factors(factors, self._dtype)
             self._check_joint_budget(joint_factor_bytes(factors), n)
             cov = self.posterior.functional_variance(
                 prior, scale, factors=factors_as_one_sample(factors)
@@ -278,6 +283,10 @@ class PredictiveMixin:
         diagonal_output: bool,
         generator: torch.Generator | RowSeeds | None,
     ) -> Tensor | tuple[Tensor, Tensor]:
+        if getattr(self, "output_positions", None) is not None:  # per position, (B, C, *S)
+            return dense_outputs.predict(
+                self, x, pt, la, likelihood, n_samples, joint, diagonal_output, generator
+            )
         if likelihood == Likelihood.REGRESSION:
             if pt == PredType.GLM:
                 return self.glm_predictive_distribution(
@@ -289,7 +298,11 @@ class PredictiveMixin:
             # to be the (B, C, C) sample covariance; `functional_samples` gives the samples).
             return samples.mean(0), samples.var(0)
         if pt == PredType.GLM:
-            f_mu, f_var = self.functional_variance(x)
+            if (diagonal_output or la == LinkApprox.PROBIT) and self._closed_form_variance():
+                # Many classes: probit needs the diagonal only, O(C) per row, not (C, C).
+                f_mu, f_var = self.functional_variance_diag(x)
+                return glm_link(self.likelihood, la, f_mu, f_var, n_samples, generator)
+            f_mu, f_var = self.functional_variance_at(x)
             if diagonal_output:
                 f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
             return glm_link(self.likelihood, la, f_mu, f_var, n_samples, generator)
@@ -297,18 +310,76 @@ class PredictiveMixin:
             x, pred_type="nn", n_samples=n_samples, generator=generator
         ).mean(0)
 
-    def functional_covariance(self, Js: Tensor) -> Tensor:
-        """laplace-torch's form: Jacobians (B, C, P) ↦ the joint covariance J Σ Jᵀ, (B·C, B·C).
+    def _closed_form_variance(self) -> bool:
+        closed = getattr(self, "softmax_closed_form", None)
+        return bool(closed is not None and closed())
 
-        (`functional_variance` here takes inputs x and returns (f_mu, (B, C, C)); see
-        `joint_functional_covariance` for inputs.)"""
+    def functional_variance_diag(self, x: Any) -> tuple[Tensor, Tensor]:
+        """GLM mean (B, C) and the diagonal of J Σ Jᵀ (B, C).
+
+        A last-layer diag / kron softmax posterior with many classes
+        (`softmax_closed_form`) computes it from the features in O(C·d) memory per row
+        (`posterior.softmax_last_layer.variance_diag`); anything else takes the diagonal of
+        `functional_variance_at`."""
+        if not self._closed_form_variance():
+            f_mu, f_var = self.functional_variance_at(x)
+            return f_mu, torch.diagonal(f_var, dim1=-2, dim2=-1)
         self.require_fit()
-        Js = torch.as_tensor(Js, dtype=self._dtype, device=self._device)
+        x = self.as_inputs(x)
+        if batch_size(x) == 0:
+            f_mu, f_var = self._empty_prediction()
+            return f_mu, f_var[:, 0]
+        prior, scale = self.prior_precision, self.curvature_scale()
+        n_out = self.n_outputs or 1
+        # A few (rows, C) float tensors per chunk, within a quarter of the budget.
+        rows = max(1, int(self.max_memory // 4 // (8 * n_out * self._itemsize)))
+        mus, vars_ = [], []
+        for xc in iter_rows(x, rows):
+            phi, f = self.subset.features(xc)
+            phi = phi.to(self._dtype)
+            mus.append(f.to(self._dtype))
+            vars_.append(softmax_last_layer.variance_diag(self.posterior, phi, prior, scale))
+        return torch.cat(mus), torch.cat(vars_)
+
+    def _is_jacobians(self, arg: Any) -> bool:
+        """True when `arg` is a tensor of laplace-torch's Jacobian shape (B, n_outputs,
+        n_params): `functional_variance` then takes it as Jacobians, anything else as inputs."""
+        if not isinstance(arg, Tensor) or arg.ndim != 3 or arg.shape[-1] != self.n_params:
+            return False
+        return self.n_outputs is None or arg.shape[1] == self.n_outputs
+
+    def functional_variance(self, x_or_Js: Any) -> Tensor | tuple[Tensor, Tensor]:  # noqa: N803
+        """laplace-torch's `functional_variance(Js)`: Jacobians (B, C, P) ↦ J Σ Jᵀ (B, C, C).
+
+        Dispatch on the argument (docs/migrating.md): a tensor of shape (B, n_outputs,
+        n_params) is Jacobians, as in laplace-torch; anything else (a batch of inputs, a dict
+        batch) is inputs and returns this project's `(f_mu, f_var)` as
+        `functional_variance_at(x)` does. Call `functional_variance_at` for inputs that could
+        look like Jacobians."""
+        if self._is_jacobians(x_or_Js):
+            self.require_fit()
+            return self.posterior.functional_variance(
+                self.prior_precision, self.curvature_scale(), J=self._checked_jacobians(x_or_Js)
+            )
+        return self.functional_variance_at(x_or_Js)
+
+    def _checked_jacobians(self, Js: Any) -> Tensor:  # noqa: N803 - laplace-torch's name
+        """Js as a (B, C, P) tensor in the posterior's dtype and device, or BadInputError."""
+        Js = torch.as_tensor(Js, device=self._device).to(self._dtype)
         if Js.ndim != 3 or Js.shape[-1] != self.n_params:
             raise BadInputError(
                 f"Jacobians must have shape (batch, outputs, {self.n_params}), got "
-                f"{tuple(Js.shape)}"
+                f"{tuple(Js.shape)}; for inputs call functional_variance_at(x)"
             )
+        return Js
+
+    def functional_covariance(self, Js: Tensor) -> Tensor:
+        """laplace-torch's form: Jacobians (B, C, P) ↦ the joint covariance J Σ Jᵀ, (B·C, B·C).
+
+        (`functional_variance_at(x)` takes inputs and returns (f_mu, (B, C, C)); see
+        `joint_functional_covariance` for the joint covariance of inputs.)"""
+        self.require_fit()
+        Js = self._checked_jacobians(Js)
         J = Js.reshape(1, -1, Js.shape[-1])
         return self.posterior.functional_variance(
             self.prior_precision, self.curvature_scale(), J=J
@@ -317,7 +388,7 @@ class PredictiveMixin:
     def functional_variance_fast(self, x: Any) -> tuple[Tensor, Tensor]:
         """(f_mu, the diagonal of the functional variance) (B, C), as laplace-torch's
         last-layer method; computed without forming Σ like `functional_variance`."""
-        f_mu, f_var = self.functional_variance(x)
+        f_mu, f_var = self.functional_variance_at(x)
         return f_mu, torch.diagonal(f_var, dim1=-2, dim2=-1)
 
     def predictive(
@@ -355,7 +426,7 @@ class PredictiveMixin:
         n_samples = check_n_samples(n_samples, "functional_samples")
         check_generator(generator, self._device)
         if pt == PredType.GLM:
-            f_mu, f_var = self.functional_variance(x)
+            f_mu, f_var = self.functional_variance_at(x)
             if diagonal_output:
                 f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
             return sample_gaussian_outputs(f_mu, f_var, n_samples, generator)
@@ -369,7 +440,11 @@ class PredictiveMixin:
             if len(self.subset.groups) > 1:
                 f = f + thetas[:, weight.numel :].unsqueeze(1)  # bias (S, 1, C)
             return f
-        return torch.stack([self.subset.forward_with(x, theta).to(self._dtype) for theta in thetas])
+        # The sampled weights go into the model in its own dtype (bfloat16 / float16 models).
+        mdt = getattr(self, "_model_dtype", self._dtype)
+        return torch.stack(
+            [self.subset.forward_with(x, theta.to(mdt)).to(self._dtype) for theta in thetas]
+        )
 
     def predictive_samples(
         self,
@@ -381,6 +456,8 @@ class PredictiveMixin:
     ) -> Tensor:
         """Samples of the predictive after the link: probabilities or outputs, (n_samples, B, C)."""
         samples = self.functional_samples(x, pred_type, n_samples, generator, diagonal_output)
+        if getattr(self, "output_positions", None) is not None:  # (n, B, C, *S)
+            return dense_outputs.link_per_position(self, samples)
         return link(self.likelihood, samples)
 
     def regression_predictive(
@@ -404,7 +481,7 @@ class PredictiveMixin:
             )
         pt = PredType.parse(pred_type, "pred_type")
         if pt == PredType.GLM:
-            mean, f_var = self.functional_variance(x)
+            mean, f_var = self.functional_variance_at(x)
             epistemic = torch.diagonal(f_var, dim1=-2, dim2=-1)
         else:
             n = check_n_samples(n_samples, "the sample variance of pred_type 'nn'", minimum=2)
@@ -453,7 +530,7 @@ class PredictiveMixin:
             n_samples = check_n_samples(n_samples, "mutual information (n_samples = 0 skips it)")
         prob_samples: Tensor | None = None
         if pt == PredType.GLM:
-            f_mu, f_var = self.functional_variance(x)
+            f_mu, f_var = self.functional_variance_at(x)
             var = torch.diagonal(f_var, dim1=-2, dim2=-1)
             if n_samples > 0:
                 # The same draws as la(x, link_approx="mc") with a generator in the same state.

@@ -66,6 +66,11 @@ def laplace_state(
         metadata["last_layer_name"] = la.subset.last_layer_name
         if la.feature_reduction:
             metadata["feature_reduction"] = la.feature_reduction
+    if getattr(la, "output_positions", None) is not None:
+        # Dense outputs (B, C, *S): how positions combine, the mask label and (C, *S).
+        metadata["output_positions"] = la.output_positions
+        metadata["ignore_index"] = int(la.ignore_index)
+        metadata["output_shape"] = list(la.output_shape or ())
     if la.tuning:
         metadata["tuning"] = la.tuning
         for key in ("pred_type", "link_approx", "prior_structure"):
@@ -73,6 +78,11 @@ def laplace_state(
                 metadata[key] = la.tuning[key]
     if structure_spec(la.hessian_structure).records_rank and la.rank is not None:
         metadata["rank"] = int(la.rank)
+    model_dtype = getattr(la, "model_dtype", la.dtype)
+    if model_dtype != la.dtype:
+        # A bfloat16 / float16 model (or float32 with a float64 curvature): the model is loaded
+        # back in this dtype, the posterior in the tensors' dtype (docs/half-precision.md).
+        metadata["model_dtype"] = str(model_dtype).removeprefix("torch.")
     metadata.update(extra or {})
     return tensors, metadata
 
@@ -99,6 +109,8 @@ def restore_state(la: Any, tensors: dict[str, Tensor], metadata: dict[str, Any])
         la.posterior.load_state(state)
     la.n_data = n_data
     la.n_outputs = int(metadata["n_outputs"])
+    if metadata.get("output_shape"):
+        la.output_shape = tuple(int(v) for v in metadata["output_shape"])
     la.loss = torch.as_tensor(metadata["loss"], dtype=dtype, device=device)
     la.sigma_noise = torch.as_tensor(metadata["sigma_noise"], dtype=dtype)
     la.prior_precision = state["prior.precision"]

@@ -68,7 +68,9 @@ __all__ = [
     "auroc_statistic",
     "binary_statistic",
     "bootstrap_distributions",
+    "METRIC_RANGES",
     "classification_statistic",
+    "clip_to_range",
     "interval",
     "intervals_from_distributions",
     "regression_statistic",
@@ -273,6 +275,32 @@ def interval(
     raise BadInputError(f"bootstrap method: expected one of {', '.join(METHODS)}, got {method!r}")
 
 
+#: The values a metric can take. ``basic`` and ``prediction`` bounds are the estimate plus
+#: resample spreads, so near a boundary they can cross it (an ECE of 0.017 with a spread of
+#: ±0.017 gives a lower bound of −0.0003); a bound outside the range is moved onto it, which
+#: never lowers the interval's coverage. NLL is absent: a regression NLL can be negative.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "acc": (0.0, 1.0),
+    "ece": (0.0, 1.0),
+    "mce": (0.0, 1.0),
+    "aece": (0.0, 1.0),
+    "brier": (0.0, 2.0),
+    "rmse": (0.0, math.inf),
+    "mae": (0.0, math.inf),
+    "crps": (0.0, math.inf),
+    "coverage": (0.0, 1.0),
+    "auroc": (0.0, 1.0),
+}
+
+
+def clip_to_range(metric: str, lower: float, upper: float) -> tuple[float, float]:
+    """``(lower, upper)`` moved into ``METRIC_RANGES[metric]`` (unchanged for other metrics)."""
+    lo_bound, hi_bound = METRIC_RANGES.get(metric, (-math.inf, math.inf))
+    if math.isnan(lower) or math.isnan(upper):
+        return lower, upper
+    return min(max(lower, lo_bound), hi_bound), max(min(upper, hi_bound), lo_bound)
+
+
 def intervals_from_distributions(
     point: Mapping[str, Mapping[str, float]],
     distributions: Mapping[str, Mapping[str, Tensor]],
@@ -291,7 +319,9 @@ def intervals_from_distributions(
         row_out: dict[str, dict[str, Any]] = {}
         for metric, values in dists.items():
             estimate = float(point[row][metric])
-            lo, hi = interval(values, level, method=method, estimate=estimate)
+            lo, hi = clip_to_range(
+                metric, *interval(values, level, method=method, estimate=estimate)
+            )
             entry: dict[str, Any] = {"lower": lo, "upper": hi}
             for other, other_dists in distributions.items():
                 if other == row or metric not in other_dists:

@@ -16,6 +16,10 @@ Scores:
   u ~ U(0, 1) per row; a test row's set is {k : Σ_{j: p_j > p_k} p_j + u·p_k ≤ q̂} with one u
   per test row. Randomising makes coverage close to exact instead of conservative; the draws
   come from a seeded generator so results are reproducible.
+* binary / multi-label, per label LAC: each label l is a two-class problem with probabilities
+  (1 − p_l, p_l); s_l = 1 − p_l(y_l) and one q̂_l per label, the set of label l is
+  {k ∈ {0, 1} : 1 − p_l(k) ≤ q̂_l}. Coverage is per label (each label's set holds its value
+  with probability ≥ 1 − α), not of the whole label vector.
 * regression, normalised (Lei et al. 2018): s = |y − μ| / σ, interval μ ± q̂σ (σ the predictive
   standard deviation); with σ ≡ 1 it is the absolute residual, interval μ ± q̂. Multi-output
   regression calibrates one threshold per output.
@@ -30,7 +34,12 @@ import torch
 from torch import Tensor
 
 from laplace_cli.core.errors import BadInputError
-from laplace_cli.metrics.checks import check_classification, check_level, check_probs
+from laplace_cli.metrics.checks import (
+    check_binary_labels,
+    check_classification,
+    check_level,
+    check_probs,
+)
 
 __all__ = [
     "CLASSIFICATION_SCORES",
@@ -43,6 +52,9 @@ __all__ = [
     "regression_intervals",
     "set_metrics",
     "interval_metrics",
+    "label_lac_scores",
+    "label_set_metrics",
+    "label_sets",
 ]
 
 CLASSIFICATION_SCORES = ("lac", "aps")
@@ -101,17 +113,29 @@ def aps_scores(probs: Tensor, labels: Tensor, generator: torch.Generator | None 
 
 
 def class_sets(
-    probs: Tensor, threshold: float, score: str, generator: torch.Generator | None = None
+    probs: Tensor,
+    threshold: float,
+    score: str,
+    generator: torch.Generator | None = None,
+    uniforms: Tensor | None = None,
 ) -> Tensor:
     """(N, C) boolean prediction sets: the labels whose conformity score is ≤ `threshold`.
 
-    For ``aps`` one uniform is drawn per row from `generator` (the calibration draws are
-    independent of these)."""
+    For ``aps`` one uniform per row: `uniforms` (N,) when given (`predict` seeds them per row),
+    else drawn from `generator` (the calibration draws are independent of these)."""
     p = check_probs(probs)
     if score == "lac":
         return (1.0 - p) <= threshold
     if score == "aps":
-        return _aps_all(p, _uniform(p.shape[0], generator, p.device)) <= threshold
+        if uniforms is None:
+            u = _uniform(p.shape[0], generator, p.device)
+        else:
+            u = torch.as_tensor(uniforms, dtype=torch.float64).reshape(-1).to(p.device)
+            if u.numel() != p.shape[0]:
+                raise BadInputError(
+                    f"APS sets: expected one uniform per row ({p.shape[0]}), got {u.numel()}"
+                )
+        return _aps_all(p, u) <= threshold
     raise BadInputError(
         f"conformal score: expected one of {', '.join(CLASSIFICATION_SCORES)}, got {score!r}"
     )
@@ -125,6 +149,47 @@ def set_metrics(sets: Tensor, labels: Tensor) -> dict[str, float]:
         "coverage": float(covered.to(torch.float64).mean()),
         "size": float(sets.sum(1).to(torch.float64).mean()),
     }
+
+
+def _label_probs(probs: Tensor) -> Tensor:
+    p = check_probs(probs, simplex=False)
+    return p.unsqueeze(1) if p.ndim == 1 else p
+
+
+def label_lac_scores(probs: Tensor, targets: Tensor) -> Tensor:
+    """(N, L) per-label LAC scores 1 − p_l(y_l) of binary / multi-label probabilities p (N, L)
+    (or (N,)) of label value 1 and 0/1 targets of the same shape."""
+    p = _label_probs(probs)
+    y = check_binary_labels(torch.as_tensor(targets).reshape(p.shape), p.shape).to(p.device)
+    return 1.0 - torch.where(y.bool(), p, 1.0 - p)
+
+
+def label_sets(probs: Tensor, thresholds: list[float]) -> Tensor:
+    """(N, L, 2) boolean per-label sets: ``[n, l, k]`` is whether value k ∈ {0, 1} of label l
+    is in the set, i.e. 1 − p_l(k) ≤ q̂_l (p_l(1) = p_l, p_l(0) = 1 − p_l)."""
+    p = _label_probs(probs)
+    q = torch.as_tensor(thresholds, dtype=torch.float64).reshape(-1).to(p.device)
+    if q.numel() != p.shape[1]:
+        raise BadInputError(
+            f"per-label conformal sets: expected {p.shape[1]} thresholds (one per label), "
+            f"got {q.numel()}"
+        )
+    two = torch.stack([p, 1.0 - p], -1)  # 1 − p_l(k) for k = 0, 1
+    return two <= q.reshape(1, -1, 1)
+
+
+def label_set_metrics(sets: Tensor, targets: Tensor) -> tuple[dict[str, float], list[dict]]:
+    """(averaged, per label): ``{"coverage", "size"}`` of each label's sets (share of rows whose
+    set holds the label's value; mean set size, 0–2), and their means over labels."""
+    y = torch.as_tensor(targets).reshape(sets.shape[:2]).long().to(sets.device)
+    covered = sets.gather(2, y.unsqueeze(2)).squeeze(2).to(torch.float64)  # (N, L)
+    coverage = covered.mean(0)
+    size = sets.sum(2).to(torch.float64).mean(0)
+    per_label = [
+        {"coverage": float(c), "size": float(z)}
+        for c, z in zip(coverage.tolist(), size.tolist(), strict=True)
+    ]
+    return {"coverage": float(coverage.mean()), "size": float(size.mean())}, per_label
 
 
 def _mean_std_y(mean: Any, std: Any, y: Any) -> tuple[Tensor, Tensor, Tensor]:
@@ -170,15 +235,31 @@ def interval_metrics(lower: Tensor, upper: Tensor, y: Tensor) -> dict[str, float
     }
 
 
-def prediction_fields(pred: dict[str, Tensor], thresholds: dict[str, Any]) -> dict[str, Tensor]:
-    """Conformal fields of a batch of prediction rows from stored thresholds.
+def prediction_fields(
+    pred: dict[str, Tensor], thresholds: dict[str, Any], uniforms: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Conformal fields of a batch of prediction rows from the stored thresholds of one score.
 
-    ``{"lac": q̂}`` (classification, `pred["probs"]`): ``conformal_set``, 0/1 per class;
-    ``{"normalised": [q̂ per output]}`` (regression, `pred["mean"]`, `pred["var_total"]`):
-    ``conformal_lower`` / ``conformal_upper`` = mean ∓ q̂·√var_total."""
-    if "lac" in thresholds:
-        sets = class_sets(pred["probs"].double(), thresholds["lac"], "lac")
+    ``{"lac": q̂}`` or ``{"aps": q̂}`` (classification, `pred["probs"]`; APS needs `uniforms`,
+    one per row): ``conformal_set``, 0/1 per class; ``{"label_lac": [q̂ per label]}`` (binary /
+    multi-label, `pred["probs"]` of value 1): ``conformal_has_0`` / ``conformal_has_1``, 0/1 per
+    label (whether value 0 / 1 is in the label's set); ``{"normalised": [q̂ per output]}``
+    (regression, `pred["mean"]`, `pred["var_total"]`): ``conformal_lower`` /
+    ``conformal_upper`` = mean ∓ q̂·√var_total."""
+    if "lac" in thresholds or "aps" in thresholds:
+        score = "lac" if "lac" in thresholds else "aps"
+        if score == "aps" and uniforms is None:
+            raise BadInputError("APS conformal sets need one uniform draw per row")
+        sets = class_sets(pred["probs"].double(), thresholds[score], score, uniforms=uniforms)
         return {"conformal_set": sets.to(torch.int8)}
+    if "label_lac" in thresholds:
+        probs = pred["probs"]
+        sets = label_sets(probs.double(), thresholds["label_lac"]).to(torch.int8)
+        shape = probs.shape  # (N,) for one label: the fields keep the probabilities' shape
+        return {
+            "conformal_has_0": sets[..., 0].reshape(shape),
+            "conformal_has_1": sets[..., 1].reshape(shape),
+        }
     mean = pred["mean"]
     std = pred["var_total"].double().sqrt()
     lower, upper = regression_intervals(mean, std, thresholds["normalised"])

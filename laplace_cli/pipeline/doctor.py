@@ -27,7 +27,9 @@ from laplace_cli.pipeline.evaluation import SplitOutputs, collect_outputs
 from laplace_cli.pipeline.predict_stage import PredictOptions
 from laplace_cli.pipeline.stage_support import Progress, no_progress, split_loader
 
-SEVERITIES = ("ok", "skipped", "info", "warning", "error")
+#: Least to most severe. A skipped check ranks below an ok one: a run whose checks are all ok or
+#: skipped is "ok" (worst is "skipped" only when nothing could be checked).
+SEVERITIES = ("skipped", "ok", "info", "warning", "error")
 
 #: Thresholds of the checks; docs/doctor.md says why each has its value.
 THRESHOLDS: dict[str, float] = {
@@ -52,8 +54,18 @@ class Finding:
     action: str = ""
 
 
+def fails(worst_severity: str, fail_on: str | None) -> bool:
+    """Whether `--fail-on` / the recipe's `doctor.fail_on` (`warning`, `error`; `never` or
+    None: no) makes a run with this worst severity fail (exit 1)."""
+    if fail_on in (None, "never"):
+        return False
+    if fail_on not in SEVERITIES:
+        raise BadInputError(f"fail_on: expected never, warning or error, got {fail_on!r}")
+    return SEVERITIES.index(worst_severity) >= SEVERITIES.index(fail_on)
+
+
 def worst(findings: list[Finding]) -> str:
-    """The most severe severity among the findings ("ok" when none)."""
+    """The most severe severity among the findings ("ok" when there are none)."""
     return max((f.severity for f in findings), key=SEVERITIES.index, default="ok")
 
 
@@ -238,7 +250,7 @@ def mean_loss_gradient(
     n = 0
     for batch in progress(loader, None, "gradient of the training loss"):
         x, y = split_batch(batch)
-        x = to_device(x, la.device, la.dtype)
+        x = to_device(x, la.device, getattr(la, "model_dtype", la.dtype))
         y = y.to(la.device)
         f = la.model(**x) if isinstance(x, dict) else la.model(x)
         f = f.logits if hasattr(f, "logits") else f

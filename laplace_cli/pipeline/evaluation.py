@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +114,8 @@ def collect_outputs(
     with la.subset.reuse_forward():
         for i, batch in enumerate(progress(loader, len_or_none(loader), what)):
             x, y = split_batch(batch)
-            x = to_device(x, la.device, la.dtype)  # dict (text) batches too
+            # dict (text) batches too; a bfloat16 / float16 model takes its own dtype
+            x = to_device(x, la.device, getattr(la, "model_dtype", la.dtype))
             if i == 0:
                 check_model_accepts(la, x, source or what)
             f_map.append(la.subset.output(x).to(la.dtype).cpu())
@@ -348,21 +349,75 @@ def evaluate(
     ranks return None.
     """
     options = options or PredictOptions()
+    parsed_gates = _checked_gates(gates, bootstrap_settings, binning)  # before any work
+    ctx = distributed.context(la.device) if shard else None
+    pred_type, link_approx = default_pred_options(la, options)
+    collect = _collector(la, options, batch_size, progress, ctx)
+    timings: dict[str, float] = {}
+    test, val, oods = _predict_splits(
+        collect, data_path, split, val_split, ood_data, ood_split, timings
+    )
+    if test is None:
+        return None  # not rank 0: the metrics are computed there
+    how = _Scoring(n_bins, binning, per_label_temperature, bootstrap_settings, conformal_level)
+    scored = _score_splits(la, test, val, oods, how, options.seed, isinstance(ood_data, Mapping))
+    timings.update(scored.timings)
+    used_val = val_split if val is not None else None
+    settings = _evaluation_settings(la, scored, split, used_val, options, pred_type, link_approx)
+    table = gate_table({**scored.rows, **(gate_rows or {})}, scored.intervals)
+    results = evaluate_gates(parsed_gates, table) if parsed_gates else []
+    return EvaluationResult(
+        rows=scored.rows,
+        settings=settings,
+        gates=[r.to_dict() for r in results],
+        timings=timings,
+        plot_inputs=scored.plots,
+        identity=_data_identity(data_path, split, ood_data, ood_split),
+        tables=scored.extra.tables,
+        curves=scored.extra.curves,
+        intervals=scored.intervals,
+    )
+
+
+def _checked_gates(
+    gates: list[str] | None, bootstrap_settings: bootstrap.BootstrapSettings | None, binning: str
+) -> list[Any]:
+    """Parse the gates and check the binning, so that bad input fails before any prediction."""
     parsed_gates = parse_gates(gates or [])  # malformed gates fail before any work
     check_intervals_available(parsed_gates, bootstrap_settings is not None)
     if binning not in bootstrap.BINNINGS:
         raise BadInputError(
             f"binning: expected one of {', '.join(bootstrap.BINNINGS)}, got {binning!r}"
         )
-    ctx = distributed.context(la.device) if shard else None
-    pred_type, link_approx = default_pred_options(la, options)
-    spec = load_dataset_spec(data_path)
-    timings: dict[str, float] = {}
+    return parsed_gates
+
+
+def _collector(
+    la: Laplace, options: PredictOptions, batch_size: int | None, progress: Progress, ctx: Any
+) -> Callable[..., Any]:
+    """`outputs(spec, split, label, source, **loader_kw)`: one split's outputs (None off rank 0)."""
 
     def outputs(split_spec: Any, name: str, label: str, source: str, **kw: Any) -> Any:
         loader = split_loader(split_spec, name, la.likelihood, batch_size, any_order=True, **kw)
         return collect_outputs(la, loader, options, progress, label, source=source, ctx=ctx)
 
+    return outputs
+
+
+def _predict_splits(
+    outputs: Callable[..., Any],
+    data_path: str | Path,
+    split: str,
+    val_split: str | None,
+    ood_data: str | Path | Mapping[str, str | Path] | None,
+    ood_split: str,
+    timings: dict[str, float],
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Run the predictive over the test, validation and OOD splits (in that order), timed.
+
+    Every rank runs this (the predictive work is shared); the outputs are None off rank 0.
+    """
+    spec = load_dataset_spec(data_path)
     start = time.perf_counter()
     test = outputs(spec, split, f"evaluate {split}", f"{data_path}: split {split!r}")
     timings[f"predict_{split}"] = time.perf_counter() - start
@@ -384,57 +439,104 @@ def evaluate(
             f"{path}: split {ood_split!r}",
             require_labels=False,
         )
-    if test is None:
-        return None  # not rank 0: the metrics are computed there
+    return test, val, oods
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """How the rows are scored: the ece bins, the temperature, the bootstrap, the conformal level."""
+
+    n_bins: int
+    binning: str
+    per_label_temperature: bool
+    bootstrap_settings: bootstrap.BootstrapSettings | None
+    conformal_level: float
+
+
+@dataclass
+class _Scored:
+    """What scoring the collected outputs gives: the rows and everything derived from them."""
+
+    how: _Scoring
+    n_test: int
+    rows: dict[str, dict[str, float]]
+    plots: dict[str, Any]
+    baseline: dict[str, Any]
+    intervals: dict[str, Any]
+    recorded_bootstrap: Any
+    extra: Any
+    timings: dict[str, float]
+
+
+def _score_splits(
+    la: Laplace, test: Any, val: Any, oods: dict[str, Any], how: _Scoring, seed: int, named: bool
+) -> _Scored:
+    """Rows, bootstrap intervals and uncertainty tables from the outputs (rank 0 only).
+
+    `named`: the OOD sets were given by name (their metrics keep the `_<name>` suffix).
+    """
+    n_bins, binning = how.n_bins, how.binning
+    timings: dict[str, float] = {}
     ood = next(iter(oods.values()), None)
-    rows, plots, baseline = _score_rows(la, test, val, ood, n_bins, per_label_temperature, binning)
+    rows, plots, baseline = _score_rows(
+        la, test, val, ood, n_bins, how.per_label_temperature, binning
+    )
     intervals: dict[str, Any] = {}
     recorded_bootstrap = None
-    if bootstrap_settings is not None:
+    if how.bootstrap_settings is not None:
         start = time.perf_counter()
         intervals, recorded_bootstrap = _bootstrap_intervals(
-            la, test, ood, rows, plots, baseline, n_bins, binning, bootstrap_settings
+            la, test, ood, rows, plots, baseline, n_bins, binning, how.bootstrap_settings
         )
         timings["bootstrap"] = time.perf_counter() - start
-    extra = _uncertainty_tables(la, test, val, oods, baseline, conformal_level, options.seed)
-    named = isinstance(ood_data, Mapping)
+    extra = _uncertainty_tables(la, test, val, oods, baseline, how.conformal_level, seed)
     for row, values in extra.row_metrics.items():
         # One unnamed OOD set ("ood"): its `auroc` / `fpr95` are in the rows already.
         rows[row].update({k: v for k, v in values.items() if named or not k.endswith("_ood")})
     if baseline.get("ece_per_label") is not None:
+        # A table, not a setting: popped so that the settings do not repeat it.
         per_label = baseline.pop("ece_per_label")
         extra.tables["ece_per_label"] = {
             row: {f"label_{k}": v for k, v in enumerate(eces)} for row, eces in per_label.items()
         }
-    settings = {
+    n_test = int(test.targets.shape[0])
+    return _Scored(
+        how, n_test, rows, plots, baseline, intervals, recorded_bootstrap, extra, timings
+    )
+
+
+def _evaluation_settings(
+    la: Laplace,
+    scored: _Scored,
+    split: str,
+    val_split: str | None,
+    options: PredictOptions,
+    pred_type: Any,
+    link_approx: Any,
+) -> dict[str, Any]:
+    """The `settings` of the report: what was evaluated and how (keys in report order)."""
+    return {
         "split": split,
-        "val_split": val_split if val is not None else None,
+        "val_split": val_split,  # None when no validation split was scored
         "pred_type": pred_type.value,
         # Regression has no link function: no approximation of one is used (None, "n/a").
         "link_approx": None if la.likelihood == Likelihood.REGRESSION else link_approx.value,
         "n_samples": options.n_samples,
         **_posterior_settings(la),
-        "n_test": int(test.targets.shape[0]),
-        **{k: v for k, v in baseline.items() if v is not None},
-        **({"conformal_level": conformal_level} if "conformal" in extra.tables else {}),
+        "n_test": scored.n_test,
+        **{k: v for k, v in scored.baseline.items() if v is not None},
         **(
-            {"n_bins": n_bins, "binning": binning} if la.likelihood != Likelihood.REGRESSION else {}
+            {"conformal_level": scored.how.conformal_level}
+            if "conformal" in scored.extra.tables
+            else {}
         ),
-        "bootstrap": recorded_bootstrap,
+        **(
+            {"n_bins": scored.how.n_bins, "binning": scored.how.binning}
+            if la.likelihood != Likelihood.REGRESSION
+            else {}
+        ),
+        "bootstrap": scored.recorded_bootstrap,
     }
-    table = gate_table({**rows, **(gate_rows or {})}, intervals)
-    results = evaluate_gates(parsed_gates, table) if parsed_gates else []
-    return EvaluationResult(
-        rows=rows,
-        settings=settings,
-        gates=[r.to_dict() for r in results],
-        timings=timings,
-        plot_inputs=plots,
-        identity=_data_identity(data_path, split, ood_data, ood_split),
-        tables=extra.tables,
-        curves=extra.curves,
-        intervals=intervals,
-    )
 
 
 def _uncertainty_tables(
@@ -614,10 +716,8 @@ def save_evaluation_outputs(
     Returns the paths written, by kind.
     """
     import json
-    import tempfile
 
     from laplace_cli.io.atomic import atomic_write_bytes
-    from laplace_cli.pipeline.report import plot_coverage, plot_reliability, write_html_report
 
     written: dict[str, str] = {}
     add_identity(result, extra)  # the JSON report, the HTML page and --json all show it
@@ -629,53 +729,78 @@ def save_evaluation_outputs(
     n_bins = result.settings.get("n_bins", 15)  # the bins of the report's ece (equal-width)
 
     def draw(path: str | Path) -> None:
-        if likelihood == Likelihood.REGRESSION:
-            plot_coverage(result.plot_inputs, path, title="coverage of central intervals")
-        elif likelihood == Likelihood.CLASSIFICATION:
-            plot_reliability(result.plot_inputs, path, n_bins=n_bins, title="reliability")
-        else:  # binary / multi-label: each label a two-class problem, all labels pooled
-            plot_reliability(
-                result.plot_inputs, path, n_bins=n_bins, title="reliability (labels pooled)"
-            )
+        _draw_plot(result, likelihood, path, n_bins)
 
     if plot is not None:
         draw(plot)
         written["plot"] = str(plot)
     if html is not None:
-        images: list[str | Path] = []
-        with tempfile.TemporaryDirectory() as tmp:
-            if plot is not None:
-                images.append(plot)
-            else:
-                img = Path(tmp) / "plot.png"
-                draw(img)
-                images.append(img)
-            if result.curves:
-                from laplace_cli.pipeline.report import plot_risk_coverage
-
-                images.append(plot_risk_coverage(result.curves, Path(tmp) / "risk_coverage.png"))
-            if history is not None:
-                from laplace_cli.io.history import read_runs
-                from laplace_cli.pipeline.run_history import plot_trend
-
-                images.append(plot_trend(read_runs(history), Path(tmp) / "trend.png"))
-            settings = {**result.settings, **(extra or {}).get("posterior_info", {})}
-            from types import SimpleNamespace
-
-            gates = [SimpleNamespace(text=g["gate"], **g) for g in result.gates]
-            write_html_report(
-                html,
-                "laplace evaluate",
-                result.rows,
-                settings,
-                images,
-                gates=gates,
-                identity=result.identity,
-                baseline=result.baseline or None,
-                tables=result.tables,
-            )
+        _write_evaluation_html(result, html, plot, draw, extra, history)
         written["html"] = str(html)
     return written
+
+
+def _draw_plot(
+    result: EvaluationResult, likelihood: Likelihood, path: str | Path, n_bins: int
+) -> None:
+    """The coverage plot (regression) or the reliability diagram (classification) at `path`."""
+    from laplace_cli.pipeline.report import plot_coverage, plot_reliability
+
+    if likelihood == Likelihood.REGRESSION:
+        plot_coverage(result.plot_inputs, path, title="coverage of central intervals")
+    elif likelihood == Likelihood.CLASSIFICATION:
+        plot_reliability(result.plot_inputs, path, n_bins=n_bins, title="reliability")
+    else:  # binary / multi-label: each label a two-class problem, all labels pooled
+        plot_reliability(
+            result.plot_inputs, path, n_bins=n_bins, title="reliability (labels pooled)"
+        )
+
+
+def _write_evaluation_html(
+    result: EvaluationResult,
+    html: str | Path,
+    plot: str | Path | None,
+    draw: Callable[[str | Path], None],
+    extra: dict[str, Any] | None,
+    history: str | Path | None,
+) -> None:
+    """The HTML page; the images it embeds are drawn into a temporary folder that it outlives."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from laplace_cli.pipeline.report import write_html_report
+
+    images: list[str | Path] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if plot is not None:
+            images.append(plot)
+        else:
+            img = Path(tmp) / "plot.png"
+            draw(img)
+            images.append(img)
+        if result.curves:
+            from laplace_cli.pipeline.report import plot_risk_coverage
+
+            images.append(plot_risk_coverage(result.curves, Path(tmp) / "risk_coverage.png"))
+        if history is not None:
+            from laplace_cli.io.history import read_runs
+            from laplace_cli.pipeline.run_history import plot_trend
+
+            images.append(plot_trend(read_runs(history), Path(tmp) / "trend.png"))
+        settings = {**result.settings, **(extra or {}).get("posterior_info", {})}
+        gates = [SimpleNamespace(text=g["gate"], **g) for g in result.gates]
+        write_html_report(
+            html,
+            "laplace evaluate",
+            result.rows,
+            settings,
+            images,
+            gates=gates,
+            identity=result.identity,
+            baseline=result.baseline or None,
+            tables=result.tables,
+            intervals=result.intervals or None,
+        )
 
 
 def _jsonable(obj: Any) -> Any:

@@ -67,6 +67,9 @@ class FitOptions:
     #: structure "gp" (`pipeline.gp_stage`): M context points (None: every row), and which rows.
     context_points: int | None = None
     context: str = "first"
+    #: dtype of the curvature and posterior (float32 / float64); None: the model's, float32 for
+    #: a bfloat16 / float16 model (`laplace.precision`).
+    curvature_dtype: str | None = None
 
 
 @dataclass
@@ -179,6 +182,7 @@ def _new_laplace(
         rank=options.rank,
         max_memory=options.max_memory,
         seed=options.seed,
+        curvature_dtype=options.curvature_dtype,
     )
     _check_single_pass(options, la)
     if options.prior:

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
-from laplace_cli.core.enums import Likelihood, Subset
+from laplace_cli.core.enums import Likelihood, Structure, Subset
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.datasets import load_dataset_spec
 from laplace_cli.laplace.functional import FunctionalLaplace, FunctionalLLLaplace
+from laplace_cli.laplace.precision import check_half_precision, model_dtype_of
 from laplace_cli.pipeline.fit_stage import FitOptions, FitResult
 from laplace_cli.pipeline.model_loading import (
     LoadedPosterior,
@@ -82,6 +83,7 @@ def fit_gp(
     }
     if options.sigma_noise is not None:
         kwargs["sigma_noise"] = options.sigma_noise
+    check_half_precision(model_dtype_of(loaded.model), Structure.GP)  # exit 2, with the why
     if options.subset == Subset.LAST_LAYER.value:
         la: FunctionalLaplace = FunctionalLLLaplace(
             loaded.model, likelihood, last_layer_name=options.last_layer_name, **kwargs

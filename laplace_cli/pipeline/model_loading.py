@@ -204,6 +204,9 @@ def load_posterior(
         spec = model_spec_from_ref(recorded, trust_checkpoint)
     else:
         spec = model_override
+    if dtype is None and meta.get("model_dtype"):
+        # Fitted on a bfloat16 / float16 model (the posterior itself is float32): the same.
+        dtype = str(meta["model_dtype"])
     if dtype is None:
         dtype = {torch.float64: "float64", torch.float32: "float32"}.get(pf.tensors["mean"].dtype)
     loaded = load_model_spec(spec, device, dtype)

@@ -37,8 +37,9 @@ class PredictOptions:
     n_samples: int = 100
     interval: float = 0.95
     seed: int = 0
-    #: Stored conformal thresholds of one level (`conformal_stage.calibration_for`): the rows
-    #: get `conformal_set` or `conformal_lower` / `conformal_upper`.
+    #: Stored conformal threshold(s) of one level and score (`conformal_stage.calibration_for`):
+    #: the rows get `conformal_set`, `conformal_has_0` / `conformal_has_1` (binary) or
+    #: `conformal_lower` / `conformal_upper`.
     conformal: dict[str, Any] | None = None
 
 
@@ -84,7 +85,8 @@ ROW_FIELDS = {
     + ("conformal_lower", "conformal_upper"),
     Likelihood.CLASSIFICATION: ("pred", "probs", "var", "entropy", "max_prob", "mutual_info")
     + ("conformal_set",),
-    Likelihood.BINARY: ("pred", "probs", "var", "entropy", "max_prob", "mutual_info"),
+    Likelihood.BINARY: ("pred", "probs", "var", "entropy", "max_prob", "mutual_info")
+    + ("conformal_has_0", "conformal_has_1"),
 }
 
 
@@ -142,7 +144,9 @@ def iter_prediction_rows(
                 raise BadInputError(f"{source}: row {ids[bad]}: features contain NaN or Inf")
             pred = predict_halving(la, x, start, pred_type, link_approx, options)
             if options.conformal is not None:
-                pred.update(prediction_fields(pred, options.conformal))
+                # APS: one uniform per row, seeded by its global index (any batch, any rank).
+                u = RowSeeds(options.seed, start).uniform(len(ids))
+                pred.update(prediction_fields(pred, options.conformal, u))
         yield prediction_rows(la, list(ids), pred)
 
 

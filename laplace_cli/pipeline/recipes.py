@@ -141,6 +141,8 @@ def validate_recipe(raw: Any, source: str, base_dir: Path, *, check_files: bool 
     errors += _gate_errors(raw, source) + _grid_errors(raw, source) + _level_errors(raw, source)
     if check_files:
         errors += _file_errors(raw, source, base_dir)
+        if isinstance(stages, list) and "doctor" in stages:
+            errors += _doctor_errors(raw, source, base_dir)
     if errors:
         raise BadInputError("\n".join(errors))
     return _resolved(raw, source, base_dir, dict(model), list(stages))
@@ -223,6 +225,28 @@ def _file_errors(raw: dict[str, Any], source: str, base_dir: Path) -> list[str]:
         except BadInputError as exc:
             errors += str(exc).splitlines()
     return errors
+
+
+def _doctor_errors(raw: dict[str, Any], source: str, base_dir: Path) -> list[str]:
+    """The doctor stage's split must be in the data spec (checked before the fit)."""
+    from laplace_cli.io.datasets import load_dataset_spec
+
+    cfg = raw.get("doctor") if isinstance(raw.get("doctor"), dict) else {}
+    split = cfg.get("split", "val")
+    data = raw.get("data")
+    path = base_dir / Path(data).expanduser() if isinstance(data, str) and data else None
+    if path is None or not path.is_file() or not isinstance(split, str):
+        return []  # reported by the other checks
+    try:
+        splits = load_dataset_spec(path).splits
+    except BadInputError:
+        return []  # reported by _file_errors
+    if split in splits:
+        return []
+    return [
+        f"{source}: doctor.split: {split!r} is not a split of {path} "
+        f"(it has {', '.join(sorted(splits))}); set doctor.split to val or test"
+    ]
 
 
 def _level_errors(raw: dict[str, Any], source: str) -> list[str]:
@@ -329,6 +353,8 @@ class RunResult:
     log_marginal_likelihood: float | None = None
     #: Lines for the user about choices made for them (e.g. the likelihood assumed).
     notes: list[str] = field(default_factory=list)
+    #: The doctor stage's document (as `laplace doctor --json`, with `fail_on` and `failed`).
+    doctor: dict[str, Any] | None = None
 
 
 def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> RunResult:
@@ -358,7 +384,39 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, progress: Any = None) -> 
         _run_evaluate(recipe, out, lp, fitted, progress, result, baseline)
     if "predict" in recipe.stages:
         _run_predict(recipe, out, lp.la, ctx, progress, result)
+    if "doctor" in recipe.stages and (ctx is None or ctx.is_main):
+        _run_doctor(recipe, out, lp, progress, result)
     return result
+
+
+def _run_doctor(recipe: Recipe, out: Path, lp: Any, progress: Any, result: RunResult) -> None:
+    """`laplace doctor` on the run's posterior (rank 0); its document written as JSON.
+
+    Last, so that nothing it does can touch what the other stages wrote (its grid search puts
+    the prior back, but the order makes that not matter)."""
+    import json
+
+    from laplace_cli.io.atomic import atomic_write_bytes
+    from laplace_cli.pipeline import doctor
+
+    cfg = recipe.section("doctor")
+    split = cfg.get("split", "val")
+    fail_on = cfg.get("fail_on", "never")
+    findings = doctor.diagnose(
+        lp.la,
+        str(recipe.data),
+        split=split,
+        batch_size=recipe.batch_size,
+        seed=recipe.seed,
+        progress=progress,
+    )
+    doc = doctor.report(findings, posterior=str(lp.path), data=str(recipe.data), split=split)
+    doc["fail_on"] = fail_on
+    doc["failed"] = doctor.fails(doc["worst"], fail_on)
+    path = out / cfg.get("output", "doctor.json")
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
+    result.doctor = doc
+    result.files["doctor"] = str(path)
 
 
 def _model_spec(recipe: Recipe) -> Any:

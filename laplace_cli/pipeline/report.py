@@ -439,6 +439,7 @@ def write_html_report(
     identity: Mapping[str, Any] | None = None,
     baseline: Mapping[str, Any] | None = None,
     tables: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    intervals: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
 ) -> Path:
     """Write one self-contained HTML page: identity, metrics, gates, settings, images, glossary.
 
@@ -460,6 +461,10 @@ def write_html_report(
             time, versions), shown first. A setting whose value is None is shown as "n/a".
         baseline: the report's ``baseline`` block (``evaluate --baseline``): its deltas are
             shown as a table after the metrics, with the ways it is not comparable.
+        intervals: the report's bootstrap ``intervals`` (``evaluate --bootstrap``,
+            ``{row: {metric: {"lower", "upper", "diff_vs_<other>": {...}}}}``): each metric
+            that has one is shown as ``value [lower, upper]``, and the paired differences
+            between rows in a table of their own.
 
     Returns:
         The path written.
@@ -467,23 +472,14 @@ def write_html_report(
     Raises:
         BadInputError: an image is missing or of an unknown type.
     """
-    image_tags = [_image_tag(Path(p)) for p in images]
+    image_tags = [_image_tag(Path(p)) for p in images]  # a bad image fails before any work
     columns = _metric_columns(rows_table)
-    metrics_html = _metrics_html(rows_table, columns)
-    settings_html = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{'n/a' if v is None else _fmt(v)}</td></tr>"
-        for k, v in settings.items()
-    )
+    metrics_html = _metrics_section_html(rows_table, columns, settings, intervals)
+    settings_html = _settings_html(settings)
     identity_html = _identity_html(identity)
     terms = [*(identity or {}), *rows_table, *columns, *settings]
     glossary_html = _glossary_html([str(t) for t in terms])
-    gates_html = ""
-    if gates:
-        items = "".join(
-            f'<li class="{"failed" if g.failed else "passed"}">{html.escape(g.message)}</li>'
-            for g in gates
-        )
-        gates_html = f"<h2>Gates</h2><ul>{items}</ul>"
+    gates_html = _gates_html(gates)
 
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     page = (
@@ -505,6 +501,45 @@ def write_html_report(
     return _write(path, page.encode("utf-8"))
 
 
+def _metrics_section_html(
+    rows_table: Mapping[str, Mapping[str, Any]],
+    columns: list[str],
+    settings: Mapping[str, Any],
+    intervals: Mapping[str, Mapping[str, Mapping[str, Any]]] | None,
+) -> str:
+    """The metrics table; with bootstrap intervals also what they are and the differences table."""
+    metrics_html = _metrics_html(rows_table, columns, intervals)
+    if intervals:
+        # The confidence level is read from the settings so the note says what was computed.
+        level = (settings.get("bootstrap") or {}).get("confidence")
+        metrics_html += (
+            "<p>[lower, upper]: bootstrap "
+            + (f"{_fmt(100 * level)} % " if isinstance(level, numbers.Real) else "")
+            + "interval of the test split (settings: bootstrap).</p>"
+            + _differences_html(intervals)
+        )
+    return metrics_html
+
+
+def _settings_html(settings: Mapping[str, Any]) -> str:
+    """The settings table's rows; None shows as "n/a" (a setting that does not apply)."""
+    return "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{'n/a' if v is None else _fmt(v)}</td></tr>"
+        for k, v in settings.items()
+    )
+
+
+def _gates_html(gates: Sequence[Any]) -> str:
+    """The gates section, each gate coloured by outcome; empty without gates."""
+    if not gates:
+        return ""
+    items = "".join(
+        f'<li class="{"failed" if g.failed else "passed"}">{html.escape(g.message)}</li>'
+        for g in gates
+    )
+    return f"<h2>Gates</h2><ul>{items}</ul>"
+
+
 def _metric_columns(rows_table: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The union of the rows' metric names, in first-seen order."""
     columns: list[str] = []
@@ -515,18 +550,56 @@ def _metric_columns(rows_table: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return columns
 
 
-def _metrics_html(rows_table: Mapping[str, Mapping[str, Any]], columns: list[str]) -> str:
-    """The metrics table: one row per row, blank where a row lacks a metric."""
+def _with_interval(value: Any, bounds: Any) -> str:
+    """`value [lower, upper]` when `bounds` has both bounds as numbers, else `value`."""
+    text = _fmt(value)
+    if isinstance(bounds, Mapping):
+        lo, hi = bounds.get("lower"), bounds.get("upper")
+        if all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in (lo, hi)):
+            text += f" [{_fmt(lo)}, {_fmt(hi)}]"
+    return text
+
+
+def _metrics_html(
+    rows_table: Mapping[str, Mapping[str, Any]],
+    columns: list[str],
+    intervals: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """The metrics table: one row per row, blank where a row lacks a metric; a metric with a
+    bootstrap interval in `intervals` (``{row: {metric: {"lower", "upper"}}}``) shows it."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body_rows = []
     for name, metrics in rows_table.items():
+        bounds = (intervals or {}).get(name) or {}
         cells = "".join(
-            f'<td class="num">{_fmt(metrics[c]) if c in metrics else ""}</td>' for c in columns
+            f'<td class="num">{_with_interval(metrics[c], bounds.get(c)) if c in metrics else ""}'
+            "</td>"
+            for c in columns
         )
         body_rows.append(f"<tr><th>{html.escape(str(name))}</th>{cells}</tr>")
     return (
         f"<table><thead><tr><th>row</th>{head}</tr></thead>"
         f"<tbody>{''.join(body_rows)}</tbody></table>"
+    )
+
+
+def _differences_html(intervals: Mapping[str, Mapping[str, Any]]) -> str:
+    """Paired bootstrap differences ``row − other`` (estimate [lower, upper]) per metric."""
+    diffs: dict[str, dict[str, Any]] = {}
+    for row, metrics in intervals.items():
+        for metric, entry in metrics.items():
+            for key, diff in entry.items() if isinstance(entry, Mapping) else ():
+                if key.startswith("diff_vs_") and isinstance(diff, Mapping):
+                    label = f"{row} − {key[len('diff_vs_') :]}"
+                    diffs.setdefault(label, {})[metric] = diff
+    if not diffs:
+        return ""
+    columns = _metric_columns(diffs)
+    point = {
+        label: {m: d.get("estimate") for m, d in cells.items()} for label, cells in diffs.items()
+    }
+    return "<h3>Paired differences (bootstrap, same resamples)</h3>" + _metrics_html(
+        point, columns, diffs
     )
 
 
@@ -567,6 +640,7 @@ TABLE_HEADINGS = {
     "conformal": "Conformal prediction",
     "ood": "Out-of-distribution detection",
     "ece_per_label": "ECE per label",
+    "conformal_per_label": "Conformal prediction per label",
 }
 
 #: What the rows and columns of each named table are (shown below its heading).
@@ -579,6 +653,8 @@ TABLE_TITLES = {
     "ood": "Out-of-distribution detection per OOD set, row and score: AUROC, AUPR with the "
     "in-distribution (aupr_in) or OOD (aupr_out) rows as positives, FPR at 95 % TPR",
     "ece_per_label": "ECE of each label (two-class top-label ECE), per row",
+    "conformal_per_label": "Per-label split conformal (LAC, sets over {0, 1}) of each label k: "
+    "test coverage_k, mean set size_k (0–2) and threshold_k, per row",
 }
 
 

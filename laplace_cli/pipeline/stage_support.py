@@ -81,7 +81,7 @@ def check_model_accepts(la: Laplace, x: Any, source: str) -> None:
         source: Where the inputs come from, for the message (file, split).
     """
     try:
-        la.subset.output(to_device(x, la.device, la.dtype))
+        la.subset.output(to_device(x, la.device, getattr(la, "model_dtype", la.dtype)))
     except LaplaceCliError as exc:
         raise type(exc)(f"{source}: {exc}") from exc
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:

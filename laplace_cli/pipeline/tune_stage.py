@@ -58,17 +58,7 @@ def tune(
             progress=progress,
             **kwargs,
         )
-    check = None
-    if method == "gridsearch":
-        data_path = data_path or lp.metadata.get("data")
-        if not data_path:
-            raise BadInputError("grid search needs validation data: pass --data")
-        spec = load_dataset_spec(data_path)
-        loader = split_loader(spec, split, la.likelihood, batch_size, any_order=True)
-        kwargs["val_loader"] = ProgressView(loader, progress, "validation pass")
-    elif data_path is not None and map_check:
-        spec = load_dataset_spec(data_path)  # a bad spec or split fails before the tuning
-        check = split_loader(spec, split, la.likelihood, batch_size, any_order=True)
+    check = _data_loaders(lp, method, data_path, split, batch_size, progress, map_check, kwargs)
     if method == "marglik" and la.likelihood == Likelihood.REGRESSION:
         # The library leaves σ alone unless asked (as laplace-torch); the CLI keeps tuning it
         # with the prior for regression, as `laplace tune --help` says.
@@ -78,33 +68,78 @@ def tune(
     with out_of_memory_is_exit_3(f"tune ({method})", rows, la.device):
         result = la.optimize_prior_precision(method=method, progress=progress, **kwargs)
     if check is not None:
-        from laplace_cli.tuning.api import compare_with_map
-
-        result.update(
-            compare_with_map(
-                la,
-                ProgressView(check, progress, f"score against the MAP on {split!r}"),
-                loss=kwargs.get("loss", "nll"),
-                pred_type=kwargs.get("pred_type"),
-                link_approx=kwargs.get("link_approx"),
-                n_samples=kwargs.get("n_samples", 100),
-                seed=kwargs.get("seed", 0),
-            )
-        )
+        result.update(_map_comparison(la, check, split, progress, kwargs))
     result["likelihood"] = la.likelihood.value
     if conformal:
-        from laplace_cli.pipeline.conformal_stage import calibrate_conformal
-        from laplace_cli.pipeline.predict_stage import PredictOptions
+        _calibrate(lp, data_path, split, batch_size, conformal, progress, kwargs)
+    return result
 
+
+def _data_loaders(
+    lp: LoadedPosterior,
+    method: str,
+    data_path: str | None,
+    split: str,
+    batch_size: int | None,
+    progress: Progress,
+    map_check: bool,
+    kwargs: dict[str, Any],
+) -> Any:
+    """Grid search: put the validation loader in `kwargs`. marglik with data: return the loader
+    of the MAP comparison (None without one); a bad spec or split fails before the tuning."""
+    la = lp.la
+    if method == "gridsearch":
         data_path = data_path or lp.metadata.get("data")
         if not data_path:
-            raise BadInputError("--conformal needs calibration data: pass --data")
-        loader = split_loader(load_dataset_spec(data_path), split, la.likelihood, batch_size)
-        options = PredictOptions(
-            pred_type=kwargs.get("pred_type"),
-            link_approx=kwargs.get("link_approx"),
-            n_samples=kwargs.get("n_samples", 100),
-            seed=kwargs.get("seed", 0),
-        )
-        calibrate_conformal(la, loader, conformal, options, split=split, progress=progress)
-    return result
+            raise BadInputError("grid search needs validation data: pass --data")
+        spec = load_dataset_spec(data_path)
+        loader = split_loader(spec, split, la.likelihood, batch_size, any_order=True)
+        kwargs["val_loader"] = ProgressView(loader, progress, "validation pass")
+    elif data_path is not None and map_check:
+        spec = load_dataset_spec(data_path)
+        return split_loader(spec, split, la.likelihood, batch_size, any_order=True)
+    return None
+
+
+def _map_comparison(
+    la: Any, check: Any, split: str, progress: Progress, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The tuned posterior and the MAP scored on `split` with the tuning's loss and predictive."""
+    from laplace_cli.tuning.api import compare_with_map
+
+    return compare_with_map(
+        la,
+        ProgressView(check, progress, f"score against the MAP on {split!r}"),
+        loss=kwargs.get("loss", "nll"),
+        pred_type=kwargs.get("pred_type"),
+        link_approx=kwargs.get("link_approx"),
+        n_samples=kwargs.get("n_samples", 100),
+        seed=kwargs.get("seed", 0),
+    )
+
+
+def _calibrate(
+    lp: LoadedPosterior,
+    data_path: str | None,
+    split: str,
+    batch_size: int | None,
+    conformal: list[float],
+    progress: Progress,
+    kwargs: dict[str, Any],
+) -> None:
+    """Split conformal thresholds on `split` with the tuned predictive (stored on `lp.la`)."""
+    from laplace_cli.pipeline.conformal_stage import calibrate_conformal
+    from laplace_cli.pipeline.predict_stage import PredictOptions
+
+    la = lp.la
+    data_path = data_path or lp.metadata.get("data")
+    if not data_path:
+        raise BadInputError("--conformal needs calibration data: pass --data")
+    loader = split_loader(load_dataset_spec(data_path), split, la.likelihood, batch_size)
+    options = PredictOptions(
+        pred_type=kwargs.get("pred_type"),
+        link_approx=kwargs.get("link_approx"),
+        n_samples=kwargs.get("n_samples", 100),
+        seed=kwargs.get("seed", 0),
+    )
+    calibrate_conformal(la, loader, conformal, options, split=split, progress=progress)

@@ -67,6 +67,9 @@ class Posterior(ABC):
     needs_dense_jacobian: bool = False
     #: A dense structure that also takes the factors (and forms J only where that is cheaper).
     accepts_factors: bool = False
+    #: A factor structure that also takes a dense J (B, C, P): used when the model has no
+    #: per-layer factors (a layer that runs twice, or sees other rows than the batch's).
+    accepts_dense_jacobian: bool = False
 
     def __init__(
         self, groups: Sequence[ParamGroup], dtype: torch.dtype, device: torch.device

@@ -58,6 +58,7 @@ class DiagPosterior(Posterior):
 
     structure = Structure.DIAG
     keeps_prior_copy = False
+    accepts_dense_jacobian = True  # `_diag` and `functional_variance` take J
 
     def __init__(self, groups, dtype, device) -> None:
         super().__init__(groups, dtype, device)

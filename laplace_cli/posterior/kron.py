@@ -129,7 +129,19 @@ class KronPosterior(Posterior):
         for i, g in enumerate(self.groups):
             kind = block_kind(g.kind)
             entry: dict[str, Tensor] = {}
-            if kind != "diag":
+            previous = eigs[-1] if eigs else {}
+            if (
+                kind == "kron_bias"
+                and "B.eigvecs" in previous
+                and torch.equal(self.B[i], self.B[i - 1])
+            ):
+                # A layer's bias shares its weight's output factor B (same sums): one
+                # eigendecomposition, which is O(d_out³) (a vocabulary-sized head: minutes).
+                entry["B.eigvals"], entry["B.eigvecs"] = (
+                    previous["B.eigvals"],
+                    previous["B.eigvecs"],
+                )
+            elif kind != "diag":
                 entry["B.eigvals"], entry["B.eigvecs"] = symmetric_eig(self.B[i])
             if kind == "kron":
                 entry["A.eigvals"], entry["A.eigvecs"] = symmetric_eig(self.A_sum[i] / n)

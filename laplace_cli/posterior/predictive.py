@@ -50,6 +50,7 @@ def derive_seed(*values: int) -> int:
 
 
 _SHARED_STREAM = -1  # the "block index" of the stream shared by every row (weight samples)
+_UNIFORM_STREAM = -2  # tags the per-row uniform streams (APS conformal sets), apart from normals
 ROW_BLOCK = 16
 """Rows per block of `RowSeeds`: one seeding per block, not per row, keeps the per-row streams
 cheap (seeding a generator costs about as much as drawing a row's samples)."""
@@ -92,6 +93,21 @@ class RowSeeds:
         for k in range(first, last + 1):
             g.manual_seed(derive_seed(self.seed, k))
             blocks.append(torch.randn((ROW_BLOCK, *shape), generator=g, dtype=dtype))
+        offset = self.start - first * ROW_BLOCK
+        return torch.cat(blocks)[offset : offset + n_rows]
+
+    def uniform(self, n_rows: int) -> Tensor:
+        """One U(0, 1) draw per row (float64, CPU) for rows start .. start+n_rows-1, from
+        streams apart from `normal`'s (the randomised APS sets of `predict --conformal`)."""
+        if n_rows <= 0:
+            return torch.empty(0, dtype=torch.float64)
+        first = self.start // ROW_BLOCK
+        last = (self.start + n_rows - 1) // ROW_BLOCK
+        g = torch.Generator()
+        blocks = []
+        for k in range(first, last + 1):
+            g.manual_seed(derive_seed(self.seed, _UNIFORM_STREAM, k))
+            blocks.append(torch.rand(ROW_BLOCK, generator=g, dtype=torch.float64))
         offset = self.start - first * ROW_BLOCK
         return torch.cat(blocks)[offset : offset + n_rows]
 

@@ -11,14 +11,13 @@ from laplace_cli.subsets.base import (  # the old module's public names
     NoLayerFactorsError,
     ParameterSubset,
     ParamGroup,
-    call_model_functional,
     conv_patches,
     dense_from_factors,
-    eval_mode,
     factored_layers,
     iter_rows,
     supported_layer,
 )
+from laplace_cli.subsets.per_sample import call_model_functional, eval_mode
 
 __all__ = [
     "GroupKind",

@@ -16,25 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
 from torch.nn import functional as F
 
 from laplace_cli.core.batches import (
     Inputs,
     as_2d_output,
-    batch_size,
     call_model,
-    current_model_kwargs,
-    detach,
     grad_mode,
-    model_call_args,
 )
 from laplace_cli.core.enums import KronApprox
 from laplace_cli.core.errors import BadInputError
@@ -42,6 +36,13 @@ from laplace_cli.subsets.captured_jacobians import (
     agrees_with_gradient,
     capturable_params,
     captured_jacobian,
+)
+from laplace_cli.subsets.per_sample import (
+    VmapUnavailableError,
+    dense_jacobians,
+    eval_mode,
+    functional_forward,
+    output_jacobians,
 )
 
 GroupKind = Literal["weight", "bias", "other"]
@@ -120,18 +121,6 @@ def factored_layers(model: nn.Module) -> dict[str, nn.Module]:
         if isinstance(m, nn.MultiheadAttention):
             skip.update(id(c) for c in m.modules() if c is not m)
     return {n: m for n, m in model.named_modules() if supported_layer(m) and id(m) not in skip}
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run in eval mode (dropout off, BatchNorm on running statistics), then restore each module."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.train(training)
 
 
 def conv_patches(module: nn.Conv2d, x: Tensor) -> Tensor:
@@ -300,7 +289,7 @@ class AllWeights(ParameterSubset):
 
     def forward_with(self, x: Inputs, theta: Tensor) -> Tensor:
         with grad_mode(), eval_mode(self.model):
-            out = _functional_forward(self.model, self.unflatten(theta), x)
+            out = functional_forward(self.model, self.unflatten(theta), x)
         return as_2d_output(out)
 
     def output_fn(self, x: Inputs) -> Callable[[Tensor], Tensor]:
@@ -308,7 +297,7 @@ class AllWeights(ParameterSubset):
 
         def fn(theta: Tensor) -> Tensor:
             with eval_mode(self.model):
-                return as_2d_output(_functional_forward(self.model, self.unflatten(theta), x))
+                return as_2d_output(functional_forward(self.model, self.unflatten(theta), x))
 
         return fn
 
@@ -317,7 +306,7 @@ class AllWeights(ParameterSubset):
         params = {n: p for n, p in self.params}
         hooked = bool(self._layers or self._captured_modules)
         try:
-            f, jac = _dense_jacobians(self.model, params, names, x, loop=not hooked)
+            f, jac = dense_jacobians(self.model, params, names, x, loop=not hooked)
             return f, torch.cat([jac[n] for n in names], dim=-1)
         except VmapUnavailableError:
             pass
@@ -327,7 +316,7 @@ class AllWeights(ParameterSubset):
             f, factors = self.factors(x)
             return f, dense_from_factors(factors)
         except NoLayerFactorsError:
-            f, jac = _dense_jacobians(self.model, params, names, x)
+            f, jac = dense_jacobians(self.model, params, names, x)
             return f, torch.cat([jac[n] for n in names], dim=-1)
 
     def factors(self, x: Inputs) -> tuple[Tensor, list[Factor]]:
@@ -360,6 +349,15 @@ class AllWeights(ParameterSubset):
                             f"layer {mname!r} ran {len(outputs[mname])} times in one forward "
                             f"pass ({why}); use structure 'diag' or 'full' (dense Jacobians)"
                         )
+                    if outputs[mname][0].shape[:1] != f.shape[:1]:
+                        # e.g. a reward model that flattens (B, 2, d) pairs to (2B, d) rows:
+                        # which rows belong to which example is unknown here, so the
+                        # per-example factors cannot be formed (dense Jacobians can).
+                        raise NoLayerFactorsError(
+                            f"layer {mname!r} saw {outputs[mname][0].shape[0]} rows for a "
+                            f"batch of {f.shape[0]} examples (not one row per example); use "
+                            "structure 'diag' or 'full' (dense Jacobians)"
+                        )
                 # Captured modules count only if they ran once with one output row per example.
                 captured = [
                     m
@@ -381,7 +379,7 @@ class AllWeights(ParameterSubset):
         other = [g.name for g in self.groups if g.kind == "other" and g.name not in dense]
         if other:
             params = {n: p for n, p in self.params}
-            dense.update(_dense_jacobians(self.model, params, other, x)[1])
+            dense.update(dense_jacobians(self.model, params, other, x)[1])
         factors: list[Factor] = []
         for g in self.groups:
             if g.kind == "other":
@@ -407,205 +405,3 @@ class AllWeights(ParameterSubset):
             jacs.append(captured_jacobian(module, role, inputs[mname][0], grad_of[mname]))
         ok = agrees_with_gradient(f, [params[n] for n in names], jacs)
         return {n: J.detach() for n, J, good in zip(names, jacs, ok) if good}
-
-
-def output_jacobians(f: Tensor, outs: list[Tensor]) -> list[Tensor]:
-    """∂f_c/∂z for every output c and each captured layer output z: list of (C, B, *z.shape[1:]).
-
-    Samples are independent in eval mode, so the gradient of Σ_b f[b, c] w.r.t. z[b] is the
-    per-sample Jacobian row. One batched backward pass over the C outputs, or C plain backward
-    passes where the graph holds operations that `is_grads_batched` (autograd's legacy vmap)
-    cannot batch: it would run those one cotangent at a time anyway and concatenate the pieces
-    after each of them (measured ~25 % slower on a conv net with BatchNorm). Both give the same
-    numbers; the loop is also the fallback when the batched pass fails.
-    """
-    n_out = f.shape[1]
-    eye = torch.eye(n_out, dtype=f.dtype, device=f.device)
-    cotangents = eye.unsqueeze(1).expand(n_out, f.shape[0], n_out)
-    try:
-        if _unbatched_backward(f):
-            raise _LoopInstead
-        grads = torch.autograd.grad(
-            f,
-            outs,
-            grad_outputs=cotangents,
-            is_grads_batched=True,
-            retain_graph=True,
-            allow_unused=True,
-        )
-    except (RuntimeError, _LoopInstead):
-        per_c = [
-            torch.autograd.grad(
-                f, outs, grad_outputs=cotangents[c], retain_graph=True, allow_unused=True
-            )
-            for c in range(n_out)
-        ]
-        grads = tuple(
-            torch.stack(
-                [
-                    per_c[c][i] if per_c[c][i] is not None else torch.zeros_like(outs[i])
-                    for c in range(n_out)
-                ]
-            )
-            for i in range(len(outs))
-        )
-    return [
-        g if g is not None else torch.zeros((n_out, *o.shape), dtype=o.dtype, device=o.device)
-        for g, o in zip(grads, outs)
-    ]
-
-
-class _LoopInstead(Exception):
-    """`output_jacobians`: take the per-output loop."""
-
-
-#: Backward nodes without a batching rule in autograd's legacy vmap (`is_grads_batched`), found
-#: with `torch._C._debug_only_display_vmap_fallback_warnings(True)` (torch 2.13).
-_NO_BATCH_RULE = frozenset(
-    {"ConvolutionBackward0", "NativeBatchNormBackward0", "MaxPool2DWithIndicesBackward0"}
-)
-
-
-def _unbatched_backward(f: Tensor) -> bool:
-    """Does the graph behind `f` hold a node of `_NO_BATCH_RULE`? (A walk over its nodes.)"""
-    seen: set[int] = set()
-    stack = [f.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if type(node).__name__ in _NO_BATCH_RULE:
-            return True
-        stack.extend(nxt for nxt, _ in node.next_functions)
-    return False
-
-
-def _functional_forward(model: nn.Module, params: dict[str, Tensor], x: Inputs) -> Tensor:
-    args, kwargs = model_call_args(model, x)
-    return call_model_functional(model, params, args, kwargs)
-
-
-def call_model_functional(
-    model: nn.Module, params: dict[str, Tensor], args: tuple, kwargs: dict
-) -> Tensor:
-    kwargs = {**kwargs, **current_model_kwargs()}  # la(x, **model_kwargs)
-    if isinstance(model, torch.jit.ScriptModule):
-        # functional_call refuses compiled modules; substitute their attributes instead.
-        from laplace_cli.subsets.scripted import script_parameters
-
-        with script_parameters(model, params):
-            out = model(*args, **kwargs)
-    else:
-        out = functional_call(model, params, args, kwargs, strict=False)
-    if hasattr(out, "logits"):
-        out = out.logits
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out
-
-
-def _dense_jacobians(
-    model: nn.Module,
-    all_params: dict[str, Tensor],
-    names: list[str],
-    x: Inputs,
-    loop: bool = True,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-sample Jacobians of the outputs w.r.t. the named parameters: {name: (B, C, numel)}.
-
-    Only the named parameters are differentiated (the others are constants of the call), so a
-    subset never pays for a full Jacobian that is sliced afterwards.
-    """
-    wrt = {n: all_params[n].detach() for n in names}
-
-    def single(p: dict[str, Tensor], xi: Inputs) -> tuple[Tensor, Tensor]:
-        one = (
-            {k: v.unsqueeze(0) for k, v in xi.items()} if isinstance(xi, dict) else xi.unsqueeze(0)
-        )
-        out = call_model_functional(model, p, *model_call_args(model, one))
-        out = out.reshape(-1)
-        return out, out
-
-    f, jac = per_sample_jacobians(model, single, wrt, x, loop=loop)
-    return f, {n: j.reshape(j.shape[0], j.shape[1], -1) for n, j in jac.items()}
-
-
-#: Models whose forward cannot run under `torch.func.vmap`: data-dependent control flow (e.g.
-#: transformers' attention-mask code branches on `padding_mask.all()`), `.item()`, operations
-#: torch.func cannot batch. Their per-sample Jacobians come from `_looped_jacobians`; the set
-#: makes the failed vmap attempt a once-per-model cost, not a per-batch one.
-_NO_VMAP: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-
-
-class VmapUnavailableError(RuntimeError):
-    """`per_sample_jacobians(..., loop=False)`: the model cannot run under vmap."""
-
-
-def per_sample_jacobians(
-    model: nn.Module,
-    single: Callable[[dict[str, Tensor], Inputs], tuple[Tensor, Tensor]],
-    wrt: dict[str, Tensor],
-    x: Inputs,
-    loop: bool = True,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Outputs (B, C) and per-sample Jacobians {name: (B, C, *shape)} w.r.t. `wrt`.
-
-    `single(p, xi)` maps the parameters and one example without its batch dimension to
-    `(out, out)`, out (C,). Fast path: `vmap(jacrev(single))`. Where the model cannot be
-    vmapped, a plain reverse-mode loop (one forward per example, one backward per output),
-    which works on anything autograd can differentiate; with `loop=False`, VmapUnavailableError
-    instead (for callers that have a cheaper way).
-    """
-    if model not in _NO_VMAP:
-        try:
-            with eval_mode(model):
-                jac, f = vmap(jacrev(single, has_aux=True), in_dims=(None, 0))(wrt, x)
-            # Inside `keep_graph()` (enable_backprop) both stay differentiable in the inputs.
-            return detach(f), {n: detach(j) for n, j in jac.items()}
-        except torch.OutOfMemoryError:
-            raise
-        except (RuntimeError, NotImplementedError) as err:
-            # Not an error of the model itself: the loop below runs the same forward, so a
-            # genuine failure is raised again there, without vmap in the way.
-            _NO_VMAP.add(model)
-            logger.info("per-sample Jacobians without vmap (%s: %s)", type(err).__name__, err)
-    if not loop:
-        raise VmapUnavailableError(f"{type(model).__name__} cannot run under torch.func.vmap")
-    return _looped_jacobians(model, single, wrt, x)
-
-
-def _looped_jacobians(
-    model: nn.Module,
-    single: Callable[[dict[str, Tensor], Inputs], tuple[Tensor, Tensor]],
-    wrt: dict[str, Tensor],
-    x: Inputs,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """`per_sample_jacobians` by reverse mode alone: B forwards of one example, B·C backwards.
-
-    Parameters are shared by the examples of a batch, so per-example gradients cannot be
-    separated from one batched backward pass; each example runs on its own (as under vmap).
-    """
-    names = list(wrt)
-    fs: list[Tensor] = []
-    rows: dict[str, list[Tensor]] = {n: [] for n in names}
-    with torch.enable_grad(), eval_mode(model):
-        for b in range(batch_size(x)):
-            xi = {k: v[b] for k, v in x.items()} if isinstance(x, Mapping) else x[b]
-            p = {n: t.detach().requires_grad_(True) for n, t in wrt.items()}
-            out, _ = single(p, xi)
-            n_out = out.shape[0]
-            per_c: list[tuple[Tensor | None, ...]] = [
-                torch.autograd.grad(
-                    out[c], [p[n] for n in names], retain_graph=c < n_out - 1, allow_unused=True
-                )
-                for c in range(n_out)
-            ]
-            for i, n in enumerate(names):
-                rows[n].append(
-                    torch.stack(
-                        [g[i] if g[i] is not None else torch.zeros_like(p[n]) for g in per_c]
-                    )
-                )
-            fs.append(out.detach())
-    return torch.stack(fs), {n: torch.stack(r) for n, r in rows.items()}

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from laplace_cli.core.batches import Inputs, as_2d_output, call_model, detach, grad_mode
-from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.errors import BadInputError, MissingKeyError
 from laplace_cli.subsets.base import (
     Factor,
     LayerFactor,
@@ -100,7 +100,10 @@ class LastLayer(ParameterSubset):
                 )
             last_layer_name = linears[-1]
         elif last_layer_name not in modules:
-            raise BadInputError(f"no module named {last_layer_name!r} in the model")
+            raise MissingKeyError(
+                f"no module named {last_layer_name!r} in the model; pass one of the names of "
+                "model.named_modules(), or leave last_layer_name out to take the last nn.Linear"
+            )
         head = modules[last_layer_name]
         kind = getattr(head, "original_name", None) if self._script else type(head).__name__
         if not (isinstance(head, nn.Linear) or (self._script and kind == "Linear")):
@@ -201,9 +204,12 @@ class LastLayer(ParameterSubset):
             )
         out = as_2d_output(out)
         if not self._checked:
-            # The closed forms assume the model's output *is* the head's output.
+            # The closed forms assume the model's output *is* the head's output. In bfloat16 /
+            # float16 the layer and `_head` round differently (~eps·|out| per output).
+            tol = max(1e-4, 16 * torch.finfo(out.dtype).eps) if out.is_floating_point() else 1e-4
+            atol = 1e-5 if tol == 1e-4 else tol * max(1.0, float(out.detach().abs().max()))
             if out.shape != (phi.shape[0], self.n_out) or not torch.allclose(
-                out, self._head(phi, self.mean()), rtol=1e-4, atol=1e-5
+                out, self._head(phi, self.mean()), rtol=tol, atol=atol
             ):
                 raise BadInputError(
                     f"the model's output is not the output of its last layer {self.last_layer_name!r}; "

@@ -43,11 +43,13 @@ from laplace_cli.subsets.base import (
     Factor,
     ParameterSubset,
     ParamGroup,
-    call_model_functional,
-    eval_mode,
     factored_layers,
     layer_input,
     layer_output_grad,
+)
+from laplace_cli.subsets.per_sample import (
+    call_model_functional,
+    eval_mode,
     output_jacobians,
     per_sample_jacobians,
 )

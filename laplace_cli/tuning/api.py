@@ -26,8 +26,9 @@ Losses: classification "nll", "brier", "ece" (as in `laplace_cli.metrics.classif
 `loss(probs, y)` (classification / binary) or `loss((mean, var), y)` (regression, `var` the total
 per-output variance), returning a float to minimise.
 
-The methods live in `tuning_marglik` and `tuning_grid` (their shared warning in
-`tuning_common`); this module dispatches to them and re-exports their public names.
+The methods live in `tuning.marglik` and `tuning.grid` (the validation losses in
+`tuning.scoring`, the predictive cache in `tuning.cache`, their shared warning in
+`tuning.common`); this module dispatches to them and re-exports their public names.
 """
 
 from __future__ import annotations

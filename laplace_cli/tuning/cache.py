@@ -30,9 +30,7 @@ for weight-shared layers and non-Linear parameters), N·C·P for full; the cache
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -47,6 +45,16 @@ from laplace_cli.posterior.memory import format_bytes
 from laplace_cli.posterior.table import STRUCTURES, structure_spec
 from laplace_cli.subsets import jacobian_products
 from laplace_cli.subsets.base import DenseFactor, LayerFactor, dense_from_factors, iter_rows
+from laplace_cli.tuning.cache_blocks import (
+    Block,
+    DenseBlock,
+    Part,
+    RankOneBlock,
+    input_rows,
+    joined_inputs,
+    rotate,
+    shared_rows,
+)
 from laplace_cli.tuning.protocol import FittedLaplace
 
 __all__ = ["PredictiveCache", "cache_unsupported_reason"]
@@ -59,180 +67,13 @@ CACHED_SUBSETS = (Subset.ALL, Subset.LAST_LAYER)
 
 def cache_unsupported_reason(la: FittedLaplace) -> str | None:
     """Why `PredictiveCache` cannot serve `la` (None when it can)."""
+    if getattr(la, "output_positions", None) is not None:
+        return "dense outputs (output_positions) have no predictive cache"
     if not structure_spec(la.hessian_structure).tuning_cache:
         return f"structure {la.hessian_structure.value!r} has no predictive cache"
     if la.subset_of_weights not in CACHED_SUBSETS:
         return f"subset {la.subset_of_weights.value!r} has no predictive cache"
     return None
-
-
-def _shared_rows(t: Tensor) -> Tensor:
-    """`t[:1]` when `t` is a view repeated along the batch (stride 0, last-layer G = I), else `t`."""
-    if t.shape[0] > 1 and t.stride(0) == 0:
-        return t[:1]
-    return t
-
-
-def _rotate(t: Tensor, Q: Tensor) -> Tensor:
-    """t @ Q over the last axis as one 2-D matmul (a batched matmul of 1-row matrices is slow)."""
-    return (t.reshape(-1, t.shape[-1]) @ Q).reshape(*t.shape[:-1], Q.shape[1])
-
-
-def _signature(x: Any) -> tuple:
-    if isinstance(x, Mapping):
-        return tuple(sorted((k, tuple(v.shape[1:]), v.dtype) for k, v in x.items()))
-    return (tuple(x.shape[1:]), x.dtype)
-
-
-def _joined(inputs: Iterable[Any]) -> Iterable[Any]:
-    """Consecutive batches with the same input shapes joined into one (empty ones dropped).
-
-    The rows are chunked again by memory (`_pieces`), so this only saves per-call overhead:
-    one Jacobian pass over the validation set instead of one per loader batch.
-    """
-    group: list[Any] = []
-    for x in inputs:
-        if batch_size(x) == 0:
-            continue
-        if group and _signature(x) != _signature(group[0]):
-            yield _cat_inputs(group)
-            group = []
-        group.append(x)
-    if group:
-        yield _cat_inputs(group)
-
-
-def _rows(x: Any, start: int, stop: int) -> Any:
-    if isinstance(x, Mapping):
-        return {k: v[start:stop] for k, v in x.items()}
-    return x[start:stop]
-
-
-def _cat_inputs(group: list[Any]) -> Any:
-    if len(group) == 1:
-        return group[0]
-    if isinstance(group[0], Mapping):
-        return {k: torch.cat([x[k] for x in group]) for k in group[0]}
-    return torch.cat(group)
-
-
-@dataclass(frozen=True)
-class _Part:
-    """Where one parameter tensor's eigenvalues and prior live.
-
-    `group` indexes the parameter tensor (layer-wise priors), `start` is its offset in the flat
-    parameter vector (per-parameter priors), `shape` the shape of its eigenvalues: (d_out, d_in)
-    for a weight with rank-one Jacobians, (numel,) otherwise.
-    """
-
-    group: int
-    start: int
-    shape: tuple[int, ...]
-    per_param_prior: bool
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    def delta(self, prior: Tensor, n_groups: int) -> Tensor:
-        """δ at G grid points: prior (G, k) → (G, *shape) broadcastable."""
-        k = prior.shape[1]
-        ones = (1,) * len(self.shape)
-        if k == 1:
-            return prior[:, 0].reshape(-1, *ones)
-        if k == n_groups:
-            return prior[:, self.group].reshape(-1, *ones)
-        if not self.per_param_prior:
-            raise BadInputError(
-                "kron supports a scalar prior precision or one per parameter tensor, "
-                f"got {k} values"
-            )
-        return prior[:, self.start : self.start + self.numel].reshape(-1, *self.shape)
-
-
-@dataclass
-class _RankOneBlock:
-    """A weight with one input per sample (T = 1), and possibly its bias.
-
-    u (N or 1, C, d_out) and s2 (N, d_in) in the block's eigenbasis; `bias` is the bias's part
-    when it shares the basis (its Jacobian is then u as well).
-    """
-
-    weight: _Part
-    bias: _Part | None
-    u: Tensor
-    s2: Tensor
-
-    def __post_init__(self) -> None:
-        self.u2 = self.u**2  # (N or 1, C, d_out), reused at every grid point
-        if self.bias is not None:
-            # A column of ones: the bias's 1/λ_b[g, x] joins w inside the same matmul.
-            ones = torch.ones_like(self.s2[:, :1])
-            self.s2 = torch.cat([self.s2, ones], dim=1)  # (N, d_in + 1)
-
-    @property
-    def parts(self) -> list[_Part]:
-        return [self.weight] if self.bias is None else [self.weight, self.bias]
-
-    def nbytes(self) -> int:
-        return (2 * self.u.numel() + self.s2.numel()) * self.u.element_size()
-
-    def _weights(self, inv: list[Tensor]) -> Tensor:
-        """w[n, g, x] = Σ_y s2[n, y] inv_w[g, x, y] + inv_b[g, x]: one matmul, (N, G, d_out)."""
-        iw = inv[0]  # (G, d_out, d_in)
-        if self.bias is not None:
-            iw = torch.cat([iw, inv[1].unsqueeze(-1)], dim=-1)  # (G, d_out, d_in + 1)
-        g, d_out, d_in = iw.shape
-        return (self.s2 @ iw.reshape(g * d_out, d_in).T).reshape(-1, g, d_out)
-
-    def add_var(self, acc: Tensor, inv: list[Tensor]) -> None:
-        """acc[n, c, g] += Σ_x u_ncx² w_ngx, with acc (N, C, G)."""
-        w = self._weights(inv)  # (N, G, d_out)
-        if self.u2.shape[0] == 1:
-            n, g, d_out = w.shape
-            acc.add_((w.reshape(n * g, d_out) @ self.u2[0].T).reshape(n, g, -1).transpose(1, 2))
-        else:
-            acc.baddbmm_(self.u2, w.transpose(1, 2))
-
-    def covariance(self, inv: list[Tensor]) -> Tensor:
-        """Σ_x u_cx u_dx w_x per sample at one grid point: (N, C, C)."""
-        w = self._weights(inv)[:, 0]  # (N, d_out)
-        return (self.u * w.unsqueeze(1)) @ self.u.transpose(1, 2)
-
-
-@dataclass
-class _DenseBlock:
-    """A parameter tensor whose projected Jacobian is kept per parameter: U (N or 1, C, K)."""
-
-    part: _Part
-    U: Tensor
-
-    def __post_init__(self) -> None:
-        n, c = self.U.shape[:2]
-        self.U2 = (self.U**2).reshape(n * c, -1)  # (N·C, K)
-
-    @property
-    def parts(self) -> list[_Part]:
-        return [self.part]
-
-    def nbytes(self) -> int:
-        return 2 * self.U.numel() * self.U.element_size()
-
-    def add_var(self, acc: Tensor, inv: list[Tensor]) -> None:
-        """acc[n, c, g] += Σ_k U_nck² / λ_gk, with acc (N, C, G)."""
-        n, c = self.U.shape[:2]
-        r = inv[0].reshape(inv[0].shape[0], -1)  # (G, K)
-        if n == 1 and acc.shape[0] != 1:
-            acc.add_((self.U2 @ r.T).unsqueeze(0))
-        else:
-            acc.view(n * c, -1).addmm_(self.U2, r.T)
-
-    def covariance(self, inv: list[Tensor]) -> Tensor:
-        """Σ_k U_ck U_dk / λ_k at one grid point: (N or 1, C, C)."""
-        return (self.U * inv[0].reshape(-1)) @ self.U.transpose(1, 2)
-
-
-_Block = _RankOneBlock | _DenseBlock
 
 
 class PredictiveCache:
@@ -271,7 +112,7 @@ class PredictiveCache:
         mus: list[Tensor] = []
         pieces: list[list[tuple[Tensor, Tensor | None]]] = []
         used = 0
-        for x in _joined(la.as_inputs(x) for x in inputs):
+        for x in joined_inputs(la.as_inputs(x) for x in inputs):
             for f, parts in self._pieces(la, x):
                 mus.append(f.to(self.dtype))
                 pieces.append(parts)
@@ -376,7 +217,7 @@ class PredictiveCache:
         rows = rows_fn(x) if rows_fn is not None else n
         start = 0
         while start < n:
-            xc = _rows(x, start, start + rows)
+            xc = input_rows(x, start, start + rows)
             f, parts = self._factor_pieces(la, xc)
             yield f, parts
             done = f.shape[0]
@@ -402,7 +243,7 @@ class PredictiveCache:
                 parts.append((fac.J.to(self.dtype), None))
                 continue
             assert isinstance(fac, LayerFactor)
-            G = _shared_rows(fac.G).to(self.dtype)  # (N or 1, C, T, d_out)
+            G = shared_rows(fac.G).to(self.dtype)  # (N or 1, C, T, d_out)
             n_pos = G.shape[2]
             if fac.a is None:
                 j = self._layout.get(i)
@@ -410,27 +251,27 @@ class PredictiveCache:
                     parts.append((parts[j][0], None))  # folded: its weight's u
                     continue
                 gsum = G[:, :, 0] if n_pos == 1 else G.sum(2)  # Σ_t G_t, (N or 1, C, d_out)
-                parts.append((_rotate(gsum, eigs[i]["B.eigvecs"]) if kron else gsum, None))
+                parts.append((rotate(gsum, eigs[i]["B.eigvecs"]) if kron else gsum, None))
                 continue
             a = fac.a.to(self.dtype)  # (N, T, d_in)
             if a.shape[1] == 1:
                 u, s = G[:, :, 0], a[:, 0]  # (N or 1, C, d_out), (N, d_in)
                 if kron:
-                    u, s = _rotate(u, eigs[i]["B.eigvecs"]), _rotate(s, eigs[i]["A.eigvecs"])
+                    u, s = rotate(u, eigs[i]["B.eigvecs"]), rotate(s, eigs[i]["A.eigvecs"])
                 parts.append((u, s**2))
                 continue
             # Weight sharing: per-sample Jacobians Σ_t u_t ⊗ s_t, (N, C, d_out·d_in).
             u, s = G, a
             if kron:
-                u, s = _rotate(u, eigs[i]["B.eigvecs"]), _rotate(s, eigs[i]["A.eigvecs"])
+                u, s = rotate(u, eigs[i]["B.eigvecs"]), rotate(s, eigs[i]["A.eigvecs"])
             p = torch.einsum("nctx,nty->ncxy", u.expand(s.shape[0], *u.shape[1:]), s)
             parts.append((p.reshape(p.shape[0], p.shape[1], -1), None))
         return f, parts
 
-    def _assemble(self, pieces: list[list], sizes: list[int]) -> list[_Block]:
+    def _assemble(self, pieces: list[list], sizes: list[int]) -> list[Block]:
         if self.structure == Structure.FULL:
             U = torch.cat([p[0][0] for p in pieces])
-            return [_DenseBlock(_Part(0, 0, (self.n_params,), True), U)]
+            return [DenseBlock(Part(0, 0, (self.n_params,), True), U)]
         per_param = self.structure == Structure.DIAG
 
         def stacked(i: int, k: int) -> Tensor:
@@ -441,7 +282,7 @@ class PredictiveCache:
 
         rank_one = {i for i, parts in enumerate(pieces[0]) if parts[1] is not None}
         folded = {b: w for b, w in self._layout.items() if w in rank_one}
-        blocks: list[_Block] = []
+        blocks: list[Block] = []
         starts = [0]
         for g in self.groups:
             starts.append(starts[-1] + g.numel)
@@ -453,14 +294,12 @@ class PredictiveCache:
                 bias_part = (
                     None
                     if bias is None
-                    else _Part(bias, starts[bias], (self.groups[bias].numel,), per_param)
+                    else Part(bias, starts[bias], (self.groups[bias].numel,), per_param)
                 )
-                weight = _Part(i, starts[i], g.kron_shape, per_param)
-                blocks.append(_RankOneBlock(weight, bias_part, stacked(i, 0), stacked(i, 1)))
+                weight = Part(i, starts[i], g.kron_shape, per_param)
+                blocks.append(RankOneBlock(weight, bias_part, stacked(i, 0), stacked(i, 1)))
             else:
-                blocks.append(
-                    _DenseBlock(_Part(i, starts[i], (g.numel,), per_param), stacked(i, 0))
-                )
+                blocks.append(DenseBlock(Part(i, starts[i], (g.numel,), per_param), stacked(i, 0)))
         return blocks
 
     # --- the posterior's data part -------------------------------------------------------------
@@ -491,7 +330,7 @@ class PredictiveCache:
             self._data[key] = out
         return self._data[key]
 
-    def _inverse(self, part: _Part, priors: Tensor, scales: Tensor) -> Tensor:
+    def _inverse(self, part: Part, priors: Tensor, scales: Tensor) -> Tensor:
         """1 / (D(s_g) + δ_g) of one part at G grid points, (G, *part.shape)."""
         if bool((scales == scales[:1]).all()):  # one scale for the whole grid (no T grid)
             data = self._data_eigs(scales[0])[part.group].reshape(1, *part.shape)

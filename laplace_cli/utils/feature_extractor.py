@@ -13,6 +13,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from laplace_cli.core.batches import call_model
@@ -63,7 +64,45 @@ class FeatureExtractor(nn.Module):
 
         found = LastLayer(self.model, last_layer_name)
         self._last_layer_name = found.last_layer_name
-        self.last_layer = found.head
+        # A plain attribute, not a second registration of a module that `model` holds
+        # already: state_dict keys stay `model.*` only (as laplace-torch's), with no alias.
+        self._modules.pop("last_layer", None)
+        object.__setattr__(self, "last_layer", found.head)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Accepts laplace-torch's older checkpoints, which held the last layer twice (under
+        `model.<name>.` and `last_layer.`): an alias equal to its `model.` entry is dropped;
+        one that differs or has no `model.` entry stays, so a strict load refuses it."""
+        alias, model_prefix = f"{prefix}last_layer.", f"{prefix}model."
+        for key in [k for k in state_dict if k.startswith(alias)]:
+            name = key[len(alias) :]
+            if self._last_layer_name is not None:
+                candidates = [f"{model_prefix}{self._last_layer_name}.{name}"]
+            else:  # layer not found yet: any model entry of that parameter name
+                candidates = [
+                    k for k in state_dict if k.startswith(model_prefix) and k.endswith(f".{name}")
+                ]
+            value = state_dict[key]
+            if any(
+                c in state_dict
+                and isinstance(state_dict[c], Tensor)
+                and state_dict[c].shape == value.shape
+                and torch.equal(state_dict[c], value)
+                for c in candidates
+            ):
+                del state_dict[key]
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def find_last_layer(self, x: Any) -> Tensor:
         """Find the last layer (last `nn.Linear`), then return the model's output at `x`."""

@@ -115,3 +115,24 @@ def test_refusals() -> None:
         ours.CurvlinopsEF(model, "classification", stochastic=True)
     with pytest.raises(NotImplementedError, match="curvature"):
         ours.CurvatureInterface(model, "classification").diag(*data("classification"))
+
+
+@pytest.mark.parametrize("cls_name", ["CurvlinopsGGN", "CurvlinopsEF", "AsdlGGN", "BackPackEF"])
+def test_logit_class_dim_other_than_last_refused(cls_name):
+    """Outputs here are (B, C), classes last: -1 and 1 name that dimension and give the same
+    curvature; any other value is refused for classification when the backend is made;
+    regression ignores the argument (laplace-torch: "regression should not care")."""
+    model = make_model()
+    X, y = data("classification")
+    cls = getattr(ours, cls_name)
+    loss, h = cls(model, "classification", logit_class_dim=-1).diag(X, y)
+    assert h.shape == (sum(p.numel() for p in model.parameters()),)
+    _, h1 = cls(model, "classification", logit_class_dim=1).diag(X, y)
+    torch.testing.assert_close(h1, h, rtol=0, atol=0)
+    for dim in (0, -2, 1000):
+        with pytest.raises(NotImplementedError, match="logit_class_dim=-1"):
+            cls(model, "classification", logit_class_dim=dim)
+    Xr, yr = data("regression")
+    _, hr = cls(model, "regression", logit_class_dim=1000).diag(Xr, yr)
+    _, hr0 = cls(model, "regression").diag(Xr, yr)
+    torch.testing.assert_close(hr, hr0, rtol=0, atol=0)

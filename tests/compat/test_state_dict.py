@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -74,3 +76,95 @@ def test_keys_cover_laplace_torchs():
     assert la.state_dict()["cls_name"] == theirs.state_dict()["cls_name"] == "DiagLaplace"
     close(la.state_dict()["mean"], theirs.state_dict()["mean"], rtol=0)
     close(la.state_dict()["H"], theirs.state_dict()["H"])
+
+
+ALL_FLAVOURS = CASES + [
+    ("regression", "last_layer", "diag"),
+    ("regression", "last_layer", "full"),
+    ("regression", "subnetwork", "diag"),
+    ("regression", "subnetwork", "full"),
+]
+
+
+def _fit_any(likelihood, subset, structure):
+    if subset != "subnetwork":
+        return _fit(likelihood, subset, structure)
+    X, y = data(likelihood, d_out=2)
+    model = mlp(d_out=2)
+    la = Laplace(
+        model,
+        likelihood,
+        subset,
+        structure,
+        sigma_noise=0.3,
+        subnetwork_indices=torch.tensor([1, 10, 20, 31]),
+    )
+    return la.fit(loader(X, y)), model, X
+
+
+@pytest.mark.parametrize("likelihood,subset,structure", ALL_FLAVOURS)
+def test_values_are_plain_as_laplace_torchs(tmp_path, likelihood, subset, structure):
+    """laplace-torch's test_serialize_no_pickle: every value a tensor or a plain value (no
+    dict), lists holding tensors only; a round trip through weights_only=True."""
+    la, model, X = _fit_any(likelihood, subset, structure)
+    state = la.state_dict()
+    for key, value in state.items():
+        assert isinstance(value, (list, tuple, int, float, str, bool, torch.Tensor)), key
+        if isinstance(value, (list, tuple)):
+            flat = [t for v in value for t in (v if isinstance(v, (list, tuple)) else [v])]
+            assert all(isinstance(t, torch.Tensor) for t in flat), key
+    torch.save(state, tmp_path / "la.pt")
+    loaded = torch.load(tmp_path / "la.pt", weights_only=True)
+    fresh = Laplace(model, likelihood, subset, structure, **_subnet_kw(subset))
+    fresh.load_state_dict(loaded)
+    close(fresh.log_marginal_likelihood(), la.log_marginal_likelihood(), rtol=1e-12)
+
+
+def _subnet_kw(subset):
+    return {"subnetwork_indices": torch.tensor([1, 10, 20, 31])} if subset == "subnetwork" else {}
+
+
+def test_nested_form_of_earlier_versions_still_loads():
+    import json
+
+    la, model, _ = _fit("classification", "all", "kron")
+    state = la.state_dict()
+    n = len("posterior.")
+    old = {k: v for k, v in state.items() if not k.startswith("posterior.")}
+    old["posterior"] = {k[n:]: v for k, v in state.items() if k.startswith("posterior.")}
+    old["metadata"] = json.loads(state["metadata"])
+    fresh = Laplace(model, "classification", "all", "kron")
+    fresh.load_state_dict(old)
+    close(fresh.log_marginal_likelihood(), la.log_marginal_likelihood(), rtol=1e-12)
+
+
+@needs_laplace_torch
+def test_kron_H_is_laplace_torchs_factors():
+    from laplace import Laplace as TorchLaplace
+
+    la, model, X = _fit("classification", "all", "kron")
+    theirs = TorchLaplace(model, "classification", "all", "kron", prior_precision=2.0)
+    theirs.fit(loader(X, data()[1]))
+    ours_H, their_H = la.state_dict()["H"], theirs.state_dict()["H"]
+    assert [len(F) for F in ours_H] == [len(F) for F in their_H]
+    for F, G in zip(ours_H, their_H):
+        for a, b in zip(F, G):
+            close(a, b)
+
+
+@pytest.mark.parametrize("subset", ["all", "subnetwork"])
+def test_whole_object_pickle_needs_weights_only_false(tmp_path, subset):
+    """torch >= 2.6 refuses a pickled Laplace object under its default weights_only=True, for
+    laplace-torch's objects as for these (docs/migrating.md); a trusted file loads with
+    weights_only=False, on the map_location device."""
+    la, _, X = _fit_any("regression", subset, "full")
+    path = tmp_path / "la.pt"
+    torch.save(la, path)
+    with pytest.raises(pickle.UnpicklingError, match="weights_only"):
+        torch.load(path, map_location="cpu")
+    la2 = torch.load(path, map_location="cpu", weights_only=False)
+    assert la2.device.type == "cpu"
+    for name in ("prior_precision_diag", "prior_mean", "prior_precision", "sigma_noise"):
+        assert getattr(la2, name).device.type == "cpu"
+    for a, b in zip(la2(X[:4]), la(X[:4])):
+        close(a, b, rtol=1e-12)

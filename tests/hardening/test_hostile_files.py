@@ -125,6 +125,20 @@ def test_npz_with_object_arrays_is_refused(runner: CliRunner, ws: Workspace) -> 
 
 @case(
     "hostile",
+    "IDX file whose header declares 2³¹ × 2³¹ × 2²⁰ bytes (read before anything is allocated)",
+    2,
+    "huge.idx: IDX header declares shape (2147483648, 2147483648, 1048576) (...), more than"
+    " the 17179869184 bytes accepted; a corrupt or hostile header",
+)
+def test_idx_header_declaring_exabytes_is_refused(runner: CliRunner, ws: Workspace) -> None:
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2**31, 2**31, 2**20)
+    (ws.root / "huge.idx").write_bytes(header + bytes(64))
+    data = ws.spec("huge.yaml", "splits:\n  train: {path: huge.idx}\n")
+    invoke(runner, ws.fit_args(data), 2, "huge.idx: IDX header declares shape", "hostile header")
+
+
+@case(
+    "hostile",
     'posterior naming `subprocess:call` with `{"args": ["touch", ...]}` as the model factory',
     2,
     "the posterior names the model factory 'subprocess:call', which is installed code"

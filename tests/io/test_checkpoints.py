@@ -382,8 +382,12 @@ def test_resolve_device_and_dtype(monkeypatch: pytest.MonkeyPatch):
         resolve_device("gpu0")
     assert resolve_dtype("float64") is torch.float64
     assert resolve_dtype(None) is None
-    with pytest.raises(BadInputError, match="expected float32 or float64"):
+    assert resolve_dtype("bfloat16") is torch.bfloat16
+    assert resolve_dtype(torch.float16) is torch.float16
+    with pytest.raises(BadInputError, match="expected float32, float64, bfloat16 or float16"):
         resolve_dtype("half")
+    with pytest.raises(BadInputError, match="expected float32, float64, bfloat16 or float16"):
+        resolve_dtype(torch.int8)
 
 
 class _Unusual(nn.Module):

@@ -470,6 +470,14 @@ def test_state_dict_round_trip_samples_and_laplace_torch_helpers(independent):
         torch.testing.assert_close(
             la._kernel_batch(Js, x[:5]), v * Js.reshape(12, -1) @ J2.reshape(15, -1).T
         )
+    # ... and the per-point, joint and cross-batch kernels, against explicit loops over points
+    pair = (lambda a, b: (a * b).sum(-1)) if independent else (lambda a, b: a @ b.T)
+    per_point = torch.stack([v * pair(Js[i], Js[i]) for i in range(4)])
+    joint = torch.stack([torch.stack([v * pair(Js[i], Js[j]) for j in range(4)]) for i in range(4)])
+    cross = torch.stack([torch.stack([v * pair(Js[i], J2[j]) for j in range(5)]) for i in range(4)])
+    torch.testing.assert_close(la._kernel_star(Js), per_point)
+    torch.testing.assert_close(la._kernel_star(Js, joint=True), joint)
+    torch.testing.assert_close(la._kernel_batch_star(Js, x[:5]), cross)
     # samples: their mean and covariance approach the moments
     gen = torch.Generator().manual_seed(0)
     draws = la.functional_samples(x_star, n_samples=20000, generator=gen)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from laplace_cli import Laplace
-from laplace_cli.curvature.mc_fisher import sampled_output_gradients
+from laplace_cli.fisher.mc_fisher import sampled_output_gradients
 from laplace_cli.posterior import expand_prior
 from tests import reference as ref
 from tests.conftest import tiny_data, tiny_mlp

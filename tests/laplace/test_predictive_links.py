@@ -221,7 +221,6 @@ BAD_OPTIONS = [
     ("binary", {"link_approx": "bridge_norm"}, "softmax classification"),
     ("classification", {"joint": True}, "regression only"),
     ("regression", {"pred_type": "nn", "joint": True}, "pred_type 'glm'"),
-    ("regression", {"joint": True, "diagonal_output": True}, "exclude each other"),
     ("classification", {"link_approx": "mc", "n_samples": 0}, "n_samples"),
     ("classification", {"pred_type": "nn", "link_approx": "mc", "n_samples": -1}, "n_samples"),
     ("regression", {"pred_type": "nn", "n_samples": 1}, "n_samples ≥ 2"),

@@ -126,3 +126,24 @@ def test_the_python_api_keeps_its_generator():
     p1 = la(x, link_approx="mc", n_samples=20, generator=g)
     p2 = la(x, link_approx="mc", n_samples=20, generator=g)  # the stream moved on
     assert not torch.equal(p1, p2)
+
+
+def test_uniform_draws_depend_on_the_row_index_only() -> None:
+    """`RowSeeds.uniform` (APS conformal sets): any split of the rows into batches gives the
+    same draw per row, in [0, 1), from streams apart from the normal draws."""
+    whole = RowSeeds(7, 0).uniform(3 * ROW_BLOCK + 5)
+    parts = torch.cat([RowSeeds(7, lo).uniform(n) for lo, n in ((0, 3), (3, 20), (23, 30))])
+    assert torch.equal(parts, whole)
+    assert bool(((whole >= 0) & (whole < 1)).all()) and whole.dtype == torch.float64
+    block0 = torch.rand(
+        ROW_BLOCK,
+        generator=torch.Generator().manual_seed(derive_seed(7, -2, 0)),
+        dtype=torch.float64,
+    )
+    assert torch.equal(whole[:ROW_BLOCK], block0)
+    normal_stream = torch.rand(
+        ROW_BLOCK, generator=torch.Generator().manual_seed(derive_seed(7, 0)), dtype=torch.float64
+    )
+    assert not torch.equal(whole[:ROW_BLOCK], normal_stream)
+    assert not torch.equal(RowSeeds(8, 0).uniform(5), whole[:5])
+    assert RowSeeds(7, 4).uniform(0).shape == (0,)

@@ -291,3 +291,24 @@ def test_prediction_interval_covers_a_fresh_splits_ece() -> None:
     # gives 39 of 40 (percentile: 30).
     assert hits["prediction"] >= 34, hits
     assert hits["percentile"] < hits["prediction"], hits
+
+
+def test_interval_bounds_stay_inside_the_metric_range():
+    """A prediction interval is the estimate plus resample spreads: near ECE = 0 its lower end
+    would cross zero; it is moved onto the range, differences are left alone."""
+    settings = BS.BootstrapSettings(n_resamples=50, confidence=0.9, method="prediction", seed=0)
+    spread = torch.linspace(-0.02, 0.02, 50, dtype=torch.float64)
+    point = {"map": {"ece": 0.001, "nll": -0.5}, "laplace": {"ece": 0.002, "nll": -0.6}}
+    dists = {
+        "map": {"ece": 0.001 + spread, "nll": -0.5 + spread},
+        "laplace": {"ece": 0.002 + spread.flip(0), "nll": -0.6 + spread},
+    }
+    out = BS.intervals_from_distributions(point, dists, settings)
+    raw = BS.interval(dists["map"]["ece"], 0.9, method="prediction", estimate=0.001)
+    assert raw[0] < 0.0  # the unclipped bound crosses zero ...
+    assert out["map"]["ece"]["lower"] == 0.0  # ... the reported one does not
+    assert out["map"]["ece"]["upper"] == pytest.approx(raw[1])
+    assert out["map"]["nll"]["lower"] < -0.5  # a regression-style NLL may be negative
+    assert out["laplace"]["ece"]["diff_vs_map"]["lower"] < 0.0  # differences are signed
+    assert BS.clip_to_range("acc", -0.1, 1.2) == (0.0, 1.0)
+    assert BS.clip_to_range("unknown", -3.0, 3.0) == (-3.0, 3.0)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from laplace_cli.core.errors import BadInputError
 from laplace_cli.metrics.conformal import (
     aps_scores,
     class_sets,
@@ -14,7 +15,11 @@ from laplace_cli.metrics.conformal import (
     interval_metrics,
     interval_scores,
     interval_thresholds,
+    label_lac_scores,
+    label_set_metrics,
+    label_sets,
     lac_scores,
+    prediction_fields,
     regression_intervals,
     set_metrics,
 )
@@ -105,3 +110,50 @@ def test_regression_intervals_coverage_and_normalised_width() -> None:
     assert q_norm[0] == pytest.approx(1.645, abs=0.1)  # the Gaussian 90 % quantile
     lo, hi = regression_intervals(mu[test], std[test], q_norm)
     assert torch.allclose(hi - lo, 2 * q_norm[0] * std[test])
+
+
+def test_aps_sets_with_given_uniforms_match_the_loop() -> None:
+    g = torch.Generator().manual_seed(4)
+    p = torch.softmax(torch.randn(25, 4, generator=g, dtype=torch.float64), 1)
+    u = torch.rand(25, generator=g, dtype=torch.float64)
+    sets = class_sets(p, 0.7, "aps", uniforms=u)
+    fields = prediction_fields({"probs": p}, {"aps": 0.7}, u)["conformal_set"]
+    for i in range(25):
+        for k in range(4):
+            member = _brute_aps(p[i].tolist(), k, float(u[i])) <= 0.7
+            assert bool(sets[i, k]) == member and int(fields[i, k]) == int(member)
+    with pytest.raises(BadInputError, match="one uniform per row"):
+        class_sets(p, 0.7, "aps", uniforms=u[:3])
+    with pytest.raises(BadInputError, match="uniform"):
+        prediction_fields({"probs": p}, {"aps": 0.7})
+
+
+def test_label_sets_match_a_loop() -> None:
+    g = torch.Generator().manual_seed(5)
+    p = torch.rand(40, 3, generator=g, dtype=torch.float64)
+    y = (torch.rand(40, 3, generator=g) < p).to(torch.float64)
+    scores = label_lac_scores(p, y)
+    q = interval_thresholds(scores, 0.8)
+    sets = label_sets(p, q)
+    averaged, per_label = label_set_metrics(sets, y)
+    fields = prediction_fields({"probs": p}, {"label_lac": q})
+    for k in range(3):
+        col = [1 - (p[i, k] if y[i, k] == 1 else 1 - p[i, k]).item() for i in range(40)]
+        assert scores[:, k].tolist() == pytest.approx(col)
+        assert q[k] == _brute_quantile(col, 0.8)
+        covered = size = 0
+        for i in range(40):
+            members = {
+                v for v, pv in ((0, 1 - p[i, k].item()), (1, p[i, k].item())) if 1 - pv <= q[k]
+            }
+            assert bool(sets[i, k, 0]) == (0 in members) == bool(fields["conformal_has_0"][i, k])
+            assert bool(sets[i, k, 1]) == (1 in members) == bool(fields["conformal_has_1"][i, k])
+            covered += int(y[i, k]) in members
+            size += len(members)
+        assert per_label[k] == pytest.approx({"coverage": covered / 40, "size": size / 40})
+    assert averaged["coverage"] == pytest.approx(sum(m["coverage"] for m in per_label) / 3)
+    # One label given as (N,): the fields keep that shape.
+    one = prediction_fields({"probs": p[:, 0]}, {"label_lac": q[:1]})
+    assert one["conformal_has_1"].shape == (40,)
+    with pytest.raises(BadInputError, match="one per label"):
+        label_sets(p, q[:2])

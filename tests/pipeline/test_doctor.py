@@ -281,3 +281,12 @@ def test_grid_argmin_matches_tune_and_leaves_the_posterior_as_it_was(digits_tune
     # tune's grid (100 points over 1e-4..1e4) and this one (¼ decade steps) agree to a step
     assert abs(math.log10(grid) - math.log10(before[0])) <= 0.25
     assert (float(digits_tuned.prior_precision), dict(digits_tuned.tuning)) == before
+
+
+def test_worst_ranks_skipped_below_ok():
+    F = doctor.Finding
+    assert doctor.worst([F("a", "ok"), F("b", "skipped")]) == "ok"
+    assert doctor.worst([F("a", "skipped")]) == "skipped"
+    assert doctor.worst([F("a", "skipped"), F("b", "warning")]) == "warning"
+    assert doctor.worst([]) == "ok"
+    assert not doctor.fails("ok", "warning") and doctor.fails("error", "warning")

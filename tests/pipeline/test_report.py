@@ -178,3 +178,43 @@ def test_written_files_get_normal_permissions_and_write_errors_are_bad_input(
     with pytest.raises(BadInputError, match="folder.html: cannot write"):
         write_html_report(tmp_path / "folder.html", "t", {}, {})
     assert no_temp_files(tmp_path)
+
+
+def test_html_report_shows_the_bootstrap_intervals_of_report_json(tmp_path: Path) -> None:
+    """`evaluate --bootstrap`: every interval of report.json is in the HTML page, as
+    "value [lower, upper]", and so are the paired differences."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from laplace_cli.cli.app import app
+
+    samples = Path(__file__).resolve().parents[2] / "sample_models" / "diabetes_mlp"
+    post, report, page = tmp_path / "post.st", tmp_path / "report.json", tmp_path / "report.html"
+    run = CliRunner().invoke
+    res = run(app, ["fit", str(samples / "model.pt2"), "--data", str(samples / "data.yaml"),
+                    "--subset", "last_layer", "--structure", "full", "-o", str(post), "-q"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = run(app, ["evaluate", "-p", str(post), "--data", str(samples / "data.yaml"),
+                    "--bootstrap", "50", "--report", str(report), "--html", str(page), "-q"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(report.read_text())
+    text = html.unescape(page.read_text())
+
+    def g4(v: float) -> str:
+        return f"{v:.4g}"
+
+    checked = 0
+    for row, metrics in doc["intervals"].items():
+        for metric, entry in metrics.items():
+            if entry["lower"] is None or doc["rows"][row].get(metric) is None:
+                continue
+            cell = f"{g4(doc['rows'][row][metric])} [{g4(entry['lower'])}, {g4(entry['upper'])}]"
+            assert cell in text, (row, metric, cell)
+            checked += 1
+            for key, diff in entry.items():
+                if key.startswith("diff_vs_") and diff["lower"] is not None:
+                    d = f"{g4(diff['estimate'])} [{g4(diff['lower'])}, {g4(diff['upper'])}]"
+                    assert d in text, (row, metric, key, d)
+    assert checked >= 6  # several metrics of every row
+    assert "Paired differences" in text and "laplace − map" in text

@@ -81,12 +81,42 @@ def test_binary_and_multilabel_rows_have_ece_and_temperature(tmp_path: Path, n_l
         if n_labels > 1
         else setting == pytest.approx(float(t[0]))
     )
-    assert "conformal" not in result.tables  # sets over label vectors are not built
+    # Per-label LAC sets over {0, 1}, by a loop: each label's brute-force quantile of
+    # 1 − p(y) on validation, then each test row's set and whether it holds the label's value.
+    for row, (p_val, p_test) in {
+        "map": (torch.sigmoid(z_val), torch.sigmoid(z_test)),
+        "temperature": (apply_binary_temperature(z_val, t), p_t),
+    }.items():
+        coverages, sizes = [], []
+        for k in range(n_labels):
+            scores = sorted(
+                float(1 - (p if yv == 1 else 1 - p))
+                for p, yv in zip(p_val[:, k].tolist(), y[200:400, k].tolist(), strict=True)
+            )
+            q = scores[int(np.ceil(201 * 0.9)) - 1]  # the ⌈(n + 1)·0.9⌉-th smallest, n = 200
+            covered = size = 0
+            for p, yv in zip(p_test[:, k].tolist(), y[400:, k].tolist(), strict=True):
+                members = {v for v, score in ((0, p), (1, 1 - p)) if score <= q}
+                covered += int(yv) in members
+                size += len(members)
+            coverages.append(covered / 200)
+            sizes.append(size / 200)
+            if n_labels > 1:
+                cells = result.tables["conformal_per_label"][f"{row} lac"]
+                assert cells[f"coverage_{k}"] == pytest.approx(coverages[-1])
+                assert cells[f"size_{k}"] == pytest.approx(sizes[-1])
+                assert cells[f"threshold_{k}"] == pytest.approx(q)
+        got = result.tables["conformal"][f"{row} lac"]
+        assert got["coverage"] == pytest.approx(sum(coverages) / n_labels)
+        assert got["size"] == pytest.approx(sum(sizes) / n_labels)
+    assert set(result.tables["conformal"]) == {"map lac", "temperature lac", "laplace lac"}
+    assert ("conformal_per_label" in result.tables) == (n_labels > 1)
     html = tmp_path / "report.html"
     save_evaluation_outputs(result, la.likelihood, html=html)
     page = html.read_text()
     assert page.count("<img") == 2  # the reliability diagram (labels pooled) and risk–coverage
     assert "<h2>ECE per label</h2>" in page
+    assert "<h2>Conformal prediction</h2>" in page
 
 
 def _ood_specs(folder: Path) -> dict[str, Path]:

@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 from laplace_cli import Laplace
 from laplace_cli.subsets import base as subsets
-from laplace_cli.subsets.base import _NO_VMAP
+from laplace_cli.subsets.per_sample import _NO_VMAP
 from tests import reference as ref
 from tests.laplace.test_reference import assert_close, loader
 
@@ -219,13 +219,13 @@ def test_embeddings_and_layer_norms_equal_dense_reference(float64, monkeypatch, 
     model = Tokens(tied)
     dense = dense_ggn(model, ids, y, "classification")
     looped: set[str] = set()
-    dense_jacobians = subsets._dense_jacobians
+    dense_jacobians = subsets.dense_jacobians
 
     def spy(model, params, names, x):
         looped.update(names)
         return dense_jacobians(model, params, names, x)
 
-    monkeypatch.setattr(subsets, "_dense_jacobians", spy)
+    monkeypatch.setattr(subsets, "dense_jacobians", spy)
     la = Laplace(model, "classification", "all", structure).fit(loader(ids, y, bs=4))
     if structure == "diag":
         assert_close(la.posterior.h, dense.diagonal(), rtol=1e-8, what="diag GGN")
