@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from laplace_cli.core.batches import Inputs, call_model, detach, flat_outputs, grad_mode
+from laplace_cli.core.batches import Inputs, detach, flat_outputs
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.subsets.base import (
     Factor,
@@ -30,9 +30,9 @@ from laplace_cli.subsets.base import (
     ParameterSubset,
     ParamGroup,
     dense_from_factors,
-    eval_mode,
     iter_rows,
 )
+from laplace_cli.subsets.last_layer import run_capturing_head_input, single_head_input
 
 
 def check_dense_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -169,18 +169,8 @@ class DenseLastLayer(ParameterSubset):
 
     def features(self, x: Inputs) -> tuple[Tensor, Tensor]:
         """Features φ (B, D, *S) entering the head and the flattened outputs (B, C·|S|)."""
-        captured: list[Tensor] = []
-        handle = self.head.register_forward_hook(lambda m, a, o: captured.append(detach(a[0])))
-        try:
-            with grad_mode(), eval_mode(self.model):
-                out = call_model(self.model, x)
-        finally:
-            handle.remove()
-        if len(captured) != 1:
-            raise BadInputError(
-                f"last layer {self.last_layer_name!r} ran {len(captured)} times in one forward pass"
-            )
-        phi = captured[0]
+        out, captured = run_capturing_head_input(self.model, self.head, x)
+        phi = single_head_input(captured, self.last_layer_name)
         self.output_shape = check_dense_shape(tuple(out.shape[1:]))
         if not self._checked:
             # The closed forms assume the model's output *is* the head's output.

@@ -27,6 +27,31 @@ from laplace_cli.subsets.base import (
 from laplace_cli.subsets.scripted import is_script_module, linear_modules, script_parameters
 
 
+def run_capturing_head_input(
+    model: nn.Module, head: nn.Module, x: Inputs
+) -> tuple[Tensor, list[Tensor]]:
+    """The model's outputs at x (eval mode) and every input the head received during the pass
+    (detached unless inside `keep_graph()`)."""
+    captured: list[Tensor] = []
+    handle = head.register_forward_hook(lambda m, a, o: captured.append(detach(a[0])))
+    try:
+        with grad_mode(), eval_mode(model):
+            out = call_model(model, x)
+    finally:
+        handle.remove()
+    return out, captured
+
+
+def single_head_input(captured: list[Tensor], last_layer_name: str | None) -> Tensor:
+    """φ: the head's one input of the pass; a head that ran more or less than once has no
+    last-layer closed form."""
+    if len(captured) != 1:
+        raise BadInputError(
+            f"last layer {last_layer_name!r} ran {len(captured)} times in one forward pass"
+        )
+    return captured[0]
+
+
 def _memo_rows(memo: list[Tensor], versions: list[int], leaves: list[Tensor]) -> slice | None:
     """The rows of the memoised batch `memo` that `leaves` are, or None.
 
@@ -174,19 +199,9 @@ class LastLayer(ParameterSubset):
         if self._script:
             out, captured = self._script_features(x)
         else:
-            captured = []
             # Inside `keep_graph()` (enable_backprop) φ and the outputs keep their graph.
-            handle = self.head.register_forward_hook(lambda m, a, o: captured.append(detach(a[0])))
-            try:
-                with grad_mode(), eval_mode(self.model):
-                    out = call_model(self.model, x)
-            finally:
-                handle.remove()
-        if len(captured) != 1:
-            raise BadInputError(
-                f"last layer {self.last_layer_name!r} ran {len(captured)} times in one forward pass"
-            )
-        phi = captured[0]
+            out, captured = run_capturing_head_input(self.model, self.head, x)
+        phi = single_head_input(captured, self.last_layer_name)
         # On 2-D features a reduction has nothing to reduce: a no-op, as in laplace-torch.
         if self.feature_reduction is not None and phi.ndim != 2:
             if phi.ndim != 3:
