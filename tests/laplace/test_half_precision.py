@@ -175,3 +175,31 @@ def test_cli_bfloat16_sample_model(tmp_path):
         "--dtype", "bfloat16", "-o", tmp_path / "lr.st",
     )  # fmt: skip
     assert code == 2 and "bfloat16" in out
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cli_curvature_dtype_float64_for_a_bfloat16_model(tmp_path):
+    """`fit --curvature-dtype float64`: the curvature of a bf16 model is stored in float64 and
+    predicts like the float32 default (same bf16 Jacobians, finer accumulation)."""
+    from safetensors import safe_open
+
+    model, data = DIGITS / "model.pt2", DIGITS / "data.yaml"
+    fit = ("fit", model, "--data", data, "--subset", "last_layer", "--structure", "kron")
+    preds, dtypes = {}, {}
+    for cd in ("float32", "float64"):
+        post = tmp_path / f"{cd}.st"
+        code, out = _run(
+            *fit, "--dtype", "bfloat16", "--curvature-dtype", cd, "-o", post, "--quiet"
+        )
+        assert code == 0, out
+        with safe_open(str(post), framework="pt") as f:
+            dtypes[cd] = {f.get_tensor(k).dtype for k in f.keys() if "posterior" in k or "." in k}
+        pred = tmp_path / f"{cd}.csv"
+        code, out = _run("predict", "-p", post, "--data", data, "-o", pred, "--quiet")
+        assert code == 0, out
+        preds[cd] = _probs(pred)
+    assert torch.float64 in dtypes["float64"] and torch.float64 not in dtypes["float32"]
+    diff = max(
+        abs(a - b) for ra, rb in zip(preds["float32"], preds["float64"]) for a, b in zip(ra, rb)
+    )
+    assert diff <= 1e-4  # the curvature's precision only; the model's outputs are the same bf16
