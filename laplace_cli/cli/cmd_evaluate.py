@@ -123,64 +123,48 @@ def evaluate(
     spec = model_override(model, model_factory, model_kwargs, trust_checkpoint)
     _require_matplotlib(plot, html)
 
-    from laplace_cli.pipeline import distributed
-
-    # Under torchrun every rank predicts its shard of the splits; rank 0 gathers the outputs,
-    # computes the metrics of the whole split and alone writes and prints.
-    distributed.context(device or "auto")
-
-    from laplace_cli.pipeline.evaluation import evaluate as run_evaluate
-    from laplace_cli.pipeline.model_loading import load_posterior
+    from laplace_cli.pipeline.evaluate_file import EvaluateRequest, evaluate_posterior_file
     from laplace_cli.pipeline.predict_stage import PredictOptions
+    from laplace_cli.pipeline.publish import PublishOptions
 
-    lp = load_posterior(
-        posterior,
-        model_override=spec,
-        trust_checkpoint=trust_checkpoint,
-        device=device or "auto",
-        dtype=dtype.value if dtype is not None else None,
-    )
-    options = PredictOptions(
-        pred_type=pred_type.value if pred_type is not None else None,
-        link_approx=link_approx.value if link_approx is not None else None,
-        n_samples=samples,
-        seed=seed if seed is not None else 0,
-    )
-    result = run_evaluate(
-        lp.la,
-        data,
+    request = EvaluateRequest(
+        posterior=posterior,
+        data=data,
         split=split,
         ood_data=ood,
         conformal_level=conformal_level,
         per_label_temperature=per_label_temperature,
-        options=options,
+        options=PredictOptions(
+            pred_type=pred_type.value if pred_type is not None else None,
+            link_approx=link_approx.value if link_approx is not None else None,
+            n_samples=samples,
+            seed=seed if seed is not None else 0,
+        ),
         gates=fail_if,
         batch_size=batch_size,
-        progress=progress_for(quiet),
-        gate_rows=base.gate_rows() if base is not None else None,
         n_bins=bins,
         binning=binning,
-        bootstrap_settings=boot,
+        bootstrap=boot,
+        model_override=spec,
+        trust_checkpoint=trust_checkpoint,
+        device=device or "auto",
+        dtype=dtype.value if dtype is not None else None,
+        outputs=PublishOptions(
+            report=report,
+            plot=plot,
+            html=html,
+            baseline=base,
+            strict_baseline=strict_baseline,
+            history=history,
+            junit=junit,
+            summary_md=summary_md,
+            trackers=log or [],
+        ),
     )
-    if result is None:
-        return  # not rank 0
-    extra = _posterior_identity(posterior, lp)
-    from laplace_cli.pipeline.publish import PublishOptions, publish_evaluation
-
-    outputs = PublishOptions(
-        report=report,
-        plot=plot,
-        html=html,
-        baseline=base,
-        strict_baseline=strict_baseline,
-        history=history,
-        junit=junit,
-        summary_md=summary_md,
-        trackers=log or [],
-    )
-    publish_evaluation(result, lp.la.likelihood, data, outputs, extra=extra)
-    _report(result, extra, json_, quiet)
-    raise_for_gates(result)
+    done = evaluate_posterior_file(request, progress_for(quiet))
+    if done is not None:  # None: not rank 0 under torchrun
+        _report(*done, json_, quiet)
+        raise_for_gates(done[0])
 
 
 def _check_bootstrap_flags(
@@ -309,15 +293,6 @@ def _require_matplotlib(plot: Path | None, html: Path | None) -> None:
         from laplace_cli.pipeline.report import figure_class
 
         figure_class()
-
-
-def _posterior_identity(posterior: Path, lp: Any) -> dict[str, Any]:
-    """What the report says of the posterior evaluated: its file, fingerprint and model."""
-    return {
-        "posterior": str(posterior),
-        "fingerprint": lp.metadata.get("fingerprint"),
-        "model": lp.loaded.ref.to_dict(),
-    }
 
 
 def _report(result: Any, extra: dict[str, Any], json_: bool, quiet: bool) -> None:

@@ -85,6 +85,29 @@ ContextOpt = Annotated[
     ),
 ]
 
+OutputPositionsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output-positions",
+        metavar="independent|mean",
+        help="Dense outputs (B, C, *S), e.g. segmentation maps: the likelihood per position, "
+        "positions independent (log-likelihoods summed) or their mean per input; targets are "
+        "(N, *S) label maps (classification) or (N, C, *S). Stored in the posterior: tune, "
+        "evaluate and predict follow it (docs/dense-outputs.md).",
+        rich_help_panel="Fitting",
+    ),
+]
+IgnoreIndexOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--ignore-index",
+        metavar="LABEL",
+        help="With --output-positions: the label of a masked position (left out of the fit, "
+        "the tuning and the metrics); default: the data spec's ignore_index, else -100.",
+        rich_help_panel="Fitting",
+    ),
+]
+
 EXAMPLES = [
     "laplace fit model.pt2 --data data.yaml -o post.st",
     "laplace fit weights.safetensors --model-factory mypkg.nets:make_mlp "
@@ -93,6 +116,8 @@ EXAMPLES = [
     "laplace fit model.pt2 --data data.yaml --subset all --structure gp --context-points 200 "
     "-o post.st",
     "torchrun --nproc-per-node 4 -m laplace_cli fit model.pt2 --data data.yaml -o post.st",
+    "laplace fit unet.safetensors --model-factory nets.py:unet --data seg.yaml --subset all "
+    "--output-positions independent --ignore-index 255 -o post.st",
 ]
 
 
@@ -125,6 +150,8 @@ def fit(
     max_memory: MaxMemoryOpt = None,
     context_points: ContextPointsOpt = None,
     context: ContextOpt = "first",
+    output_positions: OutputPositionsOpt = None,
+    ignore_index: IgnoreIndexOpt = None,
     threads: ThreadsOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -145,6 +172,7 @@ def fit(
     check_positive(temperature, "--temperature")
     _check_subset_flags(subset, structure, rank, subnetwork, last_layer_name)
     _check_gp_flags(structure, subset, context_points, context, prior, checkpoint_every, resume)
+    _check_dense_flags(output_positions, ignore_index, structure)
     apply_threads(threads)
     check_device(device)
     kwargs = parse_json_object(model_kwargs, "--model-kwargs")
@@ -152,7 +180,8 @@ def fit(
 
     budget = parse_size(max_memory) if max_memory is not None else None
 
-    from laplace_cli.pipeline.fit_stage import FitOptions, fit_and_save
+    from laplace_cli.pipeline.fit_posterior import fit_posterior
+    from laplace_cli.pipeline.fit_stage import FitOptions
     from laplace_cli.pipeline.model_loading import ModelSpec
 
     options = FitOptions(
@@ -174,25 +203,13 @@ def fit(
         resume=resume,
         output=str(output),
         max_memory=budget,
+        context_points=context_points,
+        context=context,
         curvature_dtype=curvature_dtype.value if curvature_dtype is not None else None,
+        output_positions=output_positions,
+        ignore_index=ignore_index,
     )
-    if structure == Structure.GP:
-        from laplace_cli.pipeline.gp_stage import fit_gp_and_save
-
-        result = fit_gp_and_save(
-            ModelSpec(str(model), model_factory, kwargs, trust_checkpoint),
-            data,
-            options,
-            output,
-            context_points,
-            context,
-            device=device or "auto",
-            dtype=dtype.value if dtype is not None else None,
-            progress=progress_for(quiet),
-        )
-        _report(result, output, started, quiet, json_)
-        return
-    result = fit_and_save(
+    result = fit_posterior(  # weight space, or function space for --structure gp
         ModelSpec(str(model), model_factory, kwargs, trust_checkpoint),
         data,
         options,
@@ -252,6 +269,26 @@ def _check_subset_flags(
     if last_layer_name is not None and subset != Subset.LAST_LAYER:
         raise BadInputError(
             f"--last-layer-name applies to --subset last_layer only, got --subset {subset}"
+        )
+
+
+def _check_dense_flags(
+    output_positions: str | None, ignore_index: int | None, structure: Structure
+) -> None:
+    """--output-positions takes independent or mean; --ignore-index needs it; no gp."""
+    if output_positions is not None and output_positions not in ("independent", "mean"):
+        raise BadInputError(
+            f"--output-positions: expected independent or mean, got {output_positions!r}"
+        )
+    if ignore_index is not None and output_positions is None:
+        raise BadInputError(
+            "--ignore-index applies to dense outputs; add --output-positions independent "
+            "(or mean), or drop --ignore-index"
+        )
+    if output_positions is not None and structure == Structure.GP:
+        raise BadInputError(
+            "--output-positions is not available with --structure gp; use kron, diag, full "
+            "or lowrank"
         )
 
 

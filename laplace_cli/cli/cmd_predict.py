@@ -45,6 +45,7 @@ from laplace_cli.cli.options import (
     TrustCheckpointOpt,
     XKeyOpt,
 )
+from laplace_cli.core.enums import OutputFormat
 from laplace_cli.core.errors import BadInputError
 
 EXAMPLES = [
@@ -53,6 +54,7 @@ EXAMPLES = [
     "laplace predict -p post.st --data data.yaml --split test -o preds.csv",
     "torchrun --nproc-per-node 2 -m laplace_cli predict -p post.st --data data.yaml -o preds.csv",
     "laplace predict -p post.st --data data.yaml --conformal 0.9 --conformal-score aps -o sets.csv",
+    "laplace predict -p seg_post.st --data seg.yaml --split test -o masks.npz",
 ]
 
 
@@ -94,6 +96,11 @@ def predict(
 
     Under torchrun the chunks of --batch-size rows are dealt round-robin to the processes and
     rank 0 writes every row in input order.
+
+    A posterior with dense outputs (fit --output-positions, e.g. segmentation) writes arrays
+    instead of rows, to -o FILE.npz: per input the predicted class map `pred`, `probs`,
+    `max_prob`, the predictive entropy `entropy` and the GLM logit variance `var` per position
+    (docs/dense-outputs.md).
     """
     input_ = _check_flags(posterior, input_, data, x_key, header, output, interval, json_)
     fmt = resolve_format(format_, output)
@@ -103,7 +110,6 @@ def predict(
 
     ctx = _distributed_context(device, input_)
 
-    from laplace_cli.core.enums import Likelihood
     from laplace_cli.pipeline.model_loading import load_posterior
     from laplace_cli.pipeline.predict_stage import PredictOptions
     from laplace_cli.pipeline.prediction_stream import predicted_batches, prediction_chunks
@@ -115,6 +121,7 @@ def predict(
         device=device or "auto",
         dtype=dtype.value if dtype is not None else None,
     ).la
+    _check_dense_format(la, fmt, output, conformal, columns, ctx)
     chunks, info, total = prediction_chunks(la, input_, data, split, x_key, header, batch_size)
     options = PredictOptions(
         pred_type=pred_type.value if pred_type is not None else None,
@@ -123,6 +130,21 @@ def predict(
         interval=interval,
         seed=seed if seed is not None else 0,
     )
+    if fmt == OutputFormat.NPZ:  # dense outputs: arrays, not rows (checked above)
+        _predict_dense(la, chunks, info, total, options, output, input_, data, split, quiet, json_)
+        return
+    _add_conformal(la, options, conformal, conformal_score)
+    source = "<stdin>" if input_ == "-" else str(input_ or f"{data}: split {split!r}")
+    batches = predicted_batches(la, chunks, options, source, ctx)
+    if batches is None:
+        return  # a rank other than 0 under torchrun: rank 0 writes every row
+    _write_rows(la, batches, total, info, source, columns, output, fmt, quiet, json_)
+
+
+def _add_conformal(
+    la: Any, options: Any, conformal: float | None, conformal_score: Any | None
+) -> None:
+    """Set the stored split conformal calibration at level --conformal on `options`."""
     if conformal is not None:
         from laplace_cli.pipeline.conformal_stage import calibration_for
 
@@ -130,17 +152,85 @@ def predict(
         options.conformal = calibration_for(la, conformal, options, conformal_score)
     elif conformal_score is not None:
         raise BadInputError("--conformal-score needs --conformal LEVEL (e.g. --conformal 0.9)")
+
+
+def _write_rows(
+    la: Any,
+    batches: Any,
+    total: Any,
+    info: Any,
+    source: str,
+    columns: str | None,
+    output: Path | None,
+    fmt: OutputFormat,
+    quiet: bool,
+    json_: bool,
+) -> None:
+    """Write rank 0's predicted rows (with a progress bar) and report the counts."""
+    from laplace_cli.core.enums import Likelihood
+
     fields = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-    source = "<stdin>" if input_ == "-" else str(input_ or f"{data}: split {split!r}")
     single = la.likelihood == Likelihood.REGRESSION and (la.n_outputs or 1) == 1
-    batches = predicted_batches(la, chunks, options, source, ctx)
-    if batches is None:
-        return  # a rank other than 0 under torchrun: rank 0 writes every row
     batches = iter(progress_for(quiet)(batches, total, "predict"))
     rows = _checked_first(batches, fields, fmt.value, single)
     _warn_header(info, source)  # the first line has been read: say if it may be misread
     rows_written = _write(rows, output, fmt.value, fields, single)
     _report(info, source, output, fmt.value, rows_written, quiet, json_)
+
+
+def _check_dense_format(
+    la: Any,
+    fmt: Any,
+    output: Path | None,
+    conformal: float | None,
+    columns: str | None,
+    ctx: Any,
+) -> None:
+    """NPZ arrays for dense outputs (B, C, *S) and only for them, to a file (-o)."""
+    from laplace_cli.pipeline.dense_predictions import is_dense
+
+    if not is_dense(la):
+        if fmt == OutputFormat.NPZ:
+            raise BadInputError(
+                "--format npz is for posteriors with dense outputs (fit --output-positions); "
+                "this one gives one row per input: use csv or jsonl"
+            )
+        return
+    if fmt != OutputFormat.NPZ:
+        raise BadInputError(
+            f"the posterior has dense outputs ({la.output_shape} per input): predictions are "
+            f"arrays, not {fmt.value} rows; give -o predictions.npz (or --format npz -o FILE)"
+        )
+    if output is None:
+        raise BadInputError("--format npz writes a binary file: give -o predictions.npz")
+    if conformal is not None or columns is not None:
+        flag = "--conformal" if conformal is not None else "--columns"
+        raise BadInputError(f"{flag} applies to rows (csv / jsonl), not to dense outputs; drop it")
+    if ctx is not None:
+        raise BadInputError("predict of dense outputs runs in one process: run it without torchrun")
+    if output.exists() and not output.is_file():
+        raise BadInputError(f"{output}: --format npz needs a regular file (written atomically)")
+
+
+def _predict_dense(
+    la: Any,
+    chunks: Any,
+    info: Any,
+    total: int | None,
+    options: Any,
+    output: Path,
+    input_: Any,
+    data: Path | None,
+    split: str,
+    quiet: bool,
+    json_: bool,
+) -> None:
+    """Write the arrays of every input to the NPZ file `output` (atomically) and report."""
+    from laplace_cli.pipeline.dense_predictions import write_dense_predictions
+
+    source = "<stdin>" if input_ == "-" else str(input_ or f"{data}: split {split!r}")
+    n = write_dense_predictions(la, chunks, options, output, source, progress_for(quiet), total)
+    _report(info, source, output, OutputFormat.NPZ.value, n, quiet, json_)
 
 
 def _check_flags(

@@ -96,14 +96,7 @@ def train(
     OUTPUT/model.safetensors --model-factory ...'. No validation split is needed.
     """
     _check(output, model_factory, model_kwargs, data, structure, likelihood, fix_sigma_noise)
-    for value, option in (
-        (lr, "--lr"),
-        (lr_hyp, "--lr-hyp"),
-        (prior_precision, "--prior-precision"),
-        (sigma_noise, "--sigma-noise"),
-        (temperature, "--temperature"),
-    ):
-        check_positive(value, option)
+    _check_positive(lr, lr_hyp, prior_precision, sigma_noise, temperature)
     apply_threads(threads)
     check_device(device)
     kwargs = parse_json_object(model_kwargs, "--model-kwargs")
@@ -178,6 +171,23 @@ def _check(
         raise BadInputError(
             f"--likelihood {likelihood.value}: laplace train takes classification or regression"
         )
+
+
+def _check_positive(
+    lr: float,
+    lr_hyp: float,
+    prior_precision: float | None,
+    sigma_noise: float | None,
+    temperature: float | None,
+) -> None:
+    for value, option in (
+        (lr, "--lr"),
+        (lr_hyp, "--lr-hyp"),
+        (prior_precision, "--prior-precision"),
+        (sigma_noise, "--sigma-noise"),
+        (temperature, "--temperature"),
+    ):
+        check_positive(value, option)
 
 
 def _report(result, quiet: bool, json_: bool) -> None:

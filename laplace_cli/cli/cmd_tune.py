@@ -88,14 +88,7 @@ def tune(
     the posterior file is rewritten in place (atomically). --conformal LEVEL (repeatable) then
     stores split conformal thresholds calibrated on --split, for 'laplace predict --conformal'.
     """
-    grid = _check_flags(posterior, method, data, grid_min, grid_max, grid_size, output)
-    for level in conformal or []:
-        if not 0.0 < level < 1.0:
-            raise BadInputError(f"--conformal: expected a level in (0, 1), e.g. 0.9, got {level}")
-    if conformal and data is None:
-        raise BadInputError(
-            "--conformal needs --data (a dataset spec with the --split to calibrate on)"
-        )
+    grid = _check_flags(posterior, method, data, grid_min, grid_max, grid_size, output, conformal)
     apply_threads(threads)
     check_device(device)
     spec = model_override(model, model_factory, model_kwargs, trust_checkpoint)
@@ -147,6 +140,7 @@ def _check_flags(
     grid_max: float | None,
     grid_size: int | None,
     output: Path | None,
+    conformal: list[float] | None = None,
 ) -> dict:
     """Check the files and flags; the grid as `optimize_prior_precision` keywords."""
     require_file(posterior, "--posterior")
@@ -158,6 +152,13 @@ def _check_flags(
         require_file(data, "--data")
     grid = _grid_options(method, grid_min, grid_max, grid_size)
     check_output_file(output)
+    for level in conformal or []:
+        if not 0.0 < level < 1.0:
+            raise BadInputError(f"--conformal: expected a level in (0, 1), e.g. 0.9, got {level}")
+    if conformal and data is None:
+        raise BadInputError(
+            "--conformal needs --data (a dataset spec with the --split to calibrate on)"
+        )
     return grid
 
 

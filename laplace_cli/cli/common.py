@@ -165,6 +165,7 @@ _SUFFIX_FORMATS = {
     ".csv": OutputFormat.CSV,
     ".jsonl": OutputFormat.JSONL,
     ".ndjson": OutputFormat.JSONL,
+    ".npz": OutputFormat.NPZ,
 }
 
 
@@ -178,7 +179,7 @@ def resolve_format(fmt: OutputFormat | None, output: Path | None) -> OutputForma
     if suffix not in _SUFFIX_FORMATS:
         raise BadInputError(
             f"{output}: cannot tell the format from the suffix {suffix or '(none)'!r}; "
-            "name the file .csv or .jsonl, or pass --format csv|jsonl"
+            "name the file .csv or .jsonl (.npz for dense outputs), or pass --format csv|jsonl|npz"
         )
     return _SUFFIX_FORMATS[suffix]
 

@@ -22,6 +22,8 @@ def print_evaluation(result: Any, console: Console) -> None:
     """One row per method (MAP, temperature scaling, Laplace), one column per metric; gates below."""
     settings = result.settings
     title = f"{settings.get('split')} split, n = {settings.get('n_test')}"
+    if settings.get("n_positions") is not None:  # dense outputs: scored per position
+        title += f" ({settings['n_positions']} positions)"
     laplace_label = f"Laplace ({settings.get('pred_type')}"
     if settings.get("pred_type") == "glm" and settings.get("link_approx"):  # none: regression
         laplace_label += f", {settings.get('link_approx')}"
@@ -49,6 +51,8 @@ def print_evaluation(result: Any, console: Console) -> None:
         _print_differences(intervals["laplace"], console)
     for name, rows in (getattr(result, "tables", None) or {}).items():
         _print_named_table(name, rows, console)
+    for table_name, reason in (settings.get("skipped") or {}).items():
+        console.print(f"[dim]{table_name} table skipped: {reason}[/]")
     for gate in result.gates:
         style = "red" if gate["failed"] else "green"
         console.print(f"[{style}]{gate['message']}[/]")

@@ -66,6 +66,8 @@ class Curvature(StrEnum):
     """Empirical Fisher: sum of per-sample loss-gradient outer products."""
     MC_FISHER = "mc_fisher"
     """Fisher with targets sampled from the model's predictive."""
+    HESSIAN = "hessian"
+    """Exact Hessian of the training loss (full and diag only; may be indefinite)."""
 
 
 class Backend(StrEnum):
@@ -129,3 +131,5 @@ class OutputFormat(StrEnum):
     """One header row, then one row per input; list columns are spread (`prob_0`, `prob_1`)."""
     JSONL = "jsonl"
     """One JSON object per line; per-class values as lists (`probs`, `var`)."""
+    NPZ = "npz"
+    """Arrays per field, one entry per input (dense outputs (B, C, *S) only)."""

@@ -67,6 +67,29 @@ def hessian_sqrt(likelihood: Likelihood, f: Tensor) -> Tensor:
     return torch.diag_embed((p * (1 - p)).sqrt())
 
 
+def hessian_root_min(likelihood: Likelihood, f: Tensor) -> Tensor:
+    """L (B, C, K) with L Lᵀ = ∂²ℓ/∂f² and the fewest columns: K = C − 1 for classification.
+
+    The softmax Hessian diag(p) − ppᵀ = D (I − uuᵀ) D, D = diag(√p), u = √p (a unit vector),
+    has rank C − 1. The Householder reflection H = I − 2wwᵀ/(wᵀw), w = u + e_C, maps u to −e_C,
+    so I − uuᵀ = H (I − e_C e_Cᵀ) H and L = D H[:, :C−1]; wᵀw = 2(1 + u_C) ≥ 2 keeps it stable.
+    Each column of L costs one backward pass where the root is back-propagated
+    (`AllWeights.factors(root=...)`): C − 1 instead of C (half for two classes).
+    """
+    if likelihood != Likelihood.CLASSIFICATION or f.shape[1] < 2:
+        return hessian_sqrt(likelihood, f)
+    n_out = f.shape[1]
+    sqrt_p = torch.softmax(f, dim=-1).sqrt()  # u (B, C)
+    w = sqrt_p.clone()
+    w[:, -1] += 1.0
+    coef = 2.0 / (w * w).sum(-1)  # (B,)
+    head = w[:, : n_out - 1]  # (B, C−1)
+    # H[:, :C−1] = I[:, :C−1] − coef · w wᵀ[:, :C−1]
+    H = -coef[:, None, None] * w.unsqueeze(-1) * head.unsqueeze(-2)  # (B, C, C−1)
+    H[:, : n_out - 1].diagonal(dim1=-2, dim2=-1).add_(1.0)
+    return sqrt_p.unsqueeze(-1) * H
+
+
 def hessian(likelihood: Likelihood, f: Tensor) -> Tensor:
     """∂²ℓ/∂f² per sample, (B, C, C)."""
     if likelihood == Likelihood.CLASSIFICATION:

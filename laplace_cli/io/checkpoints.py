@@ -32,16 +32,16 @@ naming the file.
 
 The parts live in :mod:`~laplace_cli.io.checkpoint_types` (forms, :class:`ModelRef`),
 :mod:`~laplace_cli.io.model_factories` (importing factories), :mod:`~laplace_cli.io.exported_models`
-(``.pt2`` loading, layer restoration, :func:`module_tree`) and :mod:`~laplace_cli.io.state_dicts`
-(``torch.save`` files, strict weight loading); this module detects forms, loads models, and
-re-exports those modules' names so that ``laplace_cli.io.checkpoints`` stays the one import path.
+(``.pt2`` loading, layer restoration, :func:`module_tree`), :mod:`~laplace_cli.io.state_dicts`
+(``torch.save`` files, strict weight loading), :mod:`~laplace_cli.io.devices` (``--device``,
+``--dtype``) and :mod:`~laplace_cli.io.fingerprint` (:func:`model_fingerprint`); this module
+detects forms, loads models, and re-exports those modules' names so that
+``laplace_cli.io.checkpoints`` stays the one import path.
 """
 
 from __future__ import annotations
 
-import hashlib
 import pickle
-import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,6 +57,8 @@ from laplace_cli.io.checkpoint_types import ModelForm as ModelForm
 from laplace_cli.io.checkpoint_types import ModelRef as ModelRef
 from laplace_cli.io.checkpoint_types import ModuleInfo as ModuleInfo
 from laplace_cli.io.checkpoint_types import fmt_names as fmt_names
+from laplace_cli.io.devices import resolve_device as resolve_device
+from laplace_cli.io.devices import resolve_dtype as resolve_dtype
 from laplace_cli.io.exported_models import as_real_layer as as_real_layer
 from laplace_cli.io.exported_models import load_export as load_export
 from laplace_cli.io.exported_models import module_tree as module_tree
@@ -65,6 +67,7 @@ from laplace_cli.io.exported_models import normalized_args as normalized_args
 from laplace_cli.io.exported_models import require_hookable_layers as require_hookable_layers
 from laplace_cli.io.exported_models import restore_layer_types as restore_layer_types
 from laplace_cli.io.exported_models import static_batch_inputs as static_batch_inputs
+from laplace_cli.io.fingerprint import model_fingerprint as model_fingerprint
 from laplace_cli.io.model_factories import build_from_factory as build_from_factory
 from laplace_cli.io.model_factories import import_callable as import_callable
 from laplace_cli.io.model_factories import on_sys_path as on_sys_path
@@ -94,114 +97,6 @@ __all__ = [
     "resolve_dtype",
     "restore_layer_types",
 ]
-
-
-# --------------------------------------------------------------------------- devices, dtypes
-
-
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """Turn ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` / ``"mps"`` into a device.
-
-    Args:
-        device: ``"auto"`` picks CUDA when available, else CPU.
-
-    Returns:
-        The device.
-
-    Raises:
-        BadInputError: The string names no device, or one that is not available here.
-    """
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        text = str(device).strip().lower()
-        if text == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            dev = torch.device(text)
-        except (RuntimeError, ValueError):
-            raise BadInputError(
-                f"--device: expected auto, cpu, cuda, cuda:N or mps, got {device!r}"
-            ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise BadInputError(f"--device: {device!s} requested but CUDA is not available")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise BadInputError(
-                f"--device: {device!s} requested but only {torch.cuda.device_count()} "
-                "CUDA device(s) exist"
-            )
-    elif dev.type == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise BadInputError(f"--device: {device!s} requested but MPS is not available")
-    return dev
-
-
-_DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    # Half precision: the model runs in it, the Laplace maths in float32 (docs/half-precision.md).
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """Turn ``"float32"`` / ``"float64"`` / ``"bfloat16"`` / ``"float16"`` (or a torch dtype, or
-    None) into a dtype.
-
-    Raises:
-        BadInputError: Any other value.
-    """
-    if dtype is None or isinstance(dtype, torch.dtype):
-        if dtype is not None and dtype not in _DTYPES.values():
-            raise BadInputError(
-                f"--dtype: expected float32, float64, bfloat16 or float16, got {dtype}"
-            )
-        return dtype
-    key = str(dtype).strip().lower().removeprefix("torch.")
-    if key not in _DTYPES:
-        raise BadInputError(
-            f"--dtype: expected float32, float64, bfloat16 or float16, got {dtype!r}"
-        )
-    return _DTYPES[key]
-
-
-# --------------------------------------------------------------------------- fingerprint
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the model's parameters: names, shapes, dtypes and bytes, in sorted name order.
-
-    Each parameter contributes its qualified name, its shape, its dtype and the raw bytes of a
-    contiguous CPU copy (so the device and memory layout do not matter, but the dtype does).
-    Buffers (e.g. BatchNorm running statistics) are not included, as docs/design.md §2 says
-    "parameter bytes".
-
-    Names are part of the hash because they agree across the forms: ``torch.export`` /
-    ``unflatten``, ``ExportedProgram.module()`` and TorchScript keep the original qualified
-    names (``0.weight``, ``features.0.weight``, ``head.bias``), and :func:`restore_layer_types`
-    keeps them too, so the same weights give the same fingerprint in every form (the tests
-    check this for an MLP and a CNN). Sorting makes the hash independent of registration order.
-
-    Args:
-        model: Any module.
-
-    Returns:
-        A 64-character lowercase hex digest.
-    """
-    h = hashlib.sha256(b"laplace-cli/fingerprint/v1\0")
-    for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        t = param.detach().to("cpu").contiguous()
-        header = f"{name}\0{tuple(t.shape)}\0{str(t.dtype).removeprefix('torch.')}\0"
-        h.update(header.encode())
-        # Reinterpret as bytes through torch (numpy has no bfloat16); reshape first because
-        # a 0-d tensor cannot be viewed as another dtype.
-        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
-        h.update(struct.pack("<Q", len(raw)))
-        h.update(raw)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- detection

@@ -25,8 +25,9 @@ Loaded tensors: features float32 (the engine converts the dtype later); classifi
 int64 of shape (N,); regression and binary targets float32, (N,) taken as (N, 1).
 
 Parsing and validation live in :mod:`~laplace_cli.io.dataset_specs` (and the YAML reading in
-:mod:`~laplace_cli.io.safe_yaml`); this module checks labels and builds datasets and loaders, and
-re-exports those modules' names so that ``laplace_cli.io.datasets`` stays the one import path.
+:mod:`~laplace_cli.io.safe_yaml`); the label checks in :mod:`~laplace_cli.io.dataset_labels`;
+this module builds datasets and loaders, and re-exports those modules' names so that
+``laplace_cli.io.datasets`` stays the one import path.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from laplace_cli.core.enums import Likelihood
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.data_formats import file_not_found
+from laplace_cli.io.dataset_labels import LabelError as LabelError
+from laplace_cli.io.dataset_labels import check_label_maps as check_label_maps
+from laplace_cli.io.dataset_labels import check_labels as check_labels
+from laplace_cli.io.dataset_labels import convert_targets
 from laplace_cli.io.dataset_specs import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from laplace_cli.io.dataset_specs import SPLIT_KEYS as SPLIT_KEYS
 from laplace_cli.io.dataset_specs import TOP_KEYS as TOP_KEYS
@@ -74,6 +79,7 @@ __all__ = [
     "DatasetSpec",
     "LabelError",
     "SplitSpec",
+    "check_label_maps",
     "check_labels",
     "load_dataset_spec",
     "load_split",
@@ -82,97 +88,6 @@ __all__ = [
     "parse_dataset_spec",
     "validate_dataset_spec",
 ]
-
-
-# --------------------------------------------------------------------------- labels
-
-
-class LabelError(BadInputError):
-    """Targets that are not valid class labels (exit 2, as any bad input).
-
-    A separate class so that a caller that *assumed* classification (a spec without `task:`)
-    can add the fix, `task: regression`, to the message.
-    """
-
-
-def check_labels(y: torch.Tensor, n_classes: int | None, source: str) -> torch.Tensor:
-    """Check classification labels and return them as int64 of shape (N,).
-
-    Labels must be finite whole numbers ≥ 0 (floats such as ``2.0``, as CSV gives, are
-    accepted) and, when ``n_classes`` is known, below it. A trailing axis of size 1 is dropped.
-
-    Args:
-        y: Labels, shape (N,) or (N, 1).
-        n_classes: Number of classes (model outputs), or None to skip the upper bound.
-        source: File / split name for messages.
-
-    Returns:
-        int64 labels of shape (N,).
-
-    Raises:
-        LabelError: Naming the first offending row and its value (a `BadInputError`).
-    """
-    if y.dim() == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.dim() != 1:
-        raise LabelError(
-            f"{source}: targets: expected one integer class label per row, got shape {tuple(y.shape)} "
-            "(one-hot or multi-label targets need task: binary)"
-        )
-    if y.dtype == torch.bool:
-        y = y.to(torch.int64)
-    if y.is_floating_point():
-        check_finite(y, source, "labels")
-        frac = y != torch.round(y)
-        if bool(frac.any()):
-            i = int(frac.nonzero()[0])
-            raise LabelError(
-                f"{source}: row {i}: expected an integer class label, got {y[i].item()}"
-            )
-    elif y.is_complex():
-        raise LabelError(f"{source}: targets: expected integer class labels, got {y.dtype}")
-    labels = y.to(torch.int64)
-    if len(labels):
-        neg = labels < 0
-        if bool(neg.any()):
-            i = int(neg.nonzero()[0])
-            raise LabelError(
-                f"{source}: row {i}: expected a class label ≥ 0, got {labels[i].item()}"
-            )
-        if n_classes is not None:
-            big = labels >= n_classes
-            if bool(big.any()):
-                i = int(big.nonzero()[0])
-                raise LabelError(
-                    f"{source}: row {i}: class label {labels[i].item()} out of range for "
-                    f"{n_classes} classes (expected 0..{n_classes - 1})"
-                )
-    return labels
-
-
-def _convert_targets(
-    y: torch.Tensor, task: Likelihood | None, n_classes: int | None, source: str
-) -> torch.Tensor:
-    if task == Likelihood.CLASSIFICATION:
-        return check_labels(y, n_classes, source)
-    if task is None and not (y.is_floating_point() or y.dtype == torch.bool):
-        y = y.to(torch.int64)  # no task known: integer targets stay integers
-    else:
-        y = y.to(torch.float32)
-    check_finite(y, source, "targets")
-    if task is None:
-        return y
-    if y.dim() == 1:
-        y = y[:, None]  # (N,) -> (N, 1), as laplace-torch takes regression targets
-    if task == Likelihood.BINARY:
-        outside = (y < 0) | (y > 1)
-        if bool(outside.any()):
-            i = int(outside.reshape(len(y), -1).any(1).nonzero()[0])
-            raise BadInputError(
-                f"{source}: row {i}: binary targets must lie in [0, 1], got "
-                f"{y[i].reshape(-1)[outside[i].reshape(-1)][0].item()}"
-            )
-    return y
 
 
 # --------------------------------------------------------------------------- datasets, loaders
@@ -215,6 +130,7 @@ def load_split(
     *,
     task: Likelihood | str | None = None,
     require_labels: bool = True,
+    label_maps: int | None = None,
 ) -> Dataset:
     """Load one split as a Dataset of ``(x, y)`` pairs.
 
@@ -224,6 +140,9 @@ def load_split(
         task: Likelihood overriding ``spec.task`` (``--likelihood`` beats ``task:``). It decides
             the target conversion; with neither, targets keep integer / float kind as stored.
         require_labels: Raise when a file split has no targets (predict does not need them).
+        label_maps: For a model with dense outputs (B, C, *S): the `ignore_index` of its
+            per-position classification labels (N, *S) (`check_label_maps`); None: one
+            label per row. Regression / binary targets (N, C, *S) keep their shape either way.
 
     Returns:
         An :class:`ArrayDataset` for file splits, a :class:`~laplace_cli.io.text.TextDataset`
@@ -261,7 +180,7 @@ def load_split(
     else:
         if len(y) != len(x):
             raise BadInputError(f"{at}: {src}: {len(x)} feature rows but {len(y)} targets")
-        y = _convert_targets(y, the_task, spec.n_classes, src)
+        y = convert_targets(y, the_task, spec.n_classes, src, label_maps)
     return ArrayDataset(x, y, ids=ids, source=src)
 
 
@@ -364,7 +283,7 @@ def _load_text(
         require_labels=require_labels,
     )
     if y is not None:
-        ds.y = _convert_targets(y, task, spec.n_classes, str(split.path))
+        ds.y = convert_targets(y, task, spec.n_classes, str(split.path))
     return ds
 
 
@@ -410,6 +329,7 @@ def make_loader(
     require_labels: bool = True,
     generator: torch.Generator | None = None,
     by_length: bool = False,
+    label_maps: int | None = None,
 ) -> DataLoader:
     """A DataLoader over one split, yielding ``(x, y)`` batches.
 
@@ -425,11 +345,12 @@ def make_loader(
         by_length: For text splits without shuffling, order the rows by token count
             (`TextDataset.by_length`) so batches carry little padding; only for callers
             whose results do not depend on row order. Other datasets ignore it.
+        label_maps: See :func:`load_split`.
     """
     bs = batch_size if batch_size is not None else (spec.batch_size or DEFAULT_BATCH_SIZE)
     if not positive_int(bs):
         raise BadInputError(f"--batch-size: expected a positive integer, got {bs!r}")
-    ds = load_split(spec, name, task=task, require_labels=require_labels)
+    ds = load_split(spec, name, task=task, require_labels=require_labels, label_maps=label_maps)
     if by_length and not shuffle and callable(getattr(ds, "by_length", None)):
         ds = ds.by_length()
     iterable = isinstance(ds, IterableDataset)

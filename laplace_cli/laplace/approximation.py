@@ -7,60 +7,53 @@
 
 The posterior precision is Λ = s·H + diag(δ) with H the GGN or empirical Fisher summed over the
 data, δ the prior precision and s = 1/T (1/(σ²T) for regression); see docs/design.md §5.
+
+This module holds construction and the hyperparameters; the class composes the fitting half
+(`fitting.FitMixin`), the predictive half (`prediction.PredictiveMixin`) and the posterior
+quantities (`posterior_quantities.PosteriorMixin`). Pure steps live beside them:
+`construction` (refusals, placement, the subset), `hyperparameters` (δ, μ₀, σ, T checks),
+`targets`, `fit_checks`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from laplace_cli.core import likelihoods as lik
-from laplace_cli.core.batches import Inputs, batch_size, split_batch, to_device
-from laplace_cli.core.enums import (
-    Curvature,
-    KronApprox,
-    Likelihood,
-    Structure,
-    Subset,
-)
-from laplace_cli.core.errors import BadInputError, MissingArgumentError, NumericalError
-from laplace_cli.laplace import dense_outputs as dense
+from laplace_cli.core.enums import Curvature, KronApprox, Likelihood, Structure, Subset
+from laplace_cli.core.errors import BadInputError
+from laplace_cli.laplace.construction import placement, plain_subset, refuse_unsupported
 from laplace_cli.laplace.dense_outputs import (
     build_dense_subset,
     check_dense_choices,
     parse_output_positions,
 )
-from laplace_cli.laplace.posterior_quantities import PosteriorMixin
-from laplace_cli.laplace.precision import check_half_precision, model_dtype_of, posterior_dtype
-from laplace_cli.laplace.prediction import PredictiveMixin
-from laplace_cli.posterior import Posterior, build_posterior, expand_prior, softmax_last_layer
-from laplace_cli.posterior.memory import (
-    check_structure_memory,
-    default_budget,
-    jacobian_rows,
+from laplace_cli.laplace.fitting import FitMixin
+from laplace_cli.laplace.hyperparameters import as_tensor as as_tensor  # its former home
+from laplace_cli.laplace.hyperparameters import (
+    check_prior_mean,
+    check_prior_precision,
+    check_sigma_noise,
+    check_temperature,
+    per_output_noise_split,
 )
-from laplace_cli.posterior.table import parse_structure, structure_spec, supported_combinations
-from laplace_cli.subsets.base import AllWeights, ParameterSubset, iter_rows
-from laplace_cli.subsets.last_layer import LastLayer
-from laplace_cli.subsets.precision import cast_factors
-from laplace_cli.subsets.projected_outputs import projected_outputs
+from laplace_cli.laplace.posterior_quantities import PosteriorMixin
+from laplace_cli.laplace.precision import check_half_precision
+from laplace_cli.laplace.prediction import PredictiveMixin
+from laplace_cli.posterior import Posterior, build_posterior
+from laplace_cli.posterior.memory import check_structure_memory, jacobian_rows
+from laplace_cli.posterior.table import parse_structure, structure_spec
+from laplace_cli.posterior.table import supported_combinations as supported_combinations
+from laplace_cli.subsets.base import ParameterSubset
 
 #: Built-in structures per subset (a view of `posterior.table`, which also holds registered ones).
 SUPPORTED = {
     subset: {s for s in Structure if s is not Structure.GP and structure_spec(s).supports(subset)}
     for subset in Subset
 }
-
-
-def as_tensor(
-    value: float | Sequence[float] | Tensor, dtype: torch.dtype, device: torch.device
-) -> Tensor:
-    t = torch.as_tensor(value, dtype=dtype, device=device)
-    return t.reshape(-1) if t.ndim == 0 else t
 
 
 #: Picks the flavour class for `Laplace(*args, **kwargs)`; installed by `laplace_cli.laplace`
@@ -96,7 +89,7 @@ class _FlavourFactory(type):
         return obj
 
 
-class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
+class Laplace(PosteriorMixin, PredictiveMixin, FitMixin, metaclass=_FlavourFactory):
     """Laplace approximation of a trained network's posterior over (a subset of) its weights.
 
     Args:
@@ -108,7 +101,9 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         hessian_structure: "diag", "kron", "full" or "lowrank" (with `rank`, default
             min(P, 100): top-k GGN eigenpairs found matrix-free, see posterior/lowrank.py).
         curvature: "ggn" (exact generalised Gauss-Newton), "ef" (empirical Fisher) or
-            "mc_fisher" (Fisher from `n_mc_samples` targets sampled per input, seeded by `seed`).
+            "mc_fisher" (Fisher from `n_mc_samples` targets sampled per input, seeded by `seed`)
+            or "hessian" (the exact Hessian of the loss, structures full and diag; it may be
+            indefinite, then a non positive definite Λ raises NumericalError; fisher/hessian.py).
         prior_precision: δ, a scalar, one value per parameter tensor, or one per parameter.
         prior_mean: μ₀, a scalar or one value per parameter.
         temperature: T; the likelihood term is divided by it.
@@ -212,9 +207,7 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         self.rank = rank
         self.n_mc_samples = n_mc_samples
         self.seed = seed
-        if temperature <= 0 or not math.isfinite(temperature):
-            raise BadInputError(f"temperature must be a positive number, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature = check_temperature(temperature)
         self._place(model, max_memory, curvature_dtype)
         check_half_precision(self._model_dtype, self.hessian_structure, self._backend_name)
         self._build(subnetwork_indices, rank)
@@ -269,43 +262,21 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
 
     def _refuse_unsupported(self, model: nn.Module, backend: str) -> None:
         """Refuse a subset × structure, model form or backend this engine cannot do."""
-        if not self.structure_spec.supports(self.subset_of_weights):
-            combos = supported_combinations()
-            raise BadInputError(
-                f"hessian_structure {self.hessian_structure.value!r} is not available with subset "
-                f"{self.subset_of_weights.value!r}; supported combinations: {combos}"
-            )
-        if (
-            isinstance(model, torch.jit.ScriptModule)
-            and self.subset_of_weights == Subset.ALL
-            and self.hessian_structure == Structure.KRON
-        ):
-            # K-FAC needs each layer's inputs and output gradients, i.e. forward hooks, which
-            # compiled modules do not take; without them every tensor would silently get a
-            # diagonal block.
-            from laplace_cli.subsets.scripted import KRON_HINT
-
-            raise BadInputError(
-                "--structure kron over all weights needs forward hooks on the layers, which a "
-                f"TorchScript model does not take; {KRON_HINT}"
-            )
-        if backend not in ("auto", "native", "asdl"):
-            raise BadInputError(f"backend: expected auto, native or asdl, got {backend!r}")
+        refuse_unsupported(
+            model,
+            backend,
+            self.structure_spec,
+            self.subset_of_weights,
+            self.hessian_structure,
+            self.curvature,
+            self.output_positions,
+        )
 
     def _place(self, model: nn.Module, max_memory: int | None, curvature_dtype: Any = None) -> None:
-        """Device, dtypes and memory budget, from the model's first parameter.
-
-        `_model_dtype` is what the model runs in (inputs are cast to it); `_dtype` is the
-        posterior's: the model's, float32 for a bfloat16 / float16 model, or `curvature_dtype`
-        (laplace/precision.py)."""
-        first = next((p for p in model.parameters()), None)
-        if first is None:
-            raise BadInputError("the model has no parameters")
-        self._device = first.device
-        self._model_dtype = model_dtype_of(model)
-        self._dtype = posterior_dtype(self._model_dtype, curvature_dtype)
-        self.max_memory = (
-            int(max_memory) if max_memory is not None else default_budget(self._device)
+        """Device, dtypes and memory budget (construction.py): `_model_dtype` is what the model
+        runs in, `_dtype` the posterior's."""
+        self._device, self._model_dtype, self._dtype, self.max_memory = placement(
+            model, max_memory, curvature_dtype
         )
 
     def _build(self, subnetwork_indices: Any, rank: int | None) -> None:
@@ -322,6 +293,8 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
             kron_approx=self.kron_approx,
             rank=rank,
         )
+        # The exact Hessian may be indefinite: the posterior then checks Λ = s·H + δ itself.
+        self.posterior.psd_curvature = self.curvature != Curvature.HESSIAN
         if self._backend_name == "asdl":
             from laplace_cli.fisher.asdl import check_asdl
 
@@ -334,21 +307,14 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
         return self._build_plain_subset(subnetwork_indices)
 
     def _build_plain_subset(self, subnetwork_indices) -> ParameterSubset:
-        if self.subset_of_weights == Subset.ALL:
-            return AllWeights(self.model, kron_approx=self.kron_approx)
-        if self.subset_of_weights == Subset.LAST_LAYER:
-            return LastLayer(self.model, self.last_layer_name, self.feature_reduction)
-        try:
-            from laplace_cli.subsets.subnetwork import Subnetwork
-        except ImportError:
-            raise BadInputError("subset_of_weights 'subnetwork' is not implemented yet") from None
-        if subnetwork_indices is None:
-            raise MissingArgumentError(
-                "subset_of_weights 'subnetwork' needs subnetwork_indices (a 1-D tensor of "
-                "parameter indices, e.g. laplace_cli.utils.LargestMagnitudeSubnetMask(model, "
-                "n_params_subnet=128).select())"
-            )
-        return Subnetwork(self.model, subnetwork_indices)
+        return plain_subset(
+            self.model,
+            self.subset_of_weights,
+            self.kron_approx,
+            self.last_layer_name,
+            self.feature_reduction,
+            subnetwork_indices,
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -377,23 +343,9 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
 
     @prior_precision.setter
     def prior_precision(self, value: float | Sequence[float] | Tensor) -> None:
-        t = as_tensor(value, self._dtype, self._device)
-        if t.ndim != 1:
-            raise BadInputError(
-                f"prior_precision must be a scalar or a vector, got shape {tuple(t.shape)}"
-            )
-        expand_prior(t, self.subset.groups)  # validates the length
-        if self.hessian_structure == Structure.KRON and t.numel() not in (
-            1,
-            len(self.subset.groups),
-        ):
-            raise BadInputError(
-                f"kron supports a scalar prior precision or one per parameter tensor "
-                f"({len(self.subset.groups)} values), got {t.numel()}"
-            )
-        if not torch.isfinite(t).all() or (t <= 0).any():
-            raise BadInputError("prior_precision must be positive and finite")
-        self._prior_precision = t
+        self._prior_precision = check_prior_precision(
+            value, self._dtype, self._device, self.subset.groups, self.hessian_structure
+        )
 
     @property
     def prior_mean(self) -> Tensor:
@@ -401,19 +353,7 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
 
     @prior_mean.setter
     def prior_mean(self, value: float | Tensor) -> None:
-        t = as_tensor(value, self._dtype, self._device)
-        # laplace-torch's rule: a scalar or a vector of length 1 or P. A (P, 1) column used to
-        # be accepted and broadcast against the (P,) mean into a (P, P) scatter term.
-        if t.ndim != 1:
-            raise BadInputError(
-                f"prior_mean must be a scalar or a vector of {self.n_params} values, got shape "
-                f"{tuple(t.shape)}; flatten it with prior_mean.reshape(-1)"
-            )
-        if t.numel() not in (1, self.n_params):
-            raise BadInputError(
-                f"prior_mean must be a scalar or have {self.n_params} values, got {t.numel()}"
-            )
-        self._prior_mean = t
+        self._prior_mean = check_prior_mean(value, self._dtype, self._device, self.n_params)
 
     @property
     def sigma_noise(self) -> Tensor:
@@ -421,53 +361,23 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
 
     @sigma_noise.setter
     def sigma_noise(self, value: float | Sequence[float] | Tensor) -> None:
-        t = as_tensor(value, self._dtype, self._device)
-        if self.likelihood != Likelihood.REGRESSION and (t.numel() != 1 or not torch.all(t == 1)):
-            raise BadInputError("sigma_noise applies to regression only; leave it at 1")
-        if t.ndim != 1:
-            raise BadInputError(
-                f"sigma_noise must be a scalar or one value per output, got shape {tuple(t.shape)}"
-            )
-        if not torch.isfinite(t).all() or (t <= 0).any():
-            raise BadInputError("sigma_noise must be positive and finite")
+        t = check_sigma_noise(value, self._dtype, self._device, self.likelihood)
         if t.numel() > 1:
             self._use_per_output_noise(t.numel())
         self._sigma_noise = t
 
     def _use_per_output_noise(self, n: int) -> None:
-        """Per-output σ: Λ = Σ_k H_k / (σ_k² T) + diag(δ), so H is kept per output k.
-
-        Only the GGN of a Gaussian likelihood splits into per-output terms (its output Hessian
-        is the identity); the empirical and MC Fisher mix outputs in every outer product, and
-        kron / lowrank factorise the summed curvature, so those refuse a vector σ.
-        """
-        n_outputs = getattr(self, "n_outputs", None)  # None while __init__ runs
-        if n_outputs is not None and n != n_outputs:
-            raise BadInputError(f"sigma_noise has {n} values but the model has {n_outputs} outputs")
-        split = self.posterior.split_outputs
-        if split == n:
-            return
-        if split is not None:
-            raise BadInputError(
-                f"this posterior keeps the curvature of {split} outputs, sigma_noise has {n} values"
-            )
-        if self.curvature != Curvature.GGN:
-            raise BadInputError(
-                f"per-output sigma_noise needs curvature 'ggn', got {self.curvature.value!r} "
-                "(the empirical and MC Fisher mix outputs in every outer product)"
-            )
-        if self.hessian_structure not in (Structure.DIAG, Structure.FULL):
-            raise BadInputError(
-                f"per-output sigma_noise needs hessian_structure 'diag' or 'full', got "
-                f"{self.hessian_structure.value!r} (its curvature is factorised over all outputs "
-                "at once); use a scalar sigma_noise or structure diag/full"
-            )
-        if getattr(self, "fitted", False):
-            raise BadInputError(
-                "this posterior was fitted with a scalar sigma_noise; refit with a per-output "
-                f"sigma_noise ({n} values) to use one noise level per output"
-            )
-        self.posterior.split_by_output(n)
+        """Per-output σ: the posterior keeps H per output (laplace/hyperparameters.py)."""
+        split = per_output_noise_split(
+            n,
+            getattr(self, "n_outputs", None),  # None while __init__ runs
+            self.posterior.split_outputs,
+            self.curvature,
+            self.hessian_structure,
+            getattr(self, "fitted", False),
+        )
+        if split:
+            self.posterior.split_by_output(n)
 
     @property
     def n_params(self) -> int:
@@ -482,380 +392,6 @@ class Laplace(PosteriorMixin, PredictiveMixin, metaclass=_FlavourFactory):
                 return 1.0 / (sigma.reshape(-1) ** 2 * self.temperature)
             return 1.0 / (sigma.reshape(()) ** 2 * self.temperature)
         return torch.tensor(1.0 / self.temperature, dtype=self._dtype, device=self._device)
-
-    # --- fitting ----------------------------------------------------------------------------
-    def prepare_batch(self, batch: Any) -> tuple[Inputs, Tensor]:
-        x, y = split_batch(batch, self.dict_key_x, self.dict_key_y)
-        x = to_device(x, self._device, self._model_dtype)
-        y = y.to(self._device)
-        if self.output_positions is not None:
-            return x, dense.prepare_targets(self.likelihood, y, self._dtype)
-        if self.likelihood == Likelihood.CLASSIFICATION:
-            y = y.long().reshape(-1)
-        else:
-            y = y.to(self._dtype)
-            if y.ndim == 1:
-                y = y.unsqueeze(-1)
-        return x, y
-
-    def _check_targets(self, f: Tensor, y: Tensor, batch_index: int) -> None:
-        n_out = f.shape[1]
-        if self.likelihood == Likelihood.CLASSIFICATION:
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_out):
-                raise BadInputError(
-                    f"batch {batch_index}: labels must lie in [0, {n_out}) for a model with "
-                    f"{n_out} outputs, got min {int(y.min())}, max {int(y.max())}"
-                )
-        elif y.shape != f.shape:
-            raise BadInputError(
-                f"batch {batch_index}: targets of shape {tuple(y.shape)} do not fit model outputs "
-                f"of shape {tuple(f.shape)}"
-            )
-        if self.likelihood != Likelihood.CLASSIFICATION and not torch.isfinite(y).all():
-            raise BadInputError(f"batch {batch_index}: targets contain NaN or Inf")
-        if self.likelihood == Likelihood.BINARY and y.numel() and ((y < 0) | (y > 1)).any():
-            raise BadInputError(
-                f"batch {batch_index}: binary targets must lie in [0, 1] (one 0/1 column per "
-                f"label), got values in [{float(y.min())}, {float(y.max())}]"
-            )
-
-    def _output_sqrt(self, f: Tensor, y: Tensor) -> Tensor:
-        """W (B, C, K): Hessian square root (GGN), loss gradient (EF) or sampled gradients (MC)."""
-        if self.output_positions is not None:  # block-diagonal over positions
-            return dense.output_sqrt(self, f, y, self._row_output_sqrt)
-        return self._row_output_sqrt(f, y)
-
-    def _row_output_sqrt(self, f: Tensor, y: Tensor) -> Tensor:
-        """`_output_sqrt` of outputs (B, C)."""
-        if self.curvature == Curvature.GGN:
-            return lik.hessian_sqrt(self.likelihood, f)
-        if self.curvature == Curvature.EF:
-            return lik.output_gradient(self.likelihood, f, y).unsqueeze(-1)
-        from laplace_cli.fisher.mc_fisher import sampled_output_gradients
-
-        return sampled_output_gradients(self.likelihood, f, self.n_mc_samples, self._fit_generator)
-
-    def fit(
-        self,
-        train_loader: Iterable[Any],
-        override: bool = True,
-        *,
-        reduce: Callable[[list[Tensor]], None] | None = None,
-        start_batch: int = 0,
-        on_batch: Callable[[int], None] | None = None,
-    ) -> Laplace:
-        """Accumulate the curvature over the data, then decompose it.
-
-        `override=False` adds to the curvature, loss and data count of an earlier fit (online
-        fitting over several loaders gives the same posterior as one fit over their union; kron
-        keeps its raw factor sums for this, and the MC Fisher's random stream continues). A
-        posterior set as prior (`set_prior_from`) stays in place across `override=True` refits.
-
-        The lowrank structure needs the data several times (one pass per block Krylov step), so
-        `train_loader` must then be re-iterable (a DataLoader or a list, not an iterator).
-
-        Hooks for fits over data shards and resumable fits (diag, kron and full; see
-        `laplace_cli.pipeline.distributed` and `laplace_cli.pipeline.resume`):
-            reduce: sums a list of tensors in place across processes (an all-reduce); applied
-                to the raw sums (`partial_state`: curvature sums, loss, n_data) just before
-                `finalize`, so each process fits its shard and all end with the posterior of
-                the union.
-            start_batch: batches of `train_loader` before this index are skipped (their sums
-                were restored with `load_partial_state`; pass `override=False`).
-            on_batch: called with the number of batches done after each batch (checkpoints).
-        """
-        self._start_fit(
-            override,
-            sharded_or_resumed=bool(reduce is not None or start_batch or on_batch is not None),
-        )
-        if self.structure_spec.needs_loader:
-            return self._fit_matrix_free(train_loader)
-        dense = self.posterior.needs_dense_jacobian
-        for index, batch in enumerate(train_loader):
-            if index < start_batch:
-                continue
-            x, y = self.prepare_batch(batch)
-            if batch_size(x) == 0:
-                if on_batch is not None:
-                    on_batch(index + 1)
-                continue
-            for xc, yc in self._fit_chunks(x, y, dense):
-                self._accumulate_chunk(index, xc, yc)
-            self._check_finite(index)
-            if on_batch is not None:
-                on_batch(index + 1)
-        if reduce is not None:
-            self._reduce_partial_state(reduce)
-        return self._finish_fit()
-
-    def _start_fit(self, override: bool, *, sharded_or_resumed: bool) -> None:
-        """Refuse shards / resumes the structure cannot do, then reset (override) the sums."""
-        if sharded_or_resumed and self.structure_spec.needs_loader:
-            raise BadInputError(
-                f"structure {self.hessian_structure.value!r} passes over the data several "
-                "times; it cannot be fitted in shards or resumed (use diag, kron or full)"
-            )
-        if override:
-            self.posterior.reset()
-            self.loss = torch.zeros((), dtype=self._dtype, device=self._device)
-            self.n_data = 0
-        if override or not hasattr(self, "_fit_generator"):
-            self._fit_generator = torch.Generator(device=self._device).manual_seed(self.seed)
-
-    def _fit_chunks(self, x: Any, y: Tensor, dense: bool) -> list[tuple[Any, Tensor]]:
-        """One batch as row chunks: dense Jacobians (B, C, P) are built a few rows at a time."""
-        chunks = [(x, y)]
-        # a diag fit that fell back to dense Jacobians (no layer factors) chunks them too
-        if dense or self.__dict__.get("_no_layer_factors", False):
-            rows = self.jacobian_chunk_rows()
-            chunks = [(xc, y[i * rows : (i + 1) * rows]) for i, xc in enumerate(iter_rows(x, rows))]
-        return chunks
-
-    def _accumulate_chunk(self, index: int, xc: Any, yc: Tensor) -> None:
-        """Record one chunk's loss and add its curvature, by the cheapest route that applies."""
-        if self._backend_name == "asdl":
-            from laplace_cli.fisher.asdl import asdl_accumulate
-
-            f = asdl_accumulate(self, xc, yc).to(self._dtype)
-            self._record_batch(index, f, yc)
-            return
-        if self._may_project():
-            f = self.subset.output(xc).to(self._dtype)
-            if f.shape[1] >= softmax_last_layer.MIN_OUTPUTS:
-                self._record_batch(index, f, yc)
-                self._accumulate_projected(xc, f, yc)
-                return
-        f, factors, J = self.jacobian_pieces(xc)
-        f = f.to(self._dtype)
-        self._record_batch(index, f, yc)
-        if self.softmax_closed_form():
-            # Many classes: Σ Λ and Σ φφᵀ from φ and p, no (B, C, C) root.
-            self._accumulate_closed_form(factors, f, yc)
-            return
-        W = self._output_sqrt(f, yc)
-        self.posterior.accumulate(W, factors, J)
-
-    def partial_state(self) -> dict[str, Tensor]:
-        """The raw state of a fit in progress: every tensor a sum over the data seen so far.
-
-        `posterior.<name>`: the structure's curvature sums (`Posterior.raw_state`: diag h,
-        full H, kron B, Σaaᵀ and N), without a posterior folded in as prior; `loss`: the summed
-        negative log-likelihood; `n_data`. Two fits over disjoint data add up entry by entry.
-        """
-        out = {f"posterior.{k}": v for k, v in self.posterior.raw_state().items()}
-        out["loss"] = self.loss.detach()
-        out["n_data"] = torch.tensor(self.n_data, dtype=torch.int64, device=self._device)
-        return out
-
-    def load_partial_state(
-        self, tensors: dict[str, Tensor], generator_state: Tensor | None = None
-    ) -> None:
-        """Restore `partial_state` (and the MC Fisher's random stream) to continue a fit."""
-        prefix = "posterior."
-        self.posterior.load_raw_state(
-            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        )
-        self.loss = tensors["loss"].to(dtype=self._dtype, device=self._device).clone()
-        self.n_data = int(tensors["n_data"])
-        self._fit_generator = torch.Generator(device=self._device).manual_seed(self.seed)
-        if generator_state is not None:
-            self._fit_generator.set_state(generator_state)
-
-    def _reduce_partial_state(self, reduce: Callable[[list[Tensor]], None]) -> None:
-        """Sum the raw state across processes with `reduce` (in place), then load it back."""
-        state = {k: v.clone() for k, v in self.partial_state().items()}
-        names = sorted(state)  # the same order on every process
-        tensors = [state[k] for k in names]
-        reduce(tensors)
-        self.load_partial_state(dict(zip(names, tensors)), self._fit_generator.get_state())
-
-    def _record_batch(self, index: int, f: Tensor, y: Tensor) -> None:
-        """Check one batch's outputs (B, C) and targets; add its loss and size."""
-        if self.output_positions is not None:
-            dense.record_batch(self, index, f, y)
-            return
-        if self.n_outputs is None:
-            if self._sigma_noise.numel() not in (1, f.shape[1]):
-                raise BadInputError(
-                    f"sigma_noise has {self._sigma_noise.numel()} values but the model has "
-                    f"{f.shape[1]} outputs"
-                )
-            self.n_outputs = f.shape[1]
-        elif f.shape[1] != self.n_outputs:
-            raise BadInputError(
-                f"batch {index}: model gave {f.shape[1]} outputs, earlier {self.n_outputs}"
-            )
-        self._check_targets(f, y, index)
-        if not torch.isfinite(f).all():
-            raise NumericalError(f"batch {index}: the model's outputs contain NaN or Inf")
-        if self.posterior.split_outputs is not None:
-            # Per-output σ: the log-likelihood needs the loss of each output, (C,).
-            loss = lik.summed_loss_per_output(self.likelihood, f, y)
-        else:
-            loss = lik.summed_loss(self.likelihood, f, y)
-        self.loss = self.loss + loss.detach()
-        self.n_data += f.shape[0]
-
-    def softmax_closed_form(self) -> bool:
-        """True where the last-layer softmax curvature and variances come from features and
-        probabilities (`posterior.softmax_last_layer`): a last-layer diag / kron posterior of
-        a classifier with at least `softmax_last_layer.MIN_OUTPUTS` classes (GGN from p; the
-        MC and empirical Fisher from their output-space roots, K ≪ C columns)."""
-        return (
-            isinstance(self.subset, LastLayer)
-            and self.likelihood == Likelihood.CLASSIFICATION
-            and self.hessian_structure in softmax_last_layer.CLOSED_FORM_STRUCTURES
-            and self.posterior.split_outputs is None
-            and self._backend_name != "asdl"
-            and (self.n_outputs or 0) >= softmax_last_layer.MIN_OUTPUTS
-        )
-
-    def _may_project(self) -> bool:
-        """MC / empirical Fisher with diag or kron over all weights, many classes (or not known
-        yet): the factors of the K sampled output gradients are back-propagated instead of the
-        C outputs' (`subsets.projected_outputs`)."""
-        return (
-            isinstance(self.subset, AllWeights)
-            and self.curvature in (Curvature.MC_FISHER, Curvature.EF)
-            and self.hessian_structure in softmax_last_layer.CLOSED_FORM_STRUCTURES
-            and self.posterior.split_outputs is None
-            and self._backend_name != "asdl"
-            and not self._dense_for_backprop()
-            and (self.n_outputs is None or self.n_outputs >= softmax_last_layer.MIN_OUTPUTS)
-        )
-
-    def _accumulate_projected(self, x: Any, f: Tensor, y: Tensor) -> None:
-        W = self._output_sqrt(f, y)  # (B, C, K)
-        with projected_outputs(self.model, W):
-            _, factors = self.subset.factors(x)  # K backward passes, G (B, K, T, d_out)
-        k = W.shape[-1]
-        eye = torch.eye(k, dtype=self._dtype, device=self._device).expand(W.shape[0], k, k)
-        self.posterior.accumulate(eye, cast_factors(factors, self._dtype), None)
-
-    def _accumulate_closed_form(self, factors: Any, f: Tensor, y: Tensor) -> None:
-        phi = factors[0].a[:, 0]  # (B, d): the last layer's inputs
-        if self.curvature == Curvature.GGN:
-            softmax_last_layer.accumulate(self.posterior, phi, p=torch.softmax(f, dim=-1))
-        else:
-            softmax_last_layer.accumulate(self.posterior, phi, W=self._output_sqrt(f, y))
-
-    def _finish_fit(self) -> Laplace:
-        if self.n_data == 0:
-            raise BadInputError("the training data is empty")
-        self.posterior.finalize()
-        self.mean = self.subset.mean().to(self._dtype)
-        self.fitted = True
-        return self
-
-    def _fit_matrix_free(self, train_loader: Iterable[Any]) -> Laplace:
-        """lowrank: one pass for loss and checks, then the eigensolver's block GGN products."""
-        from laplace_cli.posterior.lowrank import ggn_matmat, ggn_matmat_dense
-
-        if iter(train_loader) is train_loader:
-            raise BadInputError(
-                "structure 'lowrank' passes over the data several times; give a re-iterable "
-                "loader (a DataLoader or a list of batches), not an iterator"
-            )
-        for index, batch in enumerate(train_loader):
-            x, y = self.prepare_batch(batch)
-            if batch_size(x) == 0:
-                continue
-            self._record_batch(index, self.subset.output(x).to(self._dtype), y)
-            self._check_finite(index)
-        if self.n_data == 0:
-            raise BadInputError("the training data is empty")
-
-        def batches():
-            # Every product must see the same operator: the MC Fisher's targets are redrawn
-            # from the same seed in every pass (so the loader must keep its order).
-            self._fit_generator = torch.Generator(device=self._device).manual_seed(self.seed)
-            for batch in train_loader:
-                x, y = self.prepare_batch(batch)
-                if batch_size(x) > 0:
-                    yield x, y
-
-        theta = self.subset.mean().to(self._dtype)
-
-        def jacobian_chunks(x: Inputs, y: Tensor) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
-            rows = self.jacobian_chunk_rows()
-            for i, xc in enumerate(iter_rows(x, rows)):
-                f, J = self.subset.jacobians(xc)
-                yield f.to(self._dtype), J, y[i * rows : (i + 1) * rows]
-
-        reverse_only = False
-
-        def matmat(V: Tensor) -> Tensor:
-            nonlocal reverse_only
-            if not reverse_only:
-                try:
-                    return ggn_matmat(self.subset.output_fn, theta, batches, self._output_sqrt, V)
-                except torch.OutOfMemoryError:
-                    raise
-                except (RuntimeError, NotImplementedError):
-                    # forward-mode AD or vmap cannot run this model (e.g. an attention kernel
-                    # without a forward derivative); the whole product is redone in reverse
-                    # mode, so every product still sees the same operator.
-                    reverse_only = True
-            return ggn_matmat_dense(jacobian_chunks, batches, self._output_sqrt, V)
-
-        self.posterior.fit_matrix_free(
-            matmat, torch.Generator(device=self._device).manual_seed(self.seed)
-        )
-        for key, t in self.posterior.state().items():
-            if not torch.isfinite(t).all():
-                raise NumericalError(f"the curvature ({key}) is not finite")
-        return self._finish_fit()
-
-    def _check_finite(self, batch_index: int) -> None:
-        if not torch.isfinite(self.loss).all():
-            raise NumericalError(f"batch {batch_index}: the training loss is not finite")
-        state = self.posterior_state_partial()
-        floats = [t for t in state.values() if t.is_floating_point() and t.numel()]
-        # One max-|x| per tensor in a single call (NaN and ±Inf propagate); the tensors are
-        # searched one by one only when something is not finite.
-        if not floats or bool(
-            torch.isfinite(torch.stack(torch._foreach_norm(floats, float("inf")))).all()
-        ):
-            return
-        for key, t in state.items():
-            if not torch.isfinite(t).all():
-                where = self._nonfinite_params(key, t) if key in ("diag", "full") else key
-                raise NumericalError(
-                    f"batch {batch_index}: the curvature of {where} is not finite "
-                    "(NaN or Inf: check the scale of the inputs and weights, or fit in float64)"
-                )
-
-    def _nonfinite_params(self, key: str, t: Tensor) -> str:
-        """`"0.weight, 2.bias (diag)"`: the parameter tensors with NaN/Inf curvature entries.
-
-        `t` is the diag curvature (…, P) or the full one (…, P, P); for full, the diagonal
-        (where an overflow shows first, H_ii = Σ J_i²) is used when it is itself non-finite.
-        """
-        sizes = [g.numel for g in self.posterior.groups]
-        if key == "full":
-            diag = t.diagonal(dim1=-2, dim2=-1)
-            t = diag if not torch.isfinite(diag).all() else t.transpose(-1, -2)
-        if t.shape[-1] != sum(sizes):  # pragma: no cover - a subset with other bookkeeping
-            return key
-        bad = (~torch.isfinite(t)).reshape(-1, t.shape[-1]).any(0)  # (P,)
-        names = [g.name for g, b in zip(self.posterior.groups, bad.split(sizes)) if bool(b.any())]
-        return f"{', '.join(names)} ({key})"
-
-    def posterior_state_partial(self) -> dict[str, Tensor]:
-        """Raw curvature tensors before decomposition (for finiteness checks)."""
-        p = self.posterior
-        if hasattr(p, "h"):
-            return {"diag": p.h}
-        if hasattr(p, "H"):
-            return {"full": p.H}
-        if hasattr(p, "B"):
-            out = {}
-            for g, B, A, d in zip(p.groups, p.B, p.A_sum, p.diag):
-                for name, t in (("B", B), ("A", A), ("diag", d)):
-                    if t is not None:
-                        out[f"{g.name} ({name})"] = t
-            return out
-        return {}
 
     def jacobian_chunk_rows(self) -> int:
         n_out = self.n_outputs or 1

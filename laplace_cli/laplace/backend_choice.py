@@ -5,7 +5,8 @@ laplace-torch picks the library that computes the curvature with a class passed 
 a class only names *which* curvature to compute (its ``curvature`` class attribute):
 ``*GGN`` → ``"ggn"`` (``backend_kwargs={"stochastic": True, "num_samples": k}``: the
 Monte-Carlo Fisher, laplace-torch's meaning of ``stochastic``), ``*EF`` → ``"ef"``, and the
-``*Hessian`` classes are refused (no exact Hessian is offered).
+``*Hessian`` classes → ``"hessian"`` (the exact Hessian of the loss, laplace_cli/fisher/hessian.py;
+full and diag structures, kron / lowrank refused when fitting starts).
 
 `BackendSelector` is the part of those classes the engine needs: `Laplace` (approximation.py)
 resolves its arguments here, below the classes themselves (laplace/backends.py), whose
@@ -29,7 +30,8 @@ class BackendSelector:
     """What a laplace-torch backend class tells the engine: the curvature it names.
 
     `curvature` is this project's curvature for the class (None: not offered here);
-    `exact_hessian` marks laplace-torch's exact-Hessian backends, refused here."""
+    `exact_hessian` marks laplace-torch's exact-Hessian backends (curvature "hessian", which
+    has no Kronecker form)."""
 
     curvature: ClassVar[str | None] = None
     exact_hessian: ClassVar[bool] = False
@@ -66,7 +68,7 @@ def resolve_backend(
         raise BadInputError(
             f"asdl_fisher_kwargs {sorted(asdl_fisher_kwargs)} have no meaning in laplace_cli "
             "(its curvature is computed by its own engine); leave them out, and choose the "
-            "curvature with backend= or curvature='ggn' | 'ef' | 'mc_fisher'"
+            "curvature with backend= or curvature='ggn' | 'ef' | 'mc_fisher' | 'hessian'"
         )
     stochastic = bool(kwargs.pop("stochastic", False))
     num_samples = kwargs.pop("num_samples", None)
@@ -83,9 +85,8 @@ def resolve_backend(
         wanted = backend.curvature
         if wanted is None:
             raise BadInputError(
-                f"backend {backend.__name__}: the exact Hessian is not offered by laplace_cli; "
-                "use its positive semi-definite approximation, the GGN "
-                "(backend=CurvlinopsGGN, or curvature='ggn')"
+                f"backend {backend.__name__} names no curvature; pass a named backend "
+                "(CurvlinopsGGN, CurvlinopsEF, CurvlinopsHessian, ...) or curvature='ggn'"
             )
         if stochastic:
             if wanted != "ggn":

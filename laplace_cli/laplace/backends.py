@@ -8,8 +8,11 @@ each class only names *which* curvature to compute:
   with ``backend_kwargs={"stochastic": True, "num_samples": k}`` the Monte-Carlo Fisher,
   ``curvature="mc_fisher"`` with ``n_mc_samples=k`` (laplace-torch's meaning of ``stochastic``).
 * ``*EF`` classes (and ``EFInterface``): the empirical Fisher, ``curvature="ef"``.
-* ``*Hessian`` classes: refused (``BadInputError``): this project offers no exact Hessian; the
-  GGN is its positive semi-definite approximation (``backend=CurvlinopsGGN``).
+* ``*Hessian`` classes: the exact Hessian of the loss, ``curvature="hessian"``
+  (laplace_cli/fisher/hessian.py) for the full and diag structures, over all weights, the last
+  layer or a subnetwork; kron and lowrank refuse it when fitting starts (``BadInputError``
+  naming 'ggn' / 'ef'), as laplace-torch's ``KronLaplace(backend=CurvlinopsHessian)`` is
+  created and fails in ``fit``. The Hessian may be indefinite (docs/migrating.md).
 
 The curvature is computed by this project's native engine whichever library a class is named
 after (the numbers equal laplace-torch's CurvlinopsGGN / ASDL ones, see tests/compare); the
@@ -17,7 +20,7 @@ optional ASDL implementation is chosen with the string ``backend="asdl"``. An in
 (laplace-torch's ``CurvlinopsGGN(model, likelihood).diag(X, y)``) computes laplace-torch's
 backend results (``diag``, ``full``, ``gradients``, ``jacobians``, ``last_layer_jacobians``)
 on one batch with this project's engine (laplace/backend_objects.py); ``kron`` gives a
-``Kron``, and the ``*Hessian`` classes refuse to be created.
+``Kron`` (the ``*Hessian`` classes: ``NotImplementedError``, as laplace-torch's).
 
 The classes sit in this package, above the engine they call; the engine itself only sees their
 `BackendSelector` base (laplace/backend_choice.py). ``laplace_cli.curvature`` (laplace-torch's
@@ -62,8 +65,8 @@ class CurvatureInterface(BackendSelector):
     instance (`CurvlinopsGGN(model, "classification").diag(X, y)`) computes laplace-torch's
     backend results on one batch with this project's engine: the methods delegate to
     `laplace_cli.laplace.backend_objects`. `curvature` (from `BackendSelector`) is this
-    project's curvature for the class (None: not offered here; such instances refuse the
-    curvature methods).
+    project's curvature for the class (None: the interfaces that name no curvature; such
+    instances refuse the curvature methods).
     """
 
     def __init__(
@@ -80,11 +83,6 @@ class CurvatureInterface(BackendSelector):
         logit_class_dim: int = -1,
         **kwargs: Any,
     ) -> None:
-        if type(self).exact_hessian:
-            raise NotImplementedError(
-                f"{type(self).__name__}: the exact Hessian is not offered by laplace_cli; use "
-                "its positive semi-definite approximation, the GGN (CurvlinopsGGN)"
-            )
         if str(likelihood) not in ("classification", "regression", "reward_modeling"):
             raise BadInputError(f"likelihood {likelihood!r}: use 'classification' or 'regression'")
         if stochastic and type(self).curvature != "ggn":
@@ -155,6 +153,12 @@ class CurvatureInterface(BackendSelector):
         """(loss, H as a `Kron`): the K-FAC curvature of one batch (laplace_cli.utils.Kron).
 
         `N` is accepted and not used: the input factors are averaged over this batch."""
+        if type(self).exact_hessian:
+            # laplace-torch's *Hessian backends have no kron either (NotImplementedError)
+            raise NotImplementedError(
+                f"{type(self).__name__}: the exact Hessian has no Kronecker form; use "
+                "full() / diag(), or a GGN / EF backend (CurvlinopsGGN, CurvlinopsEF) for kron"
+            )
         return engine.curvature(self, "kron", x, y)
 
 
@@ -183,8 +187,9 @@ class AsdlEF(AsdlInterface, EFInterface):
 
 
 class AsdlHessian(AsdlInterface):
-    """The exact Hessian: not offered by this project (refused when used)."""
+    """The exact Hessian of the loss (curvature "hessian"): full and diag structures."""
 
+    curvature = "hessian"
     exact_hessian = True
 
 
@@ -213,8 +218,9 @@ class CurvlinopsEF(CurvlinopsInterface, EFInterface):
 
 
 class CurvlinopsHessian(CurvlinopsInterface):
-    """The exact Hessian: not offered by this project (refused when used)."""
+    """The exact Hessian of the loss (curvature "hessian"): full and diag structures."""
 
+    curvature = "hessian"
     exact_hessian = True
 
 
@@ -231,6 +237,7 @@ class AsdfghjklEF(AsdfghjklInterface, EFInterface):
 
 
 class AsdfghjklHessian(AsdfghjklInterface):
-    """The exact Hessian: not offered by this project (refused when used)."""
+    """The exact Hessian of the loss (curvature "hessian"): full and diag structures."""
 
+    curvature = "hessian"
     exact_hessian = True

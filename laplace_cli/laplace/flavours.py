@@ -27,7 +27,12 @@ from torch import nn
 from laplace_cli.core.batches import keep_graph
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.laplace.approximation import Laplace
-from laplace_cli.laplace.backends import CurvatureInterface, CurvlinopsEF, CurvlinopsGGN
+from laplace_cli.laplace.backends import (
+    CurvatureInterface,
+    CurvlinopsEF,
+    CurvlinopsGGN,
+    CurvlinopsHessian,
+)
 from laplace_cli.laplace.functional import BaseFunctionalLaplace, FunctionalLaplace
 from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
 
@@ -213,7 +218,8 @@ def _backend_object(la: ParametricLaplace) -> CurvatureInterface:
     cls = getattr(la, "_backend_class", None)
     curvature = la.curvature.value
     if not (isinstance(cls, type) and issubclass(cls, CurvatureInterface)):
-        cls = CurvlinopsEF if curvature == "ef" else CurvlinopsGGN
+        named = {"ef": CurvlinopsEF, "hessian": CurvlinopsHessian}
+        cls = named.get(curvature, CurvlinopsGGN)
     last_layer = la.subset_of_weights.value == "last_layer"
     subnet = la.subset_of_weights.value == "subnetwork"
     return cls(

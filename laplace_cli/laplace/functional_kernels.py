@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from laplace_cli.core import likelihoods as lik
 from laplace_cli.core.batches import Inputs, batch_size
 from laplace_cli.core.enums import Likelihood
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.posterior import gp
 from laplace_cli.subsets.base import DenseFactor, Factor
-from laplace_cli.subsets.jacobian_products import kernel, kernel_diagonal
+from laplace_cli.subsets.jacobian_products import kernel, kernel_diagonal, matmul
 
 __all__ = [
     "cat_rows",
@@ -29,8 +31,10 @@ __all__ = [
     "chunk_bounds",
     "context_indices",
     "context_kernel",
+    "context_terms",
     "dense_kernel",
     "gather_context",
+    "output_root",
     "point_kernels",
     "slice_rows",
     "take_rows",
@@ -168,3 +172,40 @@ def point_kernels(
 def dense_kernel(J1: Tensor, J2: Tensor, independent: bool) -> Tensor:
     """J₁ J₂ᵀ for dense Jacobians (B₁, C, P), (B₂, C, P): (B₁, C, B₂, C), or (B₁, B₂, C)."""
     return kernel([DenseFactor(J1)], [DenseFactor(J2)], independent)
+
+
+def context_terms(
+    likelihood: Likelihood,
+    y_ctx: Tensor,
+    chunks: Sequence[tuple[int, int]],
+    cached: Sequence[tuple[Tensor, list[Factor]]],
+    theta_rel: Tensor,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(summed loss, output Hessians Λ (M, C, C), scatter mean μ (M, C)) of the context points.
+
+    `cached`: each chunk's outputs and Jacobian factors; `theta_rel` = θ* − μ₀ as (P, 1).
+    Regression: μ = y − m with m = f + J(μ₀ − θ*); classification: μ = J(θ* − μ₀).
+    """
+    loss = torch.zeros((), dtype=dtype, device=device)
+    lams, mus = [], []
+    for (lo, hi), (f_i, F_i) in zip(chunks, cached, strict=True):
+        y_i = y_ctx[lo:hi]
+        loss = loss + lik.summed_loss(likelihood, f_i, y_i)
+        lams.append(lik.hessian(likelihood, f_i))
+        j_theta = matmul(F_i, theta_rel)[..., 0]  # J(θ* − μ₀), (b, C)
+        if likelihood == Likelihood.REGRESSION:
+            mus.append(y_i - f_i + j_theta)  # y − m, m = f + J(μ₀ − θ*)
+        else:
+            mus.append(j_theta)
+    return loss.detach(), torch.cat(lams).detach(), torch.cat(mus).detach()
+
+
+def output_root(lam: Tensor, diagonal: bool, independent: bool) -> Tensor:
+    """S of the output Hessians Λ = S Sᵀ (`posterior.gp.output_hessian_root`); independent
+    outputs keep its diagonal, (M, C)."""
+    S = gp.output_hessian_root(lam, diagonal=diagonal)
+    if independent:
+        S = S if S.ndim == 2 else torch.diagonal(S, dim1=-2, dim2=-1)
+    return S

@@ -3,6 +3,7 @@
 The same fields as `Laplace.uncertainty` (laplace/prediction.py), from the GP's exact GLM
 predictive `FunctionalLaplace.functional_variance_at` (mean f(x; θ*), covariance of f(x) given
 the M context points). Only pred_type "glm": a GP posterior has no weight samples.
+`gp_function_samples` draws f from those moments (`FunctionalLaplace.functional_samples`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from laplace_cli.core.scores import (
     predictive_entropy,
     regression_variance_split,
 )
-from laplace_cli.laplace.functional import FunctionalLaplace
+from laplace_cli.laplace.functional_core import FunctionalGP
 from laplace_cli.metrics.regression import interval
 from laplace_cli.posterior.predictive import (
     RowSeeds,
@@ -31,11 +32,11 @@ from laplace_cli.posterior.predictive import (
     sample_gaussian_outputs,
 )
 
-__all__ = ["functional_uncertainty"]
+__all__ = ["functional_uncertainty", "gp_function_samples"]
 
 
 def functional_uncertainty(
-    la: FunctionalLaplace,
+    la: FunctionalGP,  # a FunctionalLaplace / FunctionalLLLaplace
     x: Any,
     pred_type: PredType | str = "glm",
     link_approx: LinkApprox | str = "probit",
@@ -91,3 +92,26 @@ def functional_uncertainty(
     if prob_samples is not None:
         out["mutual_info"] = mutual_information(prob_samples, False)
     return out
+
+
+def gp_function_samples(
+    mu: Tensor,
+    cov: Tensor,
+    n_rows: int,
+    n_samples: int,
+    joint: bool,
+    diagonal_output: bool,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Draws of f (n_samples, B, C) from the GP moments: (B, C), (B, C, C) per point, or
+    (B·C,), (B·C, B·C) with `joint`; `diagonal_output` drops the output correlations."""
+    if joint:
+        c = mu.numel() // n_rows
+        if diagonal_output:
+            ids = torch.arange(mu.numel(), device=mu.device) % c
+            cov = cov * (ids[:, None] == ids[None, :])
+        draws = sample_gaussian_outputs(mu.unsqueeze(0), cov.unsqueeze(0), n_samples, generator)
+        return draws[:, 0].reshape(n_samples, n_rows, c)
+    if diagonal_output:
+        cov = torch.diagonal(cov, dim1=-2, dim2=-1)
+    return sample_gaussian_outputs(mu, cov, n_samples, generator)

@@ -2,36 +2,41 @@
 uncertainty scores, computed from the posterior's structure without dense Jacobians where the
 structure allows (diag and kron layer by layer; full, low-rank and subnetworks in bounded chunks).
 
-Kept apart from `laplace.py` (construction, fitting, marginal likelihood); `Laplace` inherits it.
+Kept apart from `approximation.py` (construction, fitting); `Laplace` inherits it. The pieces
+that need no `Laplace` state live beside it: `batch_predictive` (the `la(x)` dispatch and the
+uncertainty scores), `batch_variance` (the joint covariance, the closed-form softmax diagonal),
+`sampled_networks` (the "nn" predictive's outputs), `prediction_options` (checks of a call).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from laplace_cli.core.batches import Inputs, batch_size, keep_graph, keeping_graph, to_device
-from laplace_cli.core.batches import model_kwargs as model_kwargs_block
 from laplace_cli.core.enums import (
     Likelihood,
     LinkApprox,
     PredType,
 )
-from laplace_cli.core.errors import BadInputError, MemoryBudgetError
-from laplace_cli.core.scores import (
-    max_probability,
-    mutual_information,
-    predictive_entropy,
-    regression_variance_split,
-)
 from laplace_cli.laplace import dense_outputs
-from laplace_cli.metrics import classification as metrics
-from laplace_cli.posterior import softmax_last_layer
-from laplace_cli.posterior.memory import (
-    format_bytes,
+from laplace_cli.laplace.batch_predictive import (
+    batch_uncertainty,
+    has_closed_form_variance,
+    predict_batch,
+    regression_predictive,
 )
+from laplace_cli.laplace.batch_variance import joint_covariance, softmax_variance_diag
+from laplace_cli.laplace.prediction_options import (
+    check_glm_model_kwargs,
+    checked_jacobians,
+    is_jacobians,
+    prediction_context,
+)
+from laplace_cli.laplace.sampled_networks import sampled_outputs
 from laplace_cli.posterior.predictive import (
     RegressionPrediction,
     RowSeeds,
@@ -40,10 +45,7 @@ from laplace_cli.posterior.predictive import (
     check_pred_options,
     factor_bytes,
     factor_chunk_rows,
-    factors_as_one_sample,
-    glm_link,
     input_signature,
-    joint_factor_bytes,
     layer_input_bytes,
     link,
     sample_gaussian_outputs,
@@ -76,14 +78,18 @@ class PredictiveMixin:
             _, factors = self.subset.factors(next(iter_rows(x, 1)))
             cache[key] = (factor_bytes(factors), layer_input_bytes(factors))
         per_row, inputs_per_row = cache[key]
-        return factor_chunk_rows(batch_size(x), per_row, inputs_per_row, self.max_memory // 4)
+        shape = getattr(self, "output_shape", None) if self.output_positions is not None else None
+        passes = math.prod(shape) if shape else 1  # dense outputs: see factor_chunk_rows
+        return factor_chunk_rows(
+            batch_size(x), per_row, inputs_per_row, self.max_memory // 4, passes
+        )
 
     def jacobian_pieces(self, x: Inputs) -> tuple[Tensor, list[Factor] | None, Tensor | None]:
         """(f, factors, J) of a chunk: the layer factors, or a dense Jacobian (B, C, P) for the
         structures that need one; a dense structure that `accepts_factors` gets the factors
         unless the model has none (a layer that runs twice per pass)."""
         posterior = self.posterior
-        if self._dense_for_backprop():
+        if self.dense_for_backprop():
             f, J = self.subset.jacobians(x)
             return f.to(self._dtype), None, J.to(self._dtype)
         if not posterior.needs_dense_jacobian or (
@@ -100,7 +106,7 @@ class PredictiveMixin:
         f, J = self.subset.jacobians(x)
         return f, None, J.to(self._dtype)
 
-    def _dense_for_backprop(self) -> bool:
+    def dense_for_backprop(self) -> bool:
         """enable_backprop: the layer factors detach their inputs, so every subset but the last
         layer (whose closed form keeps φ's graph) uses differentiable dense Jacobians."""
         return keeping_graph() and not isinstance(self.subset, LastLayer)
@@ -135,7 +141,7 @@ class PredictiveMixin:
         if batch_size(x) == 0:
             return self._empty_prediction()
         prior, scale = self.prior_precision, self.curvature_scale()
-        dense = self.posterior.needs_dense_jacobian or self._dense_for_backprop()
+        dense = self.posterior.needs_dense_jacobian or self.dense_for_backprop()
         rows = self.jacobian_chunk_rows() if dense else self.factor_rows(x)
         mus, vars_ = [], []
         for xc in iter_rows(x, rows):
@@ -181,28 +187,19 @@ class PredictiveMixin:
         if n == 0:
             f_mu, f_var = self._empty_prediction()
             return f_mu.reshape(0), f_var.reshape(0, 0)
-        if self.posterior.needs_dense_jacobian or self._dense_for_backprop():
-            need = 4 * n * (self.n_outputs or 1) * self.n_params * self._itemsize
-            self._check_joint_budget(need, n)
-            pieces = [self.subset.jacobians(xc) for xc in iter_rows(x, self.jacobian_chunk_rows())]
-            f = torch.cat([p[0] for p in pieces]).to(self._dtype)
-            J = torch.cat([p[1] for p in pieces]).to(self._dtype)  # (B, C, P)
-            cov = self.posterior.functional_variance(prior, scale, J=J.reshape(1, -1, J.shape[-1]))
-        else:
-            f, factors = self.subset.factors(x)
-            f, factors = f.to(self._dtype), cast_factors(factors, self._dtype)
-            self._check_joint_budget(joint_factor_bytes(factors), n)
-            cov = self.posterior.functional_variance(
-                prior, scale, factors=factors_as_one_sample(factors)
-            )
-        return f.reshape(-1), cov[0]
-
-    def _check_joint_budget(self, need: int, n: int) -> None:
-        if need > self.max_memory // 2:
-            raise MemoryBudgetError(
-                f"the joint covariance of {n} inputs needs about {format_bytes(need)} "
-                f"(budget {format_bytes(self.max_memory)}); use a smaller batch or joint=False"
-            )
+        return joint_covariance(
+            x,
+            self.subset,
+            self.posterior,
+            prior,
+            scale,
+            self._dtype,
+            dense=self.posterior.needs_dense_jacobian or self.dense_for_backprop(),
+            chunk_rows=self.jacobian_chunk_rows,
+            n_outputs=self.n_outputs or 1,
+            n_params=self.n_params,
+            max_memory=self.max_memory,
+        )
 
     def __call__(
         self,
@@ -249,70 +246,11 @@ class PredictiveMixin:
         )
         check_generator(generator, self._device)
         if model_kwargs and pt == PredType.GLM:
-            tensors = sorted(k for k, v in model_kwargs.items() if isinstance(v, Tensor))
-            if tensors:
-                raise BadInputError(
-                    f"model keyword argument(s) {', '.join(tensors)} are tensors: with "
-                    "pred_type 'glm' they would reach each example's Jacobian whole; put "
-                    "per-example tensors in a dict batch x, or use pred_type 'nn'"
-                )
-        with self._prediction_context(model_kwargs):
-            return self._predict(
-                x, pt, la, likelihood, n_samples, joint, diagonal_output, generator
-            )
-
-    def _prediction_context(self, extra_model_kwargs: dict[str, Any] | None = None) -> Any:
-        """Model keyword arguments and, with `enable_backprop`, gradients kept (batches.py)."""
-        import contextlib
-
-        stack = contextlib.ExitStack()
-        if extra_model_kwargs:
-            stack.enter_context(model_kwargs_block(extra_model_kwargs))
-        if getattr(self, "enable_backprop", False):
-            stack.enter_context(keep_graph())
-        return stack
-
-    def _predict(
-        self,
-        x: Any,
-        pt: PredType,
-        la: LinkApprox,
-        likelihood: Likelihood,
-        n_samples: int,
-        joint: bool,
-        diagonal_output: bool,
-        generator: torch.Generator | RowSeeds | None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        if getattr(self, "output_positions", None) is not None:  # per position, (B, C, *S)
-            return dense_outputs.predict(
+            check_glm_model_kwargs(model_kwargs)
+        with prediction_context(model_kwargs, getattr(self, "enable_backprop", False)):
+            return predict_batch(
                 self, x, pt, la, likelihood, n_samples, joint, diagonal_output, generator
             )
-        if likelihood == Likelihood.REGRESSION:
-            if pt == PredType.GLM:
-                return self.glm_predictive_distribution(
-                    x, joint=joint, diagonal_output=diagonal_output
-                )
-            n = check_n_samples(n_samples, "the sample variance of pred_type 'nn'", minimum=2)
-            samples = self.functional_samples(x, pred_type="nn", n_samples=n, generator=generator)
-            # The (B, C) unbiased sample variance, as laplace-torch returns for "nn" (it used
-            # to be the (B, C, C) sample covariance; `functional_samples` gives the samples).
-            return samples.mean(0), samples.var(0)
-        if pt == PredType.GLM:
-            if (diagonal_output or la == LinkApprox.PROBIT) and self._closed_form_variance():
-                # Many classes: probit needs the diagonal only, O(C) per row, not (C, C).
-                f_mu, f_var = self.functional_variance_diag(x)
-                return glm_link(self.likelihood, la, f_mu, f_var, n_samples, generator)
-            f_mu, f_var = self.functional_variance_at(x)
-            if diagonal_output:
-                f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
-            return glm_link(self.likelihood, la, f_mu, f_var, n_samples, generator)
-        return self.predictive_samples(
-            x, pred_type="nn", n_samples=n_samples, generator=generator
-        ).mean(0)
-
-    def _closed_form_variance(self) -> bool:
-        closed = getattr(self, "softmax_closed_form", None)
-        return bool(closed is not None and closed())
 
     def functional_variance_diag(self, x: Any) -> tuple[Tensor, Tensor]:
         """GLM mean (B, C) and the diagonal of J Σ Jᵀ (B, C).
@@ -321,7 +259,7 @@ class PredictiveMixin:
         (`softmax_closed_form`) computes it from the features in O(C·d) memory per row
         (`posterior.softmax_last_layer.variance_diag`); anything else takes the diagonal of
         `functional_variance_at`."""
-        if not self._closed_form_variance():
+        if not has_closed_form_variance(self):
             f_mu, f_var = self.functional_variance_at(x)
             return f_mu, torch.diagonal(f_var, dim1=-2, dim2=-1)
         self.require_fit()
@@ -330,23 +268,16 @@ class PredictiveMixin:
             f_mu, f_var = self._empty_prediction()
             return f_mu, f_var[:, 0]
         prior, scale = self.prior_precision, self.curvature_scale()
-        n_out = self.n_outputs or 1
-        # A few (rows, C) float tensors per chunk, within a quarter of the budget.
-        rows = max(1, int(self.max_memory // 4 // (8 * n_out * self._itemsize)))
-        mus, vars_ = [], []
-        for xc in iter_rows(x, rows):
-            phi, f = self.subset.features(xc)
-            phi = phi.to(self._dtype)
-            mus.append(f.to(self._dtype))
-            vars_.append(softmax_last_layer.variance_diag(self.posterior, phi, prior, scale))
-        return torch.cat(mus), torch.cat(vars_)
-
-    def _is_jacobians(self, arg: Any) -> bool:
-        """True when `arg` is a tensor of laplace-torch's Jacobian shape (B, n_outputs,
-        n_params): `functional_variance` then takes it as Jacobians, anything else as inputs."""
-        if not isinstance(arg, Tensor) or arg.ndim != 3 or arg.shape[-1] != self.n_params:
-            return False
-        return self.n_outputs is None or arg.shape[1] == self.n_outputs
+        return softmax_variance_diag(
+            x,
+            self.subset,
+            self.posterior,
+            prior,
+            scale,
+            self._dtype,
+            n_outputs=self.n_outputs or 1,
+            max_memory=self.max_memory,
+        )
 
     def functional_variance(self, x_or_Js: Any) -> Tensor | tuple[Tensor, Tensor]:  # noqa: N803
         """laplace-torch's `functional_variance(Js)`: Jacobians (B, C, P) ↦ J Σ Jᵀ (B, C, C).
@@ -356,22 +287,14 @@ class PredictiveMixin:
         batch) is inputs and returns this project's `(f_mu, f_var)` as
         `functional_variance_at(x)` does. Call `functional_variance_at` for inputs that could
         look like Jacobians."""
-        if self._is_jacobians(x_or_Js):
+        if is_jacobians(x_or_Js, self.n_params, self.n_outputs):
             self.require_fit()
             return self.posterior.functional_variance(
-                self.prior_precision, self.curvature_scale(), J=self._checked_jacobians(x_or_Js)
+                self.prior_precision,
+                self.curvature_scale(),
+                J=checked_jacobians(x_or_Js, self.n_params, self._dtype, self._device),
             )
         return self.functional_variance_at(x_or_Js)
-
-    def _checked_jacobians(self, Js: Any) -> Tensor:  # noqa: N803 - laplace-torch's name
-        """Js as a (B, C, P) tensor in the posterior's dtype and device, or BadInputError."""
-        Js = torch.as_tensor(Js, device=self._device).to(self._dtype)
-        if Js.ndim != 3 or Js.shape[-1] != self.n_params:
-            raise BadInputError(
-                f"Jacobians must have shape (batch, outputs, {self.n_params}), got "
-                f"{tuple(Js.shape)}; for inputs call functional_variance_at(x)"
-            )
-        return Js
 
     def functional_covariance(self, Js: Tensor) -> Tensor:
         """laplace-torch's form: Jacobians (B, C, P) ↦ the joint covariance J Σ Jᵀ, (B·C, B·C).
@@ -379,7 +302,7 @@ class PredictiveMixin:
         (`functional_variance_at(x)` takes inputs and returns (f_mu, (B, C, C)); see
         `joint_functional_covariance` for the joint covariance of inputs.)"""
         self.require_fit()
-        Js = self._checked_jacobians(Js)
+        Js = checked_jacobians(Js, self.n_params, self._dtype, self._device)
         J = Js.reshape(1, -1, Js.shape[-1])
         return self.posterior.functional_variance(
             self.prior_precision, self.curvature_scale(), J=J
@@ -432,19 +355,8 @@ class PredictiveMixin:
             return sample_gaussian_outputs(f_mu, f_var, n_samples, generator)
         x = self.as_inputs(x)
         thetas = self._sample_subset(n_samples, generator)  # (S, P) in the subset's coordinates
-        if isinstance(self.subset, LastLayer):
-            phi, _ = self.subset.features(x)  # (B, d)
-            weight = self.subset.groups[0]
-            W = thetas[:, : weight.numel].reshape(n_samples, *weight.shape)  # (S, C, d)
-            f = torch.einsum("bi,sci->sbc", phi.to(self._dtype), W)
-            if len(self.subset.groups) > 1:
-                f = f + thetas[:, weight.numel :].unsqueeze(1)  # bias (S, 1, C)
-            return f
-        # The sampled weights go into the model in its own dtype (bfloat16 / float16 models).
         mdt = getattr(self, "_model_dtype", self._dtype)
-        return torch.stack(
-            [self.subset.forward_with(x, theta.to(mdt)).to(self._dtype) for theta in thetas]
-        )
+        return sampled_outputs(self.subset, x, thetas, self._dtype, mdt)
 
     def predictive_samples(
         self,
@@ -473,22 +385,7 @@ class PredictiveMixin:
         `n_samples` sampled networks' outputs. aleatoric_var = σ² (`sigma_noise`), total_var the
         sum: the variance of a new observation, while epistemic_var is that of f(x).
         """
-        self.require_fit()
-        if self.likelihood != Likelihood.REGRESSION:
-            raise BadInputError(
-                f"regression_predictive is for the regression likelihood, this is "
-                f"{self.likelihood.value!r}; use la(x) or la.uncertainty(x)"
-            )
-        pt = PredType.parse(pred_type, "pred_type")
-        if pt == PredType.GLM:
-            mean, f_var = self.functional_variance_at(x)
-            epistemic = torch.diagonal(f_var, dim1=-2, dim2=-1)
-        else:
-            n = check_n_samples(n_samples, "the sample variance of pred_type 'nn'", minimum=2)
-            samples = self.functional_samples(x, pred_type="nn", n_samples=n, generator=generator)
-            mean, epistemic = samples.mean(0), samples.var(0)
-        epistemic, aleatoric, total = regression_variance_split(epistemic, self.sigma_noise)
-        return RegressionPrediction(mean, epistemic, aleatoric, total)
+        return regression_predictive(self, x, pred_type, n_samples, generator)
 
     def uncertainty(
         self,
@@ -511,47 +408,4 @@ class PredictiveMixin:
             mean, var (epistemic), var_aleatoric (σ²), var_total, lower and upper (the central
             `level` interval of N(mean, var_total)).
         """
-        self.require_fit()
-        if self.likelihood == Likelihood.REGRESSION:
-            pred = self.regression_predictive(x, pred_type, n_samples, generator)
-            lower, upper = metrics.interval(pred.mean, pred.total_var, level)
-            return {
-                "mean": pred.mean,
-                "var": pred.epistemic_var,
-                "var_aleatoric": pred.aleatoric_var,
-                "var_total": pred.total_var,
-                "lower": lower.to(pred.mean.dtype),
-                "upper": upper.to(pred.mean.dtype),
-            }
-        binary = self.likelihood == Likelihood.BINARY
-        pt, la = check_pred_options(pred_type, link_approx, self.likelihood, n_samples=n_samples)
-        check_generator(generator, self._device)
-        if n_samples != 0:
-            n_samples = check_n_samples(n_samples, "mutual information (n_samples = 0 skips it)")
-        prob_samples: Tensor | None = None
-        if pt == PredType.GLM:
-            f_mu, f_var = self.functional_variance_at(x)
-            var = torch.diagonal(f_var, dim1=-2, dim2=-1)
-            if n_samples > 0:
-                # The same draws as la(x, link_approx="mc") with a generator in the same state.
-                f = sample_gaussian_outputs(f_mu, var if binary else f_var, n_samples, generator)
-                prob_samples = link(self.likelihood, f)
-            if la == LinkApprox.MC:
-                probs = prob_samples.mean(0)
-            else:
-                probs = glm_link(self.likelihood, la, f_mu, f_var)
-        else:
-            n = check_n_samples(n_samples, "the logit variance of pred_type 'nn'", minimum=2)
-            f = self.functional_samples(x, pred_type="nn", n_samples=n, generator=generator)
-            prob_samples = link(self.likelihood, f)
-            probs, var = prob_samples.mean(0), f.var(0)
-        out = {
-            "probs": probs,
-            "pred": (probs > 0.5).long() if binary else probs.argmax(-1),
-            "entropy": predictive_entropy(probs, binary),
-            "max_prob": max_probability(probs, binary),
-            "var": var,
-        }
-        if prob_samples is not None:
-            out["mutual_info"] = mutual_information(prob_samples, binary)
-        return out
+        return batch_uncertainty(self, x, pred_type, link_approx, n_samples, generator, level)

@@ -47,6 +47,7 @@ __all__ = [
     "aps_scores",
     "class_sets",
     "conformal_quantile",
+    "conformal_rank",
     "interval_scores",
     "lac_scores",
     "regression_intervals",
@@ -67,18 +68,25 @@ def conformal_quantile(scores: Tensor, level: float) -> float:
         scores: (n,) calibration conformity scores (or (n, D): then use it column by column).
         level: target coverage in (0, 1).
     """
-    level = check_level(level, "conformal level")
     s = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
-    n = s.numel()
-    if n == 0:
-        raise BadInputError("conformal calibration needs at least one row, got none")
     if not bool(torch.isfinite(s).all()):
         raise BadInputError("conformal scores: expected finite values, got NaN/Inf")
-    # Round before ceil: (n + 1) · 0.9 is 90.00000000000001 for n = 99 in binary floating point.
-    k = math.ceil(round((n + 1) * level, 9))
-    if k > n:
+    k = conformal_rank(s.numel(), level)
+    if k > s.numel():
         return math.inf
     return float(torch.sort(s).values[k - 1])
+
+
+def conformal_rank(n: int, level: float) -> int:
+    """k = ⌈(n + 1)·level⌉: q̂ is the k-th smallest of n calibration scores (+∞ when k > n).
+
+    The one place the rank rule lives: `conformal_quantile` and the vectorised re-splits of
+    `metrics.conformal_resplit` both use it."""
+    level = check_level(level, "conformal level")
+    if n <= 0:
+        raise BadInputError("conformal calibration needs at least one row, got none")
+    # Round before ceil: (n + 1) · 0.56 is 28.000000000000004 for n = 49 in binary floating point.
+    return math.ceil(round((n + 1) * level, 9))
 
 
 def _uniform(n: int, generator: torch.Generator | None, device: Any) -> Tensor:

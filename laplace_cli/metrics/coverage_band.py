@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.metrics.conformal import conformal_rank
 
 __all__ = ["coverage_band", "covered_count_pmf"]
 
@@ -25,7 +26,7 @@ __all__ = ["coverage_band", "covered_count_pmf"]
 def covered_count_pmf(n_calibration: int, n_test: int, level: float) -> list[float]:
     """P(X = x) for x = 0..m: the number of covered test rows (Beta-binomial, see module doc)."""
     n, m = _check(n_calibration, n_test, level)
-    k = math.ceil((n + 1) * level)
+    k = conformal_rank(n, level)  # the rank rule of the procedure itself (float-safe ceil)
     if k > n:  # q̂ = +∞: every set holds every label
         return [0.0] * m + [1.0]
     a, b = float(k), float(n + 1 - k)

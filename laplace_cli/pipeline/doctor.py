@@ -344,6 +344,11 @@ def diagnose(
     progress: Progress = no_progress,
 ) -> list[Finding]:
     """Every check of the module on `la` and `split` (and the train split) of `data_path`."""
+    if getattr(la, "output_positions", None) is not None:
+        raise BadInputError(
+            "doctor's checks are per input and do not take dense outputs (output_positions) "
+            "yet; use 'laplace evaluate' (per-position metrics) and 'laplace marglik'"
+        )
     spec = load_dataset_spec(data_path)
     if split not in spec.splits:
         raise BadInputError(

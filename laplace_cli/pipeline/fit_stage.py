@@ -1,4 +1,9 @@
-"""The fit stage: load the model and the train split, fit the curvature, save the posterior."""
+"""The fit stage: load the model and the train split, fit the curvature, save the posterior.
+
+The options and the unfitted `Laplace` they describe live in `pipeline.fit_setup` (`FitOptions`
+is re-exported here); this module runs the fit: the loader, the first-batch check, the
+checkpoint, the curvature and the log marginal likelihood, and saving the posterior.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from laplace_cli.core.batches import split_batch
 from laplace_cli.core.enums import Likelihood
@@ -16,11 +20,11 @@ from laplace_cli.core.errors import BadInputError, NumericalError
 from laplace_cli.io.dataset_specs import DEFAULT_BATCH_SIZE
 from laplace_cli.io.datasets import DatasetSpec, LabelError, load_dataset_spec
 from laplace_cli.laplace.approximation import Laplace
+from laplace_cli.pipeline.fit_setup import FitOptions, dense_settings, new_laplace
 from laplace_cli.pipeline.model_loading import (
     LoadedModel,
     ModelSpec,
     load_model_spec,
-    load_posterior,
     save_posterior,
 )
 from laplace_cli.pipeline.stage_support import (
@@ -34,42 +38,7 @@ from laplace_cli.pipeline.stage_support import (
     split_loader,
 )
 
-
-# --- fit ----------------------------------------------------------------------------------------
-@dataclass
-class FitOptions:
-    likelihood: str | None = None
-    subset: str = "last_layer"
-    structure: str = "kron"
-    curvature: str = "ggn"
-    backend: str = "auto"
-    prior_precision: float = 1.0
-    temperature: float = 1.0
-    sigma_noise: float | None = None
-    prior: str | None = None
-    last_layer_name: str | None = None
-    kron_approx: str = "expand"
-    rank: int | None = None
-    #: `laplace_cli.masks.selectors` text (`largest_magnitude:128`, an index file) for
-    #: subset "subnetwork"; relative file paths resolve against the working directory.
-    subnetwork: str | None = None
-    split: str = "train"
-    batch_size: int | None = None
-    seed: int = 0
-    max_memory: int | None = None
-    #: Resumable fits (`laplace_cli.pipeline.resume`): save the partial sums every N batches (0: never)
-    #: to the checkpoint of `output` (`<output>.ckpt`), and/or continue from it.
-    checkpoint_every: int = 0
-    resume: bool = False
-    output: str | None = None
-    #: Fit this rank's shard and all-reduce when launched by torchrun (`laplace_cli.pipeline.distributed`).
-    distributed: bool = True
-    #: structure "gp" (`pipeline.gp_stage`): M context points (None: every row), and which rows.
-    context_points: int | None = None
-    context: str = "first"
-    #: dtype of the curvature and posterior (float32 / float64); None: the model's, float32 for
-    #: a bfloat16 / float16 model (`laplace.precision`).
-    curvature_dtype: str | None = None
+__all__ = ["FitOptions", "FitResult", "fit", "fit_and_save"]
 
 
 @dataclass
@@ -111,7 +80,7 @@ def fit(
         options.batch_size or spec.batch_size or DEFAULT_BATCH_SIZE,
         next(iter(loaded.model.parameters()), torch.empty(0)).device,
     ):
-        la = _new_laplace(model_spec, options, loaded, spec, likelihood, device, dtype, progress)
+        la = new_laplace(model_spec, options, loaded, spec, likelihood, device, dtype, progress)
     from laplace_cli.pipeline import distributed
 
     ctx = distributed.context(device) if options.distributed else None
@@ -153,49 +122,6 @@ def fit(
     )
 
 
-def _new_laplace(
-    model_spec: ModelSpec,
-    options: FitOptions,
-    loaded: LoadedModel,
-    spec: DatasetSpec,
-    likelihood: Likelihood,
-    device: str,
-    dtype: str | None,
-    progress: Progress,
-) -> Laplace:
-    """The (unfitted) Laplace of `options`, with its subnetwork chosen and --prior set."""
-    sigma = options.sigma_noise if options.sigma_noise is not None else 1.0
-    indices = _subnetwork_indices(options, loaded, spec, likelihood, device, progress)
-    la = Laplace(
-        loaded.model,
-        likelihood,
-        options.subset,
-        options.structure,
-        subnetwork_indices=indices,
-        curvature=options.curvature,
-        backend=options.backend,
-        prior_precision=options.prior_precision,
-        temperature=options.temperature,
-        sigma_noise=sigma if likelihood == Likelihood.REGRESSION else 1.0,
-        last_layer_name=options.last_layer_name,
-        kron_approx=options.kron_approx,
-        rank=options.rank,
-        max_memory=options.max_memory,
-        seed=options.seed,
-        curvature_dtype=options.curvature_dtype,
-    )
-    _check_single_pass(options, la)
-    if options.prior:
-        prior_la = load_posterior(
-            options.prior, model_override=model_spec, device=device, dtype=dtype
-        ).la
-        set_prior = getattr(la, "set_prior_from", None)
-        if set_prior is None:
-            raise BadInputError("--prior (a posterior as prior) is not implemented yet")
-        set_prior(prior_la)
-    return la
-
-
 def _fit_loader(
     spec: DatasetSpec,
     options: FitOptions,
@@ -208,9 +134,18 @@ def _fit_loader(
     assumed classification say how to declare a regression."""
     from laplace_cli.pipeline import distributed
 
+    dense = dense_settings(options, spec)
     try:
         return distributed.shard_loader(
-            split_loader(spec, options.split, likelihood, options.batch_size, any_order=True), ctx
+            split_loader(
+                spec,
+                options.split,
+                likelihood,
+                options.batch_size,
+                any_order=True,
+                label_maps=dense.get("ignore_index"),
+            ),
+            ctx,
         )
     except LabelError as err:
         if note is None:
@@ -305,75 +240,6 @@ def fit_and_save(
     if result.checkpoint is not None:
         result.checkpoint.remove()
     return result
-
-
-def _subnetwork_indices(
-    options: FitOptions,
-    loaded: LoadedModel,
-    spec: DatasetSpec,
-    likelihood: Likelihood,
-    device: str,
-    progress: Progress,
-) -> Tensor | None:
-    """The indices `options.subnetwork` selects (subset "subnetwork"), else None."""
-    from laplace_cli.masks.selectors import (
-        parse_subnetwork,
-        select_subnetwork,
-        selector_choices,
-    )
-
-    is_subnetwork = options.subset == "subnetwork"
-    if options.subnetwork is None:
-        if is_subnetwork:
-            raise BadInputError(
-                "subset 'subnetwork' needs a selector (--subnetwork, or fit.subnetwork in a "
-                f"recipe), e.g. largest_magnitude:128; {selector_choices()}"
-            )
-        return None
-    if not is_subnetwork:
-        raise BadInputError(
-            f"a subnetwork selector ({options.subnetwork!r}) applies to subset 'subnetwork' "
-            f"only, got subset {options.subset!r}"
-        )
-    selector = parse_subnetwork(options.subnetwork)
-
-    def diag_laplace() -> Laplace:
-        # largest_variance (Daxberger et al. 2021): a diagonal GGN Laplace over all weights on
-        # the fit's split, with the fit's prior precision, ranks the parameters.
-        la = Laplace(
-            loaded.model,
-            likelihood,
-            "all",
-            "diag",
-            prior_precision=options.prior_precision,
-            max_memory=options.max_memory,
-            seed=options.seed,
-        )
-        loader = split_loader(spec, options.split, likelihood, options.batch_size, any_order=True)
-        la.fit(ProgressView(loader, progress, "fit diag (largest_variance)"))
-        return la
-
-    return select_subnetwork(selector, loaded.model, seed=options.seed, diag_laplace=diag_laplace)
-
-
-def _check_single_pass(options: FitOptions, la: Laplace) -> None:
-    """Refuse, before any data is read, what a structure that walks the data several times
-    (lowrank's matrix-free eigensolver) cannot do: resumable fits and sharded (torchrun) fits."""
-    if not getattr(la.posterior, "needs_loader", False):
-        return
-    what = f"structure {options.structure!r} passes over the data several times"
-    if options.checkpoint_every or options.resume:
-        raise BadInputError(
-            f"{what} and cannot be checkpointed or resumed: drop --checkpoint-every/--resume "
-            "(lowrank runs in one go), or use diag, kron or full"
-        )
-    from laplace_cli.pipeline import distributed
-
-    if options.distributed and distributed.env_world_size() > 1:
-        raise BadInputError(
-            f"{what} and cannot be fitted in shards under torchrun: run 'laplace fit' in one "
-            "process (without torchrun), or use diag, kron or full"
-        )
 
 
 def _fit_checkpoint(options: FitOptions, la: Laplace, loaded: LoadedModel, data_path, loader, ctx):

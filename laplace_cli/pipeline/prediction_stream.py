@@ -30,7 +30,7 @@ from laplace_cli.pipeline.predict_stage import (
     loader_chunks,
     number_chunks,
 )
-from laplace_cli.pipeline.stage_support import split_loader
+from laplace_cli.pipeline.stage_support import dense_labels, split_loader
 
 
 def prediction_chunks(
@@ -54,8 +54,14 @@ def prediction_chunks(
         )
         total = None
     else:
+        spec = load_dataset_spec(data)
         loader = split_loader(
-            load_dataset_spec(data), split, la.likelihood, batch_size, require_labels=False
+            spec,
+            split,
+            la.likelihood,
+            batch_size,
+            require_labels=False,
+            label_maps=dense_labels(la, spec),  # (N, *S) label maps of a dense-output model
         )
         info = TableInfo()
         chunks = count_rows(loader_chunks(loader), info)

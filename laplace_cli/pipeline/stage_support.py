@@ -168,10 +168,12 @@ def split_loader(
     *,
     any_order: bool = False,
     require_labels: bool = True,
+    label_maps: int | None = None,
 ) -> Any:
     """The split's loader; `any_order=True` (fit, tune, evaluate: results that do not depend on
     the row order) lets text splits batch rows of similar length together (less padding).
-    `require_labels=False` (predict, out-of-distribution data) accepts a split without targets."""
+    `require_labels=False` (predict, out-of-distribution data) accepts a split without targets.
+    `label_maps`: the ignore_index of per-position labels (dense outputs, `dense_labels`)."""
     return make_loader(
         spec,
         split,
@@ -179,7 +181,25 @@ def split_loader(
         task=likelihood,
         by_length=any_order,
         require_labels=require_labels,
+        label_maps=label_maps,
     )
+
+
+def dense_labels(la: Any, spec: DatasetSpec) -> int | None:
+    """`split_loader`'s `label_maps` for a posterior: its ignore_index when it was fitted on
+    dense outputs (`output_positions`), else None (one label per row).
+
+    A spec that names another `ignore_index` than the posterior's is refused: its masked
+    positions would be scored as a class, or real labels dropped."""
+    if getattr(la, "output_positions", None) is None:
+        return None
+    if spec.ignore_index is not None and spec.ignore_index != la.ignore_index:
+        raise BadInputError(
+            f"{spec.source}: ignore_index: {spec.ignore_index} differs from the posterior's "
+            f"{la.ignore_index} (fitted with it); make them equal, or refit with "
+            f"--ignore-index {spec.ignore_index}"
+        )
+    return int(la.ignore_index)
 
 
 def likelihood_note(flag: str | None, spec: DatasetSpec, data_path: str | Path) -> str | None:

@@ -14,6 +14,7 @@ from laplace_cli.pipeline.model_loading import (
 from laplace_cli.pipeline.stage_support import (
     Progress,
     ProgressView,
+    dense_labels,
     no_progress,
     out_of_memory_is_exit_3,
     split_loader,
@@ -46,6 +47,11 @@ def tune(
     (`pipeline.conformal_stage`); a later tune replaces them with the rest of the record.
     """
     la = lp.la
+    if conformal and getattr(la, "output_positions", None) is not None:
+        raise BadInputError(  # before any tuning work
+            "--conformal: conformal sets are per input, not per position; not available for "
+            "a posterior with dense outputs (output_positions): drop --conformal"
+        )
     if is_functional(la):  # function-space (GP) Laplace: one scalar prior precision
         from laplace_cli.pipeline.gp_stage import tune_gp
 
@@ -93,11 +99,25 @@ def _data_loaders(
         if not data_path:
             raise BadInputError("grid search needs validation data: pass --data")
         spec = load_dataset_spec(data_path)
-        loader = split_loader(spec, split, la.likelihood, batch_size, any_order=True)
+        loader = split_loader(
+            spec,
+            split,
+            la.likelihood,
+            batch_size,
+            any_order=True,
+            label_maps=dense_labels(la, spec),
+        )
         kwargs["val_loader"] = ProgressView(loader, progress, "validation pass")
     elif data_path is not None and map_check:
         spec = load_dataset_spec(data_path)
-        return split_loader(spec, split, la.likelihood, batch_size, any_order=True)
+        return split_loader(
+            spec,
+            split,
+            la.likelihood,
+            batch_size,
+            any_order=True,
+            label_maps=dense_labels(la, spec),
+        )
     return None
 
 

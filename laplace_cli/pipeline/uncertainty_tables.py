@@ -32,6 +32,11 @@ from torch import Tensor
 from laplace_cli.core.enums import Likelihood
 from laplace_cli.core.scores import max_probability, predictive_entropy
 from laplace_cli.metrics import conformal, selective
+from laplace_cli.metrics.conformal_resplit import (
+    DEFAULT_RESPLITS,
+    resplit_coverage,
+    resplit_permutations,
+)
 from laplace_cli.metrics.coverage_band import coverage_band
 from laplace_cli.metrics.ood import ood_detection_metrics
 from laplace_cli.metrics.selective import RiskCoverage
@@ -104,6 +109,7 @@ def conformal_table(
     test_targets: Tensor,
     level: float,
     seed: int = 0,
+    resplits: int = DEFAULT_RESPLITS,
 ) -> dict[str, dict[str, float]]:
     """Split conformal per row and score, calibrated on validation, measured on test.
 
@@ -111,52 +117,122 @@ def conformal_table(
     procedure falls in for these split sizes (`metrics.coverage_band`); e.g. ±4.4 points
     around 0.9 for 360 calibration and 360 test rows. Coverage outside it is worth a look.
 
+    `resplit_coverage` / `resplit_sd`: mean and sd of the test coverage over `resplits` random
+    re-splits of the pooled validation + test rows into splits of the same sizes
+    (`metrics.conformal_resplit`, seeded from `seed` + 2, the same re-splits for every row and
+    score; APS rows keep the uniforms of the single split). It checks the procedure, not the
+    split: a correct one gives ≈ the level whatever the data (see that module).
+
     Binary / multi-label: per-label LAC, coverage and set size (0–2) averaged over labels, and
     `threshold` the largest label's (`conformal_per_label_table` has each label)."""
+    # One draw of re-splits shared by every row and score (paired; drawing is the slow part).
+    # seed + 2: seed and seed + 1 already drive the APS uniforms of the single split.
+    perms = resplit_permutations(len(val_targets) + len(test_targets), resplits, seed + 2)
+    rows_of = {
+        Likelihood.BINARY: _binary_conformal,
+        Likelihood.CLASSIFICATION: _classification_conformal,
+        Likelihood.REGRESSION: _regression_conformal,
+    }.get(likelihood)
     table: dict[str, dict[str, float]] = {}
-    if likelihood == Likelihood.BINARY:
-        for row, view in test_views.items():
-            q, averaged, _ = _label_conformal(
-                val_views[row], val_targets, view, test_targets, level
-            )
-            table[f"{row} lac"] = {**averaged, "threshold": max(q)}
-    elif likelihood == Likelihood.CLASSIFICATION:
-        y_val, y_test = val_targets.reshape(-1).long(), test_targets.reshape(-1).long()
-        for row, view in test_views.items():
-            p_val, p_test = val_views[row].probs.double(), view.probs.double()
-            for score in conformal.CLASSIFICATION_SCORES:
-                # Separate streams for the calibration and the test draws (APS only).
-                g_cal = torch.Generator().manual_seed(seed)
-                g_test = torch.Generator().manual_seed(seed + 1)
-                s = (
-                    conformal.lac_scores(p_val, y_val)
-                    if score == "lac"
-                    else conformal.aps_scores(p_val, y_val, g_cal)
-                )
-                q = conformal.conformal_quantile(s, level)
-                sets = conformal.class_sets(p_test, q, score, g_test)
-                table[f"{row} {score}"] = {**conformal.set_metrics(sets, y_test), "threshold": q}
-    elif likelihood == Likelihood.REGRESSION:
-        for row, view in test_views.items():
-            normalised = row != "map"
-            name = "normalised" if normalised else "abs_residual"
-            val = val_views[row]
-            std_val = val.var.double().sqrt() if normalised else torch.ones_like(val.mean.double())
-            std_test = (
-                view.var.double().sqrt() if normalised else torch.ones_like(view.mean.double())
-            )
-            q = conformal.interval_thresholds(
-                conformal.interval_scores(val.mean, std_val, val_targets), level
-            )
-            lower, upper = conformal.regression_intervals(view.mean, std_test, q)
-            table[f"{row} {name}"] = {
-                **conformal.interval_metrics(lower, upper, test_targets),
-                "threshold": q[0] if len(q) == 1 else max(q),
-            }
+    if rows_of is not None:
+        table = rows_of(val_views, val_targets, test_views, test_targets, level, seed, perms)
     low, high = coverage_band(len(val_targets), len(test_targets), level)
     for cells in table.values():
         cells.update(band_lower=low, band_upper=high)
     return table
+
+
+def _binary_conformal(
+    val_views: dict[str, RowView],
+    val_targets: Tensor,
+    test_views: dict[str, RowView],
+    test_targets: Tensor,
+    level: float,
+    seed: int,
+    perms: Tensor,
+) -> dict[str, dict[str, float]]:
+    """`conformal_table`'s binary / multi-label rows: per-label LAC."""
+    table: dict[str, dict[str, float]] = {}
+    for row, view in test_views.items():
+        q, averaged, _ = _label_conformal(val_views[row], val_targets, view, test_targets, level)
+        table[f"{row} lac"] = {**averaged, "threshold": max(q)}
+        scores = (
+            conformal.label_lac_scores(val_views[row].probs.double(), val_targets),
+            conformal.label_lac_scores(view.probs.double(), test_targets),
+        )
+        table[f"{row} lac"].update(_resplit(scores, level, perms))
+    return table
+
+
+def _classification_conformal(
+    val_views: dict[str, RowView],
+    val_targets: Tensor,
+    test_views: dict[str, RowView],
+    test_targets: Tensor,
+    level: float,
+    seed: int,
+    perms: Tensor,
+) -> dict[str, dict[str, float]]:
+    """`conformal_table`'s classification rows: LAC and APS sets."""
+    table: dict[str, dict[str, float]] = {}
+    y_val, y_test = val_targets.reshape(-1).long(), test_targets.reshape(-1).long()
+    for row, view in test_views.items():
+        p_val, p_test = val_views[row].probs.double(), view.probs.double()
+        for score in conformal.CLASSIFICATION_SCORES:
+            # Separate streams for the calibration and the test draws (APS only).
+            g_cal = torch.Generator().manual_seed(seed)
+            g_test = torch.Generator().manual_seed(seed + 1)
+            s = (
+                conformal.lac_scores(p_val, y_val)
+                if score == "lac"
+                else conformal.aps_scores(p_val, y_val, g_cal)
+            )
+            q = conformal.conformal_quantile(s, level)
+            sets = conformal.class_sets(p_test, q, score, g_test)
+            table[f"{row} {score}"] = {**conformal.set_metrics(sets, y_test), "threshold": q}
+            # The test rows' true-label scores, APS with the same uniforms as the sets above.
+            s_test = (
+                conformal.lac_scores(p_test, y_test)
+                if score == "lac"
+                else conformal.aps_scores(p_test, y_test, torch.Generator().manual_seed(seed + 1))
+            )
+            table[f"{row} {score}"].update(_resplit((s, s_test), level, perms))
+    return table
+
+
+def _regression_conformal(
+    val_views: dict[str, RowView],
+    val_targets: Tensor,
+    test_views: dict[str, RowView],
+    test_targets: Tensor,
+    level: float,
+    seed: int,
+    perms: Tensor,
+) -> dict[str, dict[str, float]]:
+    """`conformal_table`'s regression rows: absolute / normalised residual intervals."""
+    table: dict[str, dict[str, float]] = {}
+    for row, view in test_views.items():
+        normalised = row != "map"
+        name = "normalised" if normalised else "abs_residual"
+        val = val_views[row]
+        std_val = val.var.double().sqrt() if normalised else torch.ones_like(val.mean.double())
+        std_test = view.var.double().sqrt() if normalised else torch.ones_like(view.mean.double())
+        s_val = conformal.interval_scores(val.mean, std_val, val_targets)
+        q = conformal.interval_thresholds(s_val, level)
+        lower, upper = conformal.regression_intervals(view.mean, std_test, q)
+        table[f"{row} {name}"] = {
+            **conformal.interval_metrics(lower, upper, test_targets),
+            "threshold": q[0] if len(q) == 1 else max(q),
+        }
+        s_test = conformal.interval_scores(view.mean, std_test, test_targets)
+        table[f"{row} {name}"].update(_resplit((s_val, s_test), level, perms))
+    return table
+
+
+def _resplit(scores: tuple[Tensor, Tensor], level: float, perms: Tensor) -> dict[str, float]:
+    """`resplit_coverage` / `resplit_sd` of (validation, test) true-label scores."""
+    r = resplit_coverage(*scores, level, permutations=perms)
+    return {"resplit_coverage": r.mean, "resplit_sd": r.sd}
 
 
 def _label_conformal(

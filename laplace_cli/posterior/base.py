@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -70,6 +70,9 @@ class Posterior(ABC):
     #: A factor structure that also takes a dense J (B, C, P): used when the model has no
     #: per-layer factors (a layer that runs twice, or sees other rows than the batch's).
     accepts_dense_jacobian: bool = False
+    #: False for the exact Hessian (curvature "hessian"), which may be indefinite: diag and full
+    #: then check that Λ = s·H + diag(δ) is positive definite where they use it.
+    psd_curvature: bool = True
 
     def __init__(
         self, groups: Sequence[ParamGroup], dtype: torch.dtype, device: torch.device
@@ -89,6 +92,13 @@ class Posterior(ABC):
         Structures with `needs_dense_jacobian` get `J` (B, C, P), unless they set
         `accepts_factors`; the others get `factors`.
         """
+
+    def accumulate_directions(self, directions: Iterable[list[Factor]]) -> None:
+        """Add one batch's curvature from pieces of already projected factors
+        (`AllWeights.factor_directions`: each piece holds some of the root's K columns, G
+        (B, k, T, d_out)); the pieces sum to `accumulate(W, factors, None)`. Only the
+        structures that sum over columns (diag, kron) take this route."""
+        raise NotImplementedError(f"{type(self).__name__} takes dense pieces via `accumulate`")
 
     def finalize(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Called after the last batch (K-FAC normalises and eigendecomposes its factors)."""

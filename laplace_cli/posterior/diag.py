@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from laplace_cli.core.enums import Structure
-from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.errors import BadInputError, NumericalError
 from laplace_cli.posterior.base import Posterior, expand_prior, fv_dense_diag, scale_curvature
 from laplace_cli.subsets.base import DenseFactor, Factor
 
@@ -19,9 +19,9 @@ def factor_diag(W: Tensor, fac: Factor) -> Tensor:
     Σ_t g_t ⊗ a_t are formed one layer at a time, (B, K, d_out, d_in).
     """
     if isinstance(fac, DenseFactor):
-        m = torch.einsum("bck,bcp->bkp", W, fac.J)
+        m = fac.J if W is None else torch.einsum("bck,bcp->bkp", W, fac.J)
         return (m**2).sum((0, 1))
-    g = torch.einsum("bcto,bck->bkto", fac.G, W)  # (B, K, T, d_out)
+    g = fac.G if W is None else torch.einsum("bcto,bck->bkto", fac.G, W)  # (B, K, T, d_out)
     if fac.a is None:
         return (g.sum(2) ** 2).sum((0, 1))
     if fac.a.shape[1] == 1:
@@ -83,6 +83,12 @@ class DiagPosterior(Posterior):
             return
         self.h += self._diag(W, factors, J)
 
+    def accumulate_directions(self, directions) -> None:
+        if self.split_outputs is not None:
+            raise NotImplementedError("per-output curvature takes `accumulate` with its root")
+        for factors in directions:
+            self.h += self._diag(None, factors, None)
+
     @staticmethod
     def _diag(W: Tensor, factors, J) -> Tensor:
         if J is not None:
@@ -111,6 +117,23 @@ class DiagPosterior(Posterior):
             return super().prior_quad_form(v, prior)
         return ((self.prior_curvature + expand_prior(prior, self.groups)) * v * v).sum()
 
+    def add_curvature(self, h: Tensor) -> None:
+        """Add a diagonal curvature (P,) computed elsewhere (the exact Hessian's diagonal)."""
+        self.h += h.to(dtype=self.dtype, device=self.device)
+
+    def _checked_precision(self, prior: Tensor, scale: Tensor) -> Tensor:
+        """Λ's diagonal for log det, inverse and square root: an indefinite curvature (exact
+        Hessian) can make entries ≤ 0, where those are undefined."""
+        p = self.precision(prior, scale)
+        if not self.psd_curvature:
+            bad = int((p <= 0).sum())
+            if bad:
+                raise NumericalError(
+                    f"the posterior precision s·h + δ has {bad} entries ≤ 0 (the exact Hessian "
+                    "is indefinite there); raise the prior precision or use curvature 'ggn'"
+                )
+        return p
+
     def curvature_dense(self) -> Tensor:
         h = self.h if self.split_outputs is None else self.h.sum(0)
         return torch.diag(h)
@@ -119,7 +142,7 @@ class DiagPosterior(Posterior):
         return self.scaled_curvature(scale) + expand_prior(prior, self.groups)
 
     def log_det(self, prior, scale):
-        return torch.log(self.precision(prior, scale)).sum()
+        return torch.log(self._checked_precision(prior, scale)).sum()
 
     def quad_form(self, v, prior, scale):
         return (self.precision(prior, scale) * v * v).sum()
@@ -131,10 +154,10 @@ class DiagPosterior(Posterior):
         return self.precision(prior, scale)
 
     def dense_covariance(self, prior, scale):
-        return torch.diag(1.0 / self.precision(prior, scale))
+        return torch.diag(1.0 / self._checked_precision(prior, scale))
 
     def functional_variance(self, prior, scale, factors=None, J=None):
-        var = 1.0 / self.precision(prior, scale)
+        var = 1.0 / self._checked_precision(prior, scale)
         if J is not None:
             return fv_dense_diag(J, var)
         out, start = None, 0
@@ -148,7 +171,7 @@ class DiagPosterior(Posterior):
         eps = torch.randn(
             n, self.n_params, dtype=self.dtype, device=self.device, generator=generator
         )
-        return eps / self.precision(prior, scale).sqrt()
+        return eps / self._checked_precision(prior, scale).sqrt()
 
     def raw_state(self):
         return {"h": self.h}

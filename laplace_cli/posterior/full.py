@@ -122,6 +122,11 @@ class FullPosterior(Posterior):
         m = torch.einsum("bck,bcp->bkp", W, J).reshape(-1, self.n_params)
         self.H += m.T @ m
 
+    def add_curvature(self, H: Tensor) -> None:
+        """Add a dense curvature (P, P) computed elsewhere (the exact Hessian, fisher/hessian.py)."""
+        self._eig = None
+        self.H += H.to(dtype=self.dtype, device=self.device)
+
     def curvature_dense(self) -> Tensor:
         return self.H if self.split_outputs is None else self.H.sum(0)
 
@@ -151,27 +156,53 @@ class FullPosterior(Posterior):
         """Eigenvalues (clamped at 0: H is PSD up to rounding) and eigenvectors of H."""
         if self._eig is None:
             d, V = torch.linalg.eigh(0.5 * (self.H + self.H.T))
-            self._eig = (d.clamp_min(0), V)
+            # an indefinite curvature (exact Hessian) keeps its negative eigenvalues
+            self._eig = (d.clamp_min(0) if self.psd_curvature else d, V)
         return self._eig
 
     def is_scalar_prior(self, prior: Tensor) -> bool:
         """Whether the eigendecomposition fast path applies (Λ = s·H + δ·I)."""
         return prior.numel() == 1 and self.split_outputs is None and self.prior_curvature is None
 
+    def _eig_precision(self, prior: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        """(s·d + δ, V): Λ's eigenvalues and eigenvectors on the scalar-prior path. An
+        indefinite curvature (exact Hessian) can make some ≤ 0: no Gaussian posterior then."""
+        d, V = self.eig()
+        lam = scale * d + prior.reshape(())
+        if not self.psd_curvature and bool((lam <= 0).any()):
+            raise NumericalError(
+                f"the posterior precision s·H + δ has {int((lam <= 0).sum())} eigenvalues ≤ 0 "
+                "(the exact Hessian is indefinite); raise the prior precision or use curvature "
+                "'ggn'"
+            )
+        return lam, V
+
     def precision(self, prior: Tensor, scale: Tensor) -> Tensor:
         return self.scaled_curvature(scale) + torch.diag(expand_prior(prior, self.groups))
 
     def cholesky(self, prior: Tensor, scale: Tensor) -> Tensor:
-        return robust_cholesky(self.precision(prior, scale))
+        return self._name_hessian(robust_cholesky, self.precision(prior, scale))
+
+    def _name_hessian(self, factorise, matrix: Tensor) -> Tensor:
+        """`factorise(matrix)`, its NumericalError naming the exact Hessian's indefiniteness."""
+        try:
+            return factorise(matrix)
+        except NumericalError as err:
+            if self.psd_curvature:
+                raise
+            raise NumericalError(
+                f"{err} (the exact Hessian is indefinite; curvature 'ggn' is positive "
+                "semi-definite)"
+            ) from err
 
     def log_det(self, prior, scale):
         if self.is_scalar_prior(prior) and (self._eig is not None or _needs_grad(prior, scale)):
             # Tuning a scalar δ: one O(P³) eigendecomposition, then O(P) per evaluation.
-            d, _ = self.eig()
-            return torch.log(scale * d + prior.reshape(())).sum()
+            lam, _ = self._eig_precision(prior, scale)
+            return torch.log(lam).sum()
         # One value (a fit's summary, `laplace marglik`) or a non-scalar prior: one Cholesky
         # factorisation, about 15× cheaper than the eigendecomposition (P = 2,000, measured).
-        return logdet_spd(self.precision(prior, scale))
+        return self._name_hessian(logdet_spd, self.precision(prior, scale))
 
     def quad_form(self, v, prior, scale):
         return (
@@ -194,18 +225,18 @@ class FullPosterior(Posterior):
 
     def dense_covariance(self, prior, scale):
         if self.is_scalar_prior(prior):
-            d, V = self.eig()
-            return (V / (scale * d + prior.reshape(()))) @ V.T
+            lam, V = self._eig_precision(prior, scale)
+            return (V / lam) @ V.T
         return torch.cholesky_inverse(self.cholesky(prior, scale))
 
     def functional_variance(self, prior, scale, factors=None, J=None):
         if J is None and factors is None:
             raise BadInputError("the full functional variance needs Jacobians or their factors")
         if self.is_scalar_prior(prior):
-            d, V = self.eig()
+            lam, V = self._eig_precision(prior, scale)
             # U = J V (B, C, P), a fresh tensor: scaled in place by (s·d + δ)^(-1/2).
             U = J @ V if J is not None else jacobian_products.matmul(factors, V)
-            U.mul_((scale * d + prior.reshape(())).rsqrt())
+            U.mul_(lam.rsqrt())
             return U @ U.transpose(1, 2)
         if J is None:
             J = dense_from_factors(factors).to(self.dtype)
@@ -221,8 +252,8 @@ class FullPosterior(Posterior):
             n, self.n_params, dtype=self.dtype, device=self.device, generator=generator
         )
         if self.is_scalar_prior(prior):
-            d, V = self.eig()
-            return (eps / (scale * d + prior.reshape(())).sqrt()) @ V.T
+            lam, V = self._eig_precision(prior, scale)
+            return (eps / lam.sqrt()) @ V.T
         L = self.cholesky(prior, scale)
         # z = L⁻ᵀ ε has covariance (L Lᵀ)⁻¹ = Λ⁻¹.
         return torch.linalg.solve_triangular(L.T, eps.T, upper=True).T

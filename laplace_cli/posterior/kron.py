@@ -25,6 +25,7 @@ from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior.base import Posterior, per_group_prior
 from laplace_cli.posterior.diag import factor_diag, factor_functional_variance
 from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
+from laplace_cli.posterior.kron_products import kron_functional_variance, output_gram
 from laplace_cli.subsets.base import DenseFactor, LayerFactor
 
 
@@ -93,14 +94,25 @@ class KronPosterior(Posterior):
         self.eigs = None
 
     # --- fitting --------------------------------------------------------------------------
-    def _output_factor(self, W: Tensor, fac: LayerFactor) -> Tensor:
-        g = torch.einsum("bcto,bck->bkto", fac.G, W)  # (B, K, T, d_out)
-        if self.kron_approx == KronApprox.REDUCE:
-            g = g.sum(2)
-        return g.reshape(-1, g.shape[-1])
-
     def accumulate(self, W, factors, J) -> None:
-        self.n_data += W.shape[0]
+        """`Posterior.accumulate`; W = None: the factors are already projected (identity root)."""
+        if W is None:
+            first = factors[0]
+            self.n_data += (first.J if isinstance(first, DenseFactor) else first.G).shape[0]
+        else:
+            self.n_data += W.shape[0]
+        self._add(W, factors, inputs=True)
+
+    def accumulate_directions(self, directions) -> None:
+        """`Posterior.accumulate_directions`: the input factors Σaaᵀ and N once (the first
+        piece), the output factors of every piece."""
+        for index, factors in enumerate(directions):
+            if index == 0:
+                self.accumulate(None, factors, None)
+            else:
+                self._add(None, factors, inputs=False)
+
+    def _add(self, W, factors, *, inputs: bool) -> None:
         # A layer's weight and bias share G and so their output factor: computed once.
         shared: tuple[Tensor, Tensor] | None = None
         for i, (g, fac) in enumerate(zip(self.groups, factors)):
@@ -110,10 +122,9 @@ class KronPosterior(Posterior):
                 continue
             assert isinstance(fac, LayerFactor)
             if shared is None or shared[0] is not fac.G:
-                gg = self._output_factor(W, fac)
-                shared = (fac.G, gg.T @ gg)
+                shared = (fac.G, output_gram(fac.G, W, self.kron_approx == KronApprox.REDUCE))
             self.B[i] += shared[1]
-            if kind == "kron":
+            if kind == "kron" and inputs:
                 a = fac.a
                 if self.kron_approx == KronApprox.REDUCE:
                     a = a.mean(1)
@@ -124,6 +135,17 @@ class KronPosterior(Posterior):
         self.eigs = None
 
     def finalize(self) -> None:
+        """Nothing to do at the end of a fit: the factors are eigendecomposed on first use.
+
+        Prediction, the marginal likelihood and sampling need the eigenpairs; a fit that only
+        feeds another fit (shards, online updates, resumable fits) never pays for them. The
+        largest factor (a wide layer's Σaaᵀ, d_in up to thousands) costs O(d³), a third of a
+        small conv net's whole fit. (laplace-torch decomposes at the end of `fit`; compare
+        fit + first use, as benchmarks/profile_kron_fit.py's "fit+lml" row does.)
+        """
+        self.eigs = None
+
+    def _decompose(self) -> list[dict[str, Tensor]]:
         eigs = []
         n = max(self.n_data, 1)
         for i, g in enumerate(self.groups):
@@ -146,11 +168,11 @@ class KronPosterior(Posterior):
             if kind == "kron":
                 entry["A.eigvals"], entry["A.eigvecs"] = symmetric_eig(self.A_sum[i] / n)
             eigs.append(entry)
-        self.eigs = eigs
+        return eigs
 
     def eigendecomposition(self) -> list[dict[str, Tensor]]:
         if self.eigs is None:
-            self.finalize()
+            self.eigs = self._decompose()
         return self.eigs
 
     # --- with a prior ---------------------------------------------------------------------
@@ -244,33 +266,9 @@ class KronPosterior(Posterior):
             if kind == "diag":
                 part = factor_functional_variance(fac, 1.0 / lam)
             else:
-                part = self._kron_fv(i, kind, fac, lam)
+                part = kron_functional_variance(self.eigendecomposition()[i], kind, fac, lam)
             out = part if out is None else out + part
         return out
-
-    def _kron_fv(self, i: int, kind: str, fac, lam: Tensor) -> Tensor:
-        e = self.eigendecomposition()[i]
-        QB = e["B.eigvecs"]
-        if kind == "kron_bias":
-            gb = fac.J if isinstance(fac, DenseFactor) else fac.G.sum(2)
-            u = gb @ QB  # (B, C, d_out)
-            return torch.einsum("bco,bdo->bcd", u / lam, u)
-        QA = e["A.eigvecs"]
-        if isinstance(fac, DenseFactor):
-            jw = fac.J.reshape(*fac.J.shape[:2], *lam.shape)
-            p = torch.einsum("bcoi,ox,iy->bcxy", jw, QB, QA)
-            return torch.einsum("bcxy,bdxy->bcd", p / lam, p)
-        if fac.a.shape[1] == 1:
-            # Rank one per sample: P_c = (Q_Bᵀ g_c)(Q_Aᵀ a)ᵀ, so J Σ Jᵀ = Σ_x u_cx u_dx w_x with
-            # w_x = Σ_y s_y² / λ_xy; cost B·C·d_out, never B·C·d_out·d_in.
-            u = fac.G[:, :, 0] @ QB  # (B, C, d_out)
-            s = fac.a[:, 0] @ QA  # (B, d_in)
-            w = (s**2) @ (1.0 / lam).T  # (B, d_out)
-            return torch.einsum("bcx,bdx->bcd", u * w.unsqueeze(1), u)
-        u = fac.G @ QB  # (B, C, T, d_out)
-        s = fac.a @ QA  # (B, T, d_in)
-        p = torch.einsum("bctx,bty->bcxy", u, s)
-        return torch.einsum("bcxy,bdxy->bcd", p / lam, p)
 
     def sample(self, n, prior, scale, generator):
         deltas = per_group_prior(prior, self.groups, "kron")

@@ -11,12 +11,12 @@ from laplace_cli.subsets.base import (  # the old module's public names
     NoLayerFactorsError,
     ParameterSubset,
     ParamGroup,
-    conv_patches,
     dense_from_factors,
     factored_layers,
     iter_rows,
     supported_layer,
 )
+from laplace_cli.subsets.layer_capture import conv_patches
 from laplace_cli.subsets.per_sample import call_model_functional, eval_mode
 
 __all__ = [

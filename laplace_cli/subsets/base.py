@@ -22,7 +22,6 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from laplace_cli.core.batches import (
     Inputs,
@@ -37,11 +36,20 @@ from laplace_cli.subsets.captured_jacobians import (
     capturable_params,
     captured_jacobian,
 )
+from laplace_cli.subsets.layer_capture import (
+    LayerCapture,
+    NoLayerFactorsError,
+    capture_forward,
+    layer_input,
+    layer_output_grad,
+)
 from laplace_cli.subsets.per_sample import (
     VmapUnavailableError,
+    backward_batches,
     dense_jacobians,
     eval_mode,
     functional_forward,
+    output_jacobian_direction,
     output_jacobians,
 )
 
@@ -74,10 +82,6 @@ class ParamGroup:
     def kron_shape(self) -> tuple[int, int]:
         """(d_out, d_in) of a weight; conv weights flatten (C_in, kh, kw) into d_in."""
         return self.shape[0], self.numel // self.shape[0]
-
-
-class NoLayerFactorsError(BadInputError):
-    """A layer's Jacobian has no per-layer factors (the layer ran more than once per pass)."""
 
 
 @dataclass
@@ -121,42 +125,6 @@ def factored_layers(model: nn.Module) -> dict[str, nn.Module]:
         if isinstance(m, nn.MultiheadAttention):
             skip.update(id(c) for c in m.modules() if c is not m)
     return {n: m for n, m in model.named_modules() if supported_layer(m) and id(m) not in skip}
-
-
-def conv_patches(module: nn.Conv2d, x: Tensor) -> Tensor:
-    """Unfold Conv2d inputs (B, C_in, H, W) into patches (B, T, C_in·kh·kw), T = output positions.
-
-    The same layout as `F.unfold(...).transpose(1, 2)` (patch entries ordered c, i, j), built as
-    a strided view and one copy: CPU `im2col` behind `F.unfold` took up to seconds per call on
-    a busy 2-core machine (its parallel loop stalls), the copy stays at memory speed.
-    """
-    padding = module.padding
-    if isinstance(padding, str) or module.padding_mode != "zeros":
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-    elif padding[0] or padding[1]:
-        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
-    view = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
-    view = view[..., ::dh, ::dw]  # (B, C_in, H_out, W_out, kh, kw)
-    b, c, h_out, w_out = view.shape[:4]
-    return view.permute(0, 2, 3, 1, 4, 5).reshape(b, h_out * w_out, c * kh * kw)
-
-
-def layer_input(module: nn.Module, x: Tensor) -> Tensor:
-    """Inputs of a supported layer as (B, T, d_in)."""
-    if isinstance(module, nn.Conv2d):
-        return conv_patches(module, x)
-    return x.reshape(x.shape[0], -1, x.shape[-1])
-
-
-def layer_output_grad(module: nn.Module, g: Tensor) -> Tensor:
-    """Output gradients (K, B, *out) of a supported layer as (B, K, T, d_out)."""
-    if isinstance(module, nn.Conv2d):
-        k, b, c = g.shape[:3]
-        return g.reshape(k, b, c, -1).permute(1, 0, 3, 2)
-    k, b = g.shape[:2]
-    return g.reshape(k, b, -1, g.shape[-1]).transpose(0, 1)
 
 
 def iter_rows(x: Inputs, rows: int) -> Iterator[Inputs]:
@@ -319,89 +287,127 @@ class AllWeights(ParameterSubset):
             f, jac = dense_jacobians(self.model, params, names, x)
             return f, torch.cat([jac[n] for n in names], dim=-1)
 
-    def factors(self, x: Inputs) -> tuple[Tensor, list[Factor]]:
-        hooked = {**self._layers, **self._captured_modules}
-        inputs: dict[str, list[Tensor]] = {m: [] for m in hooked}
-        outputs: dict[str, list[Tensor]] = {m: [] for m in hooked}
-        handles = []
+    def factors(
+        self, x: Inputs, root: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, list[Factor]]:
+        """Outputs (B, C) and one Jacobian factor per group.
 
-        def make_hook(mname: str):
-            def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
-                inputs[mname].append(args[0].detach())
-                outputs[mname].append(out)
+        `root`: f (B, C) ↦ W (B, C, K), called once on the detached outputs. The factors are then
+        those of the K projected outputs Wᵀf — G (B, K, T, d_out), dense pieces (B, K, numel) —
+        from K backward passes with W's columns as cotangents instead of C unit vectors: all a
+        curvature Σ Jᵀ W Wᵀ J needs (the posterior takes them with an identity root), without
+        the C-output factors and their contraction with W.
+        """
+        cap = capture_forward(self.model, x, self._layers, self._captured_modules)
+        W = None if root is None else root(cap.f.detach()).to(cap.f.dtype)
+        cotangents = None if W is None else W.permute(2, 0, 1).contiguous()
+        # No hookable layer (a TorchScript model): every group is dense.
+        grads = output_jacobians(cap.f, cap.outs, cotangents) if cap.outs else []
+        n_layers = len(cap.layers)
+        dense = self._captured_jacobians(cap, grads[n_layers:], W)
+        layer_in = {m: layer_input(self._layers[m], cap.inputs[m]) for m in cap.layers}
+        layer_g = dict(zip(cap.layers, grads[:n_layers]))
+        dense.update(self._other_jacobians(x, set(dense), W))
+        return cap.f.detach(), self._assemble(layer_in, layer_g, dense)
 
-            return hook
+    def factor_directions(
+        self, x: Inputs, root: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, Iterator[list[Factor]]]:
+        """`factors(x, root)` in pieces that sum to the curvature: outputs (B, C) and an iterator
+        over lists of factors, each for some of W's K columns (G (B, k, T, d_out)).
 
-        for mname, module in hooked.items():
-            handles.append(module.register_forward_hook(make_hook(mname)))
-        dense: dict[str, Tensor] = {}
-        try:
-            with torch.enable_grad(), eval_mode(self.model):
-                f = as_2d_output(call_model(self.model, x))
-                for mname in self._layers:
-                    if len(outputs[mname]) != 1:
-                        why = (
-                            "its weights are used without calling the module"
-                            if not outputs[mname]
-                            else "shared layers have no per-layer factors"
-                        )
-                        raise NoLayerFactorsError(
-                            f"layer {mname!r} ran {len(outputs[mname])} times in one forward "
-                            f"pass ({why}); use structure 'diag' or 'full' (dense Jacobians)"
-                        )
-                    if outputs[mname][0].shape[:1] != f.shape[:1]:
-                        # e.g. a reward model that flattens (B, 2, d) pairs to (2B, d) rows:
-                        # which rows belong to which example is unknown here, so the
-                        # per-example factors cannot be formed (dense Jacobians can).
-                        raise NoLayerFactorsError(
-                            f"layer {mname!r} saw {outputs[mname][0].shape[0]} rows for a "
-                            f"batch of {f.shape[0]} examples (not one row per example); use "
-                            "structure 'diag' or 'full' (dense Jacobians)"
-                        )
-                # Captured modules count only if they ran once with one output row per example.
-                captured = [
-                    m
-                    for m in self._captured_modules
-                    if len(outputs[m]) == 1 and outputs[m][0].shape[:1] == f.shape[:1]
-                ]
-                outs = [outputs[m][0] for m in (*self._layers, *captured)]
-                # No hookable layer (a TorchScript model): every group is dense.
-                grads = output_jacobians(f, outs) if outs else []
-                if captured:
-                    dense = self._captured_jacobians(
-                        f, captured, inputs, grads[len(self._layers) :]
-                    )
-        finally:
-            for h in handles:
-                h.remove()
-        layer_in = {m: layer_input(mod, inputs[m][0]) for m, mod in self._layers.items()}
-        layer_g = {m: layer_output_grad(mod, g) for (m, mod), g in zip(self._layers.items(), grads)}
-        other = [g.name for g in self.groups if g.kind == "other" and g.name not in dense]
-        if other:
-            params = {n: p for n, p in self.params}
-            dense.update(dense_jacobians(self.model, params, other, x)[1])
+        Where autograd can batch the K cotangents in one pass the iterator yields everything at
+        once; where it cannot (conv / BatchNorm / max-pool graphs, one backward per cotangent
+        anyway) it yields one column per backward pass, so no (K, B, ...) buffer of all output
+        gradients is ever stacked: a diag / kron fit adds each as it comes
+        (`Posterior.accumulate_directions`). The layer inputs are shared by all pieces.
+        """
+        cap = capture_forward(self.model, x, self._layers, self._captured_modules)
+        W = root(cap.f.detach()).to(cap.f.dtype)
+        if not cap.outs or backward_batches(cap.f):
+            cotangents = W.permute(2, 0, 1).contiguous()
+            grads = output_jacobians(cap.f, cap.outs, cotangents) if cap.outs else []
+            pieces: Iterator[tuple[Tensor, list[Tensor]]] = iter([(W, grads)])
+        else:
+            pieces = (
+                (W[:, :, k : k + 1], output_jacobian_direction(cap.f, cap.outs, W[:, :, k]))
+                for k in range(W.shape[-1])
+            )
+        layer_in = {m: layer_input(self._layers[m], cap.inputs[m]) for m in cap.layers}
+        return cap.f.detach(), self._directions(x, cap, layer_in, W, pieces)
+
+    def _directions(
+        self,
+        x: Inputs,
+        cap: LayerCapture,
+        layer_in: dict[str, Tensor],
+        W: Tensor,
+        pieces: Iterator[tuple[Tensor, list[Tensor]]],
+    ) -> Iterator[list[Factor]]:
+        n_layers = len(cap.layers)
+        good: set[str] | None = None  # captured Jacobians that passed the check (first piece)
+        other: dict[str, Tensor] = {}
+        start = 0
+        for w, grads in pieces:
+            dense = self._captured_jacobians(cap, grads[n_layers:], w, only=good)
+            if good is None:
+                good = set(dense)
+                # The remaining groups' dense Jacobians: once, projected on all K columns.
+                other = self._other_jacobians(x, good, W)
+            k = w.shape[-1]
+            dense.update({n: J[:, start : start + k] for n, J in other.items()})
+            start += k
+            yield self._assemble(layer_in, dict(zip(cap.layers, grads[:n_layers])), dense)
+
+    def _other_jacobians(self, x: Inputs, done: set[str], W: Tensor | None) -> dict[str, Tensor]:
+        """Dense per-sample Jacobians (B, C, numel) — projected to (B, K, numel) by W — of the
+        "other" groups without captured Jacobians (vmap over the examples)."""
+        other = [g.name for g in self.groups if g.kind == "other" and g.name not in done]
+        if not other:
+            return {}
+        jac = dense_jacobians(self.model, dict(self.params), other, x)[1]
+        if W is None:
+            return jac
+        return {n: torch.einsum("bck,bcp->bkp", W.to(J.dtype), J) for n, J in jac.items()}
+
+    def _assemble(
+        self, layer_in: dict[str, Tensor], layer_g: dict[str, Tensor], dense: dict[str, Tensor]
+    ) -> list[Factor]:
+        """One factor per group from the layer inputs, output gradients (K, B, ...) and dense
+        Jacobians."""
         factors: list[Factor] = []
         for g in self.groups:
             if g.kind == "other":
                 factors.append(DenseFactor(dense[g.name]))
-            elif g.kind == "weight":
-                factors.append(LayerFactor(layer_in[g.module_name], layer_g[g.module_name]))
-            else:
-                factors.append(LayerFactor(None, layer_g[g.module_name]))
-        return f.detach(), factors
+                continue
+            G = layer_output_grad(self._layers[g.module_name], layer_g[g.module_name])
+            factors.append(LayerFactor(layer_in[g.module_name] if g.kind == "weight" else None, G))
+        return factors
 
     def _captured_jacobians(
-        self, f: Tensor, captured: list[str], inputs: dict[str, list[Tensor]], grads: list[Tensor]
+        self,
+        cap: LayerCapture,
+        grads: list[Tensor],
+        W: Tensor | None = None,
+        only: set[str] | None = None,
     ) -> dict[str, Tensor]:
-        """{name: (B, C, numel)} for the captured modules' parameters that pass the gradient
-        check (`captured_jacobians.agrees_with_gradient`)."""
-        grad_of = dict(zip(captured, grads))
+        """{name: (B, C, numel)} (or (B, K, numel) of the outputs projected by W) for the
+        captured modules' parameters that pass the gradient check
+        (`captured_jacobians.agrees_with_gradient`); `only`: these names, already checked on
+        another column of the same batch."""
+        if not cap.captured:
+            return {}
+        grad_of = dict(zip(cap.captured, grads))
         params = dict(self.params)
         names = [n for n, (m, _) in self._captured.items() if m in grad_of]
+        if only is not None:
+            names = [n for n in names if n in only]
         jacs = []
         for n in names:
             mname, role = self._captured[n]
             module = self._captured_modules[mname]
-            jacs.append(captured_jacobian(module, role, inputs[mname][0], grad_of[mname]))
-        ok = agrees_with_gradient(f, [params[n] for n in names], jacs)
+            jacs.append(captured_jacobian(module, role, cap.inputs[mname], grad_of[mname]))
+        if only is not None:
+            return {n: J.detach() for n, J in zip(names, jacs)}
+        ok = agrees_with_gradient(cap.f, [params[n] for n in names], jacs, W)
         return {n: J.detach() for n, J, good in zip(names, jacs, ok) if good}

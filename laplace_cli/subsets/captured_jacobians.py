@@ -87,15 +87,22 @@ def captured_jacobian(module: nn.Module, role: str, inp: Tensor, grad: Tensor) -
     return torch.einsum("bctn,btn->bcn", G, xhat.reshape(batch, -1, n).to(G.dtype))
 
 
-def agrees_with_gradient(f: Tensor, params: list[Tensor], jacobians: list[Tensor]) -> list[bool]:
+def agrees_with_gradient(
+    f: Tensor, params: list[Tensor], jacobians: list[Tensor], W: Tensor | None = None
+) -> list[bool]:
     """Per parameter: Σ_b u_b·J_b equals ∂(Σ_b u_b·f_b)/∂θ for a fixed random u (B, C)?
 
     Catches what the hooks cannot see (the parameter also used outside its module, an output
-    that mixes examples). `f` must still have its graph.
+    that mixes examples). `f` must still have its graph. With `W` (B, C, K) the Jacobians are
+    those of the projected outputs Wᵀf, (B, K, numel), and u is (B, K).
     """
     g = torch.Generator(device="cpu").manual_seed(0)
-    u = torch.randn(f.shape, generator=g, dtype=torch.float64).to(device=f.device, dtype=f.dtype)
-    grads = torch.autograd.grad(f, params, grad_outputs=u, retain_graph=True, allow_unused=True)
+    shape = f.shape if W is None else W.shape[::2]
+    u = torch.randn(shape, generator=g, dtype=torch.float64).to(device=f.device, dtype=f.dtype)
+    cotangent = u if W is None else torch.einsum("bck,bk->bc", W.to(f.dtype), u)
+    grads = torch.autograd.grad(
+        f, params, grad_outputs=cotangent, retain_graph=True, allow_unused=True
+    )
     out = []
     tol = 1e-10 if f.dtype == torch.float64 else 1e-4
     for p, grad, J in zip(params, grads, jacobians):

@@ -30,6 +30,8 @@ __all__ = [
     "dense_jacobians",
     "eval_mode",
     "functional_forward",
+    "backward_batches",
+    "output_jacobian_direction",
     "output_jacobians",
     "per_sample_jacobians",
 ]
@@ -49,7 +51,9 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.train(training)
 
 
-def output_jacobians(f: Tensor, outs: list[Tensor]) -> list[Tensor]:
+def output_jacobians(
+    f: Tensor, outs: list[Tensor], cotangents: Tensor | None = None
+) -> list[Tensor]:
     """∂f_c/∂z for every output c and each captured layer output z: list of (C, B, *z.shape[1:]).
 
     Samples are independent in eval mode, so the gradient of Σ_b f[b, c] w.r.t. z[b] is the
@@ -58,10 +62,16 @@ def output_jacobians(f: Tensor, outs: list[Tensor]) -> list[Tensor]:
     cannot batch: it would run those one cotangent at a time anyway and concatenate the pieces
     after each of them (measured ~25 % slower on a conv net with BatchNorm). Both give the same
     numbers; the loop is also the fallback when the batched pass fails.
+
+    `cotangents` (K, B, C), rows w_k: back-propagate those instead of the C unit vectors, giving
+    Σ_c w_k[b, c] ∂f_c/∂z[b] (K, B, ...): K passes instead of C when only the projections are
+    needed (a curvature's output-space root, docs/design.md "Projected output roots").
     """
-    n_out = f.shape[1]
-    eye = torch.eye(n_out, dtype=f.dtype, device=f.device)
-    cotangents = eye.unsqueeze(1).expand(n_out, f.shape[0], n_out)
+    if cotangents is None:
+        n_out = f.shape[1]
+        eye = torch.eye(n_out, dtype=f.dtype, device=f.device)
+        cotangents = eye.unsqueeze(1).expand(n_out, f.shape[0], n_out)
+    n_out = cotangents.shape[0]
     try:
         if _unbatched_backward(f):
             raise _LoopInstead
@@ -74,21 +84,15 @@ def output_jacobians(f: Tensor, outs: list[Tensor]) -> list[Tensor]:
             allow_unused=True,
         )
     except (RuntimeError, _LoopInstead):
-        per_c = [
-            torch.autograd.grad(
+        # Each pass is written into its slot as it comes (no list of C results and a stack
+        # after: half the peak memory, one copy).
+        grads = tuple(o.new_empty((n_out, *o.shape)) for o in outs)
+        for c in range(n_out):
+            per_c = torch.autograd.grad(
                 f, outs, grad_outputs=cotangents[c], retain_graph=True, allow_unused=True
             )
-            for c in range(n_out)
-        ]
-        grads = tuple(
-            torch.stack(
-                [
-                    per_c[c][i] if per_c[c][i] is not None else torch.zeros_like(outs[i])
-                    for c in range(n_out)
-                ]
-            )
-            for i in range(len(outs))
-        )
+            for out, g in zip(grads, per_c):
+                out[c].zero_() if g is None else out[c].copy_(g)
     return [
         g if g is not None else torch.zeros((n_out, *o.shape), dtype=o.dtype, device=o.device)
         for g, o in zip(grads, outs)
@@ -104,6 +108,22 @@ class _LoopInstead(Exception):
 _NO_BATCH_RULE = frozenset(
     {"ConvolutionBackward0", "NativeBatchNormBackward0", "MaxPool2DWithIndicesBackward0"}
 )
+
+
+def backward_batches(f: Tensor) -> bool:
+    """Can autograd back-propagate several cotangents through `f`'s graph in one batched pass
+    (`is_grads_batched`)? False where the graph holds a node without a batching rule."""
+    return not _unbatched_backward(f)
+
+
+def output_jacobian_direction(f: Tensor, outs: list[Tensor], cotangent: Tensor) -> list[Tensor]:
+    """One row of `output_jacobians(f, outs, cotangents)`: the gradients of Σ_b w[b]·f[b] with
+    respect to each captured output for one cotangent w (B, C), each as (1, B, *z.shape[1:])
+    (zeros where an output does not reach f). The graph is kept for the next direction."""
+    grads = torch.autograd.grad(
+        f, outs, grad_outputs=cotangent, retain_graph=True, allow_unused=True
+    )
+    return [(torch.zeros_like(o) if g is None else g).unsqueeze(0) for g, o in zip(grads, outs)]
 
 
 def _unbatched_backward(f: Tensor) -> bool:

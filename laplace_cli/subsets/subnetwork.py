@@ -44,9 +44,8 @@ from laplace_cli.subsets.base import (
     ParameterSubset,
     ParamGroup,
     factored_layers,
-    layer_input,
-    layer_output_grad,
 )
+from laplace_cli.subsets.layer_capture import layer_input, layer_output_grad
 from laplace_cli.subsets.per_sample import (
     call_model_functional,
     eval_mode,

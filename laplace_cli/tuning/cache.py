@@ -44,17 +44,9 @@ from laplace_cli.posterior.full import robust_cholesky
 from laplace_cli.posterior.memory import format_bytes
 from laplace_cli.posterior.table import STRUCTURES, structure_spec
 from laplace_cli.subsets import jacobian_products
-from laplace_cli.subsets.base import DenseFactor, LayerFactor, dense_from_factors, iter_rows
-from laplace_cli.tuning.cache_blocks import (
-    Block,
-    DenseBlock,
-    Part,
-    RankOneBlock,
-    input_rows,
-    joined_inputs,
-    rotate,
-    shared_rows,
-)
+from laplace_cli.subsets.base import dense_from_factors, iter_rows
+from laplace_cli.tuning.cache_blocks import Part, input_rows, joined_inputs
+from laplace_cli.tuning.cache_projection import assemble_blocks, fold_plan, project_factors
 from laplace_cli.tuning.protocol import FittedLaplace
 
 __all__ = ["PredictiveCache", "cache_unsupported_reason"]
@@ -108,7 +100,8 @@ class PredictiveCache:
         self.dtype, self.device = la.dtype, la.device
         self.budget = la.max_memory // 2
         self._data: dict[tuple[float, ...], list[Tensor]] = {}
-        self._layout = self._plan()
+        # Biases folded into their weight's block (tuning/cache_projection.py).
+        self._layout = fold_plan(self.structure, self.posterior, self.groups)
         mus: list[Tensor] = []
         pieces: list[list[tuple[Tensor, Tensor | None]]] = []
         used = 0
@@ -136,7 +129,14 @@ class PredictiveCache:
         self.f_mu = torch.cat(mus)
         self.n = self.f_mu.shape[0]
         self.n_outputs = self.f_mu.shape[1]
-        self.blocks = self._assemble(pieces, [m.shape[0] for m in mus])
+        self.blocks = assemble_blocks(
+            pieces,
+            [m.shape[0] for m in mus],
+            self.structure,
+            self.groups,
+            self._layout,
+            self.n_params,
+        )
         self.y = targets
 
     # --- construction -----------------------------------------------------------------------
@@ -166,30 +166,6 @@ class PredictiveCache:
             return f"{self.n_params} projected Jacobian entries per sample and output"
         return "per-layer projected inputs and output Jacobians"
 
-    def _plan(self) -> dict[int, int]:
-        """Biases that fold into their weight's block: {bias group: weight group}.
-
-        A bias shares its weight's block when both belong to the same layer, the weight's
-        Jacobian comes as factors (kind "weight") and, for K-FAC, the bias block's B has the
-        weight block's eigenvectors (the same matrix Σ g gᵀ, decomposed twice). Whether the
-        weight's inputs have T = 1 is only known from the data; see `_factor_pieces`.
-        """
-        if self.structure == Structure.FULL:
-            return {}
-        eigs = self.posterior.eigendecomposition() if self.structure == Structure.KRON else None
-        plan = {}
-        for i, g in enumerate(self.groups):
-            if g.kind != "bias" or g.module_name is None:
-                continue
-            for j, w in enumerate(self.groups):
-                if w.kind == "weight" and w.module_name == g.module_name:
-                    if j < i and (
-                        eigs is None or torch.equal(eigs[i]["B.eigvecs"], eigs[j]["B.eigvecs"])
-                    ):
-                        plan[i] = j
-                    break
-        return plan
-
     def _pieces(self, la: FittedLaplace, x: Any) -> Iterable[tuple[Tensor, list]]:
         """Row chunks of a batch and their pieces.
 
@@ -218,7 +194,10 @@ class PredictiveCache:
         start = 0
         while start < n:
             xc = input_rows(x, start, start + rows)
-            f, parts = self._factor_pieces(la, xc)
+            f, factors = la.subset.factors(xc)
+            parts = project_factors(
+                factors, self.structure, self.posterior, self._layout, self.dtype
+            )
             yield f, parts
             done = f.shape[0]
             start += done
@@ -226,81 +205,6 @@ class PredictiveCache:
                 (a.numel() + (0 if b is None else b.numel())) * a.element_size() for a, b in parts
             ) / max(done, 1)
             rows = max(rows, int((la.max_memory // 4) // max(3 * per_row, 1)))
-
-    def _factor_pieces(self, la: FittedLaplace, x: Any) -> tuple[Tensor, list]:
-        """Per group: (u, s2) for rank-one weights, (U, None) otherwise, in the posterior's basis.
-
-        A folded bias (see `_plan`) gets (u of its weight, None) when the weight is rank-one,
-        and its own dense Jacobian otherwise (then it is not folded: `_assemble` checks).
-        """
-        f, factors = la.subset.factors(x)
-        kron = self.structure == Structure.KRON
-        eigs = self.posterior.eigendecomposition() if kron else None
-        parts: list[tuple[Tensor, Tensor | None]] = []
-        for i, fac in enumerate(factors):
-            if isinstance(fac, DenseFactor):
-                # Parameters of other modules: their dense Jacobian (a diagonal block in both).
-                parts.append((fac.J.to(self.dtype), None))
-                continue
-            assert isinstance(fac, LayerFactor)
-            G = shared_rows(fac.G).to(self.dtype)  # (N or 1, C, T, d_out)
-            n_pos = G.shape[2]
-            if fac.a is None:
-                j = self._layout.get(i)
-                if j is not None and parts[j][1] is not None:
-                    parts.append((parts[j][0], None))  # folded: its weight's u
-                    continue
-                gsum = G[:, :, 0] if n_pos == 1 else G.sum(2)  # Σ_t G_t, (N or 1, C, d_out)
-                parts.append((rotate(gsum, eigs[i]["B.eigvecs"]) if kron else gsum, None))
-                continue
-            a = fac.a.to(self.dtype)  # (N, T, d_in)
-            if a.shape[1] == 1:
-                u, s = G[:, :, 0], a[:, 0]  # (N or 1, C, d_out), (N, d_in)
-                if kron:
-                    u, s = rotate(u, eigs[i]["B.eigvecs"]), rotate(s, eigs[i]["A.eigvecs"])
-                parts.append((u, s**2))
-                continue
-            # Weight sharing: per-sample Jacobians Σ_t u_t ⊗ s_t, (N, C, d_out·d_in).
-            u, s = G, a
-            if kron:
-                u, s = rotate(u, eigs[i]["B.eigvecs"]), rotate(s, eigs[i]["A.eigvecs"])
-            p = torch.einsum("nctx,nty->ncxy", u.expand(s.shape[0], *u.shape[1:]), s)
-            parts.append((p.reshape(p.shape[0], p.shape[1], -1), None))
-        return f, parts
-
-    def _assemble(self, pieces: list[list], sizes: list[int]) -> list[Block]:
-        if self.structure == Structure.FULL:
-            U = torch.cat([p[0][0] for p in pieces])
-            return [DenseBlock(Part(0, 0, (self.n_params,), True), U)]
-        per_param = self.structure == Structure.DIAG
-
-        def stacked(i: int, k: int) -> Tensor:
-            held = [p[i][k] for p in pieces]
-            if all(t.shape[0] == 1 for t in held) and all(torch.equal(held[0], t) for t in held):
-                return held[0]  # the same for every sample (last layer: G = I)
-            return torch.cat([t.expand(n, *t.shape[1:]) for t, n in zip(held, sizes)])
-
-        rank_one = {i for i, parts in enumerate(pieces[0]) if parts[1] is not None}
-        folded = {b: w for b, w in self._layout.items() if w in rank_one}
-        blocks: list[Block] = []
-        starts = [0]
-        for g in self.groups:
-            starts.append(starts[-1] + g.numel)
-        for i, g in enumerate(self.groups):
-            if i in folded:
-                continue
-            if i in rank_one:
-                bias = next((b for b, w in folded.items() if w == i), None)
-                bias_part = (
-                    None
-                    if bias is None
-                    else Part(bias, starts[bias], (self.groups[bias].numel,), per_param)
-                )
-                weight = Part(i, starts[i], g.kron_shape, per_param)
-                blocks.append(RankOneBlock(weight, bias_part, stacked(i, 0), stacked(i, 1)))
-            else:
-                blocks.append(DenseBlock(Part(i, starts[i], (g.numel,), per_param), stacked(i, 0)))
-        return blocks
 
     # --- the posterior's data part -------------------------------------------------------------
     def _data_eigs(self, scale: Tensor) -> list[Tensor]:
@@ -336,7 +240,10 @@ class PredictiveCache:
             data = self._data_eigs(scales[0])[part.group].reshape(1, *part.shape)
         else:
             data = torch.stack([self._data_eigs(s)[part.group].reshape(part.shape) for s in scales])
-        return 1.0 / (data + part.delta(priors, self.n_groups))
+        denom = data + part.delta(priors, self.n_groups)
+        # An indefinite curvature (exact Hessian) can leave Λ not positive definite at small δ:
+        # no Gaussian posterior there, so NaN, which the grid search skips as non-finite.
+        return torch.where(denom > 0, 1.0 / denom, torch.nan)
 
     # --- queries ------------------------------------------------------------------------------
     def nbytes(self) -> int:

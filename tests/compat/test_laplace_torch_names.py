@@ -164,8 +164,10 @@ def test_function_space_and_refused_options_are_clear():
     with pytest.raises(NotImplementedError, match="abstract"):
         laplace_cli.ParametricLaplace(model, "classification")
     for hessian in (curvature.AsdlHessian, curvature.CurvlinopsHessian):
-        with pytest.raises(BadInputError, match="GGN"):
-            laplace_cli.DiagLaplace(model, "classification", backend=hessian)
+        # the exact Hessian: kron is created and refused at fit, as in laplace-torch
+        la = laplace_cli.KronLaplace(model, "classification", backend=hessian)
+        with pytest.raises(BadInputError, match="'ggn'"):
+            la.fit([(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))])
     with pytest.raises(BadInputError, match="asdl_fisher_kwargs"):
         laplace_cli.DiagLaplace(model, "classification", asdl_fisher_kwargs={"n_mc_samples": 3})
     with pytest.raises(BadInputError, match="not understood"):

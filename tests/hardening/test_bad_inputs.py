@@ -260,7 +260,7 @@ def test_regression_targets_of_the_wrong_shape(runner: CliRunner, ws: Workspace)
     "bad",
     "one-hot targets for classification",
     2,
-    "onehot.npz: targets: expected one integer class label per row, got shape (20, 3) (one-hot or multi-label targets need task: binary)",
+    "onehot.npz: targets: expected one integer class label per row, got shape (20, 3) (one-hot or multi-label targets need task: binary; per-position label maps of a model with dense outputs need fit --output-positions independent)",
 )
 def test_classification_targets_one_hot(runner: CliRunner, ws: Workspace) -> None:
     y = np.eye(3)[np.arange(20) % 3]

@@ -131,7 +131,7 @@ def test_recipe_with_many_mistakes_reports_all_of_them(tmp_path: Path) -> None:
         "fit.structure: expected one of diag, kron, full, lowrank, gp, got 'kronn' (did you mean 'kron'?)",
         "fit.prior_precision: expected a number, got 'high'",
         "tune.loss: expected one of nll, ece, brier, mse, got 'accuracy'",
-        "predict.format: expected one of csv, jsonl, got 'parquet'",
+        "predict.format: expected one of csv, jsonl, npz, got 'parquet'",
         "model.path: required",
         "data: required",
         "stages: must start with fit",

@@ -89,31 +89,3 @@ def test_threshold_and_structures():
     assert la.softmax_closed_form()
     full = Laplace(model.float(), "classification", "last_layer", "full").fit([(X.float(), y)])
     assert not full.softmax_closed_form()
-
-
-@pytest.mark.parametrize("structure", ["diag", "kron"])
-@pytest.mark.parametrize("curvature", ["mc_fisher", "ef"])
-def test_projected_outputs_equal_per_class_path_all_weights(monkeypatch, structure, curvature):
-    """All weights, MC / empirical Fisher: K back-propagated sampled gradients give the same
-    curvature as the C per-class Jacobians (layer factors, and LayerNorm's dense block)."""
-    torch.manual_seed(0)
-    X = torch.randn(30, 6, dtype=torch.float64)
-    y = torch.randint(0, 7, (30,))
-    loader = [(X[i : i + 10], y[i : i + 10]) for i in range(0, 30, 10)]
-    torch.manual_seed(4)
-    model = nn.Sequential(
-        nn.Linear(6, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 7)
-    ).double()  # fmt: skip
-    kw = {"curvature": curvature, "n_mc_samples": 2}
-    ref = Laplace(model, "classification", "all", structure, **kw).fit(loader)
-    monkeypatch.setattr(slf, "MIN_OUTPUTS", 1)
-    calls = []
-    import laplace_cli.laplace.approximation as approx
-
-    real = approx.projected_outputs
-    monkeypatch.setattr(approx, "projected_outputs", lambda *a: calls.append(1) or real(*a))
-    la = Laplace(model, "classification", "all", structure, **kw).fit(loader)
-    assert len(calls) == 3  # one projected pass per batch
-    for key, t in ref.posterior.state().items():
-        assert torch.allclose(la.posterior.state()[key], t, rtol=1e-9, atol=1e-12), key
-    assert torch.allclose(la(X), ref(X), rtol=1e-9)

@@ -15,7 +15,8 @@ from torch.nn import functional as F
 
 import laplace_cli.subsets.base as subsets_base
 from laplace_cli import Laplace
-from laplace_cli.subsets.base import AllWeights, conv_patches, dense_from_factors
+from laplace_cli.subsets.base import AllWeights, dense_from_factors
+from laplace_cli.subsets.layer_capture import conv_patches
 from tests import reference as ref
 from tests.laplace.test_reference import assert_close, block_slices
 

@@ -1,0 +1,64 @@
+"""Products of K-FAC blocks with Jacobian factors (posterior/kron.py).
+
+Fitting needs the output factor B = Σ g gᵀ of the back-propagated output gradients
+(`output_gram`); prediction needs J Σ Jᵀ of one block from its eigenpairs and a factor, never the
+per-sample weight Jacobian where the factor's structure lets it be avoided
+(`kron_functional_variance`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from laplace_cli.subsets.base import DenseFactor, Factor
+
+
+def output_gram(G: Tensor, W: Tensor | None, reduce: bool) -> Tensor:
+    """Σ_{b,k,t} g gᵀ (d_out, d_out) of the projected output Jacobians g = Wᵀ G.
+
+    G (B, C, T, d_out); W (B, C, K), or None when G is already projected
+    (`AllWeights.factor_directions`). `reduce`: sum over the weight-sharing dimension T first
+    (K-FAC "reduce"), else T counts as extra data ("expand").
+    """
+    g = G if W is None else torch.einsum("bcto,bck->bkto", G, W)  # (B, K, T, d_out)
+    if reduce:
+        g = g.sum(2)
+    elif W is None and g.shape[2] > 1:
+        # Conv output gradients arrive as a permuted view of (K, B, d_out, T) memory: batched
+        # products over that layout read it once, where a flat (B·K·T, d_out) matrix would
+        # first copy all of it.
+        native = g.permute(1, 0, 3, 2)
+        if native.is_contiguous():
+            flat = native.reshape(-1, g.shape[3], g.shape[2])
+            return torch.matmul(flat, flat.mT).sum(0)
+    g = g.reshape(-1, g.shape[-1])
+    return g.T @ g
+
+
+def kron_functional_variance(
+    eigs: dict[str, Tensor], kind: str, fac: Factor, lam: Tensor
+) -> Tensor:
+    """J Σ Jᵀ (B, C, C) of one K-FAC block ("kron" weight or "kron_bias") with eigenpairs
+    `eigs` and posterior-precision eigenvalues `lam` ((d_out, d_in) or (d_out,))."""
+    QB = eigs["B.eigvecs"]
+    if kind == "kron_bias":
+        gb = fac.J if isinstance(fac, DenseFactor) else fac.G.sum(2)
+        u = gb @ QB  # (B, C, d_out)
+        return torch.einsum("bco,bdo->bcd", u / lam, u)
+    QA = eigs["A.eigvecs"]
+    if isinstance(fac, DenseFactor):
+        jw = fac.J.reshape(*fac.J.shape[:2], *lam.shape)
+        p = torch.einsum("bcoi,ox,iy->bcxy", jw, QB, QA)
+        return torch.einsum("bcxy,bdxy->bcd", p / lam, p)
+    if fac.a.shape[1] == 1:
+        # Rank one per sample: P_c = (Q_Bᵀ g_c)(Q_Aᵀ a)ᵀ, so J Σ Jᵀ = Σ_x u_cx u_dx w_x with
+        # w_x = Σ_y s_y² / λ_xy; cost B·C·d_out, never B·C·d_out·d_in.
+        u = fac.G[:, :, 0] @ QB  # (B, C, d_out)
+        s = fac.a[:, 0] @ QA  # (B, d_in)
+        w = (s**2) @ (1.0 / lam).T  # (B, d_out)
+        return torch.einsum("bcx,bdx->bcd", u * w.unsqueeze(1), u)
+    u = fac.G @ QB  # (B, C, T, d_out)
+    s = fac.a @ QA  # (B, T, d_in)
+    p = torch.einsum("bctx,bty->bcxy", u, s)
+    return torch.einsum("bcxy,bdxy->bcd", p / lam, p)
