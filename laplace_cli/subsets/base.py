@@ -35,6 +35,7 @@ from laplace_cli.subsets.captured_jacobians import (
     agrees_with_gradient,
     capturable_params,
     captured_jacobian,
+    normalised_input,
 )
 from laplace_cli.subsets.layer_capture import (
     LayerCapture,
@@ -406,7 +407,10 @@ class AllWeights(ParameterSubset):
         for n in names:
             mname, role = self._captured[n]
             module = self._captured_modules[mname]
-            jacs.append(captured_jacobian(module, role, cap.inputs[mname], grad_of[mname]))
+            inp = cap.inputs[mname]
+            if mname not in cap.normalised:  # once per batch, shared by all directions
+                cap.normalised[mname] = normalised_input(module, inp, grad_of[mname].dtype)
+            jacs.append(captured_jacobian(module, role, inp, grad_of[mname], cap.normalised[mname]))
         if only is not None:
             return {n: J.detach() for n, J in zip(names, jacs)}
         ok = agrees_with_gradient(cap.f, [params[n] for n in names], jacs, W)

@@ -55,9 +55,30 @@ def capturable_params(model: nn.Module, names: list[str]) -> dict[str, tuple[str
     return out
 
 
-def captured_jacobian(module: nn.Module, role: str, inp: Tensor, grad: Tensor) -> Tensor:
+def normalised_input(module: nn.Module, inp: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """x̂ of a BatchNorm (B, ch, S) or LayerNorm (B, T, n) input, the factor its weight's Jacobian
+    multiplies the output gradients with; None for an Embedding. The same for every output
+    direction of a batch, so callers that back-propagate several directions compute it once."""
+    batch = inp.shape[0]
+    if isinstance(module, _BATCH_NORMS):
+        # Eval mode: the module normalised by its running statistics (`eval_mode` in the caller).
+        scale = torch.rsqrt(module.running_var.to(dtype) + module.eps)
+        mean = module.running_mean.to(dtype)
+        ch = module.num_features
+        return (inp.detach().reshape(batch, ch, -1).to(dtype) - mean[:, None]) * scale[:, None]
+    if isinstance(module, nn.LayerNorm):
+        n = math.prod(module.normalized_shape)
+        xhat = F.layer_norm(inp.detach(), module.normalized_shape, eps=module.eps)
+        return xhat.reshape(batch, -1, n).to(dtype)
+    return None
+
+
+def captured_jacobian(
+    module: nn.Module, role: str, inp: Tensor, grad: Tensor, xhat: Tensor | None = None
+) -> Tensor:
     """Per-sample Jacobian (B, C, numel) of `module.<role>` from its input and output gradients
-    `grad` (C, B, *output shape[1:])."""
+    `grad` (C, B, *output shape[1:]); `xhat`: `normalised_input(module, inp, grad.dtype)` if the
+    caller already has it."""
     n_out, batch = grad.shape[:2]
     if isinstance(module, nn.Embedding):
         dim = module.embedding_dim
@@ -73,18 +94,17 @@ def captured_jacobian(module: nn.Module, role: str, inp: Tensor, grad: Tensor) -
         G = grad.reshape(n_out, batch, ch, -1)  # (C, B, ch, S)
         if role == "bias":
             return G.sum(3).transpose(0, 1)
-        # Eval mode: the module normalised by its running statistics (`eval_mode` in the caller).
-        scale = torch.rsqrt(module.running_var.to(G.dtype) + module.eps)
-        mean = module.running_mean.to(G.dtype)
-        xhat = (inp.detach().reshape(batch, ch, -1).to(G.dtype) - mean[:, None]) * scale[:, None]
+        if xhat is None:
+            xhat = normalised_input(module, inp, G.dtype)
         return torch.einsum("kbcs,bcs->bkc", G, xhat)
     assert isinstance(module, nn.LayerNorm)
     n = math.prod(module.normalized_shape)
     G = grad.reshape(n_out, batch, -1, n).transpose(0, 1)  # (B, C, T, n)
     if role == "bias":
         return G.sum(2)
-    xhat = F.layer_norm(inp.detach(), module.normalized_shape, eps=module.eps)
-    return torch.einsum("bctn,btn->bcn", G, xhat.reshape(batch, -1, n).to(G.dtype))
+    if xhat is None:
+        xhat = normalised_input(module, inp, G.dtype)
+    return torch.einsum("bctn,btn->bcn", G, xhat)
 
 
 def agrees_with_gradient(

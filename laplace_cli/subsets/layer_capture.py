@@ -12,7 +12,7 @@ diag / kron fit sums as they come.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,8 @@ class LayerCapture:
     outputs: dict[str, Tensor]
     layers: list[str]
     captured: list[str]
+    #: captured modules' normalised inputs (`captured_jacobians.normalised_input`), filled once
+    normalised: dict[str, Tensor | None] = field(default_factory=dict)
 
     @property
     def outs(self) -> list[Tensor]:
