@@ -124,12 +124,10 @@ def predict(
     _check_dense_format(la, fmt, output, conformal, columns, ctx)
     chunks, info, total = prediction_chunks(la, input_, data, split, x_key, header, batch_size)
     options = PredictOptions(
-        pred_type=pred_type.value if pred_type is not None else None,
-        link_approx=link_approx.value if link_approx is not None else None,
-        n_samples=samples,
-        interval=interval,
-        seed=seed if seed is not None else 0,
-    )
+        pred_type.value if pred_type is not None else None,
+        link_approx.value if link_approx is not None else None,
+        n_samples=samples, interval=interval, seed=seed if seed is not None else 0,
+    )  # fmt: skip
     if fmt == OutputFormat.NPZ:  # dense outputs: arrays, not rows (checked above)
         _predict_dense(la, chunks, info, total, options, output, input_, data, split, quiet, json_)
         return

@@ -74,7 +74,7 @@ def hessian_root_min(likelihood: Likelihood, f: Tensor) -> Tensor:
     has rank C − 1. The Householder reflection H = I − 2wwᵀ/(wᵀw), w = u + e_C, maps u to −e_C,
     so I − uuᵀ = H (I − e_C e_Cᵀ) H and L = D H[:, :C−1]; wᵀw = 2(1 + u_C) ≥ 2 keeps it stable.
     Each column of L costs one backward pass where the root is back-propagated
-    (`AllWeights.factors(root=...)`): C − 1 instead of C (half for two classes).
+    (`AllWeights.factor_directions`): C − 1 instead of C (half for two classes).
     """
     if likelihood != Likelihood.CLASSIFICATION or f.shape[1] < 2:
         return hessian_sqrt(likelihood, f)

@@ -284,13 +284,13 @@ class FitMixin:
         )
 
     def _recording_root(self, index: int, y: Tensor) -> Callable[[Tensor], Tensor]:
-        """f ↦ W for `AllWeights.factors(root=...)`, recording the batch's loss and checks first
+        """f ↦ W for `AllWeights.factor_directions`, recording the batch's loss and checks first
         (targets are validated before a root is formed from them)."""
 
         def root(f: Tensor) -> Tensor:
             f = f.to(self._dtype)
             self._record_batch(index, f, y)
-            if self.curvature == Curvature.GGN and self.output_positions is None:
+            if self.curvature == Curvature.GGN:  # (dense outputs never take this route)
                 return lik.hessian_root_min(self.likelihood, f)
             return self._output_sqrt(f, y)
 

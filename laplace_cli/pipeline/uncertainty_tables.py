@@ -180,24 +180,21 @@ def _classification_conformal(
         p_val, p_test = val_views[row].probs.double(), view.probs.double()
         for score in conformal.CLASSIFICATION_SCORES:
             # Separate streams for the calibration and the test draws (APS only).
-            g_cal = torch.Generator().manual_seed(seed)
-            g_test = torch.Generator().manual_seed(seed + 1)
-            s = (
-                conformal.lac_scores(p_val, y_val)
-                if score == "lac"
-                else conformal.aps_scores(p_val, y_val, g_cal)
-            )
+            s = _true_label_scores(score, p_val, y_val, seed)
             q = conformal.conformal_quantile(s, level)
-            sets = conformal.class_sets(p_test, q, score, g_test)
+            sets = conformal.class_sets(p_test, q, score, torch.Generator().manual_seed(seed + 1))
             table[f"{row} {score}"] = {**conformal.set_metrics(sets, y_test), "threshold": q}
             # The test rows' true-label scores, APS with the same uniforms as the sets above.
-            s_test = (
-                conformal.lac_scores(p_test, y_test)
-                if score == "lac"
-                else conformal.aps_scores(p_test, y_test, torch.Generator().manual_seed(seed + 1))
-            )
+            s_test = _true_label_scores(score, p_test, y_test, seed + 1)
             table[f"{row} {score}"].update(_resplit((s, s_test), level, perms))
     return table
+
+
+def _true_label_scores(score: str, probs: Tensor, y: Tensor, seed: int) -> Tensor:
+    """LAC or randomised APS conformity scores of the true labels (APS uniforms from `seed`)."""
+    if score == "lac":
+        return conformal.lac_scores(probs, y)
+    return conformal.aps_scores(probs, y, torch.Generator().manual_seed(seed))
 
 
 def _regression_conformal(

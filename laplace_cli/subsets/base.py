@@ -288,34 +288,24 @@ class AllWeights(ParameterSubset):
             f, jac = dense_jacobians(self.model, params, names, x)
             return f, torch.cat([jac[n] for n in names], dim=-1)
 
-    def factors(
-        self, x: Inputs, root: Callable[[Tensor], Tensor] | None = None
-    ) -> tuple[Tensor, list[Factor]]:
-        """Outputs (B, C) and one Jacobian factor per group.
-
-        `root`: f (B, C) ↦ W (B, C, K), called once on the detached outputs. The factors are then
-        those of the K projected outputs Wᵀf — G (B, K, T, d_out), dense pieces (B, K, numel) —
-        from K backward passes with W's columns as cotangents instead of C unit vectors: all a
-        curvature Σ Jᵀ W Wᵀ J needs (the posterior takes them with an identity root), without
-        the C-output factors and their contraction with W.
-        """
+    def factors(self, x: Inputs) -> tuple[Tensor, list[Factor]]:
         cap = capture_forward(self.model, x, self._layers, self._captured_modules)
-        W = None if root is None else root(cap.f.detach()).to(cap.f.dtype)
-        cotangents = None if W is None else W.permute(2, 0, 1).contiguous()
         # No hookable layer (a TorchScript model): every group is dense.
-        grads = output_jacobians(cap.f, cap.outs, cotangents) if cap.outs else []
+        grads = output_jacobians(cap.f, cap.outs) if cap.outs else []
         n_layers = len(cap.layers)
-        dense = self._captured_jacobians(cap, grads[n_layers:], W)
+        dense = self._captured_jacobians(cap, grads[n_layers:])
         layer_in = {m: layer_input(self._layers[m], cap.inputs[m]) for m in cap.layers}
         layer_g = dict(zip(cap.layers, grads[:n_layers]))
-        dense.update(self._other_jacobians(x, set(dense), W))
+        dense.update(self._other_jacobians(x, set(dense), None))
         return cap.f.detach(), self._assemble(layer_in, layer_g, dense)
 
     def factor_directions(
         self, x: Inputs, root: Callable[[Tensor], Tensor]
     ) -> tuple[Tensor, Iterator[list[Factor]]]:
-        """`factors(x, root)` in pieces that sum to the curvature: outputs (B, C) and an iterator
-        over lists of factors, each for some of W's K columns (G (B, k, T, d_out)).
+        """The factors of the K projected outputs Wᵀf, W = root(f) (B, C, K), in pieces that sum
+        to the curvature Σ Jᵀ W Wᵀ J: outputs (B, C) and an iterator over lists of factors, each
+        for some of W's K columns (G (B, k, T, d_out), dense pieces (B, k, numel)). K backward
+        passes with W's columns as cotangents replace the C unit vectors of `factors`.
 
         Where autograd can batch the K cotangents in one pass the iterator yields everything at
         once; where it cannot (conv / BatchNorm / max-pool graphs, one backward per cotangent

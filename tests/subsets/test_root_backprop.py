@@ -1,4 +1,4 @@
-"""Back-propagating the curvature's output root (`AllWeights.factors(root=...)`).
+"""Back-propagating the curvature's output root (`AllWeights.factor_directions`).
 
 diag / kron fits over all weights send the K columns of W (B, C, K) — the softmax GGN's rank
 C − 1 root, the MC Fisher's samples, the empirical Fisher's gradient — backwards as cotangents,
