@@ -87,6 +87,16 @@ QUICK_SIZES = (128, 64, 64)
 #: laplace-torch's GLM predictive materialises (B, C, P) Jacobians: prediction batches are sized
 #: so that this stays under JAC_BYTES (both libraries get the same batches).
 JAC_BYTES = 4e8
+#: A timed run shorter than this is repeated in an inner loop until it lasts this long (its
+#: time is the mean per call): a 20 ms prediction timed once is mostly timer and cache noise.
+MIN_TIMED_SECONDS = 0.25
+#: A library whose first timed run takes longer than this is not run again for that phase
+#: (laplace-torch's all-weights GLM prediction takes minutes on a conv net); the row records
+#: how many runs its median is of.
+SLOW_SECONDS = 30.0
+#: The all-weights diag fit is timed on at most this many training rows: laplace-torch's
+#: curvlinops diag GGN needs more than 24 GB on the Fashion-MNIST CNN at 256 rows.
+DIAG_ROWS = 64
 
 
 def log(msg: str) -> None:
@@ -127,6 +137,18 @@ def make_la(lib: str, model, likelihood: str, subset: str, structure: str, loade
     if loader is not None:
         la.fit(loader)
     return la
+
+
+def fit_lml(lib: str, model, likelihood: str, subset: str, loader) -> float:
+    """Construct, fit (K-FAC) and evaluate the log marginal likelihood once."""
+    la = make_la(lib, model, likelihood, subset, "kron", loader)
+    return float(la.log_marginal_likelihood())
+
+
+def last_layer_params(model: torch.nn.Module) -> int:
+    """Parameters of the model's last Linear layer (what a last-layer Jacobian spans)."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return sum(p.numel() for p in last[-1].parameters()) if last else 1
 
 
 def predict(lib: str, la, likelihood: str, batches: list[torch.Tensor]) -> list:
@@ -246,7 +268,15 @@ class Timer:
         t = time.perf_counter()
         fn()
         sync(self.device)
-        return time.perf_counter() - t
+        elapsed = time.perf_counter() - t
+        if elapsed >= MIN_TIMED_SECONDS:
+            return elapsed
+        calls = max(2, int(MIN_TIMED_SECONDS / max(elapsed, 1e-6)) + 1)
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync(self.device)
+        return (time.perf_counter() - t) / calls
 
     def pair(
         self, key: str, ours: Callable | None, theirs: Callable | None, warmup=False, **extra
@@ -263,7 +293,7 @@ class Timer:
                     errors[lib] = f"{type(e).__name__}: {e}"
         for _ in range(self.repeats):
             for lib, fn in (("ours", ours), ("laplace-torch", theirs)):
-                if fn is None or lib in errors:
+                if fn is None or lib in errors or (runs[lib] and runs[lib][0] > SLOW_SECONDS):
                     continue
                 try:
                     runs[lib].append(self.once(fn))
@@ -275,6 +305,7 @@ class Timer:
             row["speedup"] = row["laplace-torch"] / row["ours"]
         if errors:
             row["errors"] = errors
+        row["runs"] = {lib: len(v) for lib, v in runs.items()}
         row.update(extra)
         self.results[key] = row
         o, t = row["ours"], row["laplace-torch"]
@@ -316,6 +347,8 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     with torch.no_grad():
         n_out = model(test[0][:1]).shape[-1]
     batches = pred_batches(test[0], n_out, bench.n_params, 4)
+    # Last-layer Jacobians span one layer's parameters: bigger batches stay under JAC_BYTES.
+    ll_batches = pred_batches(test[0], n_out, last_layer_params(model), 4)
     configs = (
         [c for c in FIT_CONFIGS if "/".join(c) in args.configs] if args.configs else FIT_CONFIGS
     )
@@ -330,6 +363,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         "n_test": n_test,
         "batch_size": bs,
         "predict_batch": len(batches[0]),
+        "predict_batch_last_layer": len(ll_batches[0]),
         "batchnorm_folded_for_laplace_torch": zoo.has_batchnorm(bench.model),
         "info": bench.info,
     }
@@ -347,17 +381,38 @@ def bench_model(name: str, args, device: torch.device) -> dict:
             lambda: [twin(x) for x in batches],
             warmup=True,
         )
+        # The bound of last-layer prediction: one plain forward over the same batches.
+        timer.pair(
+            "forward/last_layer_batches",
+            lambda: [model(x) for x in ll_batches],
+            lambda: [twin(x) for x in ll_batches],
+            warmup=True,
+        )
     fitted: dict = {}
     for subset, structure in configs:
         key = f"{subset}/{structure}"
         can = (subset, structure) in THEIRS_CAN and not args.ours_only
+        rows, data = n_train, loader
+        if (subset, structure) == ("all", "diag") and n_train > args.diag_rows:
+            rows = args.diag_rows
+            data = DataLoader(TensorDataset(train[0][:rows], train[1][:rows]), batch_size=bs)
+            key += f"/n={rows}"
         timer.pair(
             f"fit/{key}",
-            lambda s=subset, h=structure: make_la("ours", model, lik, s, h, loader),
-            (lambda s=subset, h=structure: make_la("theirs", twin, lik, s, h, loader))
+            lambda s=subset, h=structure, d=data: make_la("ours", model, lik, s, h, d),
+            (lambda s=subset, h=structure, d=data: make_la("theirs", twin, lik, s, h, d))
             if can
             else None,
+            n=rows,
         )
+        if structure == "kron":
+            # laplace-torch eigendecomposes the K-FAC factors inside `fit`; this project on
+            # first use. Fit + the first log marginal likelihood is the like-for-like time.
+            timer.pair(
+                f"fit+lml/{key}",
+                lambda s=subset: fit_lml("ours", model, lik, s, loader),
+                (lambda s=subset: fit_lml("theirs", twin, lik, s, loader)) if can else None,
+            )
     for lib, m in (("ours", model), ("theirs", twin)):
         if lib == "theirs" and args.ours_only:
             continue
@@ -373,11 +428,12 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     for subset in ("all", "last_layer"):
         if ("ours", subset) not in fitted:
             continue
+        b = batches if subset == "all" else ll_batches
         timer.pair(
             f"predict/{subset}/kron",
-            lambda s=subset: predict("ours", fitted["ours", s], lik, batches),
+            lambda s=subset, b=b: predict("ours", fitted["ours", s], lik, b),
             theirs_or_none(
-                subset, lambda s=subset: predict("theirs", fitted["theirs", s], lik, batches)
+                subset, lambda s=subset, b=b: predict("theirs", fitted["theirs", s], lik, b)
             ),
             warmup=True,
         )
@@ -443,12 +499,12 @@ def bench_model(name: str, args, device: torch.device) -> dict:
 
 
 def scale_c(args, device: torch.device) -> dict:
-    """kron fit and GLM prediction of the 1M MLP at C = 10 and 100 classes."""
+    """kron fit and GLM prediction of the 1M MLP at C = 10, 100 and 1000 classes."""
     n_train, n_test, bs = QUICK_SIZES if args.quick else (args.n_train or 1000, 50, 128)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n_train + n_test, 1, 28, 28, generator=g).to(device)
     timer = Timer(args.repeats, device)
-    for classes in (10, 100) if not args.quick else (10, 20):
+    for classes in args.scale_c_classes if not args.quick else (10, 20):
         torch.manual_seed(0)
         model = zoo.fmnist_mlp(classes).to(device).eval()
         y = torch.randint(0, classes, (n_train,), generator=g).to(device)
@@ -574,6 +630,10 @@ def fmt_pair(row: dict | None) -> str:
     cell = f"{s(row.get('ours'))} / {s(row.get('laplace-torch'))}"
     if "speedup" in row:
         cell += f" ({row['speedup']:.1f}×)"
+    runs = {lib: n for lib, n in (row.get("runs") or {}).items() if n}
+    single = [lib for lib, n in runs.items() if n == 1]
+    if single and len(set(runs.values())) > 1:  # one side cut short (SLOW_SECONDS)
+        cell += " (" + ", ".join(single) + ": 1 run)"
     if row.get("errors"):
         cell += " (error: " + "; ".join(f"{k}" for k in row["errors"]) + ")"
     return cell
@@ -646,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--memory", choices=["all", "first", "none"], default="all")
     ap.add_argument("--no-scale-c", action="store_true", help="skip the cost-vs-C section")
+    ap.add_argument("--scale-c-classes", type=int, nargs="+", default=[10, 100, 1000], metavar="C")
     ap.add_argument("--ours-only", action="store_true", help="time this project alone")
     ap.add_argument("--out", default=str(HERE / "results" / "realistic.json"))
     ap.add_argument(
@@ -655,6 +716,9 @@ def main(argv: list[str] | None = None) -> int:
         help="only write the Markdown table of these result files (merged) next to --out",
     )
     ap.add_argument("--agree-rows", type=int, help="training rows of the float64 checks (64)")
+    ap.add_argument(
+        "--diag-rows", type=int, default=DIAG_ROWS, help="training rows of the all/diag fit"
+    )
     ap.add_argument("--memory-worker", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.quick_memory_skip = False

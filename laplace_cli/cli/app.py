@@ -89,7 +89,9 @@ def _root(
 
 def main() -> None:
     """Console-script entry point (`laplace`, `python -m laplace_cli`); exits with the table's code."""
+    from laplace_cli.core.allocator import retain_freed_memory
     from laplace_cli.core.threads import prefer_passive_wait
 
     prefer_passive_wait()  # before torch loads: OpenMP reads it once (see laplace_cli/core/threads.py)
+    retain_freed_memory()  # freed tensors stay in the heap (laplace_cli/core/allocator.py)
     app(prog_name="laplace")

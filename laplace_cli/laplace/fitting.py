@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from laplace_cli.core import likelihoods as lik
+from laplace_cli.core.allocator import retain_freed_memory
 from laplace_cli.core.batches import Inputs, batch_size, split_batch, to_device
 from laplace_cli.core.enums import Curvature, Likelihood
 from laplace_cli.core.errors import BadInputError, NumericalError
@@ -94,6 +95,7 @@ class FitMixin:
                 were restored with `load_partial_state`; pass `override=False`).
             on_batch: called with the number of batches done after each batch (checkpoints).
         """
+        retain_freed_memory()  # once per process: core/allocator.py
         self._start_fit(
             override,
             sharded_or_resumed=bool(reduce is not None or start_batch or on_batch is not None),

@@ -126,12 +126,16 @@ class KronPosterior(Posterior):
             self.B[i] += shared[1]
             if kind == "kron" and inputs:
                 a = fac.a
+                # addmm_ writes the product into the sum: no (d_in, d_in) temporaries
                 if self.kron_approx == KronApprox.REDUCE:
                     a = a.mean(1)
-                    self.A_sum[i] += a.T @ a
+                    self.A_sum[i].addmm_(a.T, a)
+                elif a.permute(2, 0, 1).is_contiguous():
+                    rows = a.permute(2, 0, 1).reshape(a.shape[-1], -1)  # conv_patches' layout
+                    self.A_sum[i].addmm_(rows, rows.T, alpha=1.0 / a.shape[1])
                 else:
                     flat = a.reshape(-1, a.shape[-1])
-                    self.A_sum[i] += flat.T @ flat / a.shape[1]
+                    self.A_sum[i].addmm_(flat.T, flat, alpha=1.0 / a.shape[1])
         self.eigs = None
 
     def finalize(self) -> None:

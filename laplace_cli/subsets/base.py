@@ -367,11 +367,18 @@ class AllWeights(ParameterSubset):
         """One factor per group from the layer inputs, output gradients (K, B, ...) and dense
         Jacobians."""
         factors: list[Factor] = []
+        # A layer's weight and bias factors hold the same G object: the posterior computes their
+        # shared output factor Σ g gᵀ once per layer, keyed on identity (a (d_out, d_out) product
+        # over B·K·T rows, the largest cost of a wide MLP's K-FAC fit).
+        grads: dict[str, Tensor] = {}
         for g in self.groups:
             if g.kind == "other":
                 factors.append(DenseFactor(dense[g.name]))
                 continue
-            G = layer_output_grad(self._layers[g.module_name], layer_g[g.module_name])
+            if g.module_name not in grads:
+                module = self._layers[g.module_name]
+                grads[g.module_name] = layer_output_grad(module, layer_g[g.module_name])
+            G = grads[g.module_name]
             factors.append(LayerFactor(layer_in[g.module_name] if g.kind == "weight" else None, G))
         return factors
 

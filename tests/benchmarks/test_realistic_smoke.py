@@ -46,7 +46,9 @@ def test_quick_run_writes_the_schema_and_agrees(tmp_path: Path) -> None:
     t = m["timings"]
     expected = {"epoch", "forward", "marglik/all/kron", "predict/all/kron"}
     expected |= {"predict/last_layer/kron", "grid20/last_layer/kron", "grid100/last_layer/kron"}
-    expected |= {"fit/" + "/".join(c) for c in realistic.FIT_CONFIGS}
+    fits = ["/".join(c) for c in realistic.FIT_CONFIGS if c != ("all", "diag")]
+    expected |= {"forward/last_layer_batches", "fit/all/diag/n=64"}  # 128 rows > --diag-rows
+    expected |= {f"fit/{c}" for c in fits} | {"fit+lml/all/kron", "fit+lml/last_layer/kron"}
     assert expected <= set(t), expected - set(t)
     for key, row in t.items():
         assert "errors" not in row, (key, row["errors"])
@@ -57,6 +59,10 @@ def test_quick_run_writes_the_schema_and_agrees(tmp_path: Path) -> None:
             assert row["laplace-torch"] > 0, key
             assert row["speedup"] == pytest.approx(row["laplace-torch"] / row["ours"])
     assert t["fit/all/kron"]["passes"]["ours"] > 0
+    assert t["fit/all/diag/n=64"]["n"] == 64 and t["fit/all/kron"]["n"] == 128
+    assert all(
+        r["runs"] == {"ours": 1, "laplace-torch": 0 if "lowrank" in k else 1} for k, r in t.items()
+    ), {k: r["runs"] for k, r in t.items()}
     assert sorted(r["n"] for k, r in t.items() if k.startswith("scale_n/")) == [64, 128]
 
     # The side-by-side numbers agree in float64 (one row per configuration both can fit).
