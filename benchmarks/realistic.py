@@ -44,6 +44,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -94,6 +95,16 @@ MIN_TIMED_SECONDS = 0.25
 #: (laplace-torch's all-weights GLM prediction takes minutes on a conv net); the row records
 #: how many runs its median is of.
 SLOW_SECONDS = 30.0
+#: A single run is stopped after this many seconds (SIGALRM; `--side-timeout`) and the cell shows
+#: "> N": laplace-torch's all-weights GLM prediction at C = 100 took 425 s, at C = 1000 it would
+#: take over an hour (a (C, P) Jacobian per test row).
+SIDE_TIMEOUT = 240.0
+
+
+class SideTimeout(Exception):
+    """One library's run went past `--side-timeout`."""
+
+
 #: The all-weights diag fit is timed on at most this many training rows: laplace-torch's
 #: curvlinops diag GGN needs more than 24 GB on the Fashion-MNIST CNN at 256 rows.
 DIAG_ROWS = 64
@@ -121,6 +132,9 @@ def rel_err(a, b) -> float:
 def make_la(lib: str, model, likelihood: str, subset: str, structure: str, loader=None):
     """Construct (and fit, when `loader` is given) one library's Laplace."""
     kw = {"subset_of_weights": subset, "hessian_structure": structure, "prior_precision": 1.0}
+    reduction = getattr(model, "laplace_feature_reduction", None)  # zoo: sequence models
+    if subset == "last_layer" and reduction is not None:
+        kw["feature_reduction"] = reduction
     if likelihood == "regression":
         kw["sigma_noise"] = 0.65
     if lib == "ours":
@@ -259,14 +273,14 @@ def agreement(bench: zoo.Bench, configs, n_train: int, device: torch.device) -> 
 class Timer:
     """Runs (ours, theirs) pairs alternately, `repeats` times; keeps the median of each."""
 
-    def __init__(self, repeats: int, device: torch.device) -> None:
-        self.repeats, self.device = repeats, device
+    def __init__(self, repeats: int, device: torch.device, timeout: float = SIDE_TIMEOUT) -> None:
+        self.repeats, self.device, self.timeout = repeats, device, timeout
         self.results: dict[str, dict] = {}
 
     def once(self, fn: Callable[[], object]) -> float:
         sync(self.device)
         t = time.perf_counter()
-        fn()
+        _run_with_timeout(fn, self.timeout)
         sync(self.device)
         elapsed = time.perf_counter() - t
         if elapsed >= MIN_TIMED_SECONDS:
@@ -285,6 +299,7 @@ class Timer:
         phases, where one-time costs such as the first autograd call would dominate)."""
         runs: dict[str, list[float]] = {"ours": [], "laplace-torch": []}
         errors: dict[str, str] = {}
+        timed_out: dict[str, float] = {}
         for lib, fn in (("ours", ours), ("laplace-torch", theirs)):
             if warmup and fn is not None:
                 try:
@@ -297,6 +312,9 @@ class Timer:
                     continue
                 try:
                     runs[lib].append(self.once(fn))
+                except SideTimeout:
+                    timed_out[lib] = self.timeout
+                    errors[lib] = f"stopped after {self.timeout:g} s"
                 except Exception as e:
                     errors[lib] = f"{type(e).__name__}: {e}"
                     log(traceback.format_exc(limit=3))
@@ -306,6 +324,10 @@ class Timer:
         if errors:
             row["errors"] = errors
         row["runs"] = {lib: len(v) for lib, v in runs.items()}
+        if timed_out:
+            row["timed_out_after"] = timed_out
+            if row["ours"] and "laplace-torch" in timed_out:  # a lower bound of the speed-up
+                row["speedup_at_least"] = timed_out["laplace-torch"] / row["ours"]
         row.update(extra)
         self.results[key] = row
         o, t = row["ours"], row["laplace-torch"]
@@ -318,6 +340,24 @@ class Timer:
         return row
 
 
+def _run_with_timeout(fn: Callable[[], object], seconds: float) -> None:
+    """fn(), raising SideTimeout after `seconds` (SIGALRM; main thread, POSIX; no limit else)."""
+    if seconds <= 0 or not hasattr(signal, "setitimer"):
+        fn()
+        return
+
+    def stop(signum, frame):
+        raise SideTimeout
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def sizes(name: str, args) -> tuple[int, int, int]:
     n_train, n_test, bs = QUICK_SIZES if args.quick else SIZES[name]
     return args.n_train or n_train, args.n_test or n_test, bs
@@ -328,7 +368,11 @@ def pred_batches(x: torch.Tensor, n_out: int, n_params: int, itemsize: int) -> l
     return list(torch.split(x, b))
 
 
-def bench_model(name: str, args, device: torch.device) -> dict:
+def bench_model(
+    name: str, args, device: torch.device, save: Callable[[dict], None] | None = None
+) -> dict:
+    """Every phase of one model; `save(partial)` is called before the memory runs (a worker
+    killed for memory must not cost the timings)."""
     n_train, n_test, bs = sizes(name, args)
     bench = zoo.load(name, n_train, n_test, log=log)
     model = bench.model.to(device).eval()
@@ -370,7 +414,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     log(" agreement (float64)")
     rows = args.agree_rows or (16 if args.quick else 64)
     out["agreement"] = agreement(bench, configs, rows, device)
-    timer = Timer(args.repeats, device)
+    timer = Timer(args.repeats, device, args.side_timeout)
     timer.pair(
         "epoch", lambda: epoch(model, lik, loader), lambda: epoch(twin, lik, loader), warmup=True
     )
@@ -480,6 +524,8 @@ def bench_model(name: str, args, device: torch.device) -> dict:
                 lib: (row[lib] / (ep[lib] * n_rows / n_train) if row[lib] and ep[lib] else None)
                 for lib in ("ours", "laplace-torch")
             }
+    if save is not None:
+        save(out)
     if args.memory != "none" and not args.quick_memory_skip:
         mem_configs = [("all", "kron"), ("last_layer", "kron")]
         if args.memory == "first":
@@ -503,7 +549,7 @@ def scale_c(args, device: torch.device) -> dict:
     n_train, n_test, bs = QUICK_SIZES if args.quick else (args.n_train or 1000, 50, 128)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n_train + n_test, 1, 28, 28, generator=g).to(device)
-    timer = Timer(args.repeats, device)
+    timer = Timer(args.repeats, device, args.side_timeout)
     for classes in args.scale_c_classes if not args.quick else (10, 20):
         torch.manual_seed(0)
         model = zoo.fmnist_mlp(classes).to(device).eval()
@@ -557,11 +603,32 @@ def memory_run(lib: str, name: str, subset: str, structure: str, args) -> float 
     cmd += ["--n-train", str(args.n_train)] if args.n_train else []
     cmd += ["--n-test", str(args.n_test)] if args.n_test else []  # fmt: skip
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800)
+        limit = 1800 if args.side_timeout <= 0 else 2 * args.side_timeout + 120
+        res = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=limit,
+            preexec_fn=_limit_address_space if args.device == "cpu" else None,
+        )
         return json.loads(res.stdout.strip().splitlines()[-1])["peak_mb"]
     except (subprocess.SubprocessError, ValueError, KeyError) as e:
         log(f"  memory run {lib} {name} {subset}/{structure} failed: {e}")
         return None
+
+
+#: A memory worker may address at most this share of the machine's RAM: laplace-torch's
+#: all-weights prediction on ResNet-20 outgrew 24 GB, and the kernel's OOM killer then took the
+#: parent benchmark process (and its unwritten results) instead of the worker.
+WORKER_RAM_SHARE = 0.75
+
+
+def _limit_address_space() -> None:
+    """preexec_fn of a memory worker: cap its virtual memory (an allocation beyond fails)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cap = int(WORKER_RAM_SHARE * total)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
 
 def _status_kib(field: str) -> int | None:
@@ -627,16 +694,67 @@ def fmt_pair(row: dict | None) -> str:
     def s(v):
         return "—" if v is None else (f"{v:.3g}" if v < 100 else f"{v:.0f}")
 
-    cell = f"{s(row.get('ours'))} / {s(row.get('laplace-torch'))}"
+    theirs = row.get("laplace-torch")
+    stopped = (row.get("timed_out_after") or {}).get("laplace-torch")
+    cell = f"{s(row.get('ours'))} / {s(theirs) if theirs or not stopped else f'> {stopped:g}'}"
     if "speedup" in row:
         cell += f" ({row['speedup']:.1f}×)"
+    elif "speedup_at_least" in row:
+        cell += f" (> {row['speedup_at_least']:.0f}×)"
     runs = {lib: n for lib, n in (row.get("runs") or {}).items() if n}
     single = [lib for lib, n in runs.items() if n == 1]
     if single and len(set(runs.values())) > 1:  # one side cut short (SLOW_SECONDS)
         cell += " (" + ", ".join(single) + ": 1 run)"
-    if row.get("errors"):
-        cell += " (error: " + "; ".join(f"{k}" for k in row["errors"]) + ")"
+    failed = [k for k in row.get("errors") or {} if k not in (row.get("timed_out_after") or {})]
+    if failed:
+        cell += " (error: " + "; ".join(failed) + ")"
     return cell
+
+
+SUMMARY_COLUMNS = (
+    ("kron fit", "fit/all/kron"),
+    ("kron fit + lml", "fit+lml/all/kron"),
+    ("diag fit", "fit/all/diag"),
+    ("GLM predict", "predict/all/kron"),
+    ("marglik", "marglik/all/kron"),
+    ("100-pt grid", "grid100/last_layer/kron"),
+)
+
+
+def _speedup(row: dict | None) -> str:
+    if not row:
+        return "—"
+    if "speedup" in row:
+        return f"{row['speedup']:.1f}×"
+    if "speedup_at_least" in row:
+        return f"> {row['speedup_at_least']:.0f}×"
+    return "—"
+
+
+def summary(result: dict) -> str:
+    """One row per model: speed-ups (laplace-torch ÷ ours) of the headline phases, last-layer
+    prediction ÷ one plain forward pass, and peak memory; the README's table."""
+    head = [name for name, _ in SUMMARY_COLUMNS]
+    lines = [
+        "| model | params | " + " | ".join(head) + " | last-layer predict ÷ forward | peak MB |",
+        "| --- | --- | " + " | ".join("---" for _ in head) + " | --- | --- |",
+    ]
+    for m in result["models"]:
+        if "skipped" in m:
+            continue
+        t = m["timings"]
+        cells = []
+        for _, key in SUMMARY_COLUMNS:
+            found = [k for k in t if k == key or k.startswith(key + "/n=")]
+            cells.append(_speedup(t[found[0]]) if found else "—")
+        ll, fw = t.get("predict/last_layer/kron"), t.get("forward/last_layer_batches")
+        ratio = f"{ll['ours'] / fw['ours']:.2f}" if ll and fw and ll["ours"] and fw["ours"] else "—"
+        mem = (m.get("peak_mb") or {}).get("fit+predict/all/kron") or {}
+        peak = " / ".join("—" if v is None else f"{v:,.0f}" for v in mem.values()) or "—"
+        lines.append(
+            f"| {m['model']} | {m['n_params']:,} | " + " | ".join(cells) + f" | {ratio} | {peak} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def markdown(result: dict) -> str:
@@ -650,6 +768,10 @@ def markdown(result: dict) -> str:
         "ours / laplace-torch (speed-up = theirs ÷ ours); float32; what each column means: "
         "docs/benchmarks.md.",
         "",
+        "Speed-up (laplace-torch ÷ ours) by model; last-layer prediction ÷ one plain forward pass "
+        "over the same rows (ours); peak MB of one all/kron fit + prediction, ours / laplace-torch:",
+        "",
+        summary(result),
         "| model | params | phase | ours / laplace-torch (×) | passes ours / theirs |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -719,6 +841,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--diag-rows", type=int, default=DIAG_ROWS, help="training rows of the all/diag fit"
     )
+    ap.add_argument(
+        "--side-timeout",
+        type=float,
+        default=SIDE_TIMEOUT,
+        help="stop one library's run after this many seconds (0: never)",
+    )
+    ap.add_argument(
+        "--scale-c-only", action="store_true", help="only the cost-vs-C section (fmnist_mlp)"
+    )
     ap.add_argument("--memory-worker", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.quick_memory_skip = False
@@ -758,15 +889,22 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for name in args.models:
+    for name in [] if args.scale_c_only else args.models:
         why = zoo.unavailable(name)
         if why:
             log(f"skipping {why}")
             result["models"].append({"model": name, "skipped": why})
             continue
-        result["models"].append(bench_model(name, args, device))
+        n_done = len(result["models"])
+
+        def save(partial: dict, n_done: int = n_done) -> None:
+            result["models"][n_done:] = [partial]
+            _write(out, result)
+
+        save(bench_model(name, args, device, save))
         _write(out, result)
-    if "fmnist_mlp" in args.models and not args.no_scale_c and not zoo.unavailable("fmnist_mlp"):
+    wants_c = "fmnist_mlp" in args.models or args.scale_c_only
+    if wants_c and not args.no_scale_c and not zoo.unavailable("fmnist_mlp"):
         log("fmnist_mlp: cost vs C")
         result["scale_c"] = scale_c(args, device)
     result["machine"]["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]

@@ -389,6 +389,12 @@ def load(name: str, n_train: int, n_test: int, log=print) -> Bench:
         model, info = _cached(name, gpt2_lora, lambda m: _train(m, tx, ty, 300, 3e-3), log)
         vx, vy = synthetic_tokens(n_test, seed=1)
         sx, sy = synthetic_tokens(n_test, seed=2)
+        # GPT-2's sequence head pools the last non-pad token (pad id 0); with no pad in the last
+        # position that is the last token, the feature a last-layer Laplace takes with
+        # feature_reduction="pick_last" (`laplace_feature_reduction` below).
+        for t in (tx, vx, sx):
+            t[:, -1].clamp_(min=1)
+        model.laplace_feature_reduction = "pick_last"
         bench = Bench(
             name, model, "classification", (tx[:n_train], ty[:n_train]), (vx, vy), (sx, sy), info
         )

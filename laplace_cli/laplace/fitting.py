@@ -169,7 +169,7 @@ class FitMixin:
         if self._backpropagates_root():
             try:
                 root = self._recording_root(index, yc)
-                _, directions = self.subset.factor_directions(xc, root)
+                _, directions = self.subset.factor_directions(xc, root, self.max_memory)
             except NoLayerFactorsError:
                 pass  # the general route below decides: dense Jacobians or a clear refusal
             else:

@@ -41,6 +41,7 @@ from laplace_cli.subsets.layer_capture import (
     LayerCapture,
     NoLayerFactorsError,
     capture_forward,
+    columns_per_pass,
     layer_input,
     layer_output_grad,
 )
@@ -300,7 +301,7 @@ class AllWeights(ParameterSubset):
         return cap.f.detach(), self._assemble(layer_in, layer_g, dense)
 
     def factor_directions(
-        self, x: Inputs, root: Callable[[Tensor], Tensor]
+        self, x: Inputs, root: Callable[[Tensor], Tensor], max_bytes: int | None = None
     ) -> tuple[Tensor, Iterator[list[Factor]]]:
         """The factors of the K projected outputs Wᵀf, W = root(f) (B, C, K), in pieces that sum
         to the curvature Σ Jᵀ W Wᵀ J: outputs (B, C) and an iterator over lists of factors, each
@@ -312,13 +313,20 @@ class AllWeights(ParameterSubset):
         anyway) it yields one column per backward pass, so no (K, B, ...) buffer of all output
         gradients is ever stacked: a diag / kron fit adds each as it comes
         (`Posterior.accumulate_directions`). The layer inputs are shared by all pieces.
+        `max_bytes`: a batched pass takes at most as many columns as keep its stacked output
+        gradients (k, B, ...) under a quarter of this (K = 999 columns of a 1000-class model
+        would stack 2 GB per 4096-wide layer and batch of 128).
         """
         cap = capture_forward(self.model, x, self._layers, self._captured_modules)
         W = root(cap.f.detach()).to(cap.f.dtype)
-        if not cap.outs or backward_batches(cap.f):
-            cotangents = W.permute(2, 0, 1).contiguous()
-            grads = output_jacobians(cap.f, cap.outs, cotangents) if cap.outs else []
-            pieces: Iterator[tuple[Tensor, list[Tensor]]] = iter([(W, grads)])
+        if not cap.outs:
+            pieces: Iterator[tuple[Tensor, list[Tensor]]] = iter([(W, [])])
+        elif backward_batches(cap.f):
+            k = columns_per_pass(W.shape[-1], cap.outs, max_bytes)
+            pieces = (
+                (w, output_jacobians(cap.f, cap.outs, w.permute(2, 0, 1).contiguous()))
+                for w in W.split(k, dim=2)
+            )
         else:
             pieces = (
                 (W[:, :, k : k + 1], output_jacobian_direction(cap.f, cap.outs, W[:, :, k]))

@@ -11,7 +11,7 @@ diag / kron fit sums as they come.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -176,3 +176,12 @@ def layer_output_grad(module: nn.Module, g: Tensor) -> Tensor:
         return g.reshape(k, b, c, -1).permute(1, 0, 3, 2)
     k, b = g.shape[:2]
     return g.reshape(k, b, -1, g.shape[-1]).transpose(0, 1)
+
+
+def columns_per_pass(n_columns: int, outs: Sequence[Tensor], max_bytes: int | None) -> int:
+    """Root columns per batched backward pass: all of them, or as many as keep the stacked
+    output gradients under max_bytes / 4 (the pass holds intermediates of the same size)."""
+    if max_bytes is None:
+        return n_columns
+    per_column = sum(o.numel() * o.element_size() for o in outs)
+    return max(1, min(n_columns, (max_bytes // 4) // max(per_column, 1)))

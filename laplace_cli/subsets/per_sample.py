@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Run in eval mode (dropout off, BatchNorm on running statistics), then restore each module."""
     modes = [(m, m.training) for m in model.modules()]
+    if not any(training for _, training in modes):
+        yield  # already in eval mode (the usual case when predicting): nothing to switch
+        return
     model.eval()
     try:
         yield

@@ -81,6 +81,13 @@ def test_quick_run_writes_the_schema_and_agrees(tmp_path: Path) -> None:
     # The Markdown table is written next to the JSON and regenerated from it alone.
     md = out.with_suffix(".md").read_text()
     assert "| diabetes_mlp | 1,441 | fit/all/kron |" in md
+    assert "| model | params | kron fit | kron fit + lml | diag fit |" in md  # the summary
+    summary_row = next(
+        line
+        for line in md.splitlines()
+        if line.startswith("| diabetes_mlp | 1,441 | ") and "×" in line.split("|")[3]
+    )
+    assert summary_row.count("×") == len(realistic.SUMMARY_COLUMNS), summary_row
     out.with_suffix(".md").unlink()
     assert realistic.main(["--markdown", str(out), "--out", str(out)]) == 0
     assert out.with_suffix(".md").read_text() == md

@@ -81,9 +81,9 @@ def _fit(monkeypatch, route: bool, kind, likelihood, structure, curvature, n_out
     roots: list[int] = []
     real = AllWeights.factor_directions
 
-    def spy(self, x, root):
+    def spy(self, x, root, *rest):
         roots.append(1)
-        return real(self, x, root)
+        return real(self, x, root, *rest)
 
     with monkeypatch.context() as m:
         m.setattr(AllWeights, "factor_directions", spy)
@@ -131,8 +131,8 @@ def test_two_class_ggn_backpropagates_one_column(monkeypatch):
     seen: list[int] = []
     real = AllWeights.factor_directions
 
-    def spy(self, x, root):
-        f, directions = real(self, x, root)
+    def spy(self, x, root, *rest):
+        f, directions = real(self, x, root, *rest)
         pieces = list(directions)
         seen.append(sum(p[0].G.shape[1] for p in pieces))
         return f, iter(pieces)
@@ -164,8 +164,8 @@ def test_unbatchable_graphs_stream_one_column_per_pass(monkeypatch, kind, pieces
     seen: list[list[int]] = []
     real = AllWeights.factor_directions
 
-    def spy(self, x, root):
-        f, directions = real(self, x, root)
+    def spy(self, x, root, *rest):
+        f, directions = real(self, x, root, *rest)
         got = list(directions)
         seen.append([p[-1].G.shape[1] for p in got])
         return f, iter(got)

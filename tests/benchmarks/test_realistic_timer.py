@@ -1,0 +1,44 @@
+"""The realistic benchmark's timer: a run past `--side-timeout` is stopped and shown as a bound.
+
+Needs neither laplace-torch nor data: one `Timer.pair` with a busy loop on the laplace-torch side.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load_realistic():
+    spec = importlib.util.spec_from_file_location("bench_realistic_timer", BENCH / "realistic.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_realistic_timer"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_run_past_the_side_timeout_is_stopped_and_shown_as_a_bound() -> None:
+    realistic = load_realistic()
+    timer = realistic.Timer(repeats=2, device=torch.device("cpu"), timeout=0.2)
+
+    def slow():
+        import time
+
+        end = time.perf_counter() + 5
+        while time.perf_counter() < end:
+            pass
+
+    row = timer.pair("slow", lambda: sum(range(10_000)), slow)
+    assert row["timed_out_after"] == {"laplace-torch": 0.2}
+    assert row["laplace-torch"] is None and row["runs"]["laplace-torch"] == 0
+    assert row["speedup_at_least"] == pytest.approx(0.2 / row["ours"])
+    assert realistic.fmt_pair(row).startswith(
+        realistic.fmt_pair({"ours": row["ours"]}).split(" /")[0]
+    )
+    assert "/ > 0.2 (> " in realistic.fmt_pair(row) and "error" not in realistic.fmt_pair(row)
