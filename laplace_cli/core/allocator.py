@@ -3,9 +3,9 @@
 A K-FAC / diag fit back-propagates one output direction at a time, and every direction
 allocates and frees the same few activation-sized gradients (a BN CNN's first block: 6 MB
 each). With glibc's default thresholds those blocks are mmapped or trimmed back to the OS when
-freed and page-faulted in again, zero-filled by the kernel, on the next direction: 33k minor
-page faults and ~20 % of a Fashion-MNIST CNN's fit (0.50 → 0.41 s on 256 images, one thread;
-`benchmarks/realistic.py`). laplace-torch's fit, whose heap stays busy, loses little to this.
+freed and page-faulted in again, zero-filled by the kernel, on the next direction: 33–39k
+minor page faults and ~20 % of the benchmark zoo's Fashion-MNIST CNN fit (0.50 → 0.41 s on 256
+images, one thread, measured with `resource.getrusage` around warm fits). laplace-torch's fit, whose heap stays busy, loses little to this.
 
 `retain_freed_memory()` raises glibc's mmap and trim thresholds (`mallopt`), once per process,
 so blocks up to `MMAP_THRESHOLD` come from the heap and freed memory stays there for reuse. The

@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +34,23 @@ from laplace_cli.subsets.captured_jacobians import (
     capturable_params,
     captured_jacobian,
     normalised_input,
+)
+
+# The data types live in subsets/factors.py; importers of subsets.base keep working.
+from laplace_cli.subsets.factors import (
+    DenseFactor as DenseFactor,
+)
+from laplace_cli.subsets.factors import (
+    Factor as Factor,
+)
+from laplace_cli.subsets.factors import (
+    GroupKind as GroupKind,
+)
+from laplace_cli.subsets.factors import (
+    LayerFactor as LayerFactor,
+)
+from laplace_cli.subsets.factors import (
+    ParamGroup as ParamGroup,
 )
 from laplace_cli.subsets.layer_capture import (
     LayerCapture,
@@ -55,57 +70,7 @@ from laplace_cli.subsets.per_sample import (
     output_jacobians,
 )
 
-GroupKind = Literal["weight", "bias", "other"]
-
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ParamGroup:
-    """One parameter tensor of the subset.
-
-    `kind` is "weight"/"bias" for parameters of a supported layer (`nn.Linear`, `nn.Conv2d` with
-    groups=1), whose Jacobians come as layer factors, and "other" for everything else.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    kind: GroupKind
-    module_name: str | None = None
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-    @property
-    def kron_shape(self) -> tuple[int, int]:
-        """(d_out, d_in) of a weight; conv weights flatten (C_in, kh, kw) into d_in."""
-        return self.shape[0], self.numel // self.shape[0]
-
-
-@dataclass
-class LayerFactor:
-    """Jacobian of one weight or bias in factored form.
-
-    a: (B, T, d_in) layer inputs (None for a bias); G: (B, C, T, d_out) output Jacobians.
-    T is the weight-sharing dimension (1 for plain Linear inputs, H·W for Conv2d).
-    """
-
-    a: Tensor | None
-    G: Tensor
-
-
-@dataclass
-class DenseFactor:
-    """Per-sample Jacobian of one parameter tensor, (B, C, numel)."""
-
-    J: Tensor
-
-
-Factor = LayerFactor | DenseFactor
 
 
 def supported_layer(module: nn.Module) -> bool:

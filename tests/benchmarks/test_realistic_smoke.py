@@ -8,26 +8,16 @@ Skipped when laplace-torch is not installed (a dev-only tool, docs/compare.md).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.realistic_module import load_realistic
+
 pytest.importorskip("laplace", reason="laplace-torch is not installed (docs/compare.md)")
 pytest.importorskip("curvlinops", reason="laplace-torch's curvlinops backend is not installed")
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load_realistic():
-    spec = importlib.util.spec_from_file_location("bench_realistic", BENCH / "realistic.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_realistic"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_quick_run_writes_the_schema_and_agrees(tmp_path: Path) -> None:

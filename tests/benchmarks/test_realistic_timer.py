@@ -5,22 +5,10 @@ Needs neither laplace-torch nor data: one `Timer.pair` with a busy loop on the l
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load_realistic():
-    spec = importlib.util.spec_from_file_location("bench_realistic_timer", BENCH / "realistic.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_realistic_timer"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmarks.realistic_module import load_realistic
 
 
 def test_a_run_past_the_side_timeout_is_stopped_and_shown_as_a_bound() -> None:

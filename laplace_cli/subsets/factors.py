@@ -1,0 +1,65 @@
+"""The data the parameter subsets hand to the posterior structures (subsets/base.py).
+
+`ParamGroup`: one parameter tensor of a subset and how its Jacobian comes; `LayerFactor`: the
+Jacobian of a Linear / Conv2d weight or bias in factored form; `DenseFactor`: a dense
+per-sample Jacobian piece. `subsets.base` re-exports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor
+
+__all__ = ["DenseFactor", "Factor", "GroupKind", "LayerFactor", "ParamGroup"]
+
+GroupKind = Literal["weight", "bias", "other"]
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """One parameter tensor of the subset.
+
+    `kind` is "weight"/"bias" for parameters of a supported layer (`nn.Linear`, `nn.Conv2d` with
+    groups=1), whose Jacobians come as layer factors, and "other" for everything else.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    kind: GroupKind
+    module_name: str | None = None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def kron_shape(self) -> tuple[int, int]:
+        """(d_out, d_in) of a weight; conv weights flatten (C_in, kh, kw) into d_in."""
+        return self.shape[0], self.numel // self.shape[0]
+
+
+@dataclass
+class LayerFactor:
+    """Jacobian of one weight or bias in factored form.
+
+    a: (B, T, d_in) layer inputs (None for a bias); G: (B, C, T, d_out) output Jacobians.
+    T is the weight-sharing dimension (1 for plain Linear inputs, H·W for Conv2d).
+    """
+
+    a: Tensor | None
+    G: Tensor
+
+
+@dataclass
+class DenseFactor:
+    """Per-sample Jacobian of one parameter tensor, (B, C, numel)."""
+
+    J: Tensor
+
+
+Factor = LayerFactor | DenseFactor
