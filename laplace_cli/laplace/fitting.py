@@ -169,7 +169,10 @@ class FitMixin:
         if self._backpropagates_root():
             try:
                 root = self._recording_root(index, yc)
-                _, directions = self.subset.factor_directions(xc, root, self.max_memory)
+                # The GGN root's Gram Σ_b L_b L_bᵀ is the summed output Hessian, known in closed
+                # form; the sampled / empirical roots have few columns.
+                gram = self._summed_output_hessian if self.curvature == Curvature.GGN else None
+                _, directions = self.subset.factor_directions(xc, root, self.max_memory, gram)
             except NoLayerFactorsError:
                 pass  # the general route below decides: dense Jacobians or a clear refusal
             else:
@@ -297,6 +300,10 @@ class FitMixin:
             return self._output_sqrt(f, y)
 
         return root
+
+    def _summed_output_hessian(self, f: Tensor) -> Tensor:
+        """Σ_b ∂²ℓ/∂f_b² (C, C) in the posterior's dtype (`AllWeights.factor_directions`)."""
+        return lik.hessian_sum(self.likelihood, f.to(self._dtype))
 
     def _accumulate_closed_form(self, factors: Any, f: Tensor, y: Tensor) -> None:
         phi = factors[0].a[:, 0]  # (B, d): the last layer's inputs

@@ -122,7 +122,11 @@ class KronPosterior(Posterior):
                 continue
             assert isinstance(fac, LayerFactor)
             if shared is None or shared[0] is not fac.G:
-                shared = (fac.G, output_gram(fac.G, W, self.kron_approx == KronApprox.REDUCE))
+                if fac.gram is not None and W is None:
+                    shared = (fac.G, fac.gram)  # known in closed form (`LayerFactor.gram`)
+                else:
+                    reduce = self.kron_approx == KronApprox.REDUCE
+                    shared = (fac.G, output_gram(fac.G, W, reduce))
             self.B[i] += shared[1]
             if kind == "kron" and inputs:
                 a = fac.a

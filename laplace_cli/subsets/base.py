@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -266,7 +266,11 @@ class AllWeights(ParameterSubset):
         return cap.f.detach(), self._assemble(layer_in, layer_g, dense)
 
     def factor_directions(
-        self, x: Inputs, root: Callable[[Tensor], Tensor], max_bytes: int | None = None
+        self,
+        x: Inputs,
+        root: Callable[[Tensor], Tensor],
+        max_bytes: int | None = None,
+        root_gram: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, Iterator[list[Factor]]]:
         """The factors of the K projected outputs Wᵀf, W = root(f) (B, C, K), in pieces that sum
         to the curvature Σ Jᵀ W Wᵀ J: outputs (B, C) and an iterator over lists of factors, each
@@ -281,9 +285,15 @@ class AllWeights(ParameterSubset):
         `max_bytes`: a batched pass takes at most as many columns as keep its stacked output
         gradients (k, B, ...) under a quarter of this (K = 999 columns of a 1000-class model
         would stack 2 GB per 4096-wide layer and batch of 128).
+        `root_gram`: f ↦ Σ_b W_b W_bᵀ (C, C) in closed form; the layer whose output is f itself
+        then takes it as its output factor (`LayerFactor.gram`): at C = 1000 its Gram over the
+        B·(C − 1) root columns is C³ flops per example, the closed form C².
         """
         cap = capture_forward(self.model, x, self._layers, self._captured_modules)
         W = root(cap.f.detach()).to(cap.f.dtype)
+        grams = {}
+        if root_gram is not None:
+            grams = {m: root_gram(cap.f.detach()) for m in cap.layers if cap.outputs[m] is cap.f}
         if not cap.outs:
             pieces: Iterator[tuple[Tensor, list[Tensor]]] = iter([(W, [])])
         elif backward_batches(cap.f):
@@ -298,7 +308,7 @@ class AllWeights(ParameterSubset):
                 for k in range(W.shape[-1])
             )
         layer_in = {m: layer_input(self._layers[m], cap.inputs[m]) for m in cap.layers}
-        return cap.f.detach(), self._directions(x, cap, layer_in, W, pieces)
+        return cap.f.detach(), self._directions(x, cap, layer_in, W, pieces, grams)
 
     def _directions(
         self,
@@ -307,6 +317,7 @@ class AllWeights(ParameterSubset):
         layer_in: dict[str, Tensor],
         W: Tensor,
         pieces: Iterator[tuple[Tensor, list[Tensor]]],
+        grams: dict[str, Tensor],
     ) -> Iterator[list[Factor]]:
         n_layers = len(cap.layers)
         good: set[str] | None = None  # captured Jacobians that passed the check (first piece)
@@ -320,8 +331,13 @@ class AllWeights(ParameterSubset):
                 other = self._other_jacobians(x, good, W)
             k = w.shape[-1]
             dense.update({n: J[:, start : start + k] for n, J in other.items()})
+            layer_g = dict(zip(cap.layers, grads[:n_layers]))
+            # The closed-form grams hold all K columns: the first piece carries them.
+            piece_grams = (
+                grams if start == 0 else {m: t.new_zeros(t.shape) for m, t in grams.items()}
+            )
             start += k
-            yield self._assemble(layer_in, dict(zip(cap.layers, grads[:n_layers])), dense)
+            yield self._assemble(layer_in, layer_g, dense, piece_grams)
 
     def _other_jacobians(self, x: Inputs, done: set[str], W: Tensor | None) -> dict[str, Tensor]:
         """Dense per-sample Jacobians (B, C, numel) — projected to (B, K, numel) by W — of the
@@ -335,10 +351,14 @@ class AllWeights(ParameterSubset):
         return {n: torch.einsum("bck,bcp->bkp", W.to(J.dtype), J) for n, J in jac.items()}
 
     def _assemble(
-        self, layer_in: dict[str, Tensor], layer_g: dict[str, Tensor], dense: dict[str, Tensor]
+        self,
+        layer_in: dict[str, Tensor],
+        layer_g: dict[str, Tensor],
+        dense: dict[str, Tensor],
+        grams: Mapping[str, Tensor] | None = None,
     ) -> list[Factor]:
-        """One factor per group from the layer inputs, output gradients (K, B, ...) and dense
-        Jacobians."""
+        """One factor per group from the layer inputs, output gradients (K, B, ...), dense
+        Jacobians and closed-form output factors (`LayerFactor.gram`)."""
         factors: list[Factor] = []
         # A layer's weight and bias factors hold the same G object: the posterior computes their
         # shared output factor Σ g gᵀ once per layer, keyed on identity (a (d_out, d_out) product
@@ -351,8 +371,9 @@ class AllWeights(ParameterSubset):
             if g.module_name not in grads:
                 module = self._layers[g.module_name]
                 grads[g.module_name] = layer_output_grad(module, layer_g[g.module_name])
-            G = grads[g.module_name]
-            factors.append(LayerFactor(layer_in[g.module_name] if g.kind == "weight" else None, G))
+            G, gram = grads[g.module_name], (grams or {}).get(g.module_name)
+            a = layer_in[g.module_name] if g.kind == "weight" else None
+            factors.append(LayerFactor(a, G, gram))
         return factors
 
     def _captured_jacobians(

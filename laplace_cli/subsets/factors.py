@@ -49,10 +49,15 @@ class LayerFactor:
 
     a: (B, T, d_in) layer inputs (None for a bias); G: (B, C, T, d_out) output Jacobians.
     T is the weight-sharing dimension (1 for plain Linear inputs, H·W for Conv2d).
+    gram: the output factor Σ g gᵀ (d_out, d_out) of G, where the subset knows it in closed form
+    (the layer that produces the model's outputs, under the GGN root: Σ_b ∂²ℓ/∂f_b²); the K-FAC
+    sum then skips the (d_out × B·K) product. In `AllWeights.factor_directions` only the pieces'
+    grams sum to the batch's (the first piece carries it, later ones zeros).
     """
 
     a: Tensor | None
     G: Tensor
+    gram: Tensor | None = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 from laplace_cli.subsets.base import DenseFactor, Factor, LayerFactor
 
@@ -26,13 +27,27 @@ def is_half(dtype: torch.dtype) -> bool:
 def cast_factors(factors: Sequence[Factor], dtype: torch.dtype) -> list[Factor]:
     """The factors with every tensor in `dtype` (the same objects where they already are)."""
     out: list[Factor] = []
+    # A layer's weight and bias share one G (and gram) object: cast once, so they still share
+    # it and the posterior still forms their output factor once.
+    cast: dict[int, Tensor] = {}
+
+    def to(t: Tensor) -> Tensor:
+        if t.dtype == dtype:
+            return t
+        if id(t) not in cast:
+            cast[id(t)] = t.to(dtype)
+        return cast[id(t)]
+
     for fac in factors:
         if isinstance(fac, DenseFactor):
             out.append(fac if fac.J.dtype == dtype else DenseFactor(fac.J.to(dtype)))
             continue
-        a = fac.a
+        a, gram = fac.a, fac.gram
         if (a is None or a.dtype == dtype) and fac.G.dtype == dtype:
-            out.append(fac)
-            continue
-        out.append(LayerFactor(None if a is None else a.to(dtype), fac.G.to(dtype)))
+            if gram is None or gram.dtype == dtype:
+                out.append(fac)
+                continue
+        out.append(
+            LayerFactor(None if a is None else to(a), to(fac.G), None if gram is None else to(gram))
+        )
     return out

@@ -61,8 +61,11 @@ def test_weight_and_bias_share_one_output_factor_product(monkeypatch) -> None:
     monkeypatch.setattr("laplace_cli.posterior.kron.output_gram", counting)
     la = Laplace(model, "classification", subset_of_weights="all", hessian_structure="kron")
     la.fit(data)
-    assert len(calls) == 2 * 3  # two layers × three batches (weight and bias share it)
+    # the hidden layer once per batch (weight and bias share it); the output layer's factor
+    # comes in closed form, no product (tests/subsets/test_output_layer_gram.py)
+    assert [s[-1] for s in calls] == [7] * 3
     # the bias block's B is the weight block's (same sums), equal to the dense Σ g gᵀ
     B = la.posterior.B
     torch.testing.assert_close(B[0], B[1], rtol=0, atol=0)
+    torch.testing.assert_close(B[2], B[3], rtol=0, atol=0)
     assert torch.linalg.eigvalsh(B[0]).min() > -1e-12 and B[0].abs().sum() > 0
