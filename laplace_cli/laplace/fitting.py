@@ -31,6 +31,7 @@ from laplace_cli.laplace.fit_checks import check_fit_finite, curvature_sums
 from laplace_cli.laplace.targets import check_targets, target_layout
 from laplace_cli.posterior import softmax_last_layer
 from laplace_cli.subsets.base import AllWeights, NoLayerFactorsError, iter_rows
+from laplace_cli.subsets.factors import RootClosedForms
 from laplace_cli.subsets.last_layer import LastLayer
 from laplace_cli.subsets.precision import cast_factors
 
@@ -169,10 +170,9 @@ class FitMixin:
         if self._backpropagates_root():
             try:
                 root = self._recording_root(index, yc)
-                # The GGN root's Gram Σ_b L_b L_bᵀ is the summed output Hessian, known in closed
-                # form; the sampled / empirical roots have few columns.
-                gram = self._summed_output_hessian if self.curvature == Curvature.GGN else None
-                _, directions = self.subset.factor_directions(xc, root, self.max_memory, gram)
+                _, directions = self.subset.factor_directions(
+                    xc, root, self.max_memory, self._root_closed_forms()
+                )
             except NoLayerFactorsError:
                 pass  # the general route below decides: dense Jacobians or a clear refusal
             else:
@@ -301,9 +301,17 @@ class FitMixin:
 
         return root
 
-    def _summed_output_hessian(self, f: Tensor) -> Tensor:
-        """Σ_b ∂²ℓ/∂f_b² (C, C) in the posterior's dtype (`AllWeights.factor_directions`)."""
-        return lik.hessian_sum(self.likelihood, f.to(self._dtype))
+    def _root_closed_forms(self) -> RootClosedForms | None:
+        """The GGN root's closed forms for `AllWeights.factor_directions` (its Gram is the summed
+        output Hessian), in the posterior's dtype; the sampled / empirical roots have few
+        columns and none."""
+        if self.curvature != Curvature.GGN:
+            return None
+        likelihood, dtype = self.likelihood, self._dtype
+        return RootClosedForms(
+            gram=lambda f: lik.hessian_sum(likelihood, f.to(dtype)),
+            through=lambda f, M: lik.hessian_root_min_through(likelihood, f.to(dtype), M),
+        )
 
     def _accumulate_closed_form(self, factors: Any, f: Tensor, y: Tensor) -> None:
         phi = factors[0].a[:, 0]  # (B, d): the last layer's inputs

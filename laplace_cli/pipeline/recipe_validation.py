@@ -134,7 +134,9 @@ def validate_recipe(raw: Any, source: str, base_dir: Path, *, check_files: bool 
     stages = raw.get("stages") or [s for s in STAGES if s in raw] or ["fit"]
     if isinstance(stages, list) and stages and stages[0] != "fit":
         errors.append(f"{source}: stages: must start with fit, got {stages}")
-    if isinstance(stages, list) and len(set(stages)) != len(stages):
+    # (non-string items, e.g. `tun:` read as a mapping, are reported by the schema check)
+    names = [s for s in stages if isinstance(s, str)] if isinstance(stages, list) else []
+    if len(set(names)) != len(names):
         errors.append(f"{source}: stages: each stage once, got {stages}")
     errors += _gate_errors(raw, source) + _grid_errors(raw, source) + _level_errors(raw, source)
     if check_files:

@@ -25,7 +25,11 @@ from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior.base import Posterior, per_group_prior
 from laplace_cli.posterior.diag import factor_diag, factor_functional_variance
 from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
-from laplace_cli.posterior.kron_products import kron_functional_variance, output_gram
+from laplace_cli.posterior.kron_products import (
+    add_gram_,
+    kron_functional_variance,
+    output_gram,
+)
 from laplace_cli.subsets.base import DenseFactor, LayerFactor
 
 
@@ -130,16 +134,16 @@ class KronPosterior(Posterior):
             self.B[i] += shared[1]
             if kind == "kron" and inputs:
                 a = fac.a
-                # addmm_ writes the product into the sum: no (d_in, d_in) temporaries
+                # the product goes straight into the sum: no (d_in, d_in) temporaries
                 if self.kron_approx == KronApprox.REDUCE:
                     a = a.mean(1)
-                    self.A_sum[i].addmm_(a.T, a)
+                    add_gram_(self.A_sum[i], a.T)
                 elif a.permute(2, 0, 1).is_contiguous():
                     rows = a.permute(2, 0, 1).reshape(a.shape[-1], -1)  # conv_patches' layout
-                    self.A_sum[i].addmm_(rows, rows.T, alpha=1.0 / a.shape[1])
+                    add_gram_(self.A_sum[i], rows, alpha=1.0 / a.shape[1])
                 else:
                     flat = a.reshape(-1, a.shape[-1])
-                    self.A_sum[i].addmm_(flat.T, flat, alpha=1.0 / a.shape[1])
+                    add_gram_(self.A_sum[i], flat.T, alpha=1.0 / a.shape[1])
         self.eigs = None
 
     def finalize(self) -> None:

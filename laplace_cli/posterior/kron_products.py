@@ -13,6 +13,30 @@ from torch import Tensor
 
 from laplace_cli.subsets.base import DenseFactor, Factor, LayerFactor
 
+#: Below these sizes the full product is as fast as the triangle (measured on this project's
+#: 2-core CPU: (1568 × 128) rows were 2.5× slower in bands, (144 × 25088) 22 % faster).
+SYMMETRIC_MIN_DIM = 128
+SYMMETRIC_MIN_ROWS_PER_DIM = 4
+
+
+def add_gram_(out: Tensor, rows: Tensor, alpha: float = 1.0) -> Tensor:
+    """out += alpha · rows rowsᵀ for rows (d, n), out symmetric (d, d), in place.
+
+    A Gram is symmetric, so for long products (n ≥ 4d, d ≥ 128) only the bands on and above the
+    diagonal are multiplied and the strictly lower triangle is mirrored: (k + 1) / 2k of the
+    flops for k bands (one-third less time for the K-FAC input factors of ResNet-20's convs,
+    (576 × 6272) rows: 44.6 → 30.2 ms; the output factor of a 1024-wide layer at C = 1000).
+    `out` must be symmetric on entry (a running sum of Grams).
+    """
+    d, n = rows.shape
+    if d < SYMMETRIC_MIN_DIM or n < SYMMETRIC_MIN_ROWS_PER_DIM * d:
+        return out.addmm_(rows, rows.T, alpha=alpha)
+    band = 128 if d >= 512 else 64
+    for i in range(0, d, band):
+        out[i : i + band, i:].addmm_(rows[i : i + band], rows[i:].T, alpha=alpha)
+    out.triu_()
+    return out.add_(out.triu(1).T)
+
 
 def output_gram(G: Tensor, W: Tensor | None, reduce: bool) -> Tensor:
     """Σ_{b,k,t} g gᵀ (d_out, d_out) of the projected output Jacobians g = Wᵀ G.
@@ -38,7 +62,7 @@ def output_gram(G: Tensor, W: Tensor | None, reduce: bool) -> Tensor:
         # B·K·d_out entries first; 0.8 s per batch for a 1024-wide layer at C = 1000).
         g = g.transpose(0, 1)
     g = g.reshape(-1, g.shape[-1])
-    return g.T @ g
+    return add_gram_(g.new_zeros(g.shape[-1], g.shape[-1]), g.T)
 
 
 def kron_functional_variance(

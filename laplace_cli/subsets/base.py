@@ -52,23 +52,22 @@ from laplace_cli.subsets.factors import (
 from laplace_cli.subsets.factors import (
     ParamGroup as ParamGroup,
 )
+from laplace_cli.subsets.factors import RootClosedForms
 from laplace_cli.subsets.layer_capture import (
     LayerCapture,
     NoLayerFactorsError,
     capture_forward,
-    columns_per_pass,
     layer_input,
     layer_output_grad,
 )
 from laplace_cli.subsets.per_sample import (
     VmapUnavailableError,
-    backward_batches,
     dense_jacobians,
     eval_mode,
     functional_forward,
-    output_jacobian_direction,
     output_jacobians,
 )
+from laplace_cli.subsets.root_pieces import output_layer, root_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +269,7 @@ class AllWeights(ParameterSubset):
         x: Inputs,
         root: Callable[[Tensor], Tensor],
         max_bytes: int | None = None,
-        root_gram: Callable[[Tensor], Tensor] | None = None,
+        closed: RootClosedForms | None = None,
     ) -> tuple[Tensor, Iterator[list[Factor]]]:
         """The factors of the K projected outputs Wᵀf, W = root(f) (B, C, K), in pieces that sum
         to the curvature Σ Jᵀ W Wᵀ J: outputs (B, C) and an iterator over lists of factors, each
@@ -285,28 +284,19 @@ class AllWeights(ParameterSubset):
         `max_bytes`: a batched pass takes at most as many columns as keep its stacked output
         gradients (k, B, ...) under a quarter of this (K = 999 columns of a 1000-class model
         would stack 2 GB per 4096-wide layer and batch of 128).
-        `root_gram`: f ↦ Σ_b W_b W_bᵀ (C, C) in closed form; the layer whose output is f itself
-        then takes it as its output factor (`LayerFactor.gram`): at C = 1000 its Gram over the
-        B·(C − 1) root columns is C³ flops per example, the closed form C².
+        `closed`: the root's closed forms; where f is a Linear layer's output, that layer's
+        output factor is `closed.gram(f)` (`LayerFactor.gram`; C² flops per example where the
+        Gram over the C − 1 root columns is C³) and the cotangents start at its input
+        (`root_pieces`).
         """
         cap = capture_forward(self.model, x, self._layers, self._captured_modules)
         W = root(cap.f.detach()).to(cap.f.dtype)
+        out_layer = output_layer(cap, self._layers) if closed is not None else None
         grams = {}
-        if root_gram is not None:
-            grams = {m: root_gram(cap.f.detach()) for m in cap.layers if cap.outputs[m] is cap.f}
-        if not cap.outs:
-            pieces: Iterator[tuple[Tensor, list[Tensor]]] = iter([(W, [])])
-        elif backward_batches(cap.f):
-            k = columns_per_pass(W.shape[-1], cap.outs, max_bytes)
-            pieces = (
-                (w, output_jacobians(cap.f, cap.outs, w.permute(2, 0, 1).contiguous()))
-                for w in W.split(k, dim=2)
-            )
-        else:
-            pieces = (
-                (W[:, :, k : k + 1], output_jacobian_direction(cap.f, cap.outs, W[:, :, k]))
-                for k in range(W.shape[-1])
-            )
+        if closed is not None and out_layer is not None:
+            grams = {out_layer: closed.gram(cap.f.detach())}
+        weight = getattr(self._layers[out_layer], "weight", None) if out_layer else None
+        pieces = root_pieces(cap, W, max_bytes, closed, out_layer, weight)
         layer_in = {m: layer_input(self._layers[m], cap.inputs[m]) for m in cap.layers}
         return cap.f.detach(), self._directions(x, cap, layer_in, W, pieces, grams)
 

@@ -7,12 +7,13 @@ per-sample Jacobian piece. `subsets.base` re-exports them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor
 
-__all__ = ["DenseFactor", "Factor", "GroupKind", "LayerFactor", "ParamGroup"]
+__all__ = ["DenseFactor", "Factor", "GroupKind", "LayerFactor", "ParamGroup", "RootClosedForms"]
 
 GroupKind = Literal["weight", "bias", "other"]
 
@@ -68,3 +69,15 @@ class DenseFactor:
 
 
 Factor = LayerFactor | DenseFactor
+
+
+@dataclass(frozen=True)
+class RootClosedForms:
+    """What a curvature's output root L (f ↦ (B, C, K), L_b L_bᵀ = ∂²ℓ/∂f_b²) gives without
+    forming products over its K columns (`AllWeights.factor_directions`).
+
+    gram: f ↦ Σ_b L_b L_bᵀ (C, C); through: (f, M (C, d)) ↦ L_bᵀ M stacked (K, B, d).
+    """
+
+    gram: Callable[[Tensor], Tensor]
+    through: Callable[[Tensor, Tensor], Tensor]

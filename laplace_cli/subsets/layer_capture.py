@@ -43,6 +43,8 @@ class LayerCapture:
     captured: list[str]
     #: captured modules' normalised inputs (`captured_jacobians.normalised_input`), filled once
     normalised: dict[str, Tensor | None] = field(default_factory=dict)
+    #: the factored layers' inputs with their graph (cotangents may start there: `root_pieces`)
+    input_nodes: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def outs(self) -> list[Tensor]:
@@ -59,11 +61,14 @@ def capture_forward(
     """Run `model(x)` in eval mode with hooks on `layers` and `captured_modules`."""
     hooked = {**layers, **captured_modules}
     inputs: dict[str, list[Tensor]] = {m: [] for m in hooked}
+    nodes: dict[str, Tensor] = {}
     outputs: dict[str, list[Tensor]] = {m: [] for m in hooked}
 
     def make_hook(mname: str):
         def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
             inputs[mname].append(args[0].detach())
+            if mname in layers:
+                nodes[mname] = args[0]
             affine = _eval_batch_norm_affine(module, args[0], out)
             outputs[mname].append(out if affine is None else affine)
             return affine  # None keeps the module's own output
@@ -92,6 +97,7 @@ def capture_forward(
         outputs={m: outputs[m][0] for m in seen},
         layers=list(layers),
         captured=captured,
+        input_nodes=nodes,
     )
 
 

@@ -144,6 +144,17 @@ def test_recipe_with_many_mistakes_reports_all_of_them(tmp_path: Path) -> None:
     assert not out.exists()  # nothing ran
 
 
+def test_a_mapping_among_the_stages_is_named_not_a_crash(tmp_path: Path) -> None:
+    # `tun:` is a one-key mapping to YAML (found by tests/hardening/test_fuzz.py): the stage list
+    # holds an unhashable item, which the duplicate check once fed to set()
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("model: {path: model.pt}\ndata: data.yaml\nstages: [fit, tun:, evaluate]\n")
+    result = invoke(["run", recipe, "--output", tmp_path / "out"])
+    assert result.exit_code == 2
+    assert "stages: expected one of fit, tune" in result.stderr
+    assert "got {'tun': None}" in result.stderr and "Traceback" not in result.stderr
+
+
 # --- end to end ----------------------------------------------------------------------------------
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from laplace_cli import Laplace
-from laplace_cli.subsets import base
+from laplace_cli.subsets import root_pieces
 
 
 class Net(nn.Module):
@@ -57,7 +57,7 @@ def test_column_chunks_sum_to_the_one_pass_curvature(monkeypatch, structure, col
         calls.append(n_columns)
         return columns
 
-    monkeypatch.setattr(base, "columns_per_pass", chunked)
+    monkeypatch.setattr(root_pieces, "columns_per_pass", chunked)
     parts = _fit(structure)
     assert calls and set(calls) == {6}  # K = C − 1 = 6 columns per batch, split as asked
     assert whole.keys() == parts.keys()
@@ -68,8 +68,8 @@ def test_column_chunks_sum_to_the_one_pass_curvature(monkeypatch, structure, col
 def test_columns_follow_the_budget() -> None:
     outs = [torch.zeros(128, 4096), torch.zeros(128, 1000)]  # float32: 2,609,152 bytes a column
     per_column = (128 * 4096 + 128 * 1000) * 4
-    assert base.columns_per_pass(999, outs, None) == 999
-    assert base.columns_per_pass(999, outs, 4 * per_column * 10) == 10
-    assert base.columns_per_pass(999, outs, 4 * per_column * 10 - 1) == 9
-    assert base.columns_per_pass(999, outs, 1) == 1  # never fewer than one column
-    assert base.columns_per_pass(5, outs, 2**40) == 5  # never more than K
+    assert root_pieces.columns_per_pass(999, outs, None) == 999
+    assert root_pieces.columns_per_pass(999, outs, 4 * per_column * 10) == 10
+    assert root_pieces.columns_per_pass(999, outs, 4 * per_column * 10 - 1) == 9
+    assert root_pieces.columns_per_pass(999, outs, 1) == 1  # never fewer than one column
+    assert root_pieces.columns_per_pass(5, outs, 2**40) == 5  # never more than K

@@ -18,8 +18,8 @@ from laplace_cli import Laplace
 from laplace_cli.core import likelihoods as lik
 from laplace_cli.core.enums import Likelihood
 from laplace_cli.posterior import kron as kron_module
-from laplace_cli.subsets import base
-from laplace_cli.subsets.factors import LayerFactor
+from laplace_cli.subsets import base, root_pieces
+from laplace_cli.subsets.factors import LayerFactor, RootClosedForms
 from laplace_cli.subsets.precision import cast_factors
 
 N_OUT = 7
@@ -96,19 +96,63 @@ def test_output_factor_is_the_summed_output_hessian(monkeypatch, likelihood) -> 
     torch.testing.assert_close(la.posterior.B[3], B_out)
 
 
-def test_closed_form_equals_the_product(monkeypatch) -> None:
-    with_gram = _fit(_mlp()).posterior.raw_state()
+class _ConvNet(nn.Module):  # conv + BatchNorm: one column per backward pass
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.head = nn.Linear(3 * 4 * 4, N_OUT)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x.reshape(-1, 1, 4, 4)))).flatten(1))
+
+
+def _models() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    normed = nn.Sequential(nn.Linear(5, 9), nn.LayerNorm(9), nn.Linear(9, N_OUT))
+    conv = _ConvNet()
+    conv.bn.running_mean.uniform_(-0.5, 0.5)
+    conv.bn.running_var.uniform_(0.5, 2.0)
+    return {"mlp": _mlp(), "layer_norm": normed.double(), "conv_bn": conv.double().eval()}
+
+
+@pytest.mark.parametrize("name", ["mlp", "layer_norm", "conv_bn"])
+@pytest.mark.parametrize("columns", [None, 2])
+def test_closed_forms_equal_the_products(monkeypatch, name, columns) -> None:
+    """The output factor Σ Λ and the cotangents started at the output layer's input give the
+    curvature of back-propagating the root through that layer (captured LayerNorm / BatchNorm
+    Jacobians and column chunks included)."""
+    x = torch.randn(24, 16 if name == "conv_bn" else 5, dtype=torch.float64)
+    y = torch.randint(0, N_OUT, (24,))
+
+    def fit() -> dict[str, torch.Tensor]:
+        la = Laplace(
+            _models()[name], "classification", subset_of_weights="all", hessian_structure="kron"
+        )
+        la.fit(DataLoader(TensorDataset(x, y), batch_size=8))
+        return la.posterior.raw_state()
+
+    if columns is not None:
+        monkeypatch.setattr(root_pieces, "columns_per_pass", lambda n, outs, mb: columns)
+    through = []
+    real_through = lik.hessian_root_min_through
+    monkeypatch.setattr(
+        lik, "hessian_root_min_through", lambda *a: through.append(1) or real_through(*a)
+    )
+    closed = fit()
+    assert len(through) == 3  # once per batch: the cotangents started at the input
     real = base.AllWeights.factor_directions
 
-    def no_gram(self, x, root, max_bytes=None, root_gram=None):
+    def products(self, x, root, max_bytes=None, closed=None):
         return real(self, x, root, max_bytes, None)
 
-    monkeypatch.setattr(base.AllWeights, "factor_directions", no_gram)
+    monkeypatch.setattr(base.AllWeights, "factor_directions", products)
     seen = _count_output_grams(monkeypatch)
-    product = _fit(_mlp()).posterior.raw_state()
+    product = fit()
     assert N_OUT in seen  # this time the output factor was a product
-    for key in with_gram:
-        torch.testing.assert_close(with_gram[key], product[key], rtol=1e-12, atol=1e-13)
+    assert closed.keys() == product.keys()
+    for key in closed:
+        torch.testing.assert_close(closed[key], product[key], rtol=1e-11, atol=1e-13)
 
 
 def test_not_used_when_the_output_is_not_the_last_layer_output(monkeypatch) -> None:
@@ -130,8 +174,11 @@ def test_chunks_carry_the_gram_once(monkeypatch, columns) -> None:
     subset = base.AllWeights(model)
     root = lambda f: lik.hessian_root_min(Likelihood.CLASSIFICATION, f)  # noqa: E731
     gram = lambda f: lik.hessian_sum(Likelihood.CLASSIFICATION, f)  # noqa: E731
-    monkeypatch.setattr(base, "columns_per_pass", lambda n, outs, mb: columns)
-    f, pieces = subset.factor_directions(x, root, None, gram)
+    closed = RootClosedForms(
+        gram, lambda f, M: lik.hessian_root_min_through(Likelihood.CLASSIFICATION, f, M)
+    )
+    monkeypatch.setattr(root_pieces, "columns_per_pass", lambda n, outs, mb: columns)
+    f, pieces = subset.factor_directions(x, root, None, closed)
     pieces = list(pieces)
     assert len(pieces) == -(-(N_OUT - 1) // columns)
     out = [p[2] for p in pieces]  # the output layer's weight factor in each piece
@@ -159,3 +206,15 @@ def test_softmax_root_is_laid_out_as_the_cotangents() -> None:
     assert root.shape == (5, 6, 5) and root.permute(2, 0, 1).is_contiguous()
     for chunk in root.split(2, dim=2):
         assert chunk.permute(2, 0, 1).is_contiguous()
+
+
+@pytest.mark.parametrize("likelihood", list(Likelihood))
+@pytest.mark.parametrize("n_out", [1, 2, 6])
+def test_root_through_a_linear_map(likelihood, n_out) -> None:
+    if likelihood == Likelihood.CLASSIFICATION and n_out == 1:
+        pytest.skip("softmax over one output has no curvature")
+    f = torch.randn(5, n_out, dtype=torch.float64)
+    M = torch.randn(n_out, 3, dtype=torch.float64)
+    expected = torch.einsum("bck,cd->kbd", lik.hessian_root_min(likelihood, f), M)
+    got = lik.hessian_root_min_through(likelihood, f, M)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
