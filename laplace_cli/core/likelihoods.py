@@ -67,6 +67,15 @@ def hessian_sqrt(likelihood: Likelihood, f: Tensor) -> Tensor:
     return torch.diag_embed((p * (1 - p)).sqrt())
 
 
+def _softmax_householder(f: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """u = √p (B, C), w = u + e_C and coef = 2 / wᵀw (B,) of the reflection in
+    `hessian_root_min`."""
+    sqrt_p = torch.softmax(f, dim=-1).sqrt()
+    w = sqrt_p.clone()
+    w[:, -1] += 1.0
+    return sqrt_p, w, 2.0 / (w * w).sum(-1)
+
+
 def hessian_root_min(likelihood: Likelihood, f: Tensor) -> Tensor:
     """L (B, C, K) with L Lᵀ = ∂²ℓ/∂f² and the fewest columns: K = C − 1 for classification.
 
@@ -82,10 +91,7 @@ def hessian_root_min(likelihood: Likelihood, f: Tensor) -> Tensor:
     if likelihood != Likelihood.CLASSIFICATION or f.shape[1] < 2:
         return hessian_sqrt(likelihood, f)
     n_out = f.shape[1]
-    sqrt_p = torch.softmax(f, dim=-1).sqrt()  # u (B, C)
-    w = sqrt_p.clone()
-    w[:, -1] += 1.0
-    coef = 2.0 / (w * w).sum(-1)  # (B,)
+    sqrt_p, w, coef = _softmax_householder(f)
     head = w[:, : n_out - 1]  # (B, C−1)
     # L[b, c, k] = √p_bc (δ_ck − coef_b w_bc w_bk), written as Lᵀ[k, b, c]
     root = f.new_empty(n_out - 1, *f.shape)  # (K, B, C), filled in this layout
@@ -106,10 +112,7 @@ def hessian_root_min_through(likelihood: Likelihood, f: Tensor, M: Tensor) -> Te
     M = M.to(f.dtype)
     if likelihood != Likelihood.CLASSIFICATION or n_out < 2:
         return torch.einsum("bck,cd->kbd", hessian_root_min(likelihood, f), M)
-    sqrt_p = torch.softmax(f, dim=-1).sqrt()
-    w = sqrt_p.clone()
-    w[:, -1] += 1.0
-    coef = 2.0 / (w * w).sum(-1)
+    sqrt_p, w, coef = _softmax_householder(f)
     k = n_out - 1
     v = (sqrt_p * w) @ M  # (B, d)
     out = f.new_empty(k, f.shape[0], M.shape[1])
