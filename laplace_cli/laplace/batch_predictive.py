@@ -124,8 +124,11 @@ def predict_batch(
         # to be the (B, C, C) sample covariance; `functional_samples` gives the samples).
         return samples.mean(0), samples.var(0)
     if pt == PredType.GLM:
-        if (diagonal_output or approx == LinkApprox.PROBIT) and has_closed_form_variance(la):
-            # Many classes: probit needs the diagonal only, O(C) per row, not (C, C).
+        if (diagonal_output or approx == LinkApprox.PROBIT) and (
+            has_closed_form_variance(la)
+            or getattr(getattr(la, "posterior", None), "cheap_variance_diag", False)
+        ):
+            # Probit needs the diagonal only: O(C) per row, not (C, C).
             f_mu, f_var = la.functional_variance_diag(x)
             return glm_link(la.likelihood, approx, f_mu, f_var, n_samples, generator)
         f_mu, f_var = la.functional_variance_at(x)

@@ -133,22 +133,32 @@ class PredictiveMixin:
         computes J V from the layer factors where that is cheaper
         (`jacobian_products.matmul`), the others use dense Jacobians.
         """
+        return self._variance_rows(x, diagonal=False)
+
+    def _variance_rows(self, x: Any, *, diagonal: bool) -> tuple[Tensor, Tensor]:
+        """`functional_variance_at`, or with `diagonal` its (B, C) diagonal from the posterior's
+        `functional_variance_diag` (no (C, C) products where the structure avoids them)."""
         self.require_fit()
         if self._backprop_off():
             with keep_graph():
-                return self.functional_variance_at(x)
+                return self._variance_rows(x, diagonal=diagonal)
         x = self.as_inputs(x)
         if batch_size(x) == 0:
-            return self._empty_prediction()
+            f_mu, f_var = self._empty_prediction()
+            return (f_mu, f_var[:, 0]) if diagonal else (f_mu, f_var)
         prior, scale = self.prior_precision, self.curvature_scale()
         dense = self.posterior.needs_dense_jacobian or self.dense_for_backprop()
         rows = self.jacobian_chunk_rows() if dense else self.factor_rows(x)
+        variance = (
+            self.posterior.functional_variance_diag
+            if diagonal
+            else self.posterior.functional_variance
+        )
         mus, vars_ = [], []
         for xc in iter_rows(x, rows):
             f, factors, J = self.jacobian_pieces(xc)
-            var = self.posterior.functional_variance(prior, scale, factors=factors, J=J)
+            vars_.append(variance(prior, scale, factors=factors, J=J))
             mus.append(f.to(self._dtype))
-            vars_.append(var)
         return torch.cat(mus), torch.cat(vars_)
 
     def glm_predictive_distribution(
@@ -257,11 +267,11 @@ class PredictiveMixin:
 
         A last-layer diag / kron softmax posterior with many classes
         (`softmax_closed_form`) computes it from the features in O(C·d) memory per row
-        (`posterior.softmax_last_layer.variance_diag`); anything else takes the diagonal of
-        `functional_variance_at`."""
+        (`posterior.softmax_last_layer.variance_diag`); anything else takes the posterior's
+        `functional_variance_diag` row chunk by row chunk (K-FAC: B·C·d per layer, no (C, C)
+        products)."""
         if not has_closed_form_variance(self):
-            f_mu, f_var = self.functional_variance_at(x)
-            return f_mu, torch.diagonal(f_var, dim1=-2, dim2=-1)
+            return self._variance_rows(x, diagonal=True)
         self.require_fit()
         x = self.as_inputs(x)
         if batch_size(x) == 0:

@@ -28,6 +28,7 @@ from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
 from laplace_cli.posterior.kron_products import (
     add_gram_,
     kron_functional_variance,
+    kron_functional_variance_diag,
     output_gram,
 )
 from laplace_cli.subsets.base import DenseFactor, LayerFactor
@@ -264,7 +265,16 @@ class KronPosterior(Posterior):
                 out.append(e["B.eigvecs"] ** 2 @ lam)
         return torch.cat(out)
 
+    cheap_variance_diag = True
+
     def functional_variance(self, prior, scale, factors=None, J=None):
+        return self._block_variances(prior, scale, factors, J, diagonal=False)
+
+    def functional_variance_diag(self, prior, scale, factors=None, J=None):
+        return self._block_variances(prior, scale, factors, J, diagonal=True)
+
+    def _block_variances(self, prior, scale, factors, J, *, diagonal: bool) -> Tensor:
+        """Σ over blocks of J Σ Jᵀ (B, C, C), or of its diagonal (B, C)."""
         deltas = per_group_prior(prior, self.groups, "kron")
         out, start = None, 0
         for i, g in enumerate(self.groups):
@@ -277,6 +287,9 @@ class KronPosterior(Posterior):
             start += g.numel
             if kind == "diag":
                 part = factor_functional_variance(fac, 1.0 / lam)
+                part = torch.diagonal(part, dim1=-2, dim2=-1) if diagonal else part
+            elif diagonal:
+                part = kron_functional_variance_diag(self.eigendecomposition()[i], kind, fac, lam)
             else:
                 part = kron_functional_variance(self.eigendecomposition()[i], kind, fac, lam)
             out = part if out is None else out + part

@@ -99,3 +99,46 @@ def kron_functional_variance(
     s = fac.a @ QA  # (B, T, d_in)
     p = torch.einsum("bctx,bty->bcxy", u, s)
     return torch.einsum("bcxy,bdxy->bcd", p / lam, p)
+
+
+def _rotated_outputs(G: Tensor, QB: Tensor) -> Tensor:
+    """G Q_B for output Jacobians G (B, C, d_out): (1, C, d_out) where every row shares G (a
+    stride-0 expansion, or one row), with no product at all where that G is the identity (the
+    layer whose output is f: at C = 1000 its rotation was C³ flops per row)."""
+    if G.shape[0] == 1 or G.stride(0) == 0:
+        g0 = G[0]
+        if g0.shape[0] == g0.shape[1] and torch.equal(
+            g0, torch.eye(len(g0), dtype=g0.dtype, device=g0.device)
+        ):
+            return QB.unsqueeze(0)
+        return (g0 @ QB).unsqueeze(0)
+    return G @ QB
+
+
+def kron_functional_variance_diag(
+    eigs: dict[str, Tensor], kind: str, fac: Factor, lam: Tensor
+) -> Tensor:
+    """The diagonal (B, C) of `kron_functional_variance`, never forming the (C, C) products:
+    B·C·d_out per layer where the full matrix costs B·C²·d_out (a probit prediction needs only
+    the diagonal)."""
+    QB = eigs["B.eigvecs"]
+    if kind == "kron_bias":
+        gb = fac.J if isinstance(fac, DenseFactor) else fac.G.sum(2)
+        u = _rotated_outputs(gb, QB)  # (B or 1, C, d_out)
+        return ((u**2) @ (1.0 / lam)).expand(gb.shape[0], -1)
+    QA = eigs["A.eigvecs"]
+    if isinstance(fac, DenseFactor):
+        jw = fac.J.reshape(*fac.J.shape[:2], *lam.shape)
+        p = torch.einsum("bcoi,ox,iy->bcxy", jw, QB, QA)
+        return (p**2 / lam).sum((-2, -1))
+    if fac.a.shape[1] == 1:
+        s = fac.a[:, 0] @ QA  # (B, d_in)
+        w = (s**2) @ (1.0 / lam).T  # (B, d_out)
+        u = _rotated_outputs(fac.G[:, :, 0], QB)
+        if u.shape[0] == 1:
+            return w @ (u[0] ** 2).T
+        return torch.einsum("bcx,bx->bc", u**2, w)
+    u = fac.G @ QB  # (B, C, T, d_out)
+    s = fac.a @ QA  # (B, T, d_in)
+    p = torch.einsum("bctx,bty->bcxy", u, s)
+    return (p**2 / lam).sum((-2, -1))
