@@ -149,11 +149,17 @@ class PredictiveMixin:
         prior, scale = self.prior_precision, self.curvature_scale()
         dense = self.posterior.needs_dense_jacobian or self.dense_for_backprop()
         rows = self.jacobian_chunk_rows() if dense else self.factor_rows(x)
-        variance = (
-            self.posterior.functional_variance_diag
-            if diagonal
-            else self.posterior.functional_variance
-        )
+        posterior = self.posterior
+        if not diagonal:
+            variance = posterior.functional_variance
+        elif posterior.cheap_variance_diag:
+            variance = posterior.functional_variance_diag
+        else:  # no cheaper diagonal than the full matrix's
+
+            def variance(prior, scale, factors, J):
+                full = posterior.functional_variance(prior, scale, factors=factors, J=J)
+                return torch.diagonal(full, dim1=-2, dim2=-1)
+
         mus, vars_ = [], []
         for xc in iter_rows(x, rows):
             f, factors, J = self.jacobian_pieces(xc)

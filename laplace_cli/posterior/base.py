@@ -130,20 +130,10 @@ class Posterior(ABC):
     ) -> Tensor:
         """J Σ Jᵀ per sample, (B, C, C), from layer factors or a dense Jacobian."""
 
-    #: Whether `functional_variance_diag` costs less than `functional_variance` (no (C, C)
-    #: products): a probit prediction then takes it.
+    #: Whether the structure has a `functional_variance_diag(prior, scale, factors, J)`
+    #: (B, C) cheaper than `functional_variance`'s diagonal (no (C, C) products): a probit
+    #: prediction then takes it.
     cheap_variance_diag: bool = False
-
-    def functional_variance_diag(
-        self,
-        prior: Tensor,
-        scale: Tensor,
-        factors: list[Factor] | None = None,
-        J: Tensor | None = None,
-    ) -> Tensor:
-        """The diagonal of J Σ Jᵀ per sample, (B, C)."""
-        f_var = self.functional_variance(prior, scale, factors=factors, J=J)
-        return torch.diagonal(f_var, dim1=-2, dim2=-1)
 
     @abstractmethod
     def sample(
