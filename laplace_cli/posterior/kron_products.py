@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from laplace_cli.subsets.base import DenseFactor, Factor
+from laplace_cli.subsets.base import DenseFactor, Factor, LayerFactor
 
 #: Below these sizes the full product is as fast as the triangle (measured on this project's
 #: 2-core CPU: (1568 × 128) rows were 2.5× slower in bands, (144 × 25088) 22 % faster).
@@ -71,11 +71,14 @@ def kron_functional_variance(
     """J Σ Jᵀ (B, C, C) of one K-FAC block ("kron" weight or "kron_bias") with eigenpairs
     `eigs` and posterior-precision eigenvalues `lam` ((d_out, d_in) or (d_out,))."""
     QB = eigs["B.eigvecs"]
+    # Output Jacobians shared by every row (a last layer's G = I, expanded): rotated once.
+    shared_G = isinstance(fac, LayerFactor) and fac.G.shape[0] > 1 and fac.G.stride(0) == 0
     if kind == "kron_bias":
+        if shared_G:
+            u0 = fac.G[0].sum(1) @ QB  # (C, d_out)
+            return ((u0 / lam) @ u0.T).expand(fac.G.shape[0], -1, -1)
         gb = fac.J if isinstance(fac, DenseFactor) else fac.G.sum(2)
-        u = _rotated_outputs(gb, QB)  # (B or 1, C, d_out)
-        if u.shape[0] == 1:  # shared by every row: one (C, C) product
-            return ((u[0] / lam) @ u[0].T).expand(gb.shape[0], -1, -1)
+        u = gb @ QB  # (B, C, d_out)
         return torch.einsum("bco,bdo->bcd", u / lam, u)
     QA = eigs["A.eigvecs"]
     if isinstance(fac, DenseFactor):
@@ -87,9 +90,10 @@ def kron_functional_variance(
         # w_x = Σ_y s_y² / λ_xy; cost B·C·d_out, never B·C·d_out·d_in.
         s = fac.a[:, 0] @ QA  # (B, d_in)
         w = (s**2) @ (1.0 / lam).T  # (B, d_out)
-        u = _rotated_outputs(fac.G[:, :, 0], QB)  # (B or 1, C, d_out)
-        if u.shape[0] == 1:
-            return (u[0] * w.unsqueeze(1)) @ u[0].T
+        if shared_G:
+            u0 = fac.G[0, :, 0] @ QB  # (C, d_out)
+            return (u0 * w.unsqueeze(1)) @ u0.T
+        u = fac.G[:, :, 0] @ QB  # (B, C, d_out)
         return torch.einsum("bcx,bdx->bcd", u * w.unsqueeze(1), u)
     u = fac.G @ QB  # (B, C, T, d_out)
     s = fac.a @ QA  # (B, T, d_in)
