@@ -96,7 +96,10 @@ def captured_jacobian(
             return G.sum(3).transpose(0, 1)
         if xhat is None:
             xhat = normalised_input(module, inp, G.dtype)
-        return torch.einsum("kbcs,bcs->bkc", G, xhat)
+        # A multiply and a sum over the contiguous last dimension: the einsum's batched
+        # (1 × S)·(S × 1) products ran ~3× slower (2.35 → 0.70 ms with the bias sum, one column
+        # of 128 examples × 16 channels × 784 positions, one thread).
+        return (G * xhat).sum(3).transpose(0, 1)
     assert isinstance(module, nn.LayerNorm)
     n = math.prod(module.normalized_shape)
     G = grad.reshape(n_out, batch, -1, n).transpose(0, 1)  # (B, C, T, n)
