@@ -139,6 +139,8 @@ class KronPosterior(Posterior):
                 if self.kron_approx == KronApprox.REDUCE:
                     a = a.mean(1)
                     add_gram_(self.A_sum[i], a.T)
+                elif fac.input_gram is not None:  # without the patches (a stride-1 conv)
+                    self.A_sum[i].add_(fac.input_gram(self.A_sum[i].dtype), alpha=1.0 / a.shape[1])
                 elif a.permute(2, 0, 1).is_contiguous():
                     rows = a.permute(2, 0, 1).reshape(a.shape[-1], -1)  # conv_patches' layout
                     add_gram_(self.A_sum[i], rows, alpha=1.0 / a.shape[1])

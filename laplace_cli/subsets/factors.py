@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 __all__ = ["DenseFactor", "Factor", "GroupKind", "LayerFactor", "ParamGroup", "RootClosedForms"]
@@ -54,11 +55,15 @@ class LayerFactor:
     (the layer that produces the model's outputs, under the GGN root: Σ_b ∂²ℓ/∂f_b²); the K-FAC
     sum then skips the (d_out × B·K) product. In `AllWeights.factor_directions` only the pieces'
     grams sum to the batch's (the first piece carries it, later ones zeros).
+    input_gram: dtype ↦ Σ_{b,t} a aᵀ (d_in, d_in) in that dtype, where the subset has a cheaper
+    route than a's own Gram (a stride-1 Conv2d over a large image: `subsets.conv_input_gram`);
+    the K-FAC "expand" input factor calls it once per batch.
     """
 
     a: Tensor | None
     G: Tensor
     gram: Tensor | None = None
+    input_gram: Callable[[torch.dtype], Tensor] | None = None
 
 
 @dataclass

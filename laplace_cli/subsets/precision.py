@@ -48,6 +48,11 @@ def cast_factors(factors: Sequence[Factor], dtype: torch.dtype) -> list[Factor]:
                 out.append(fac)
                 continue
         out.append(
-            LayerFactor(None if a is None else to(a), to(fac.G), None if gram is None else to(gram))
+            LayerFactor(
+                None if a is None else to(a),
+                to(fac.G),
+                None if gram is None else to(gram),
+                fac.input_gram,  # takes the dtype when called
+            )
         )
     return out

@@ -146,3 +146,26 @@ def test_conv_patches_reproduce_the_convolution(float64, kernel, stride, padding
         stride=stride,
     ).transpose(1, 2)
     assert torch.equal(p, expected)
+
+
+def test_gradient_check_runs_once_per_batch_signature(float64, monkeypatch):
+    """The check of the captured Jacobians is a property of the model's code: one check for the
+    full batches, one for the shorter last batch, and the fit still equals the dense GGN."""
+    model = make_model()
+    X, y = data(10)
+    calls = []
+    real = subsets_base.agrees_with_gradient
+
+    def spy(f, params, jacobians, W=None):
+        calls.append(f.shape[0])
+        return real(f, params, jacobians, W)
+
+    monkeypatch.setattr(subsets_base, "agrees_with_gradient", spy)
+    batches = [(X[:4], y[:4]), (X[4:8], y[4:8]), (X[8:], y[8:])]
+    diag = Laplace(model, "classification", "all", "diag").fit(batches)
+    assert calls == [4, 2]
+    dense = ref.ggn(model, [n for n, _ in model.named_parameters()], X, y, "classification")
+    assert_close(diag.posterior.h, dense.diagonal(), what="diag GGN")
+    # a later fit on the same Laplace checks a new signature only
+    diag.fit([(X[:3], y[:3])], override=False)
+    assert calls == [4, 2, 3]
