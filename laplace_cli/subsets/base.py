@@ -29,12 +29,7 @@ from laplace_cli.core.batches import (
 )
 from laplace_cli.core.enums import KronApprox
 from laplace_cli.core.errors import BadInputError
-from laplace_cli.subsets.captured_jacobians import (
-    agrees_with_gradient,
-    capturable_params,
-    captured_jacobian,
-    normalised_input,
-)
+from laplace_cli.subsets.captured_jacobians import CapturedJacobians
 from laplace_cli.subsets.conv_input_gram import input_gram_route
 
 # The data types live in subsets/factors.py; importers of subsets.base keep working.
@@ -210,13 +205,7 @@ class AllWeights(ParameterSubset):
                 self.groups.append(ParamGroup(name, tuple(p.shape), "other", None))
         # Embedding / LayerNorm parameters stay "other" (dense Jacobians for the structures),
         # but their Jacobians come from hook captures too, not from a per-example vmap.
-        other = [g.name for g in self.groups if g.kind == "other"]
-        self._captured = capturable_params(model, other)
-        modules = dict(model.named_modules())
-        self._captured_modules = {m: modules[m] for m, _ in self._captured.values()}
-        # The captured Jacobians that passed the gradient check, per batch signature
-        # (`_captured_jacobians`).
-        self._checked: dict[tuple, set[str]] = {}
+        self.captured = CapturedJacobians(model, [g.name for g in self.groups if g.kind == "other"])
 
     def mean(self) -> Tensor:
         return torch.cat([p.detach().reshape(-1) for _, p in self.params])
@@ -242,7 +231,7 @@ class AllWeights(ParameterSubset):
     def jacobians(self, x: Inputs) -> tuple[Tensor, Tensor]:
         names = [g.name for g in self.groups]
         params = {n: p for n, p in self.params}
-        hooked = bool(self._layers or self._captured_modules)
+        hooked = bool(self._layers or self.captured.modules)
         try:
             f, jac = dense_jacobians(self.model, params, names, x, loop=not hooked)
             return f, torch.cat([jac[n] for n in names], dim=-1)
@@ -258,11 +247,11 @@ class AllWeights(ParameterSubset):
             return f, torch.cat([jac[n] for n in names], dim=-1)
 
     def factors(self, x: Inputs) -> tuple[Tensor, list[Factor]]:
-        cap = capture_forward(self.model, x, self._layers, self._captured_modules)
+        cap = capture_forward(self.model, x, self._layers, self.captured.modules)
         # No hookable layer (a TorchScript model): every group is dense.
         grads = output_jacobians(cap.f, cap.outs) if cap.outs else []
         n_layers = len(cap.layers)
-        dense = self._captured_jacobians(cap, grads[n_layers:])
+        dense = self.captured.jacobians(cap, grads[n_layers:], dict(self.params))
         layer_in = {m: layer_input(self._layers[m], cap.inputs[m]) for m in cap.layers}
         layer_g = dict(zip(cap.layers, grads[:n_layers]))
         dense.update(self._other_jacobians(x, set(dense), None))
@@ -293,7 +282,7 @@ class AllWeights(ParameterSubset):
         Gram over the C − 1 root columns is C³) and the cotangents start at its input
         (`root_pieces`).
         """
-        cap = capture_forward(self.model, x, self._layers, self._captured_modules)
+        cap = capture_forward(self.model, x, self._layers, self.captured.modules)
         W = root(cap.f.detach()).to(cap.f.dtype)
         out_layer = output_layer(cap, self._layers) if closed is not None else None
         grams = {}
@@ -320,11 +309,12 @@ class AllWeights(ParameterSubset):
     ) -> Iterator[list[Factor]]:
         n_layers = len(cap.layers)
         input_grams = self._input_grams(cap)
+        params = dict(self.params)
         good: set[str] | None = None  # captured Jacobians that passed the check (first piece)
         other: dict[str, Tensor] = {}
         start = 0
         for w, grads in pieces:
-            dense = self._captured_jacobians(cap, grads[n_layers:], w, only=good)
+            dense = self.captured.jacobians(cap, grads[n_layers:], params, w, only=good)
             if good is None:
                 good = set(dense)
                 # The remaining groups' dense Jacobians: once, projected on all K columns.
@@ -380,52 +370,3 @@ class AllWeights(ParameterSubset):
             else:
                 factors.append(LayerFactor(None, G, gram))
         return factors
-
-    def _captured_jacobians(
-        self,
-        cap: LayerCapture,
-        grads: list[Tensor],
-        W: Tensor | None = None,
-        only: set[str] | None = None,
-    ) -> dict[str, Tensor]:
-        """{name: (B, C, numel)} (or (B, K, numel) of the outputs projected by W) for the
-        captured modules' parameters that pass the gradient check
-        (`captured_jacobians.agrees_with_gradient`); `only`: these names, already checked on
-        another column of the same batch.
-
-        The check costs one more backward pass per batch (6 % of a BatchNorm CNN's K-FAC fit)
-        and what it catches (a parameter also used outside its module, outputs that mix
-        examples) is a property of the model's code, not of the numbers: it runs once per
-        signature of a batch (output and captured shapes, dtype) — a fit's full batches and its
-        last one — and its verdict holds for the batches of the same signature.
-        """
-        if not cap.captured:
-            return {}
-        key = (
-            cap.f.dtype,
-            tuple(cap.f.shape),
-            *(tuple(cap.outputs[m].shape) for m in cap.captured),
-        )
-        if only is None:
-            only = self._checked.get(key)
-            checked_before = only is not None
-        else:
-            checked_before = True
-        grad_of = dict(zip(cap.captured, grads))
-        params = dict(self.params)
-        names = [n for n, (m, _) in self._captured.items() if m in grad_of]
-        if only is not None:
-            names = [n for n in names if n in only]
-        jacs = []
-        for n in names:
-            mname, role = self._captured[n]
-            module = self._captured_modules[mname]
-            inp = cap.inputs[mname]
-            if mname not in cap.normalised:  # once per batch, shared by all directions
-                cap.normalised[mname] = normalised_input(module, inp, grad_of[mname].dtype)
-            jacs.append(captured_jacobian(module, role, inp, grad_of[mname], cap.normalised[mname]))
-        if checked_before:
-            return {n: J.detach() for n, J in zip(names, jacs)}
-        ok = agrees_with_gradient(cap.f, [params[n] for n in names], jacs, W)
-        self._checked[key] = {n for n, good in zip(names, ok) if good}
-        return {n: J.detach() for n, J, good in zip(names, jacs, ok) if good}

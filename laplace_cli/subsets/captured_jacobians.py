@@ -11,21 +11,26 @@ x̂[b, :, s] (weight) and Σ_s G[b, c, :, s] (bias). No `torch.func.vmap` is inv
 serves models that vmap cannot run (transformers' attention-mask code branches on the data), and
 it costs no pass beyond the C backward passes the Linear/Conv2d factors need anyway.
 
-Only exact `nn.Embedding` / `nn.LayerNorm` / `nn.BatchNorm1d/2d/3d` modules whose parameter no
-other module holds are taken (BatchNorm only with running statistics: without them it normalises
-by batch statistics even in eval mode), only when the module ran once with a per-example output
-(batch dimension B), and every
-batch is checked: Σ_b u_b·J_b must equal the gradient of Σ_b u_b·f_b for a random u. A parameter
+`CapturedJacobians` holds which parameters of a model are captured and computes their
+Jacobians for a captured forward pass (`subsets.layer_capture`). Only exact `nn.Embedding` /
+`nn.LayerNorm` / `nn.BatchNorm1d/2d/3d` modules whose parameter no other module holds are taken
+(BatchNorm only with running statistics: without them it normalises by batch statistics even in
+eval mode), only when the module ran once with a per-example output (batch dimension B), and
+the first batch of each shape is checked: Σ_b u_b·J_b must equal the gradient of Σ_b u_b·f_b
+for a random u. A parameter
 that fails (e.g. also used outside its module) gets the generic dense Jacobian instead.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from laplace_cli.subsets.layer_capture import LayerCapture
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -135,3 +140,66 @@ def agrees_with_gradient(
         err = float((got - expected.reshape(-1)).abs().max()) if got.numel() else 0.0
         out.append(err <= tol * scale + 1e-30)
     return out
+
+
+class CapturedJacobians:
+    """The parameters among `names` of `model` whose per-sample Jacobians come from hook
+    captures, and those Jacobians for one captured forward pass (`jacobians`).
+
+    `params`: {parameter name: (module name, "weight"/"bias")}; `modules`: {module name: module},
+    the modules `capture_forward` hooks for them.
+    """
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self.params = capturable_params(model, names)
+        named = dict(model.named_modules())
+        self.modules = {m: named[m] for m, _ in self.params.values()}
+        # The parameters that passed the gradient check, per batch signature.
+        self._passed: dict[tuple, set[str]] = {}
+
+    def jacobians(
+        self,
+        cap: LayerCapture,
+        grads: list[Tensor],
+        params: Mapping[str, Tensor],
+        W: Tensor | None = None,
+        only: set[str] | None = None,
+    ) -> dict[str, Tensor]:
+        """{name: (B, C, numel)} (or (B, K, numel) of the outputs projected by W) for the
+        captured parameters that pass the gradient check (`agrees_with_gradient`), from the
+        output gradients `grads` of `cap.captured` (in that order) and the model's `params`;
+        `only`: these names, already checked on another column of the same batch.
+
+        The check costs one more backward pass per batch (6 % of a BatchNorm CNN's K-FAC fit)
+        and what it catches (a parameter also used outside its module, outputs that mix
+        examples) is a property of the model's code, not of the numbers: it runs once per
+        signature of a batch (output and captured shapes, dtype) — a fit's full batches and its
+        last one — and its verdict holds for the batches of the same signature.
+        """
+        if not cap.captured:
+            return {}
+        key = (
+            cap.f.dtype,
+            tuple(cap.f.shape),
+            *(tuple(cap.outputs[m].shape) for m in cap.captured),
+        )
+        checked = only is not None or key in self._passed
+        if only is None:
+            only = self._passed.get(key)
+        grad_of = dict(zip(cap.captured, grads))
+        names = [n for n, (m, _) in self.params.items() if m in grad_of]
+        if only is not None:
+            names = [n for n in names if n in only]
+        jacs = []
+        for n in names:
+            mname, role = self.params[n]
+            module = self.modules[mname]
+            inp = cap.inputs[mname]
+            if mname not in cap.normalised:  # once per batch, shared by all directions
+                cap.normalised[mname] = normalised_input(module, inp, grad_of[mname].dtype)
+            jacs.append(captured_jacobian(module, role, inp, grad_of[mname], cap.normalised[mname]))
+        if checked:
+            return {n: J.detach() for n, J in zip(names, jacs)}
+        ok = agrees_with_gradient(cap.f, [params[n] for n in names], jacs, W)
+        self._passed[key] = {n for n, good in zip(names, ok) if good}
+        return {n: J.detach() for n, J, good in zip(names, jacs, ok) if good}

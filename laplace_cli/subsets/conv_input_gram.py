@@ -88,10 +88,9 @@ def conv_input_gram(module: nn.Conv2d, x: Tensor) -> Tensor:
     )
     # Kernel position (i, j) sums the blocks inside its rectangle of positions.
     per_position = torch.einsum("ir,jc,rcxyuv->ijxyuv", row_of.to(x), col_of.to(x), corr)
-    i = torch.arange(kh).view(-1, 1, 1, 1)
-    j = torch.arange(kw).view(1, -1, 1, 1)
-    i2 = torch.arange(kh).view(1, 1, -1, 1)
-    j2 = torch.arange(kw).view(1, 1, 1, -1)
+    i = torch.arange(kh, device=x.device).view(-1, 1, 1, 1)
+    j = torch.arange(kw, device=x.device).view(1, -1, 1, 1)
+    i2, j2 = i.view(1, 1, -1, 1), j.view(1, 1, 1, -1)
     # (kh, kw, kh, kw, C, C): the pair ((i, j), (i', j')) reads offset (i' − i, j' − j).
     pairs = per_position.permute(0, 1, 4, 5, 2, 3)[i, j, i2 - i + kh - 1, j2 - j + kw - 1]
     gram = pairs.permute(4, 0, 1, 5, 2, 3).reshape(ch * kh * kw, ch * kh * kw)

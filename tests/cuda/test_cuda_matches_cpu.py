@@ -185,3 +185,14 @@ def test_cli_pipeline_cuda_equals_cpu(tmp_path: Path) -> None:
     probs = rel([r["probs"] for r in cuda_rows], [r["probs"] for r in cpu_rows])
     assert probs <= RTOL, probs
     assert [r["pred"] for r in cuda_rows] == [r["pred"] for r in cpu_rows]
+
+
+def test_conv_input_gram_cuda_equals_cpu() -> None:
+    """The correlation route of stride-1 conv input factors (`subsets.conv_input_gram`)."""
+    from laplace_cli.subsets.conv_input_gram import conv_input_gram
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 4, 3, padding=1).double()
+    x = torch.randn(6, 8, 24, 24, dtype=torch.float64)
+    cpu = conv_input_gram(conv, x)
+    assert rel(conv_input_gram(conv.cuda(), x.cuda()), cpu) < RTOL

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import laplace_cli.subsets.base as subsets_base
+import laplace_cli.subsets.captured_jacobians as captured_jacobians
 from laplace_cli import Laplace
 from laplace_cli.subsets.base import AllWeights, dense_from_factors
 from laplace_cli.subsets.layer_capture import conv_patches
@@ -79,7 +80,7 @@ def test_batchnorm_jacobians_come_from_hooks_and_match_dense(float64, no_vmap_ja
     model = make_model()
     X, _ = data()
     subset = AllWeights(model)
-    assert BN_PARAMS <= set(subset._captured)
+    assert BN_PARAMS <= set(subset.captured.params)
     f, factors = subset.factors(X)
     f_ref, J_ref = ref.jacobians(model, subset.names, X)
     assert_close(f, f_ref, rtol=1e-10, what="outputs")
@@ -109,7 +110,7 @@ def test_batchnorm_on_batch_statistics_is_not_captured(float64):
     (the generic per-sample Jacobians treat each example as a batch of its own, as before)."""
     model = make_model(track=False)
     subset = AllWeights(model)
-    assert "b2.weight" not in subset._captured and "b1.weight" in subset._captured
+    assert "b2.weight" not in subset.captured.params and "b1.weight" in subset.captured.params
 
 
 @pytest.mark.parametrize(
@@ -154,13 +155,13 @@ def test_gradient_check_runs_once_per_batch_signature(float64, monkeypatch):
     model = make_model()
     X, y = data(10)
     calls = []
-    real = subsets_base.agrees_with_gradient
+    real = captured_jacobians.agrees_with_gradient
 
     def spy(f, params, jacobians, W=None):
         calls.append(f.shape[0])
         return real(f, params, jacobians, W)
 
-    monkeypatch.setattr(subsets_base, "agrees_with_gradient", spy)
+    monkeypatch.setattr(captured_jacobians, "agrees_with_gradient", spy)
     batches = [(X[:4], y[:4]), (X[4:8], y[4:8]), (X[8:], y[8:])]
     diag = Laplace(model, "classification", "all", "diag").fit(batches)
     assert calls == [4, 2]
