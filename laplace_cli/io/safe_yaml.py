@@ -74,6 +74,11 @@ def load_yaml(path: str | Path) -> Any:
 MAX_YAML_NODES = 100_000
 """Refuse YAML whose aliases expand to more values than this (a "billion laughs" file)."""
 
+MAX_YAML_DEPTH = 200
+"""Refuse YAML nested deeper than this. PyYAML's recursive composer usually stops such a file
+with a RecursionError first, but only under the interpreter's recursion limit, which a host
+program may have raised."""
+
 
 def check_expanded_size(data: Any, path: str | Path) -> None:
     """Count the values of `data` with every alias expanded, refusing cycles and huge files.
@@ -84,11 +89,13 @@ def check_expanded_size(data: Any, path: str | Path) -> None:
     """
     sizes: dict[int, int] = {}
     open_ids: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(data, False)]
+    stack: list[tuple[Any, bool, int]] = [(data, False, 0)]
     while stack:  # iterative post-order walk: no recursion limit on deep nesting
-        obj, done = stack.pop()
+        obj, done, depth = stack.pop()
         if not isinstance(obj, (list, dict)) or (id(obj) in sizes and not done):
             continue
+        if depth > MAX_YAML_DEPTH:
+            raise BadInputError(f"{path}: invalid YAML: nested too deeply")
         children = list(obj.keys()) + list(obj.values()) if isinstance(obj, dict) else obj
         if done:
             open_ids.discard(id(obj))
@@ -103,5 +110,5 @@ def check_expanded_size(data: Any, path: str | Path) -> None:
         if id(obj) in open_ids:
             raise BadInputError(f"{path}: YAML alias refers to itself (a recursive structure)")
         open_ids.add(id(obj))
-        stack.append((obj, True))
-        stack.extend((c, False) for c in children)
+        stack.append((obj, True, depth))
+        stack.extend((c, False, depth + 1) for c in children)

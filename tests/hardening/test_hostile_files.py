@@ -480,3 +480,24 @@ def test_output_onto_a_symlink_replaces_the_link_not_its_target(
     assert target.read_bytes() == b"keep me"
     assert not (ws / "out.st").is_symlink()
     read_posterior(ws / "out.st")  # a complete posterior where the link was
+
+
+def test_deep_yaml_is_refused_under_a_raised_recursion_limit(tmp_path):
+    """The depth limit holds whatever the interpreter's recursion limit (a test or a host
+    program may raise it, and PyYAML's composer then parses 600 levels)."""
+    import sys
+
+    from laplace_cli.core.errors import BadInputError
+    from laplace_cli.io.safe_yaml import load_yaml
+
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 20_000))
+    try:
+        path = tmp_path / "deep.yaml"
+        path.write_text("splits: " + "[" * 600 + "]" * 600 + "\n")
+        with pytest.raises(BadInputError, match="nested too deeply"):
+            load_yaml(path)
+        path.write_text("a: " + "[" * 50 + "1" + "]" * 50 + "\n")
+        assert load_yaml(path)["a"] is not None  # ordinary nesting still loads
+    finally:
+        sys.setrecursionlimit(old)
