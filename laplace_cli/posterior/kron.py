@@ -26,7 +26,7 @@ from laplace_cli.posterior.base import Posterior, per_group_prior
 from laplace_cli.posterior.diag import factor_diag, factor_functional_variance
 from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
 from laplace_cli.posterior.kron_products import (
-    add_gram_,
+    add_input_factor_,
     kron_functional_variance,
     kron_functional_variance_diag,
     output_gram,
@@ -134,19 +134,7 @@ class KronPosterior(Posterior):
                     shared = (fac.G, output_gram(fac.G, W, reduce))
             self.B[i] += shared[1]
             if kind == "kron" and inputs:
-                a = fac.a
-                # the product goes straight into the sum: no (d_in, d_in) temporaries
-                if self.kron_approx == KronApprox.REDUCE:
-                    a = a.mean(1)
-                    add_gram_(self.A_sum[i], a.T)
-                elif fac.input_gram is not None:  # without the patches (a stride-1 conv)
-                    self.A_sum[i].add_(fac.input_gram(self.A_sum[i].dtype), alpha=1.0 / a.shape[1])
-                elif a.permute(2, 0, 1).is_contiguous():
-                    rows = a.permute(2, 0, 1).reshape(a.shape[-1], -1)  # conv_patches' layout
-                    add_gram_(self.A_sum[i], rows, alpha=1.0 / a.shape[1])
-                else:
-                    flat = a.reshape(-1, a.shape[-1])
-                    add_gram_(self.A_sum[i], flat.T, alpha=1.0 / a.shape[1])
+                add_input_factor_(self.A_sum[i], fac, self.kron_approx == KronApprox.REDUCE)
         self.eigs = None
 
     def finalize(self) -> None:

@@ -65,6 +65,25 @@ def output_gram(G: Tensor, W: Tensor | None, reduce: bool) -> Tensor:
     return add_gram_(g.new_zeros(g.shape[-1], g.shape[-1]), g.T)
 
 
+def add_input_factor_(A_sum: Tensor, fac: LayerFactor, reduce: bool) -> None:
+    """A_sum += one batch's K-FAC input factor: Σ_b (1/T) Σ_t a aᵀ ("expand"), or Σ_b ā āᵀ of
+    the inputs averaged over T ("reduce"). The product goes straight into the sum (no
+    (d_in, d_in) temporaries); a stride-1 conv's comes from `LayerFactor.input_gram` without its
+    patches (which are then never built)."""
+    if reduce:
+        add_gram_(A_sum, fac.a.mean(1).T)
+        return
+    if fac.input_gram is not None:
+        A_sum.add_(fac.input_gram(A_sum.dtype), alpha=1.0 / fac.G.shape[2])
+        return
+    a = fac.a
+    if a.permute(2, 0, 1).is_contiguous():
+        rows = a.permute(2, 0, 1).reshape(a.shape[-1], -1)  # conv_patches' layout
+        add_gram_(A_sum, rows, alpha=1.0 / a.shape[1])
+    else:
+        add_gram_(A_sum, a.reshape(-1, a.shape[-1]).T, alpha=1.0 / a.shape[1])
+
+
 def kron_functional_variance(
     eigs: dict[str, Tensor], kind: str, fac: Factor, lam: Tensor
 ) -> Tensor:

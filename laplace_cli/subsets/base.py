@@ -15,6 +15,7 @@ found it: hooks are removed, train/eval mode is put back, nothing is stored on t
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -66,6 +67,11 @@ from laplace_cli.subsets.per_sample import (
 from laplace_cli.subsets.root_pieces import output_layer, root_pieces
 
 logger = logging.getLogger(__name__)
+
+#: A layer's inputs (B, T, d_in), or a builder of them called on first use (`LayerFactor.a`).
+InputsOrBuilder = Tensor | Callable[[], Tensor]
+#: Per layer, `LayerFactor.input_gram`.
+InputGrams = dict[str, Callable[[torch.dtype], Tensor]]
 
 
 def supported_layer(module: nn.Module) -> bool:
@@ -252,10 +258,10 @@ class AllWeights(ParameterSubset):
         grads = output_jacobians(cap.f, cap.outs) if cap.outs else []
         n_layers = len(cap.layers)
         dense = self.captured.jacobians(cap, grads[n_layers:], dict(self.params))
-        layer_in = {m: layer_input(self._layers[m], cap.inputs[m]) for m in cap.layers}
+        layer_in, input_grams = self._layer_inputs(cap)
         layer_g = dict(zip(cap.layers, grads[:n_layers]))
         dense.update(self._other_jacobians(x, set(dense), None))
-        return cap.f.detach(), self._assemble(layer_in, layer_g, dense, self._input_grams(cap))
+        return cap.f.detach(), self._assemble(layer_in, layer_g, dense, input_grams)
 
     def factor_directions(
         self,
@@ -290,25 +296,36 @@ class AllWeights(ParameterSubset):
             grams = {out_layer: closed.gram(cap.f.detach())}
         weight = getattr(self._layers[out_layer], "weight", None) if out_layer else None
         pieces = root_pieces(cap, W, max_bytes, closed, out_layer, weight)
-        layer_in = {m: layer_input(self._layers[m], cap.inputs[m]) for m in cap.layers}
-        return cap.f.detach(), self._directions(x, cap, layer_in, W, pieces, grams)
+        layer_in, input_grams = self._layer_inputs(cap)
+        return cap.f.detach(), self._directions(x, cap, layer_in, input_grams, W, pieces, grams)
 
-    def _input_grams(self, cap: LayerCapture) -> dict[str, Callable[[torch.dtype], Tensor]]:
-        """`LayerFactor.input_gram` of the layers with a route cheaper than their patches."""
-        routes = {m: input_gram_route(self._layers[m], cap.inputs[m]) for m in cap.layers}
-        return {m: route for m, route in routes.items() if route is not None}
+    def _layer_inputs(self, cap: LayerCapture) -> tuple[dict[str, InputsOrBuilder], InputGrams]:
+        """The layers' inputs `a` (`layer_input`) and their `LayerFactor.input_gram` routes
+        where one is cheaper than the patches' Gram; those layers' patches are built on first
+        use only (once per batch, shared by the pieces), which a K-FAC fit never makes."""
+        layer_in: dict[str, InputsOrBuilder] = {}
+        input_grams: InputGrams = {}
+        for m in cap.layers:
+            module, x = self._layers[m], cap.inputs[m]
+            route = input_gram_route(module, x)
+            if route is None:
+                layer_in[m] = layer_input(module, x)
+            else:
+                input_grams[m] = route
+                layer_in[m] = functools.cache(functools.partial(layer_input, module, x))
+        return layer_in, input_grams
 
     def _directions(
         self,
         x: Inputs,
         cap: LayerCapture,
-        layer_in: dict[str, Tensor],
+        layer_in: dict[str, InputsOrBuilder],
+        input_grams: InputGrams,
         W: Tensor,
         pieces: Iterator[tuple[Tensor, list[Tensor]]],
         grams: dict[str, Tensor],
     ) -> Iterator[list[Factor]]:
         n_layers = len(cap.layers)
-        input_grams = self._input_grams(cap)
         params = dict(self.params)
         good: set[str] | None = None  # captured Jacobians that passed the check (first piece)
         other: dict[str, Tensor] = {}
@@ -342,10 +359,10 @@ class AllWeights(ParameterSubset):
 
     def _assemble(
         self,
-        layer_in: dict[str, Tensor],
+        layer_in: dict[str, InputsOrBuilder],
         layer_g: dict[str, Tensor],
         dense: dict[str, Tensor],
-        input_grams: Mapping[str, Callable[[torch.dtype], Tensor]],
+        input_grams: InputGrams,
         grams: Mapping[str, Tensor] | None = None,
     ) -> list[Factor]:
         """One factor per group from the layer inputs, output gradients (K, B, ...), dense

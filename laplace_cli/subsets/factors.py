@@ -45,12 +45,13 @@ class ParamGroup:
         return self.shape[0], self.numel // self.shape[0]
 
 
-@dataclass
 class LayerFactor:
     """Jacobian of one weight or bias in factored form.
 
-    a: (B, T, d_in) layer inputs (None for a bias); G: (B, C, T, d_out) output Jacobians.
-    T is the weight-sharing dimension (1 for plain Linear inputs, H·W for Conv2d).
+    a: (B, T, d_in) layer inputs (None for a bias), or a zero-argument builder of them, called
+    on first use of `a` (a conv's patches, which a K-FAC fit with `input_gram` never needs);
+    G: (B, C, T, d_out) output Jacobians. T is the weight-sharing dimension (1 for plain Linear
+    inputs, H·W for Conv2d).
     gram: the output factor Σ g gᵀ (d_out, d_out) of G, where the subset knows it in closed form
     (the layer that produces the model's outputs, under the GGN root: Σ_b ∂²ℓ/∂f_b²); the K-FAC
     sum then skips the (d_out × B·K) product. In `AllWeights.factor_directions` only the pieces'
@@ -60,10 +61,34 @@ class LayerFactor:
     the K-FAC "expand" input factor calls it once per batch.
     """
 
-    a: Tensor | None
-    G: Tensor
-    gram: Tensor | None = None
-    input_gram: Callable[[torch.dtype], Tensor] | None = None
+    __slots__ = ("G", "_a", "gram", "input_gram")
+
+    def __init__(
+        self,
+        a: Tensor | Callable[[], Tensor] | None,
+        G: Tensor,
+        gram: Tensor | None = None,
+        input_gram: Callable[[torch.dtype], Tensor] | None = None,
+    ) -> None:
+        self._a = a
+        self.G = G
+        self.gram = gram
+        self.input_gram = input_gram
+
+    @property
+    def a(self) -> Tensor | None:
+        if callable(self._a):
+            self._a = self._a()
+        return self._a
+
+    @property
+    def inputs_built(self) -> bool:
+        """False while `a` is a builder not yet called (reading `a` calls it)."""
+        return not callable(self._a)
+
+    def __repr__(self) -> str:
+        a = self._a if self.inputs_built else "<not built>"
+        return f"LayerFactor(a={a!r}, G={self.G!r}, gram={self.gram!r})"
 
 
 @dataclass

@@ -42,17 +42,13 @@ def cast_factors(factors: Sequence[Factor], dtype: torch.dtype) -> list[Factor]:
         if isinstance(fac, DenseFactor):
             out.append(fac if fac.J.dtype == dtype else DenseFactor(fac.J.to(dtype)))
             continue
-        a, gram = fac.a, fac.gram
-        if (a is None or a.dtype == dtype) and fac.G.dtype == dtype:
-            if gram is None or gram.dtype == dtype:
-                out.append(fac)
-                continue
-        out.append(
-            LayerFactor(
-                None if a is None else to(a),
-                to(fac.G),
-                None if gram is None else to(gram),
-                fac.input_gram,  # takes the dtype when called
-            )
-        )
+        if fac.inputs_built:
+            a = None if fac.a is None else to(fac.a)
+        else:
+            a = lambda f=fac: to(f.a)  # noqa: E731 — cast when (and if) they are built
+        G, gram = to(fac.G), None if fac.gram is None else to(fac.gram)
+        if fac.inputs_built and a is fac.a and G is fac.G and gram is fac.gram:
+            out.append(fac)
+            continue
+        out.append(LayerFactor(a, G, gram, fac.input_gram))  # input_gram takes the dtype
     return out

@@ -126,3 +126,31 @@ def test_half_precision_factor_is_computed_in_the_posterior_dtype():
     h = torch.tanh(model.c0(X)).float()
     expected = patch_gram(model.c1, h) / (24 * 24)
     assert_close(A, expected, rtol=1e-5, what="bfloat16 model's input factor")
+
+
+def test_routed_layers_build_their_patches_only_when_used(float64, monkeypatch):
+    """A K-FAC fit never builds a routed conv's patches; a diag fit (which needs them) builds
+    them once per batch, shared by the root's columns, and equals the fit without the route."""
+    import laplace_cli.subsets.base as subsets_base
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(6, 1, 24, 24, generator=g)
+    y = torch.randint(0, 3, (6,), generator=g)
+    batches = [(X[:3], y[:3]), (X[3:], y[3:])]
+    model = Net().double().eval()
+    built = []
+    real = subsets_base.layer_input
+
+    def spy(module, x):
+        built.append(module)
+        return real(module, x)
+
+    monkeypatch.setattr(subsets_base, "layer_input", spy)
+    Laplace(model, "classification", "all", "kron").fit(batches)
+    assert model.c1 not in built and built.count(model.c2) == 2
+    built.clear()
+    diag = Laplace(model, "classification", "all", "diag").fit(batches)
+    assert built.count(model.c1) == 2  # once per batch, not once per root column
+    monkeypatch.setattr(cig, "MIN_POSITIONS", 10**9)
+    plain = Laplace(model, "classification", "all", "diag").fit(batches)
+    assert_close(diag.posterior.h, plain.posterior.h, rtol=1e-12, what="diag GGN")
