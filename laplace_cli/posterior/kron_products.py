@@ -142,7 +142,12 @@ def kron_functional_variance_diag(
     the diagonal)."""
     QB = eigs["B.eigvecs"]
     if kind == "kron_bias":
-        gb = fac.J if isinstance(fac, DenseFactor) else fac.G.sum(2)
+        if isinstance(fac, DenseFactor):
+            gb = fac.J
+        elif fac.G.stride(0) == 0:  # shared by every row: summing row 0 keeps it shared
+            gb = fac.G[:1].sum(2).expand(fac.G.shape[0], -1, -1)
+        else:
+            gb = fac.G.sum(2)
         u = _rotated_outputs(gb, QB)  # (B or 1, C, d_out)
         return ((u**2) @ (1.0 / lam)).expand(gb.shape[0], -1)
     QA = eigs["A.eigvecs"]
