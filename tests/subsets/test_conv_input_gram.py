@@ -68,6 +68,19 @@ def test_route_only_where_it_applies_and_pays():
     assert route is not None and route(torch.float64).dtype == torch.float64
 
 
+def modules_passed_to(monkeypatch, owner, name: str) -> list[nn.Module]:
+    """The modules `owner.<name>(module, x)` is called with, in order (a spy)."""
+    calls: list[nn.Module] = []
+    real = getattr(owner, name)
+
+    def spy(module, x):
+        calls.append(module)
+        return real(module, x)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
 class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -94,14 +107,7 @@ def test_kron_fit_with_the_route_equals_the_fit_without(float64, monkeypatch, li
     )
     batches = [(X[:4], y[:4]), (X[4:], y[4:])]
     model = Net().double().eval()
-    calls = []
-    real = cig.conv_input_gram
-
-    def spy(module, x):
-        calls.append(module)
-        return real(module, x)
-
-    monkeypatch.setattr(cig, "conv_input_gram", spy)
+    calls = modules_passed_to(monkeypatch, cig, "conv_input_gram")
     with_route = Laplace(model, likelihood, "all", "kron").fit(batches)
     assert calls == [model.c1, model.c1]  # c0: one channel; c2: stride 2; once per batch
     monkeypatch.setattr(cig, "MIN_POSITIONS", 10**9)
@@ -138,14 +144,7 @@ def test_routed_layers_build_their_patches_only_when_used(float64, monkeypatch):
     y = torch.randint(0, 3, (6,), generator=g)
     batches = [(X[:3], y[:3]), (X[3:], y[3:])]
     model = Net().double().eval()
-    built = []
-    real = subsets_base.layer_input
-
-    def spy(module, x):
-        built.append(module)
-        return real(module, x)
-
-    monkeypatch.setattr(subsets_base, "layer_input", spy)
+    built = modules_passed_to(monkeypatch, subsets_base, "layer_input")
     Laplace(model, "classification", "all", "kron").fit(batches)
     assert model.c1 not in built and built.count(model.c2) == 2
     built.clear()
