@@ -51,6 +51,7 @@ from laplace_cli.cli.options import (
     ThreadsOpt,
     TrustCheckpointOpt,
 )
+from laplace_cli.core.enums import Dtype, LinkApprox, PredType
 
 EXAMPLES = [
     "laplace evaluate -p post.st --data data.yaml --report report.json",
@@ -110,6 +111,7 @@ def evaluate(
     --junit / --summary-md write what CI systems show (docs/ci.md).
     Under torchrun the processes share the predictive work; rank 0 reports.
     """
+    flags = dict(locals())  # the flags by name, for _request (which takes what it needs)
     ood = _check_flags(posterior, data, ood_data, report, plot, html, fail_if)
     check_conformal_level(conformal_level, "--conformal-level")
     boot = _check_bootstrap_flags(fail_if, bootstrap, confidence, interval_method, binning, seed)
@@ -123,11 +125,54 @@ def evaluate(
     spec = model_override(model, model_factory, model_kwargs, trust_checkpoint)
     _require_matplotlib(plot, html)
 
-    from laplace_cli.pipeline.evaluate_file import EvaluateRequest, evaluate_posterior_file
+    from laplace_cli.pipeline.evaluate_file import evaluate_posterior_file
+
+    done = evaluate_posterior_file(_request(ood, boot, base, spec, **flags), progress_for(quiet))
+    if done is not None:  # None: not rank 0 under torchrun
+        _report(*done, json_, quiet)
+        raise_for_gates(done[0])
+
+
+def _request(
+    ood: Path | dict[str, Path] | None,
+    boot: Any,
+    base: Any,
+    spec: Any,
+    /,
+    *,
+    posterior: Path,
+    data: Path,
+    split: str,
+    conformal_level: float,
+    per_label_temperature: bool,
+    pred_type: PredType | None,
+    link_approx: LinkApprox | None,
+    samples: int,
+    report: Path | None,
+    plot: Path | None,
+    html: Path | None,
+    fail_if: list[str] | None,
+    bins: int,
+    binning: str,
+    strict_baseline: bool,
+    history: Path | None,
+    junit: Path | None,
+    summary_md: Path | None,
+    log: list[str] | None,
+    trust_checkpoint: bool,
+    batch_size: int | None,
+    device: str | None,
+    dtype: Dtype | None,
+    seed: int | None,
+    **_other_flags: Any,
+) -> Any:
+    """The EvaluateRequest of the checked flags, with the OOD spec(s) `ood`, the bootstrap
+    settings `boot`, the baseline `base` and the model override `spec` derived from them."""
+    from laplace_cli.pipeline.evaluate_file import EvaluateRequest
     from laplace_cli.pipeline.predict_stage import PredictOptions
     from laplace_cli.pipeline.publish import PublishOptions
 
-    request = EvaluateRequest(
+    return EvaluateRequest(
         posterior=posterior,
         data=data,
         split=split,
@@ -161,10 +206,6 @@ def evaluate(
             trackers=log or [],
         ),
     )
-    done = evaluate_posterior_file(request, progress_for(quiet))
-    if done is not None:  # None: not rank 0 under torchrun
-        _report(*done, json_, quiet)
-        raise_for_gates(done[0])
 
 
 def _check_bootstrap_flags(

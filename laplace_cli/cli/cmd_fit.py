@@ -18,6 +18,7 @@ from laplace_cli.cli.common import (
     progress_for,
     require_file,
 )
+from laplace_cli.cli.fit_checks import check_dense_flags, check_gp_flags, check_subset_flags
 from laplace_cli.cli.options import (
     BackendOpt,
     BatchSizeOpt,
@@ -49,8 +50,7 @@ from laplace_cli.cli.options import (
     ThreadsOpt,
     TrustCheckpointOpt,
 )
-from laplace_cli.core.enums import Backend, Curvature, Structure, Subset
-from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.enums import Backend, Curvature, Dtype, Likelihood, Structure, Subset
 
 MaxMemoryOpt = Annotated[
     str | None,
@@ -166,25 +166,69 @@ def fit(
     shard of the split and the sums are all-reduced; rank 0 writes the same posterior as one
     process would. --checkpoint-every N and --resume make a long fit resumable.
     """
+    flags = dict(locals())  # the flags by name, for _fit_options (which takes what it needs)
     started = time.perf_counter()
     _check_files(model, data, output, prior, model_factory, model_kwargs)
     check_positive(prior_precision, "--prior-precision")
     check_positive(temperature, "--temperature")
-    _check_subset_flags(subset, structure, rank, subnetwork, last_layer_name)
-    _check_gp_flags(structure, subset, context_points, context, prior, checkpoint_every, resume)
-    _check_dense_flags(output_positions, ignore_index, structure)
+    check_subset_flags(subset, structure, rank, subnetwork, last_layer_name)
+    check_gp_flags(structure, subset, context_points, context, prior, checkpoint_every, resume)
+    check_dense_flags(output_positions, ignore_index, structure)
     apply_threads(threads)
     check_device(device)
     kwargs = parse_json_object(model_kwargs, "--model-kwargs")
+    options = _fit_options(**flags)
+
+    from laplace_cli.pipeline.fit_posterior import fit_posterior
+    from laplace_cli.pipeline.model_loading import ModelSpec
+
+    result = fit_posterior(  # weight space, or function space for --structure gp
+        ModelSpec(str(model), model_factory, kwargs, trust_checkpoint),
+        data,
+        options,
+        output,
+        device=device or "auto",
+        dtype=dtype.value if dtype is not None else None,
+        progress=progress_for(quiet),
+    )
+    _report(result, output, started, quiet, json_)
+
+
+def _fit_options(
+    *,
+    likelihood: Likelihood | None,
+    subset: Subset,
+    structure: Structure,
+    curvature: Curvature,
+    backend: Backend,
+    rank: int | None,
+    subnetwork: str | None,
+    prior_precision: float | None,
+    temperature: float | None,
+    prior: Path | None,
+    split: str,
+    last_layer_name: str | None,
+    batch_size: int | None,
+    curvature_dtype: Dtype | None,
+    seed: int | None,
+    checkpoint_every: int | None,
+    resume: bool,
+    output: Path,
+    max_memory: str | None,
+    context_points: int | None,
+    context: str,
+    output_positions: str | None,
+    ignore_index: int | None,
+    **_other_flags: Any,
+) -> Any:
+    """The FitOptions of the checked flags (--max-memory parsed here: a bad size exits 2)."""
     from laplace_cli.posterior.memory import parse_size
 
     budget = parse_size(max_memory) if max_memory is not None else None
 
-    from laplace_cli.pipeline.fit_posterior import fit_posterior
     from laplace_cli.pipeline.fit_stage import FitOptions
-    from laplace_cli.pipeline.model_loading import ModelSpec
 
-    options = FitOptions(
+    return FitOptions(
         likelihood=likelihood.value if likelihood is not None else None,
         subset=subset.value,
         structure=structure.value,
@@ -209,16 +253,6 @@ def fit(
         output_positions=output_positions,
         ignore_index=ignore_index,
     )
-    result = fit_posterior(  # weight space, or function space for --structure gp
-        ModelSpec(str(model), model_factory, kwargs, trust_checkpoint),
-        data,
-        options,
-        output,
-        device=device or "auto",
-        dtype=dtype.value if dtype is not None else None,
-        progress=progress_for(quiet),
-    )
-    _report(result, output, started, quiet, json_)
 
 
 def _check_files(
@@ -237,95 +271,6 @@ def _check_files(
         require_file(prior, "--prior")
     check_factory(model_factory)
     parse_json_object(model_kwargs, "--model-kwargs")
-
-
-def _check_subset_flags(
-    subset: Subset,
-    structure: Structure,
-    rank: int | None,
-    subnetwork: str | None,
-    last_layer_name: str | None,
-) -> None:
-    """Check the flags that apply to one subset or structure only."""
-    if rank is not None and structure != Structure.LOWRANK:
-        raise BadInputError(
-            f"--rank applies to --structure lowrank only, got --structure {structure}"
-        )
-    if subset == Subset.SUBNETWORK and subnetwork is None:
-        from laplace_cli.masks.selectors import selector_choices
-
-        raise BadInputError(
-            "--subset subnetwork needs --subnetwork to say which parameters, e.g. "
-            f"--subnetwork largest_magnitude:128; {selector_choices()}"
-        )
-    if subnetwork is not None:
-        if subset != Subset.SUBNETWORK:
-            raise BadInputError(
-                f"--subnetwork applies to --subset subnetwork only, got --subset {subset}"
-            )
-        from laplace_cli.masks.selectors import parse_subnetwork
-
-        parse_subnetwork(subnetwork)  # syntax and file checks before the model loads
-    if last_layer_name is not None and subset != Subset.LAST_LAYER:
-        raise BadInputError(
-            f"--last-layer-name applies to --subset last_layer only, got --subset {subset}"
-        )
-
-
-def _check_dense_flags(
-    output_positions: str | None, ignore_index: int | None, structure: Structure
-) -> None:
-    """--output-positions takes independent or mean; --ignore-index needs it; no gp."""
-    if output_positions is not None and output_positions not in ("independent", "mean"):
-        raise BadInputError(
-            f"--output-positions: expected independent or mean, got {output_positions!r}"
-        )
-    if ignore_index is not None and output_positions is None:
-        raise BadInputError(
-            "--ignore-index applies to dense outputs; add --output-positions independent "
-            "(or mean), or drop --ignore-index"
-        )
-    if output_positions is not None and structure == Structure.GP:
-        raise BadInputError(
-            "--output-positions is not available with --structure gp; use kron, diag, full "
-            "or lowrank"
-        )
-
-
-def _check_gp_flags(
-    structure: Structure,
-    subset: Subset,
-    context_points: int | None,
-    context: str,
-    prior: Path | None,
-    checkpoint_every: int | None,
-    resume: bool,
-) -> None:
-    """--context-points / --context go with --structure gp, which has no weight-space extras."""
-    if structure != Structure.GP:
-        if context_points is not None or context != "first":
-            raise BadInputError(
-                f"--context-points and --context apply to --structure gp, got --structure {structure}"
-            )
-        return
-    if subset not in (Subset.ALL, Subset.LAST_LAYER):
-        raise BadInputError(
-            f"--structure gp is for --subset all or last_layer, got --subset {subset}"
-        )
-    if context_points is not None and context_points < 1:
-        raise BadInputError(f"--context-points: expected a positive count, got {context_points}")
-    if context not in ("first", "random"):
-        raise BadInputError(f"--context: expected first or random, got {context!r}")
-    for flag, given in (
-        ("--prior", prior is not None),
-        ("--checkpoint-every", bool(checkpoint_every)),
-        ("--resume", resume),
-    ):
-        if given:
-            raise BadInputError(
-                f"{flag} is for weight-space structures; --structure gp fits in one pass "
-                "(use --structure kron, diag or full)"
-            )
 
 
 def _summary(result: Any, output: Path, ctx: Any, started: float) -> dict[str, Any]:

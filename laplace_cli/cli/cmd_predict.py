@@ -45,6 +45,7 @@ from laplace_cli.cli.options import (
     TrustCheckpointOpt,
     XKeyOpt,
 )
+from laplace_cli.cli.predict_dense import check_dense_format, predict_dense
 from laplace_cli.core.enums import OutputFormat
 from laplace_cli.core.errors import BadInputError
 
@@ -121,18 +122,19 @@ def predict(
         device=device or "auto",
         dtype=dtype.value if dtype is not None else None,
     ).la
-    _check_dense_format(la, fmt, output, conformal, columns, ctx)
+    check_dense_format(la, fmt, output, conformal, columns, ctx)
     chunks, info, total = prediction_chunks(la, input_, data, split, x_key, header, batch_size)
     options = PredictOptions(
         pred_type.value if pred_type is not None else None,
         link_approx.value if link_approx is not None else None,
         n_samples=samples, interval=interval, seed=seed if seed is not None else 0,
     )  # fmt: skip
+    source = "<stdin>" if input_ == "-" else str(input_ or f"{data}: split {split!r}")
     if fmt == OutputFormat.NPZ:  # dense outputs: arrays, not rows (checked above)
-        _predict_dense(la, chunks, info, total, options, output, input_, data, split, quiet, json_)
+        n = predict_dense(la, chunks, total, options, output, source, quiet)
+        _report(info, source, output, OutputFormat.NPZ.value, n, quiet, json_)
         return
     _add_conformal(la, options, conformal, conformal_score)
-    source = "<stdin>" if input_ == "-" else str(input_ or f"{data}: split {split!r}")
     batches = predicted_batches(la, chunks, options, source, ctx)
     if batches is None:
         return  # a rank other than 0 under torchrun: rank 0 writes every row
@@ -174,61 +176,6 @@ def _write_rows(
     _warn_header(info, source)  # the first line has been read: say if it may be misread
     rows_written = _write(rows, output, fmt.value, fields, single)
     _report(info, source, output, fmt.value, rows_written, quiet, json_)
-
-
-def _check_dense_format(
-    la: Any,
-    fmt: Any,
-    output: Path | None,
-    conformal: float | None,
-    columns: str | None,
-    ctx: Any,
-) -> None:
-    """NPZ arrays for dense outputs (B, C, *S) and only for them, to a file (-o)."""
-    from laplace_cli.pipeline.dense_predictions import is_dense
-
-    if not is_dense(la):
-        if fmt == OutputFormat.NPZ:
-            raise BadInputError(
-                "--format npz is for posteriors with dense outputs (fit --output-positions); "
-                "this one gives one row per input: use csv or jsonl"
-            )
-        return
-    if fmt != OutputFormat.NPZ:
-        raise BadInputError(
-            f"the posterior has dense outputs ({la.output_shape} per input): predictions are "
-            f"arrays, not {fmt.value} rows; give -o predictions.npz (or --format npz -o FILE)"
-        )
-    if output is None:
-        raise BadInputError("--format npz writes a binary file: give -o predictions.npz")
-    if conformal is not None or columns is not None:
-        flag = "--conformal" if conformal is not None else "--columns"
-        raise BadInputError(f"{flag} applies to rows (csv / jsonl), not to dense outputs; drop it")
-    if ctx is not None:
-        raise BadInputError("predict of dense outputs runs in one process: run it without torchrun")
-    if output.exists() and not output.is_file():
-        raise BadInputError(f"{output}: --format npz needs a regular file (written atomically)")
-
-
-def _predict_dense(
-    la: Any,
-    chunks: Any,
-    info: Any,
-    total: int | None,
-    options: Any,
-    output: Path,
-    input_: Any,
-    data: Path | None,
-    split: str,
-    quiet: bool,
-    json_: bool,
-) -> None:
-    """Write the arrays of every input to the NPZ file `output` (atomically) and report."""
-    from laplace_cli.pipeline.dense_predictions import write_dense_predictions
-
-    source = "<stdin>" if input_ == "-" else str(input_ or f"{data}: split {split!r}")
-    n = write_dense_predictions(la, chunks, options, output, source, progress_for(quiet), total)
-    _report(info, source, output, OutputFormat.NPZ.value, n, quiet, json_)
 
 
 def _check_flags(

@@ -32,14 +32,8 @@ from laplace_cli.laplace.dense_outputs import (
     parse_output_positions,
 )
 from laplace_cli.laplace.fitting import FitMixin
+from laplace_cli.laplace.hyperparameters import HyperparameterMixin, check_temperature
 from laplace_cli.laplace.hyperparameters import as_tensor as as_tensor  # its former home
-from laplace_cli.laplace.hyperparameters import (
-    check_prior_mean,
-    check_prior_precision,
-    check_sigma_noise,
-    check_temperature,
-    per_output_noise_split,
-)
 from laplace_cli.laplace.posterior_quantities import PosteriorMixin
 from laplace_cli.laplace.precision import check_half_precision
 from laplace_cli.laplace.prediction import PredictiveMixin
@@ -89,7 +83,9 @@ class _FlavourFactory(type):
         return obj
 
 
-class Laplace(PosteriorMixin, PredictiveMixin, FitMixin, metaclass=_FlavourFactory):
+class Laplace(
+    HyperparameterMixin, PosteriorMixin, PredictiveMixin, FitMixin, metaclass=_FlavourFactory
+):
     """Laplace approximation of a trained network's posterior over (a subset of) its weights.
 
     Args:
@@ -335,49 +331,6 @@ class Laplace(PosteriorMixin, PredictiveMixin, FitMixin, metaclass=_FlavourFacto
     @property
     def _itemsize(self) -> int:
         return torch.empty((), dtype=self._dtype).element_size()
-
-    # --- hyperparameters --------------------------------------------------------------------
-    @property
-    def prior_precision(self) -> Tensor:
-        return self._prior_precision
-
-    @prior_precision.setter
-    def prior_precision(self, value: float | Sequence[float] | Tensor) -> None:
-        self._prior_precision = check_prior_precision(
-            value, self._dtype, self._device, self.subset.groups, self.hessian_structure
-        )
-
-    @property
-    def prior_mean(self) -> Tensor:
-        return self._prior_mean
-
-    @prior_mean.setter
-    def prior_mean(self, value: float | Tensor) -> None:
-        self._prior_mean = check_prior_mean(value, self._dtype, self._device, self.n_params)
-
-    @property
-    def sigma_noise(self) -> Tensor:
-        return self._sigma_noise
-
-    @sigma_noise.setter
-    def sigma_noise(self, value: float | Sequence[float] | Tensor) -> None:
-        t = check_sigma_noise(value, self._dtype, self._device, self.likelihood)
-        if t.numel() > 1:
-            self._use_per_output_noise(t.numel())
-        self._sigma_noise = t
-
-    def _use_per_output_noise(self, n: int) -> None:
-        """Per-output σ: the posterior keeps H per output (laplace/hyperparameters.py)."""
-        split = per_output_noise_split(
-            n,
-            getattr(self, "n_outputs", None),  # None while __init__ runs
-            self.posterior.split_outputs,
-            self.curvature,
-            self.hessian_structure,
-            getattr(self, "fitted", False),
-        )
-        if split:
-            self.posterior.split_by_output(n)
 
     @property
     def n_params(self) -> int:

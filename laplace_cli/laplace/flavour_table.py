@@ -28,7 +28,8 @@ from laplace_cli.laplace.flavours_last_layer import (
     LLLaplace,
 )
 from laplace_cli.laplace.flavours_subnet import DiagSubnetLaplace, FullSubnetLaplace
-from laplace_cli.laplace.functional import FunctionalLaplace, FunctionalLLLaplace
+from laplace_cli.laplace.functional import FunctionalLaplace
+from laplace_cli.laplace.functional_ll import FunctionalLLLaplace
 from laplace_cli.laplace.precision import check_half_precision, model_dtype_of
 
 

@@ -22,7 +22,7 @@ from laplace_cli.laplace.flavours import (
     ParametricLaplace,
     refuse_damping,
 )
-from laplace_cli.laplace.functional import FunctionalLLLaplace
+from laplace_cli.laplace.functional_ll import FunctionalLLLaplace
 
 __all__ = ["LLLaplace", "DiagLLLaplace", "KronLLLaplace", "FullLLLaplace", "FunctionalLLLaplace"]
 

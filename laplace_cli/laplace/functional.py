@@ -1,4 +1,5 @@
-"""Function-space Laplace (laplace-torch's `FunctionalLaplace`, `FunctionalLLLaplace`).
+"""Function-space Laplace (laplace-torch's `FunctionalLaplace`; `FunctionalLLLaplace` is in
+laplace/functional_ll.py).
 
 The linearised network seen as a Gaussian process with the neural tangent kernel J Jᵀ / δ,
 conditioned on M context points (subset-of-data inference; Immer et al. 2021). The maths of the
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from laplace_cli.core import likelihoods as lik
 from laplace_cli.core.batches import Inputs, batch_size, to_device
@@ -45,11 +46,9 @@ from laplace_cli.laplace.functional_torch_api import (
 from laplace_cli.laplace.functional_tuning import adam_log_prior, best_on_grid, grid_loss
 from laplace_cli.posterior import gp
 from laplace_cli.posterior.predictive import glm_link
-from laplace_cli.subsets.base import ParameterSubset
-from laplace_cli.subsets.last_layer import LastLayer
 
 # context_indices: its former home (functional_kernels.py has the context-point machinery)
-__all__ = ["BaseFunctionalLaplace", "FunctionalLaplace", "FunctionalLLLaplace", "context_indices"]
+__all__ = ["BaseFunctionalLaplace", "FunctionalLaplace", "context_indices"]
 
 
 class FunctionalLaplace(FunctionalGP):
@@ -350,59 +349,3 @@ class FunctionalLaplace(FunctionalGP):
             return total
 
         return best_on_grid(grid, set_delta, score)
-
-
-class FunctionalLLLaplace(FunctionalLaplace):
-    """GP (function-space) Laplace over the last layer: the kernel of the head's Jacobian.
-
-    For the last Linear layer J(x) = I_C ⊗ [φ(x), 1], so the kernel is (φ·φ' + 1) I_C, built
-    from features without a Jacobian. laplace-torch's constructor order (with
-    `feature_reduction` and `last_layer_name`).
-    """
-
-    _key: ClassVar[tuple[str, str]] = ("last_layer", "gp")
-
-    def __init__(
-        self,
-        model: nn.Module,
-        likelihood: str | Likelihood,
-        n_subset: int | None = None,
-        sigma_noise: float | Tensor = 1.0,
-        prior_precision: float | Tensor = 1.0,
-        prior_mean: float | Tensor = 0.0,
-        temperature: float = 1.0,
-        enable_backprop: bool = False,
-        feature_reduction: str | None = None,
-        dict_key_x: str = "input_ids",
-        dict_key_y: str = "labels",
-        last_layer_name: str | None = None,
-        backend: Any = None,
-        backend_kwargs: dict[str, Any] | None = None,
-        independent_outputs: bool = False,
-        seed: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        self._ll_args = (last_layer_name, feature_reduction)
-        super().__init__(
-            model,
-            likelihood,
-            n_subset,
-            sigma_noise,
-            prior_precision,
-            prior_mean,
-            temperature,
-            enable_backprop,
-            dict_key_x,
-            dict_key_y,
-            backend,
-            backend_kwargs,
-            independent_outputs,
-            seed,
-            **kwargs,
-        )
-
-    def _make_subset(
-        self, last_layer_name: str | None, feature_reduction: str | None
-    ) -> ParameterSubset:
-        name, reduction = self._ll_args
-        return LastLayer(self.model, name, reduction)

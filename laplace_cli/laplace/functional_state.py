@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from laplace_cli.core.enums import Subset
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.core.version import __version__
-from laplace_cli.laplace.functional import FunctionalLaplace, FunctionalLLLaplace
+from laplace_cli.laplace.functional import FunctionalLaplace
+from laplace_cli.laplace.functional_ll import FunctionalLLLaplace
 
 __all__ = ["CONTEXT_PREFIX", "functional_from_state", "functional_state", "is_functional"]
 

@@ -20,6 +20,7 @@ from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior.base import expand_prior
 
 __all__ = [
+    "HyperparameterMixin",
     "as_tensor",
     "check_prior_mean",
     "check_prior_precision",
@@ -146,3 +147,53 @@ def per_output_noise_split(
             f"sigma_noise ({n} values) to use one noise level per output"
         )
     return True
+
+
+class HyperparameterMixin:
+    """`Laplace`'s prior precision δ, prior mean μ₀ and observation noise σ: properties whose
+    setters check and place the values (the checks above)."""
+
+    _dtype: torch.dtype
+    _device: torch.device
+
+    @property
+    def prior_precision(self) -> Tensor:
+        return self._prior_precision
+
+    @prior_precision.setter
+    def prior_precision(self, value: float | Sequence[float] | Tensor) -> None:
+        self._prior_precision = check_prior_precision(
+            value, self._dtype, self._device, self.subset.groups, self.hessian_structure
+        )
+
+    @property
+    def prior_mean(self) -> Tensor:
+        return self._prior_mean
+
+    @prior_mean.setter
+    def prior_mean(self, value: float | Tensor) -> None:
+        self._prior_mean = check_prior_mean(value, self._dtype, self._device, self.n_params)
+
+    @property
+    def sigma_noise(self) -> Tensor:
+        return self._sigma_noise
+
+    @sigma_noise.setter
+    def sigma_noise(self, value: float | Sequence[float] | Tensor) -> None:
+        t = check_sigma_noise(value, self._dtype, self._device, self.likelihood)
+        if t.numel() > 1:
+            self._use_per_output_noise(t.numel())
+        self._sigma_noise = t
+
+    def _use_per_output_noise(self, n: int) -> None:
+        """Per-output σ: the posterior keeps H per output (laplace/hyperparameters.py)."""
+        split = per_output_noise_split(
+            n,
+            getattr(self, "n_outputs", None),  # None while __init__ runs
+            self.posterior.split_outputs,
+            self.curvature,
+            self.hessian_structure,
+            getattr(self, "fitted", False),
+        )
+        if split:
+            self.posterior.split_by_output(n)

@@ -20,7 +20,8 @@ import torch
 from laplace_cli.core.enums import Likelihood, Structure, Subset
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.io.datasets import load_dataset_spec
-from laplace_cli.laplace.functional import FunctionalLaplace, FunctionalLLLaplace
+from laplace_cli.laplace.functional import FunctionalLaplace
+from laplace_cli.laplace.functional_ll import FunctionalLLLaplace
 from laplace_cli.laplace.precision import check_half_precision, model_dtype_of
 from laplace_cli.pipeline.fit_stage import FitOptions, FitResult
 from laplace_cli.pipeline.model_loading import (

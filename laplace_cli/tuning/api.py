@@ -26,6 +26,41 @@ Losses: classification "nll", "brier", "ece" (as in `laplace_cli.metrics.classif
 `loss(probs, y)` (classification / binary) or `loss((mean, var), y)` (regression, `var` the total
 per-output variance), returning a float to minimise.
 
+Options of `optimize_prior_precision`, in full:
+
+* `la`: a fitted Laplace approximation; its `prior_precision` (and `sigma_noise`,
+  `temperature`) are set to the result. `method`: "marglik" or "gridsearch".
+* `prior_structure`: "scalar", "layerwise" (one δ per parameter tensor) or "diag" (one per
+  parameter; diag and full posteriors only). gridsearch tunes a scalar.
+* `pred_type`, `link_approx`: the predictive that gridsearch scores (defaults: what `la.tuning`
+  recorded, else "glm" and "probit"; "mc" for pred_type "nn"). Recorded in `la.tuning` so that
+  a posterior file and `predict` default to them.
+* `val_loader`: validation batches `(x, y)` or dicts (gridsearch). `loss`: see "Losses" above.
+* `grid`: prior precisions to score; default `logspace(log_prior_prec_min, log_prior_prec_max,
+  grid_size)` (base 10, as laplace-torch). `temperature_grid`: temperatures to score jointly
+  with the prior grid (the product grid).
+* `refine`: if > 0, score this many more log-spaced points strictly between the best grid value
+  and each of its neighbours (2·refine in all, refine at an edge) and keep the best of all.
+* `n_steps`: most optimiser steps for marglik (it stops earlier when converged). `lr`: optimiser
+  step size (L-BFGS default 1.0, Adam 0.1). `optimizer`: "lbfgs" or "adam". `tol`: convergence
+  threshold on the largest gradient entry of −log p(D)/N in log space (default 1e-7 in float64,
+  1e-4 in lower precision).
+* `init_prior_prec`: start of marglik (default: the current prior, reduced or expanded to
+  `prior_structure`). `tune_prior`: False keeps δ and tunes σ on its own (marglik, regression).
+* `tune_sigma_noise`: also tune σ by marglik (regression). Default off, as laplace-torch: a σ the
+  user set is kept (`laplace tune` turns it on for regression); with `tune_prior=False` it
+  defaults to on.
+* `n_samples`: Monte Carlo samples for link_approx "mc" / pred_type "nn"; `seed`: their seed
+  (every grid point uses the same draws). `use_cache`: False scores each grid point by calling
+  `la(...)` (slow; for checking).
+* `progress`: `progress(iterable, total, description)` wrapper of the marglik steps (the CLI's
+  progress bar); the default shows nothing.
+
+The result, also stored as `la.tuning`, is a JSON-serialisable dict: method, prior_structure,
+prior_precision (list), sigma_noise (list), temperature, log_evidence (marglik) or curve
+([[δ, loss], ...] or [[δ, T, loss], ...]) (gridsearch), pred_type, link_approx, loss, n_steps,
+converged, on_edge, tuned.
+
 The methods live in `tuning.marglik` and `tuning.grid` (the validation losses in
 `tuning.scoring`, the predictive cache in `tuning.cache`, their shared warning in
 `tuning.common`); this module dispatches to them and re-exports their public names.
@@ -43,6 +78,8 @@ from laplace_cli.core.errors import BadInputError
 from laplace_cli.tuning.common import TuningWarning
 from laplace_cli.tuning.grid import LOSSES as LOSSES  # re-exported, as LOG_BOUND below
 from laplace_cli.tuning.grid import LossFn, compare_with_map, grid_losses, map_loss, run_gridsearch
+from laplace_cli.tuning.laplace_torch_args import LAPLACE_TORCH_ORDER as LAPLACE_TORCH_ORDER
+from laplace_cli.tuning.laplace_torch_args import laplace_torch_arguments as laplace_torch_arguments
 from laplace_cli.tuning.marglik import LOG_BOUND as LOG_BOUND
 from laplace_cli.tuning.marglik import Progress, log_evidence, no_progress, run_marglik
 from laplace_cli.tuning.protocol import FittedLaplace
@@ -97,57 +134,106 @@ def optimize_prior_precision(
 ) -> dict[str, Any]:
     """Tune the prior precision (and σ, T) of a fitted `Laplace`; set them on `la`.
 
-    Args:
-        la: a fitted Laplace approximation; its `prior_precision` (and `sigma_noise`,
-            `temperature`) are set to the result.
-        method: "marglik" or "gridsearch" (see the module docstring).
-        prior_structure: "scalar", "layerwise" (one δ per parameter tensor) or "diag" (one per
-            parameter; diag and full posteriors only). gridsearch tunes a scalar.
-        pred_type, link_approx: the predictive that gridsearch scores (defaults: what `la.tuning`
-            recorded, else "glm" and "probit"; "mc" for pred_type "nn"). Recorded in `la.tuning`
-            so that a posterior file and `predict` default to them.
-        val_loader: validation batches `(x, y)` or dicts (gridsearch).
-        loss: "nll", "brier", "ece", "mse" or a callable; see the module docstring.
-        grid: prior precisions to score; default `logspace(log_prior_prec_min,
-            log_prior_prec_max, grid_size)` (base 10, as laplace-torch).
-        temperature_grid: temperatures to score jointly with the prior grid (the product grid).
-        refine: if > 0, score this many more log-spaced points strictly between the best grid
-            value and each of its neighbours (2·refine in all, refine at an edge) and keep the
-            best of all.
-        n_steps: most optimiser steps for marglik (it stops earlier when converged).
-        lr: optimiser step size (L-BFGS default 1.0, Adam 0.1).
-        optimizer: "lbfgs" or "adam".
-        tol: convergence threshold on the largest gradient entry of −log p(D)/N in log space
-            (default 1e-7 in float64, 1e-4 in lower precision).
-        init_prior_prec: start of marglik (default: the current prior, reduced or expanded to
-            `prior_structure`).
-        tune_prior: False keeps δ and tunes σ on its own (marglik, regression).
-        tune_sigma_noise: also tune σ by marglik (regression). Default off, as laplace-torch:
-            a σ the user set is kept (`laplace tune` turns it on for regression); with
-            `tune_prior=False` it defaults to on.
-        n_samples: Monte Carlo samples for link_approx "mc" / pred_type "nn".
-        seed: seed of those samples; every grid point uses the same draws.
+    Args (the module docstring's "Options" says more on each):
+        la: a fitted Laplace; its prior_precision (sigma_noise, temperature) are set.
+        method, prior_structure: "marglik"/"gridsearch"; "scalar", "layerwise" or "diag".
+        pred_type, link_approx: the predictive that gridsearch scores; recorded in `la.tuning`.
+        val_loader, loss: gridsearch's validation batches; "nll", "brier", "ece", "mse", callable.
+        grid, grid_size, log_prior_prec_min, log_prior_prec_max: the prior precisions scored.
+        temperature_grid, refine: temperatures scored jointly; extra points near the best.
+        n_steps, lr, optimizer, tol: marglik's step limit, step size, "lbfgs"/"adam", tolerance.
+        init_prior_prec, tune_prior, tune_sigma_noise: marglik's start; whether it tunes δ, σ.
+        n_samples, seed: Monte Carlo samples (link_approx "mc", pred_type "nn"), their seed.
         use_cache: False scores each grid point by calling `la(...)` (slow; for checking).
-        progress: `progress(iterable, total, description)` wrapper of the marglik steps (the
-            CLI's progress bar); the default shows nothing.
+        progress: `progress(iterable, total, description)` wrapper of the marglik steps.
 
     Returns:
-        A JSON-serialisable dict, also stored as `la.tuning`: method, prior_structure,
-        prior_precision (list), sigma_noise (list), temperature, log_evidence (marglik) or
-        curve ([[δ, loss], ...] or [[δ, T, loss], ...]) (gridsearch), pred_type, link_approx,
-        loss, n_steps, converged, on_edge, tuned.
+        A JSON-serialisable dict, also stored as `la.tuning` (fields: the module docstring).
 
     Raises:
-        BadInputError: unknown options, a structure that cannot take the prior structure
-            (K-FAC with "diag"), gridsearch without validation data.
+        BadInputError: unknown options, K-FAC with "diag", gridsearch without validation data.
         NumericalError: the marginal likelihood or every grid loss is not finite.
     """
+    tm, ps = _checked_arguments(
+        la, method, prior_structure, temperature_grid, tune_prior, tune_sigma_noise
+    )
+    result = _run_method(
+        la,
+        tm,
+        ps,
+        pred_type,
+        link_approx,
+        val_loader,
+        loss,
+        grid,
+        grid_size,
+        log_prior_prec_min,
+        log_prior_prec_max,
+        temperature_grid,
+        refine,
+        n_steps,
+        lr,
+        optimizer,
+        tol,
+        init_prior_prec,
+        tune_prior,
+        tune_sigma_noise,
+        n_samples,
+        seed,
+        use_cache,
+        progress,
+    )
+    return _record_result(la, tm, ps, result, tune_prior, _verbose)
+
+
+def _checked_arguments(
+    la: FittedLaplace,
+    method: TuneMethod | str,
+    prior_structure: PriorStructure | str,
+    temperature_grid: Sequence[float] | Tensor | None,
+    tune_prior: bool,
+    tune_sigma_noise: bool | None,
+) -> tuple[TuneMethod, PriorStructure]:
+    """The parsed method and prior structure, once every option is checked against them."""
     la.require_fit()
     tm = TuneMethod.parse(method, "method")
     ps = PriorStructure.parse(prior_structure, "prior_structure")
     _check_prior_structure(la, ps)
     if tm == TuneMethod.MARGLIK:
         _check_marglik_options(temperature_grid)
+    else:
+        _check_gridsearch_options(ps, tune_prior, tune_sigma_noise)
+    return tm, ps
+
+
+def _run_method(
+    la: FittedLaplace,
+    tm: TuneMethod,
+    ps: PriorStructure,
+    pred_type: PredType | str | None,
+    link_approx: LinkApprox | str | None,
+    val_loader: Iterable[Any] | None,
+    loss: str | LossFn,
+    grid: Sequence[float] | Tensor | None,
+    grid_size: int,
+    log_prior_prec_min: float,
+    log_prior_prec_max: float,
+    temperature_grid: Sequence[float] | Tensor | None,
+    refine: int,
+    n_steps: int,
+    lr: float | None,
+    optimizer: str,
+    tol: float | None,
+    init_prior_prec: float | Sequence[float] | Tensor | None,
+    tune_prior: bool,
+    tune_sigma_noise: bool | None,
+    n_samples: int,
+    seed: int,
+    use_cache: bool,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Run the checked method (`run_marglik` or `run_gridsearch`); its part of the record."""
+    if tm == TuneMethod.MARGLIK:
         result = run_marglik(
             la,
             ps,
@@ -161,29 +247,39 @@ def optimize_prior_precision(
             progress=progress,
         )
         result.update(_marglik_predictive(pred_type, link_approx))
-    else:
-        _check_gridsearch_options(ps, tune_prior, tune_sigma_noise)
-        result = run_gridsearch(
-            la,
-            val_loader,
-            loss=loss,
-            pred_type=pred_type,
-            link_approx=link_approx,
-            grid=grid,
-            grid_size=grid_size,
-            log_min=log_prior_prec_min,
-            log_max=log_prior_prec_max,
-            temperature_grid=temperature_grid,
-            refine=refine,
-            n_samples=n_samples,
-            seed=seed,
-            use_cache=use_cache,
-        )
+        return result
+    return run_gridsearch(
+        la,
+        val_loader,
+        loss=loss,
+        pred_type=pred_type,
+        link_approx=link_approx,
+        grid=grid,
+        grid_size=grid_size,
+        log_min=log_prior_prec_min,
+        log_max=log_prior_prec_max,
+        temperature_grid=temperature_grid,
+        refine=refine,
+        n_samples=n_samples,
+        seed=seed,
+        use_cache=use_cache,
+    )
+
+
+def _record_result(
+    la: FittedLaplace,
+    tm: TuneMethod,
+    ps: PriorStructure,
+    result: dict[str, Any],
+    tune_prior: bool,
+    verbose: bool,
+) -> dict[str, Any]:
+    """Store the full record of a tuning run as `la.tuning` and return it."""
     if not tune_prior:  # σ on its own: report the structure of the prior that was kept
         ps = _kept_prior_structure(la)
     result = _tuning_record(la, tm, ps, result)
     la.tuning = result
-    if _verbose:  # laplace-torch's `verbose=True`
+    if verbose:  # laplace-torch's `verbose=True`
         print(f"Optimized prior precision is {la.prior_precision}.")
     return result
 
@@ -258,78 +354,6 @@ def _tuning_record(
         "temperature": float(la.temperature),
         **result,
     }
-
-
-#: laplace-torch 0.3's positional order of `optimize_prior_precision`'s arguments.
-LAPLACE_TORCH_ORDER = (
-    "pred_type",
-    "method",
-    "n_steps",
-    "lr",
-    "init_prior_prec",
-    "prior_structure",
-    "val_loader",
-    "loss",
-    "log_prior_prec_min",
-    "log_prior_prec_max",
-    "grid_size",
-    "link_approx",
-    "n_samples",
-    "verbose",
-    "progress_bar",
-    "log_prior_prec_base",
-)
-
-
-def laplace_torch_arguments(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Keywords of `optimize_prior_precision` from a call written for laplace-torch 0.3.
-
-    Positional arguments take laplace-torch's order (`pred_type` first), except that a first
-    argument "marglik" / "gridsearch" is the method (this project's earlier signature, kept).
-    `verbose` prints the result; `progress_bar` shows a tqdm bar over the marglik steps (when
-    tqdm is installed); `log_prior_prec_base` is the base of the grid (default 10). The other
-    keywords pass through (see `optimize_prior_precision`).
-    """
-    kwargs = dict(kwargs)
-    args = tuple(args)
-    if args and isinstance(args[0], str) and args[0] in {m.value for m in TuneMethod}:
-        kwargs.setdefault("method", args[0])
-        args = args[1:]
-        order = LAPLACE_TORCH_ORDER[2:]
-    else:
-        order = LAPLACE_TORCH_ORDER
-    if len(args) > len(order):
-        raise BadInputError(
-            f"optimize_prior_precision takes at most {len(order)} positional arguments "
-            f"({', '.join(order)}), got {len(args)}"
-        )
-    for name, value in zip(order, args):
-        if name in kwargs:
-            raise BadInputError(f"optimize_prior_precision got {name!r} twice")
-        kwargs[name] = value
-    verbose = bool(kwargs.pop("verbose", False))
-    progress_bar = bool(kwargs.pop("progress_bar", False))
-    base = float(kwargs.pop("log_prior_prec_base", 10.0))
-    if base != 10.0 and kwargs.get("grid") is None:
-        import torch
-
-        lo = float(kwargs.pop("log_prior_prec_min", -4.0))
-        hi = float(kwargs.pop("log_prior_prec_max", 4.0))
-        size = int(kwargs.pop("grid_size", 100))
-        kwargs["grid"] = torch.logspace(lo, hi, size, base=base, dtype=torch.float64)
-    if progress_bar and "progress" not in kwargs:
-        kwargs["progress"] = _tqdm_progress
-    if verbose:
-        kwargs["_verbose"] = True
-    return kwargs
-
-
-def _tqdm_progress(it: Iterable[Any], total: int | None = None, description: str = "") -> Any:
-    try:
-        import tqdm
-    except ImportError:  # the bar is cosmetic: without tqdm the tuning runs silently
-        return it
-    return tqdm.tqdm(it, total=total, desc=description)
 
 
 def optimize_sigma_noise(la: FittedLaplace, **kwargs: Any) -> dict[str, Any]:

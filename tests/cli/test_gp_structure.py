@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
 from laplace_cli.cli.app import app
-from laplace_cli.laplace.functional import FunctionalLaplace, FunctionalLLLaplace
+from laplace_cli.laplace.functional import FunctionalLaplace
+from laplace_cli.laplace.functional_ll import FunctionalLLLaplace
 from laplace_cli.pipeline.fit_stage import FitOptions
 from laplace_cli.pipeline.gp_stage import fit_gp
 from laplace_cli.pipeline.model_loading import ModelSpec, load_posterior, save_posterior
