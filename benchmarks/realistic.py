@@ -9,6 +9,8 @@ MLP, a GPT-2-style LoRA classifier, the sample models) it times, alternating the
 * ``epoch``: one forward + backward pass of the cross-entropy (MSE) loss over the same rows and
   batches; the "passes" column is fit time ÷ this;
 * ``forward``: one plain forward pass over the test rows (the bound for last-layer prediction);
+  ``last_layer_ratio``: our last-layer prediction ÷ that forward pass, both timed alternating
+  in one loop (median of `LL_RATIO_CALLS` each);
 * ``predict/<subset>/kron``: GLM predictive on the test rows (probit for classification);
 * ``marglik``: `optimize_prior_precision(method="marglik")` on all/kron with each library's
   defaults (ours L-BFGS, laplace-torch 100 Adam steps), scalar prior;
@@ -99,6 +101,8 @@ SLOW_SECONDS = 30.0
 #: "> N": laplace-torch's all-weights GLM prediction at C = 100 took 425 s, at C = 1000 it would
 #: take over an hour (a (C, P) Jacobian per test row).
 SIDE_TIMEOUT = 240.0
+#: Alternating (forward, last-layer prediction) pairs timed for the ratio of the two.
+LL_RATIO_CALLS = 51
 
 
 class SideTimeout(Exception):
@@ -112,6 +116,30 @@ DIAG_ROWS = 64
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def alternating_ratio(
+    forward: Callable[[], object],
+    predict: Callable[[], object],
+    device: torch.device,
+    calls: int = LL_RATIO_CALLS,
+) -> dict:
+    """Last-layer prediction ÷ one plain forward pass, both timed once per call, alternating
+    (forward, predict, forward, ...) `calls` times after 3 untimed pairs: the ratio of the two
+    medians. Timing the two phases minutes apart, as `Timer.pair` rows are, let machine noise
+    move a 24 ms prediction by 40 %."""
+    times: dict[str, list[float]] = {"forward": [], "predict": []}
+    with torch.no_grad():
+        for i in range(calls + 3):
+            for name, fn in (("forward", forward), ("predict", predict)):
+                sync(device)
+                t = time.perf_counter()
+                fn()
+                sync(device)
+                if i >= 3:
+                    times[name].append(time.perf_counter() - t)
+    fw, pr = statistics.median(times["forward"]), statistics.median(times["predict"])
+    return {"forward_s": fw, "predict_s": pr, "ratio": pr / fw, "calls": calls}
 
 
 def sync(device: torch.device) -> None:
@@ -481,6 +509,12 @@ def bench_model(
             ),
             warmup=True,
         )
+    if ("ours", "last_layer") in fitted:
+        out["last_layer_ratio"] = alternating_ratio(
+            lambda: [model(x) for x in ll_batches],
+            lambda: predict("ours", fitted["ours", "last_layer"], lik, ll_batches),
+            device,
+        )
     if ("ours", "all") in fitted:
         timer.pair(
             "marglik/all/kron",
@@ -750,6 +784,15 @@ def _speedup(row: dict | None) -> str:
     return "—"
 
 
+def _last_layer_ratio(m: dict) -> str:
+    """The alternating measurement where the run has one, else the two `Timer.pair` rows."""
+    if m.get("last_layer_ratio"):
+        return f"{m['last_layer_ratio']['ratio']:.2f}"
+    t = m["timings"]
+    ll, fw = t.get("predict/last_layer/kron"), t.get("forward/last_layer_batches")
+    return f"{ll['ours'] / fw['ours']:.2f}" if ll and fw and ll["ours"] and fw["ours"] else "—"
+
+
 def summary(result: dict) -> str:
     """One row per model: speed-ups (laplace-torch ÷ ours) of the headline phases, last-layer
     prediction ÷ one plain forward pass, and peak memory; the README's table."""
@@ -766,8 +809,7 @@ def summary(result: dict) -> str:
         for _, key in SUMMARY_COLUMNS:
             found = [k for k in t if k == key or k.startswith(key + "/n=")]
             cells.append(_speedup(t[found[0]]) if found else "—")
-        ll, fw = t.get("predict/last_layer/kron"), t.get("forward/last_layer_batches")
-        ratio = f"{ll['ours'] / fw['ours']:.2f}" if ll and fw and ll["ours"] and fw["ours"] else "—"
+        ratio = _last_layer_ratio(m)
         mem = (m.get("peak_mb") or {}).get("fit+predict/all/kron") or {}
         peak = " / ".join(mb_cell(v) for v in mem.values()) or "—"
         lines.append(
@@ -795,6 +837,13 @@ def markdown(result: dict) -> str:
             f"- {m['model']}, peak memory: {m['peak_mb_note']}"
             for m in result["models"]
             if m.get("peak_mb_note")
+        ],
+        *[
+            f"- {m['model']}, last-layer prediction ÷ forward: "
+            f"{r['predict_s'] * 1e3:.2f} / {r['forward_s'] * 1e3:.2f} ms, "
+            f"medians of {r['calls']} alternating calls"
+            for m in result["models"]
+            if (r := m.get("last_layer_ratio"))
         ],
         "",
         "| model | params | phase | ours / laplace-torch (×) | passes ours / theirs |",

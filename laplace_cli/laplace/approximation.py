@@ -344,7 +344,13 @@ class Laplace(
                 # One factor per output, (C,): the posterior keeps H per output.
                 return 1.0 / (sigma.reshape(-1) ** 2 * self.temperature)
             return 1.0 / (sigma.reshape(()) ** 2 * self.temperature)
-        return torch.tensor(1.0 / self.temperature, dtype=self._dtype, device=self._device)
+        # One tensor per temperature, not one per call (a prediction asks for it every batch).
+        key = (self.temperature, self._dtype, self._device)
+        cached = self.__dict__.get("_unit_scale")
+        if cached is None or cached[0] != key:
+            value = torch.tensor(1.0 / self.temperature, dtype=self._dtype, device=self._device)
+            cached = self.__dict__["_unit_scale"] = (key, value)
+        return cached[1]
 
     def jacobian_chunk_rows(self) -> int:
         n_out = self.n_outputs or 1

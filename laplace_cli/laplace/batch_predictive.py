@@ -39,7 +39,7 @@ from laplace_cli.posterior.predictive import (
 __all__ = [
     "PredictiveLaplace",
     "batch_uncertainty",
-    "has_closed_form_variance",
+    "has_feature_variance",
     "predict_batch",
     "regression_predictive",
 ]
@@ -93,10 +93,11 @@ class PredictiveLaplace(Protocol):
     ) -> Tensor: ...
 
 
-def has_closed_form_variance(la: Any) -> bool:
-    """Whether `la` computes diag J Σ Jᵀ in closed form (`softmax_closed_form`, many classes)."""
-    closed = getattr(la, "softmax_closed_form", None)
-    return bool(closed is not None and closed())
+def has_feature_variance(la: Any) -> bool:
+    """Whether `la` computes diag J Σ Jᵀ from the head's features (`variance_from_features`:
+    a last-layer diag / kron posterior)."""
+    from_features = getattr(la, "variance_from_features", None)
+    return bool(from_features is not None and from_features())
 
 
 def predict_batch(
@@ -125,7 +126,7 @@ def predict_batch(
         return samples.mean(0), samples.var(0)
     if pt == PredType.GLM:
         if (diagonal_output or approx == LinkApprox.PROBIT) and (
-            has_closed_form_variance(la)
+            has_feature_variance(la)
             or getattr(getattr(la, "posterior", None), "cheap_variance_diag", False)
         ):
             # Probit needs the diagonal only: O(C) per row, not (C, C).

@@ -3,9 +3,9 @@
 `joint_covariance` is J Σ Jᵀ across every output of a batch, (B·C, B·C), by each structure's own
 `functional_variance` on the batch rewritten as one input with B·C outputs
 (`posterior.variance_memory.factors_as_one_sample`), or by dense Jacobians, refused beyond half
-of the memory budget. `softmax_variance_diag` is the diagonal of J Σ Jᵀ of a last-layer diag /
-kron softmax posterior from the features, O(C·d) memory per row
-(`posterior.softmax_last_layer`). `Laplace.joint_functional_covariance` and
+of the memory budget. `feature_variance_diag` is the diagonal of J Σ Jᵀ of a last-layer diag /
+kron posterior from the head's features, O(C + d) memory per row
+(`posterior.feature_variance`). `Laplace.joint_functional_covariance` and
 `Laplace.functional_variance_diag` check the fit and the inputs and delegate here.
 """
 
@@ -19,14 +19,14 @@ from torch import Tensor
 
 from laplace_cli.core.batches import Inputs, batch_size
 from laplace_cli.core.errors import MemoryBudgetError
-from laplace_cli.posterior import softmax_last_layer
 from laplace_cli.posterior.base import Posterior
+from laplace_cli.posterior.feature_variance import FeatureVarianceForm
 from laplace_cli.posterior.memory import format_bytes
 from laplace_cli.posterior.variance_memory import factors_as_one_sample, joint_factor_bytes
 from laplace_cli.subsets.base import ParameterSubset, iter_rows
 from laplace_cli.subsets.precision import cast_factors
 
-__all__ = ["check_joint_budget", "joint_covariance", "softmax_variance_diag"]
+__all__ = ["check_joint_budget", "feature_variance_diag", "joint_covariance"]
 
 
 def check_joint_budget(need: int, n: int, max_memory: int) -> None:
@@ -74,25 +74,25 @@ def joint_covariance(
     return f.reshape(-1), cov[0]
 
 
-def softmax_variance_diag(
+def feature_variance_diag(
     x: Inputs,
     subset: Any,  # a last-layer subset: `features(x)` gives (φ, f)
-    posterior: Posterior,
-    prior: Tensor,
-    scale: Tensor,
+    form: FeatureVarianceForm,
     dtype: torch.dtype,
     *,
-    n_outputs: int,
     max_memory: int,
 ) -> tuple[Tensor, Tensor]:
-    """GLM mean (B, C) and diag J Σ Jᵀ (B, C) of a last-layer softmax posterior, from features."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    # A few (rows, C) float tensors per chunk, within a quarter of the budget.
-    rows = max(1, int(max_memory // 4 // (8 * n_outputs * itemsize)))
+    """GLM mean (B, C) and diag J Σ Jᵀ (B, C) of a last-layer posterior, from the features."""
+    itemsize = dtype.itemsize
+    n_outputs, d = form.weights.shape
+    # φ and its rotation (d each), f, the variances and a temporary (C each) per row, within a
+    # quarter of the budget.
+    rows = max(1, int(max_memory // 4 // ((2 * d + 3 * n_outputs) * itemsize)))
     mus, vars_ = [], []
     for xc in iter_rows(x, rows):
         phi, f = subset.features(xc)
-        phi = phi.to(dtype)
-        mus.append(f.to(dtype))
-        vars_.append(softmax_last_layer.variance_diag(posterior, phi, prior, scale))
+        mus.append(f if f.dtype == dtype else f.to(dtype))
+        vars_.append(form.variance_diag(phi if phi.dtype == dtype else phi.to(dtype)))
+    if len(mus) == 1:
+        return mus[0], vars_[0]
     return torch.cat(mus), torch.cat(vars_)

@@ -4,7 +4,7 @@ structure allows (diag and kron layer by layer; full, low-rank and subnetworks i
 
 Kept apart from `approximation.py` (construction, fitting); `Laplace` inherits it. The pieces
 that need no `Laplace` state live beside it: `batch_predictive` (the `la(x)` dispatch and the
-uncertainty scores), `batch_variance` (the joint covariance, the closed-form softmax diagonal),
+uncertainty scores), `batch_variance` (the joint covariance, the last-layer diagonal from features),
 `sampled_networks` (the "nn" predictive's outputs), `prediction_options` (checks of a call).
 """
 
@@ -25,11 +25,10 @@ from laplace_cli.core.enums import (
 from laplace_cli.laplace import dense_outputs
 from laplace_cli.laplace.batch_predictive import (
     batch_uncertainty,
-    has_closed_form_variance,
     predict_batch,
     regression_predictive,
 )
-from laplace_cli.laplace.batch_variance import joint_covariance, softmax_variance_diag
+from laplace_cli.laplace.batch_variance import feature_variance_diag, joint_covariance
 from laplace_cli.laplace.jacobian_forms import JacobianFormsMixin
 from laplace_cli.laplace.prediction_options import (
     check_glm_model_kwargs,
@@ -270,29 +269,29 @@ class PredictiveMixin(JacobianFormsMixin):
     def functional_variance_diag(self, x: Any) -> tuple[Tensor, Tensor]:
         """GLM mean (B, C) and the diagonal of J Σ Jᵀ (B, C).
 
-        A last-layer diag / kron softmax posterior with many classes
-        (`softmax_closed_form`) computes it from the features in O(C·d) memory per row
-        (`posterior.softmax_last_layer.variance_diag`); anything else takes the posterior's
+        A last-layer diag / kron posterior (`variance_from_features`) computes it from the
+        head's features, (Rφ)² M + v with M and v kept per prior and scale
+        (`posterior.feature_variance`); anything else takes the posterior's
         `functional_variance_diag` row chunk by row chunk (K-FAC: B·C·d per layer, no (C, C)
         products)."""
-        if not has_closed_form_variance(self):
+        if not self.variance_from_features():
             return self._variance_rows(x, diagonal=True)
         self.require_fit()
+        if self._backprop_off():
+            with keep_graph():
+                return self.functional_variance_diag(x)
         x = self.as_inputs(x)
         if batch_size(x) == 0:
             f_mu, f_var = self._empty_prediction()
             return f_mu, f_var[:, 0]
-        prior, scale = self.prior_precision, self.curvature_scale()
-        return softmax_variance_diag(
-            x,
-            self.subset,
-            self.posterior,
-            prior,
-            scale,
-            self._dtype,
-            n_outputs=self.n_outputs or 1,
-            max_memory=self.max_memory,
-        )
+        form = self.posterior.feature_variance_form(self.prior_precision, self.curvature_scale())
+        return feature_variance_diag(x, self.subset, form, self._dtype, max_memory=self.max_memory)
+
+    def variance_from_features(self) -> bool:
+        """Whether the diagonal of J Σ Jᵀ comes from the head's features alone: a last-layer
+        subset (J = I_C ⊗ φᵀ, no output Jacobians) and a posterior with a feature form (diag,
+        kron; not per-output curvature)."""
+        return isinstance(self.subset, LastLayer) and self.posterior.has_feature_variance()
 
     def predictive(
         self,

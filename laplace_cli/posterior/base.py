@@ -21,6 +21,7 @@ from torch import Tensor
 
 from laplace_cli.core.enums import Structure
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.posterior.feature_variance import FeatureVarianceForm
 from laplace_cli.subsets.base import Factor, ParamGroup
 
 
@@ -134,6 +135,16 @@ class Posterior(ABC):
     #: (B, C) cheaper than `functional_variance`'s diagonal (no (C, C) products): a probit
     #: prediction then takes it.
     cheap_variance_diag: bool = False
+
+    def feature_variance_form(self, prior: Tensor, scale: Tensor) -> FeatureVarianceForm | None:
+        """The last-layer variance form Var f(x) = (Rφ)² M + v (`posterior.feature_variance`),
+        where the structure has one and its blocks are a linear head's weight and bias; None
+        otherwise."""
+        return None
+
+    def has_feature_variance(self) -> bool:
+        """Whether `feature_variance_form` gives a form (without building one)."""
+        return False
 
     @abstractmethod
     def sample(

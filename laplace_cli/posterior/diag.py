@@ -8,6 +8,11 @@ from torch import Tensor
 from laplace_cli.core.enums import Structure
 from laplace_cli.core.errors import BadInputError, NumericalError
 from laplace_cli.posterior.base import Posterior, expand_prior, fv_dense_diag, scale_curvature
+from laplace_cli.posterior.feature_variance import (
+    FeatureFormCache,
+    FeatureVarianceForm,
+    head_shape,
+)
 from laplace_cli.subsets.base import DenseFactor, Factor
 
 
@@ -166,6 +171,24 @@ class DiagPosterior(Posterior):
             out = part if out is None else out + part
             start += g.numel
         return out
+
+    def has_feature_variance(self) -> bool:
+        return self.split_outputs is None and head_shape(self.groups) is not None
+
+    def feature_variance_form(self, prior, scale):
+        if not self.has_feature_variance():
+            return None
+        state = [self.h] if self.prior_curvature is None else [self.h, self.prior_curvature]
+        cache = self.__dict__.setdefault("_feature_forms", FeatureFormCache())
+        return cache.get(prior, scale, state, lambda: self._feature_form(prior, scale))
+
+    def _feature_form(self, prior: Tensor, scale: Tensor) -> FeatureVarianceForm:
+        """M = the weight block's 1/Λ in its (C, d) shape, v = the bias block's 1/Λ."""
+        n_out, d = self.groups[0].shape
+        var = 1.0 / self._checked_precision(prior, scale)
+        weights = var[: n_out * d].reshape(n_out, d)
+        bias = var[n_out * d :] if len(self.groups) > 1 else None
+        return FeatureVarianceForm(None, weights, bias)
 
     def sample(self, n, prior, scale, generator):
         eps = torch.randn(

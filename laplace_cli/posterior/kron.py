@@ -24,6 +24,11 @@ from laplace_cli.core.enums import KronApprox, Structure
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior.base import Posterior, per_group_prior
 from laplace_cli.posterior.diag import factor_diag, factor_functional_variance
+from laplace_cli.posterior.feature_variance import (
+    FeatureFormCache,
+    FeatureVarianceForm,
+    head_shape,
+)
 from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
 from laplace_cli.posterior.kron_products import (
     add_input_factor_,
@@ -253,6 +258,29 @@ class KronPosterior(KronStateMixin, Posterior):
         return torch.cat(out)
 
     cheap_variance_diag = True
+
+    def has_feature_variance(self) -> bool:
+        return head_shape(self.groups) is not None
+
+    def feature_variance_form(self, prior, scale):
+        if not self.has_feature_variance():
+            return None
+        eigs = self.eigendecomposition()
+        state = [t for e in eigs for t in e.values()]
+        cache = self.__dict__.setdefault("_feature_forms", FeatureFormCache())
+        return cache.get(prior, scale, state, lambda: self._feature_form(prior, scale))
+
+    def _feature_form(self, prior: Tensor, scale: Tensor) -> FeatureVarianceForm:
+        """R = Q_Aᵀ (applied as φ Q_A), M = (Q_B ⊙ Q_B)(1/λ) and the bias block's
+        v = (Q_B ⊙ Q_B)(1/λ_b)."""
+        deltas = per_group_prior(prior, self.groups, "kron")
+        eigs = self.eigendecomposition()
+        lam = self.block_eigvals(0, deltas[0], scale)  # (C, d)
+        weights = (eigs[0]["B.eigvecs"] ** 2) @ (1.0 / lam)  # (C, d)
+        bias = None
+        if len(self.groups) > 1:
+            bias = (eigs[1]["B.eigvecs"] ** 2) @ (1.0 / self.block_eigvals(1, deltas[1], scale))
+        return FeatureVarianceForm(eigs[0]["A.eigvecs"], weights, bias)
 
     def functional_variance(self, prior, scale, factors=None, J=None):
         return self._block_variances(prior, scale, factors, J, diagonal=False)

@@ -198,7 +198,7 @@ def check_pred_options(
 
 def probit_scale(f_var_diag: Tensor) -> Tensor:
     """κ = 1 / √(1 + π/8 · σ²), the probit approximation's scaling of the mean logits."""
-    return 1.0 / torch.sqrt(1.0 + math.pi / 8.0 * f_var_diag)
+    return torch.rsqrt(f_var_diag * (math.pi / 8.0) + 1.0)
 
 
 def probit_softmax(f_mu: Tensor, f_var: Tensor) -> Tensor:

@@ -10,8 +10,8 @@ p) alone, with no (B, C, C) Hessian root and no (B, C, P) Jacobian:
 
 - kron: B = Σₙ Λₙ = diag(Σₙ pₙ) − PᵀP (C × C), A = Σₙ φₙφₙᵀ / N; the bias block's B is the same;
 - diag: diag(H)[c, j] = Σₙ (p_nc − p_nc²) φ_nj², bias Σₙ (p_nc − p_nc²);
-- GLM predictive variances Var f_c = (J Σ Jᵀ)_cc from φ and the posterior's factors,
-  O(C · d) memory per row (kron: (s²) (1/λ)ᵀ (Q_B²)ᵀ with s = Q_Aᵀφ).
+- the GLM predictive variances of any last-layer diag / kron posterior come from φ alone
+  (`posterior.feature_variance`, for every C).
 
 Cost per row: O(C·d + C²/B) for kron (one (C × N)(N × C) product per batch), O(C·d) for diag,
 against O(C²·d) time and O(C²) memory per row for the generic Hessian-root path. Checked
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from laplace_cli.core.enums import Structure
-from laplace_cli.posterior.base import Posterior, per_group_prior
+from laplace_cli.posterior.base import Posterior
 
 #: Structures with a closed form here.
 CLOSED_FORM_STRUCTURES: frozenset[Structure] = frozenset({Structure.DIAG, Structure.KRON})
@@ -75,25 +75,3 @@ def accumulate(
     if W is None:
         w, b = diag_increments(phi, p)
     posterior.h += torch.cat([w, b]) if len(groups) > 1 else w  # type: ignore[attr-defined]
-
-
-def variance_diag(posterior: Posterior, phi: Tensor, prior: Tensor, scale: Tensor) -> Tensor:
-    """Var f_c(x) = (J Σ Jᵀ)_cc for features (N, d): (N, C), without the (N, C, C) covariance."""
-    groups = posterior.groups
-    n_out, d = groups[0].shape
-    if posterior.structure == Structure.KRON:
-        deltas = per_group_prior(prior, groups, "kron")
-        eigs = posterior.eigendecomposition()  # type: ignore[attr-defined]
-        lam = posterior.block_eigvals(0, deltas[0], scale)  # type: ignore[attr-defined]
-        s = phi @ eigs[0]["A.eigvecs"]  # (N, d)
-        w = (s * s) @ (1.0 / lam).T  # (N, C): Σ_y s_y² / λ_xy
-        var = w @ (eigs[0]["B.eigvecs"] ** 2).T  # Σ_x Q_B[c, x]² w_x
-        if len(groups) > 1:
-            lam_b = posterior.block_eigvals(1, deltas[1], scale)  # type: ignore[attr-defined]
-            var = var + ((eigs[1]["B.eigvecs"] ** 2) @ (1.0 / lam_b)).unsqueeze(0)
-        return var
-    inv = 1.0 / posterior.diag_precision(prior, scale)
-    var = (phi * phi) @ inv[: n_out * d].reshape(n_out, d).T
-    if len(groups) > 1:
-        var = var + inv[n_out * d :].unsqueeze(0)
-    return var

@@ -54,6 +54,10 @@ def test_quick_run_writes_the_schema_and_agrees(tmp_path: Path) -> None:
         r["runs"] == {"ours": 1, "laplace-torch": 0 if "lowrank" in k else 1} for k, r in t.items()
     ), {k: r["runs"] for k, r in t.items()}
     assert sorted(r["n"] for k, r in t.items() if k.startswith("scale_n/")) == [64, 128]
+    # Last-layer prediction ÷ forward, timed alternately: the summary's ratio column.
+    r = m["last_layer_ratio"]
+    assert r["calls"] == realistic.LL_RATIO_CALLS and r["forward_s"] > 0 and r["predict_s"] > 0
+    assert r["ratio"] == pytest.approx(r["predict_s"] / r["forward_s"])
 
     # The side-by-side numbers agree in float64 (one row per configuration both can fit).
     rows = {a["config"]: a for a in m["agreement"]}
@@ -78,6 +82,8 @@ def test_quick_run_writes_the_schema_and_agrees(tmp_path: Path) -> None:
         if line.startswith("| diabetes_mlp | 1,441 | ") and "×" in line.split("|")[3]
     )
     assert summary_row.count("×") == len(realistic.SUMMARY_COLUMNS), summary_row
+    assert f" | {r['ratio']:.2f} | " in summary_row
+    assert "diabetes_mlp, last-layer prediction ÷ forward: " in md
     out.with_suffix(".md").unlink()
     assert realistic.main(["--markdown", str(out), "--out", str(out)]) == 0
     assert out.with_suffix(".md").read_text() == md
