@@ -155,7 +155,9 @@ def regression_predictive(
             f"{la.likelihood.value!r}; use la(x) or la.uncertainty(x)"
         )
     pt = PredType.parse(pred_type, "pred_type")
-    if pt == PredType.GLM:
+    if pt == PredType.GLM and has_feature_variance(la):
+        mean, epistemic = la.functional_variance_diag(x)  # the diagonal is all it needs
+    elif pt == PredType.GLM:
         mean, f_var = la.functional_variance_at(x)
         epistemic = torch.diagonal(f_var, dim1=-2, dim2=-1)
     else:

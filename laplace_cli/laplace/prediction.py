@@ -177,6 +177,8 @@ class PredictiveMixin(JacobianFormsMixin):
         """
         if joint:
             return self.joint_functional_covariance(x)
+        if diagonal_output and self.variance_from_features():
+            return self.functional_variance_diag(x)
         f_mu, f_var = self.functional_variance_at(x)
         if diagonal_output:
             f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)

@@ -95,6 +95,24 @@ def test_probit_prediction_uses_features_and_matches_reference(monkeypatch, stru
     assert torch.allclose(probs, ref, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("structure", ["kron", "diag"])
+def test_regression_diagonal_outputs_use_features(monkeypatch, structure):
+    la, model, X = _fit(structure, "regression", n_out=3, prior_precision=0.5, sigma_noise=0.8)
+    ref = _dense_variance_diag(la, model, X)
+
+    def generic(*a, **k):
+        raise AssertionError("the full (B, C, C) covariance was built")
+
+    monkeypatch.setattr(PredictiveMixin, "functional_variance_at", generic)
+    f_mu, f_var = la(X, pred_type="glm", diagonal_output=True)
+    assert f_var.shape == (len(X), 3)
+    assert torch.allclose(f_var, ref, rtol=1e-10, atol=1e-13)
+    pred = la.regression_predictive(X)
+    assert torch.allclose(pred.epistemic_var, ref, rtol=1e-10, atol=1e-13)
+    assert torch.allclose(pred.total_var, ref + 0.8**2, rtol=1e-10, atol=1e-13)
+    assert torch.allclose(pred.mean, model(X).detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_full_and_per_output_noise_take_the_generic_path():
     la, _, _ = _fit("full")
     assert not la.variance_from_features()
