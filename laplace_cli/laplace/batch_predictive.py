@@ -39,6 +39,8 @@ from laplace_cli.posterior.predictive import (
 __all__ = [
     "PredictiveLaplace",
     "batch_uncertainty",
+    "diagonal_suffices",
+    "has_cheap_diagonal",
     "has_feature_variance",
     "predict_batch",
     "regression_predictive",
@@ -100,6 +102,29 @@ def has_feature_variance(la: Any) -> bool:
     return bool(from_features is not None and from_features())
 
 
+def diagonal_suffices(la: Any, likelihood: Likelihood, approx: LinkApprox, sampling: bool) -> bool:
+    """Whether the (B, C) diagonal of J Σ Jᵀ gives what the full covariance would: binary
+    outputs (independent sigmoids) and the probit link read only the diagonal; draws of the
+    logits (`sampling`: mc, mutual information) need the correlations, unless the covariance is
+    diagonal itself (`output_covariance_is_diagonal`: the same draws, since the Cholesky factor
+    of a diagonal matrix is its square root); the Laplace bridge needs the full matrix."""
+    if likelihood == Likelihood.BINARY:
+        return True
+    if approx in (LinkApprox.BRIDGE, LinkApprox.BRIDGE_NORM):
+        return False
+    if sampling or approx == LinkApprox.MC:
+        is_diagonal = getattr(la, "output_covariance_is_diagonal", None)
+        return bool(is_diagonal is not None and is_diagonal())
+    return True
+
+
+def has_cheap_diagonal(la: Any) -> bool:
+    """Whether `la.functional_variance_diag` avoids the (C, C) products: from the head's
+    features, or a posterior with its own cheaper diagonal (K-FAC)."""
+    posterior = getattr(la, "posterior", None)
+    return has_feature_variance(la) or getattr(posterior, "cheap_variance_diag", False)
+
+
 def predict_batch(
     la: PredictiveLaplace,
     x: Any,
@@ -125,10 +150,9 @@ def predict_batch(
         # to be the (B, C, C) sample covariance; `functional_samples` gives the samples).
         return samples.mean(0), samples.var(0)
     if pt == PredType.GLM:
-        if (diagonal_output or approx == LinkApprox.PROBIT) and (
-            has_feature_variance(la)
-            or getattr(getattr(la, "posterior", None), "cheap_variance_diag", False)
-        ):
+        if (
+            diagonal_output or diagonal_suffices(la, likelihood, approx, sampling=False)
+        ) and has_cheap_diagonal(la):
             # Probit needs the diagonal only: O(C) per row, not (C, C).
             f_mu, f_var = la.functional_variance_diag(x)
             return glm_link(la.likelihood, approx, f_mu, f_var, n_samples, generator)
@@ -197,8 +221,12 @@ def batch_uncertainty(
         n_samples = check_n_samples(n_samples, "mutual information (n_samples = 0 skips it)")
     prob_samples: Tensor | None = None
     if pt == PredType.GLM:
-        f_mu, f_var = la.functional_variance_at(x)
-        var = torch.diagonal(f_var, dim1=-2, dim2=-1)
+        if diagonal_suffices(la, la.likelihood, approx, n_samples > 0) and has_cheap_diagonal(la):
+            f_mu, var = la.functional_variance_diag(x)  # no (B, C, C) covariance
+            f_var = var
+        else:
+            f_mu, f_var = la.functional_variance_at(x)
+            var = torch.diagonal(f_var, dim1=-2, dim2=-1)
         if n_samples > 0:
             # The same draws as la(x, link_approx="mc") with a generator in the same state.
             f = sample_gaussian_outputs(f_mu, var if binary else f_var, n_samples, generator)

@@ -21,6 +21,7 @@ from laplace_cli.core.enums import (
     Likelihood,
     LinkApprox,
     PredType,
+    Structure,
 )
 from laplace_cli.laplace import dense_outputs
 from laplace_cli.laplace.batch_predictive import (
@@ -288,6 +289,11 @@ class PredictiveMixin(JacobianFormsMixin):
             return f_mu, f_var[:, 0]
         form = self.posterior.feature_variance_form(self.prior_precision, self.curvature_scale())
         return feature_variance_diag(x, self.subset, form, self._dtype, max_memory=self.max_memory)
+
+    def output_covariance_is_diagonal(self) -> bool:
+        """Whether J Σ Jᵀ is diagonal: a last-layer diag posterior, where each output's weights
+        and bias are blocks of their own (J = I_C ⊗ φᵀ, Σ diagonal)."""
+        return self.variance_from_features() and self.posterior.structure == Structure.DIAG
 
     def variance_from_features(self) -> bool:
         """Whether the diagonal of J Σ Jᵀ comes from the head's features alone: a last-layer

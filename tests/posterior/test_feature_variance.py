@@ -222,3 +222,58 @@ def test_cache_rejects_other_state_objects():
     cache.get(one, one, [t.clone()], build)  # equal values, another tensor
     cache.get(one, torch.tensor(1.0, dtype=torch.float64), [t.clone()], build)
     assert len(built) == 3
+
+
+def _uncertainty_both_ways(monkeypatch, la, X, **kw):
+    """la.uncertainty(X, **kw) as it runs, and with the diagonal shortcut switched off (the full
+    (B, C, C) covariance), each with a generator seeded alike."""
+    from laplace_cli.laplace import batch_predictive
+
+    calls = []
+    full_path = PredictiveMixin.functional_variance_at
+
+    def spy(self, x):
+        calls.append(1)
+        return full_path(self, x)
+
+    monkeypatch.setattr(PredictiveMixin, "functional_variance_at", spy)
+    fast = la.uncertainty(X, generator=torch.Generator().manual_seed(4), **kw)
+    fast_calls = len(calls)
+    with monkeypatch.context() as m:
+        m.setattr(batch_predictive, "diagonal_suffices", lambda *a, **k: False)
+        full = la.uncertainty(X, generator=torch.Generator().manual_seed(4), **kw)
+    for key, ref in full.items():
+        assert torch.allclose(fast[key].double(), ref.double(), rtol=1e-10, atol=1e-12), key
+    return fast_calls
+
+
+@pytest.mark.parametrize("likelihood", ["classification", "binary"])
+def test_uncertainty_of_a_diagonal_covariance_skips_the_full_matrix(monkeypatch, likelihood):
+    la, model, X = _fit("diag", "classification", prior_precision=0.3)
+    if likelihood == "binary":
+        y = torch.randn(30, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) > 0
+        la = Laplace(model, "binary", "last_layer", "diag", prior_precision=0.3)
+        la.fit([(X[i : i + 10], y[i : i + 10].double()) for i in range(0, 30, 10)])
+    assert la.output_covariance_is_diagonal()
+    # probit and mutual information from 50 draws: the same numbers without any (C, C) matrix
+    assert _uncertainty_both_ways(monkeypatch, la, X, n_samples=50) == 0
+    assert _uncertainty_both_ways(monkeypatch, la, X, link_approx="mc", n_samples=50) == 0
+    if likelihood == "classification":  # the bridge reads the full matrix
+        assert _uncertainty_both_ways(monkeypatch, la, X, link_approx="bridge", n_samples=0) == 1
+
+
+def test_uncertainty_of_kron_samples_from_the_full_covariance(monkeypatch):
+    la, _, X = _fit("kron", prior_precision=0.3)
+    assert not la.output_covariance_is_diagonal()
+    assert _uncertainty_both_ways(monkeypatch, la, X, n_samples=0) == 0  # probit: diagonal only
+    assert _uncertainty_both_ways(monkeypatch, la, X, n_samples=20) == 1  # draws: correlations
+
+
+def test_mc_prediction_of_a_diagonal_covariance_draws_the_same(monkeypatch):
+    from laplace_cli.laplace import batch_predictive
+
+    la, _, X = _fit("diag", prior_precision=0.3)
+    fast = la(X, link_approx="mc", n_samples=30, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(batch_predictive, "diagonal_suffices", lambda *a, **k: False)
+    full = la(X, link_approx="mc", n_samples=30, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(fast, full, rtol=1e-10, atol=1e-12)
