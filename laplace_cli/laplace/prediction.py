@@ -273,7 +273,7 @@ class PredictiveMixin(JacobianFormsMixin):
         """GLM mean (B, C) and the diagonal of J Σ Jᵀ (B, C).
 
         A last-layer diag / kron posterior (`variance_from_features`) computes it from the
-        head's features, (Rφ)² M + v with M and v kept per prior and scale
+        head's features, (Rφ)² Mᵀ + v with M and v kept per prior and scale
         (`posterior.feature_variance`); anything else takes the posterior's
         `functional_variance_diag` row chunk by row chunk (K-FAC: B·C·d per layer, no (C, C)
         products)."""

@@ -120,6 +120,3 @@ class FeatureFormCache:
             form,
         )
         return form
-
-    def clear(self) -> None:
-        self._entry = None
