@@ -41,6 +41,7 @@ __all__ = [
     "batch_uncertainty",
     "diagonal_suffices",
     "has_cheap_diagonal",
+    "has_feature_draws",
     "has_feature_variance",
     "predict_batch",
     "regression_predictive",
@@ -118,6 +119,15 @@ def diagonal_suffices(la: Any, likelihood: Likelihood, approx: LinkApprox, sampl
     return True
 
 
+def has_feature_draws(la: Any, likelihood: Likelihood) -> bool:
+    """Whether softmax logit draws come from the head's features (`draws_from_features`: a
+    last-layer kron posterior) instead of a Cholesky factor of each row's (C, C) covariance."""
+    from_features = getattr(la, "draws_from_features", None)
+    return likelihood == Likelihood.CLASSIFICATION and bool(
+        from_features is not None and from_features()
+    )
+
+
 def has_cheap_diagonal(la: Any) -> bool:
     """Whether `la.functional_variance_diag` avoids the (C, C) products: from the head's
     features, or a posterior with its own cheaper diagonal (K-FAC)."""
@@ -150,6 +160,10 @@ def predict_batch(
         # to be the (B, C, C) sample covariance; `functional_samples` gives the samples).
         return samples.mean(0), samples.var(0)
     if pt == PredType.GLM:
+        if approx == LinkApprox.MC and not diagonal_output and has_feature_draws(la, likelihood):
+            # Exact draws from the features, 2C² per draw and row (`OutputDraws`).
+            _, _, f = la.feature_moments(x, n_samples, generator)
+            return torch.softmax(f, -1).mean(0)
         if (
             diagonal_output or diagonal_suffices(la, likelihood, approx, sampling=False)
         ) and has_cheap_diagonal(la):
@@ -221,16 +235,24 @@ def batch_uncertainty(
         n_samples = check_n_samples(n_samples, "mutual information (n_samples = 0 skips it)")
     prob_samples: Tensor | None = None
     if pt == PredType.GLM:
-        if diagonal_suffices(la, la.likelihood, approx, n_samples > 0) and has_cheap_diagonal(la):
-            f_mu, var = la.functional_variance_diag(x)  # no (B, C, C) covariance
-            f_var = var
-        else:
-            f_mu, f_var = la.functional_variance_at(x)
-            var = torch.diagonal(f_var, dim1=-2, dim2=-1)
-        if n_samples > 0:
-            # The same draws as la(x, link_approx="mc") with a generator in the same state.
-            f = sample_gaussian_outputs(f_mu, var if binary else f_var, n_samples, generator)
+        # The same draws as la(x, link_approx="mc") with a generator in the same state.
+        bridge = approx in (LinkApprox.BRIDGE, LinkApprox.BRIDGE_NORM)  # reads the full matrix
+        if n_samples > 0 and not bridge and has_feature_draws(la, la.likelihood):
+            f_mu, var, f = la.feature_moments(x, n_samples, generator)
+            f_var = var  # probit reads the diagonal only
             prob_samples = link(la.likelihood, f)
+        else:
+            if diagonal_suffices(la, la.likelihood, approx, n_samples > 0) and has_cheap_diagonal(
+                la
+            ):
+                f_mu, var = la.functional_variance_diag(x)  # no (B, C, C) covariance
+                f_var = var
+            else:
+                f_mu, f_var = la.functional_variance_at(x)
+                var = torch.diagonal(f_var, dim1=-2, dim2=-1)
+            if n_samples > 0:
+                f = sample_gaussian_outputs(f_mu, var if binary else f_var, n_samples, generator)
+                prob_samples = link(la.likelihood, f)
         if approx == LinkApprox.MC:
             probs = prob_samples.mean(0)
         else:

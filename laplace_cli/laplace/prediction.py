@@ -21,7 +21,6 @@ from laplace_cli.core.enums import (
     Likelihood,
     LinkApprox,
     PredType,
-    Structure,
 )
 from laplace_cli.laplace import dense_outputs
 from laplace_cli.laplace.batch_predictive import (
@@ -29,7 +28,8 @@ from laplace_cli.laplace.batch_predictive import (
     predict_batch,
     regression_predictive,
 )
-from laplace_cli.laplace.batch_variance import feature_variance_diag, joint_covariance
+from laplace_cli.laplace.batch_variance import joint_covariance
+from laplace_cli.laplace.feature_prediction import FeaturePredictionMixin
 from laplace_cli.laplace.jacobian_forms import JacobianFormsMixin
 from laplace_cli.laplace.prediction_options import (
     check_glm_model_kwargs,
@@ -54,7 +54,7 @@ from laplace_cli.subsets.last_layer import LastLayer
 from laplace_cli.subsets.precision import cast_factors
 
 
-class PredictiveMixin(JacobianFormsMixin):
+class PredictiveMixin(JacobianFormsMixin, FeaturePredictionMixin):
     """Predictive methods of `Laplace`; they use its subset, posterior and hyperparameters."""
 
     # --- predictive -------------------------------------------------------------------------
@@ -279,27 +279,8 @@ class PredictiveMixin(JacobianFormsMixin):
         products)."""
         if not self.variance_from_features():
             return self._variance_rows(x, diagonal=True)
-        self.require_fit()
-        if self._backprop_off():
-            with keep_graph():
-                return self.functional_variance_diag(x)
-        x = self.as_inputs(x)
-        if batch_size(x) == 0:
-            f_mu, f_var = self._empty_prediction()
-            return f_mu, f_var[:, 0]
-        form = self.posterior.feature_variance_form(self.prior_precision, self.curvature_scale())
-        return feature_variance_diag(x, self.subset, form, self._dtype, max_memory=self.max_memory)
-
-    def output_covariance_is_diagonal(self) -> bool:
-        """Whether J Σ Jᵀ is diagonal: a last-layer diag posterior, where each output's weights
-        and bias are blocks of their own (J = I_C ⊗ φᵀ, Σ diagonal)."""
-        return self.variance_from_features() and self.posterior.structure == Structure.DIAG
-
-    def variance_from_features(self) -> bool:
-        """Whether the diagonal of J Σ Jᵀ comes from the head's features alone: a last-layer
-        subset (J = I_C ⊗ φᵀ, no output Jacobians) and a posterior with a feature form (diag,
-        kron; not per-output curvature)."""
-        return isinstance(self.subset, LastLayer) and self.posterior.has_feature_variance()
+        f_mu, var, _ = self.feature_moments(x)
+        return f_mu, var
 
     def predictive(
         self,
@@ -324,9 +305,11 @@ class PredictiveMixin(JacobianFormsMixin):
     ) -> Tensor:
         """Samples of the outputs before the link, (n_samples, B, C).
 
-        glm: f ~ N(f_μ, J Σ Jᵀ) (independent outputs with `diagonal_output`); nn: f(x; θ_s) with
-        θ_s ~ N(θ*, Σ). For a last-layer subset the head is linear in its weights, so the
-        features are computed once and all sampled heads are applied in one contraction.
+        glm: f ~ N(f_μ, J Σ Jᵀ) (independent outputs with `diagonal_output`); a last-layer diag /
+        kron posterior draws from the head's features without a (C, C) covariance per row
+        (`feature_prediction`). nn: f(x; θ_s) with θ_s ~ N(θ*, Σ). For a last-layer subset the
+        head is linear in its weights, so the features are computed once and all sampled heads
+        are applied in one contraction.
         """
         self.require_fit()
         if self._backprop_off():
@@ -335,6 +318,12 @@ class PredictiveMixin(JacobianFormsMixin):
         pt = PredType.parse(pred_type, "pred_type")
         n_samples = check_n_samples(n_samples, "functional_samples")
         check_generator(generator, self._device)
+        if pt == PredType.GLM and self.draws_from_features() and not diagonal_output:
+            return self.feature_moments(x, n_samples, generator)[2]  # no (C, C) per row
+        if pt == PredType.GLM and self.variance_from_features():
+            # Independent outputs, or a diagonal covariance (last-layer diag): ε ⊙ √Var.
+            f_mu, var = self.functional_variance_diag(x)
+            return sample_gaussian_outputs(f_mu, var, n_samples, generator)
         if pt == PredType.GLM:
             f_mu, f_var = self.functional_variance_at(x)
             if diagonal_output:

@@ -27,6 +27,7 @@ from laplace_cli.posterior.diag import factor_diag, factor_functional_variance
 from laplace_cli.posterior.feature_variance import (
     FeatureFormCache,
     FeatureVarianceForm,
+    OutputDraws,
     head_shape,
 )
 from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
@@ -276,11 +277,15 @@ class KronPosterior(KronStateMixin, Posterior):
         deltas = per_group_prior(prior, self.groups, "kron")
         eigs = self.eigendecomposition()
         lam = self.block_eigvals(0, deltas[0], scale)  # (C, d)
-        weights = (eigs[0]["B.eigvecs"] ** 2) @ (1.0 / lam)  # (C, d)
-        bias = None
+        inv = 1.0 / lam
+        weights = (eigs[0]["B.eigvecs"] ** 2) @ inv  # (C, d)
+        bias = bias_basis = bias_scale = None
         if len(self.groups) > 1:
-            bias = (eigs[1]["B.eigvecs"] ** 2) @ (1.0 / self.block_eigvals(1, deltas[1], scale))
-        return FeatureVarianceForm(eigs[0]["A.eigvecs"], weights, bias)
+            inv_b = 1.0 / self.block_eigvals(1, deltas[1], scale)
+            bias_basis = eigs[1]["B.eigvecs"]
+            bias, bias_scale = (bias_basis**2) @ inv_b, inv_b.sqrt()
+        draws = OutputDraws(inv, eigs[0]["B.eigvecs"], bias_basis, bias_scale)
+        return FeatureVarianceForm(eigs[0]["A.eigvecs"], weights, bias, draws)
 
     def functional_variance(self, prior, scale, factors=None, J=None):
         return self._block_variances(prior, scale, factors, J, diagonal=False)

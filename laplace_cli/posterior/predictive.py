@@ -236,6 +236,23 @@ def laplace_bridge(f_mu: Tensor, f_var: Tensor, normalize: bool = False) -> Tens
     return torch.nan_to_num(alpha / alpha.sum(dim=1, keepdim=True), nan=1.0)
 
 
+def standard_normals(
+    n_samples: int,
+    n_rows: int,
+    width: int,
+    like: Tensor,
+    generator: torch.Generator | RowSeeds | None = None,
+) -> Tensor:
+    """(n_samples, n_rows, width) standard normals in `like`'s dtype and device; with
+    `RowSeeds` each row's come from its own stream (batch-invariant)."""
+    if isinstance(generator, RowSeeds):
+        eps = generator.normal(n_rows, (n_samples, width), like.dtype)
+        return eps.to(like.device).movedim(0, 1)
+    return torch.randn(
+        (n_samples, n_rows, width), dtype=like.dtype, device=like.device, generator=generator
+    )
+
+
 def sample_gaussian_outputs(
     f_mu: Tensor,
     f_var: Tensor,
@@ -247,13 +264,7 @@ def sample_gaussian_outputs(
     With `RowSeeds` each row's draws come from its own stream (batch-invariant)."""
     from laplace_cli.posterior.full import robust_cholesky
 
-    if isinstance(generator, RowSeeds):
-        eps = generator.normal(f_mu.shape[0], (n_samples, *f_mu.shape[1:]), f_mu.dtype)
-        eps = eps.to(f_mu.device).movedim(0, 1)  # (S, B, C)
-    else:
-        eps = torch.randn(
-            (n_samples, *f_mu.shape), dtype=f_mu.dtype, device=f_mu.device, generator=generator
-        )
+    eps = standard_normals(n_samples, f_mu.shape[0], f_mu.shape[1], f_mu, generator)
     if f_var.ndim == f_mu.ndim:
         return f_mu + eps * f_var.clamp_min(0).sqrt()
     if isinstance(generator, RowSeeds):
