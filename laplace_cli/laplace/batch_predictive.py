@@ -39,10 +39,7 @@ from laplace_cli.posterior.predictive import (
 __all__ = [
     "PredictiveLaplace",
     "batch_uncertainty",
-    "diagonal_suffices",
-    "has_cheap_diagonal",
-    "has_feature_draws",
-    "has_feature_variance",
+    "glm_moments",
     "predict_batch",
     "regression_predictive",
 ]
@@ -82,6 +79,17 @@ class PredictiveLaplace(Protocol):
 
     def functional_variance_diag(self, x: Any) -> tuple[Tensor, Tensor]: ...
 
+    def output_covariance_is_diagonal(self) -> bool: ...
+
+    def draws_from_features(self) -> bool: ...
+
+    def feature_moments(
+        self,
+        x: Any,
+        n_samples: int = 0,
+        generator: torch.Generator | RowSeeds | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]: ...
+
     def glm_predictive_distribution(
         self, x: Any, joint: bool = False, diagonal_output: bool = False
     ) -> tuple[Tensor, Tensor]: ...
@@ -96,43 +104,40 @@ class PredictiveLaplace(Protocol):
     ) -> Tensor: ...
 
 
-def has_feature_variance(la: Any) -> bool:
-    """Whether `la` computes diag J Σ Jᵀ from the head's features (`variance_from_features`:
-    a last-layer diag / kron posterior)."""
-    from_features = getattr(la, "variance_from_features", None)
-    return bool(from_features is not None and from_features())
+def glm_moments(
+    la: PredictiveLaplace,
+    x: Any,
+    *,
+    full: bool = False,
+    n_samples: int = 0,
+    generator: torch.Generator | RowSeeds | None = None,
+    independent: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """GLM mean f_μ (B, C), J Σ Jᵀ and `n_samples` draws of the logits from N(f_μ, J Σ Jᵀ),
+    (S, B, C) (None for 0), by the cheapest route that gives the same numbers.
 
-
-def diagonal_suffices(la: Any, likelihood: Likelihood, approx: LinkApprox, sampling: bool) -> bool:
-    """Whether the (B, C) diagonal of J Σ Jᵀ gives what the full covariance would: binary
-    outputs (independent sigmoids) and the probit link read only the diagonal; draws of the
-    logits (`sampling`: mc, mutual information) need the correlations, unless the covariance is
-    diagonal itself (`output_covariance_is_diagonal`: the same draws, since the Cholesky factor
-    of a diagonal matrix is its square root); the Laplace bridge needs the full matrix."""
-    if likelihood == Likelihood.BINARY:
-        return True
-    if approx in (LinkApprox.BRIDGE, LinkApprox.BRIDGE_NORM):
-        return False
-    if sampling or approx == LinkApprox.MC:
-        is_diagonal = getattr(la, "output_covariance_is_diagonal", None)
-        return bool(is_diagonal is not None and is_diagonal())
-    return True
-
-
-def has_feature_draws(la: Any, likelihood: Likelihood) -> bool:
-    """Whether softmax logit draws come from the head's features (`draws_from_features`: a
-    last-layer kron posterior) instead of a Cholesky factor of each row's (C, C) covariance."""
-    from_features = getattr(la, "draws_from_features", None)
-    return likelihood == Likelihood.CLASSIFICATION and bool(
-        from_features is not None and from_features()
-    )
-
-
-def has_cheap_diagonal(la: Any) -> bool:
-    """Whether `la.functional_variance_diag` avoids the (C, C) products: from the head's
-    features, or a posterior with its own cheaper diagonal (K-FAC)."""
-    posterior = getattr(la, "posterior", None)
-    return has_feature_variance(la) or getattr(posterior, "cheap_variance_diag", False)
+    J Σ Jᵀ comes as its (B, C) diagonal unless `full` (the Laplace bridge reads the (B, C, C)
+    matrix); the draws keep the outputs' correlations unless `independent` (binary outputs,
+    `diagonal_output`). Routes: a last-layer kron posterior draws from the head's features
+    (`OutputDraws`, 2C² per draw and row); where nothing reads the correlations (no draws,
+    independent draws, or a covariance that is diagonal itself — a last-layer diag posterior,
+    whose Cholesky draws are ε ⊙ √Var) the diagonal alone (`functional_variance_diag`: from
+    the features, per K-FAC block, or per row chunk of the full matrix); else the (B, C, C)
+    covariance, and its Cholesky factor per row for draws.
+    """
+    correlated = n_samples > 0 and not independent
+    if correlated and not full and la.draws_from_features():
+        return la.feature_moments(x, n_samples, generator)
+    if full or (correlated and not la.output_covariance_is_diagonal()):
+        f_mu, cov = la.functional_variance_at(x)
+        var = torch.diagonal(cov, dim1=-2, dim2=-1)
+    else:
+        f_mu, var = la.functional_variance_diag(x)
+        cov = var
+    draws = None
+    if n_samples > 0:
+        draws = sample_gaussian_outputs(f_mu, var if independent else cov, n_samples, generator)
+    return f_mu, (cov if full else var), draws
 
 
 def predict_batch(
@@ -160,20 +165,18 @@ def predict_batch(
         # to be the (B, C, C) sample covariance; `functional_samples` gives the samples).
         return samples.mean(0), samples.var(0)
     if pt == PredType.GLM:
-        if approx == LinkApprox.MC and not diagonal_output and has_feature_draws(la, likelihood):
-            # Exact draws from the features, 2C² per draw and row (`OutputDraws`).
-            _, _, f = la.feature_moments(x, n_samples, generator)
-            return torch.softmax(f, -1).mean(0)
-        if (
-            diagonal_output or diagonal_suffices(la, likelihood, approx, sampling=False)
-        ) and has_cheap_diagonal(la):
-            # Probit needs the diagonal only: O(C) per row, not (C, C).
-            f_mu, f_var = la.functional_variance_diag(x)
-            return glm_link(la.likelihood, approx, f_mu, f_var, n_samples, generator)
-        f_mu, f_var = la.functional_variance_at(x)
-        if diagonal_output:
-            f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
-        return glm_link(la.likelihood, approx, f_mu, f_var, n_samples, generator)
+        bridge = approx in (LinkApprox.BRIDGE, LinkApprox.BRIDGE_NORM)
+        f_mu, f_var, f = glm_moments(
+            la,
+            x,
+            full=bridge and not diagonal_output,
+            n_samples=n_samples if approx == LinkApprox.MC else 0,
+            generator=generator,
+            independent=diagonal_output or likelihood == Likelihood.BINARY,
+        )
+        if f is not None:  # mc: the mean of the link over the draws
+            return link(la.likelihood, f).mean(0)
+        return glm_link(la.likelihood, approx, f_mu, f_var)
     samples = la.predictive_samples(x, pred_type="nn", n_samples=n_samples, generator=generator)
     return samples.mean(0)
 
@@ -193,11 +196,8 @@ def regression_predictive(
             f"{la.likelihood.value!r}; use la(x) or la.uncertainty(x)"
         )
     pt = PredType.parse(pred_type, "pred_type")
-    if pt == PredType.GLM and has_feature_variance(la):
-        mean, epistemic = la.functional_variance_diag(x)  # the diagonal is all it needs
-    elif pt == PredType.GLM:
-        mean, f_var = la.functional_variance_at(x)
-        epistemic = torch.diagonal(f_var, dim1=-2, dim2=-1)
+    if pt == PredType.GLM:
+        mean, epistemic, _ = glm_moments(la, x)  # the diagonal is all it needs
     else:
         n = check_n_samples(n_samples, "the sample variance of pred_type 'nn'", minimum=2)
         samples = la.functional_samples(x, pred_type="nn", n_samples=n, generator=generator)
@@ -236,23 +236,17 @@ def batch_uncertainty(
     prob_samples: Tensor | None = None
     if pt == PredType.GLM:
         # The same draws as la(x, link_approx="mc") with a generator in the same state.
-        bridge = approx in (LinkApprox.BRIDGE, LinkApprox.BRIDGE_NORM)  # reads the full matrix
-        if n_samples > 0 and not bridge and has_feature_draws(la, la.likelihood):
-            f_mu, var, f = la.feature_moments(x, n_samples, generator)
-            f_var = var  # probit reads the diagonal only
+        f_mu, f_var, f = glm_moments(
+            la,
+            x,
+            full=approx in (LinkApprox.BRIDGE, LinkApprox.BRIDGE_NORM),
+            n_samples=n_samples,
+            generator=generator,
+            independent=binary,
+        )
+        var = f_var if f_var.ndim == 2 else torch.diagonal(f_var, dim1=-2, dim2=-1)
+        if f is not None:
             prob_samples = link(la.likelihood, f)
-        else:
-            if diagonal_suffices(la, la.likelihood, approx, n_samples > 0) and has_cheap_diagonal(
-                la
-            ):
-                f_mu, var = la.functional_variance_diag(x)  # no (B, C, C) covariance
-                f_var = var
-            else:
-                f_mu, f_var = la.functional_variance_at(x)
-                var = torch.diagonal(f_var, dim1=-2, dim2=-1)
-            if n_samples > 0:
-                f = sample_gaussian_outputs(f_mu, var if binary else f_var, n_samples, generator)
-                prob_samples = link(la.likelihood, f)
         if approx == LinkApprox.MC:
             probs = prob_samples.mean(0)
         else:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from laplace_cli.laplace.prediction_options import checked_jacobians, is_jacobians
@@ -48,6 +47,6 @@ class JacobianFormsMixin:
 
     def functional_variance_fast(self, x: Any) -> tuple[Tensor, Tensor]:
         """(f_mu, the diagonal of the functional variance) (B, C), as laplace-torch's
-        last-layer method; computed without forming Σ like `functional_variance`."""
-        f_mu, f_var = self.functional_variance_at(x)
-        return f_mu, torch.diagonal(f_var, dim1=-2, dim2=-1)
+        last-layer method; computed without forming Σ, and without the (B, C, C) covariance
+        where the structure has a cheaper diagonal (`functional_variance_diag`)."""
+        return self.functional_variance_diag(x)

@@ -25,6 +25,7 @@ from laplace_cli.core.enums import (
 from laplace_cli.laplace import dense_outputs
 from laplace_cli.laplace.batch_predictive import (
     batch_uncertainty,
+    glm_moments,
     predict_batch,
     regression_predictive,
 )
@@ -47,7 +48,6 @@ from laplace_cli.posterior.predictive import (
     input_signature,
     layer_input_bytes,
     link,
-    sample_gaussian_outputs,
 )
 from laplace_cli.subsets.base import Factor, NoLayerFactorsError, iter_rows
 from laplace_cli.subsets.last_layer import LastLayer
@@ -178,12 +178,10 @@ class PredictiveMixin(JacobianFormsMixin, FeaturePredictionMixin):
         """
         if joint:
             return self.joint_functional_covariance(x)
-        if diagonal_output and self.variance_from_features():
-            return self.functional_variance_diag(x)
-        f_mu, f_var = self.functional_variance_at(x)
         if diagonal_output:
-            f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
-        return f_mu, f_var
+            f_mu, var, _ = glm_moments(self, x)
+            return f_mu, var
+        return self.functional_variance_at(x)
 
     def joint_functional_covariance(self, x: Any) -> tuple[Tensor, Tensor]:
         """f_μ flattened (B·C,) and the joint covariance J Σ Jᵀ over all outputs of the batch.
@@ -305,9 +303,9 @@ class PredictiveMixin(JacobianFormsMixin, FeaturePredictionMixin):
     ) -> Tensor:
         """Samples of the outputs before the link, (n_samples, B, C).
 
-        glm: f ~ N(f_μ, J Σ Jᵀ) (independent outputs with `diagonal_output`); a last-layer diag /
-        kron posterior draws from the head's features without a (C, C) covariance per row
-        (`feature_prediction`). nn: f(x; θ_s) with θ_s ~ N(θ*, Σ). For a last-layer subset the
+        glm: f ~ N(f_μ, J Σ Jᵀ) (independent outputs with `diagonal_output`), by the cheapest
+        route of `batch_predictive.glm_moments` (a last-layer posterior without a (C, C)
+        covariance per row). nn: f(x; θ_s) with θ_s ~ N(θ*, Σ). For a last-layer subset the
         head is linear in its weights, so the features are computed once and all sampled heads
         are applied in one contraction.
         """
@@ -318,17 +316,11 @@ class PredictiveMixin(JacobianFormsMixin, FeaturePredictionMixin):
         pt = PredType.parse(pred_type, "pred_type")
         n_samples = check_n_samples(n_samples, "functional_samples")
         check_generator(generator, self._device)
-        if pt == PredType.GLM and self.draws_from_features() and not diagonal_output:
-            return self.feature_moments(x, n_samples, generator)[2]  # no (C, C) per row
-        if pt == PredType.GLM and self.variance_from_features():
-            # Independent outputs, or a diagonal covariance (last-layer diag): ε ⊙ √Var.
-            f_mu, var = self.functional_variance_diag(x)
-            return sample_gaussian_outputs(f_mu, var, n_samples, generator)
         if pt == PredType.GLM:
-            f_mu, f_var = self.functional_variance_at(x)
-            if diagonal_output:
-                f_var = torch.diagonal(f_var, dim1=-2, dim2=-1)
-            return sample_gaussian_outputs(f_mu, f_var, n_samples, generator)
+            _, _, f = glm_moments(
+                self, x, n_samples=n_samples, generator=generator, independent=diagonal_output
+            )
+            return f
         x = self.as_inputs(x)
         thetas = self._sample_subset(n_samples, generator)  # (S, P) in the subset's coordinates
         mdt = getattr(self, "_model_dtype", self._dtype)

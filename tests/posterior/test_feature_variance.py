@@ -224,11 +224,17 @@ def test_cache_rejects_other_state_objects():
     assert len(built) == 3
 
 
-def _uncertainty_both_ways(monkeypatch, la, X, **kw):
-    """la.uncertainty(X, **kw) as it runs, and with the diagonal shortcut switched off (the full
-    (B, C, C) covariance), each with a generator seeded alike."""
-    from laplace_cli.laplace import batch_predictive
+def _generic_routes(m, la) -> None:
+    """Switch `la`'s last-layer shortcuts off: the layer-factor path, the (B, C, C) covariance
+    and its Cholesky factors wherever draws keep correlations."""
+    for name in ("variance_from_features", "output_covariance_is_diagonal", "draws_from_features"):
+        m.setattr(la, name, lambda: False)
 
+
+def _uncertainty_both_ways(monkeypatch, la, X, **kw):
+    """la.uncertainty(X, **kw) as it runs, and with the last-layer shortcuts switched off,
+    each with a generator seeded alike; returns how often the fast run built the (B, C, C)
+    covariance."""
     calls = []
     full_path = PredictiveMixin.functional_variance_at
 
@@ -240,7 +246,7 @@ def _uncertainty_both_ways(monkeypatch, la, X, **kw):
     fast = la.uncertainty(X, generator=torch.Generator().manual_seed(4), **kw)
     fast_calls = len(calls)
     with monkeypatch.context() as m:
-        m.setattr(batch_predictive, "diagonal_suffices", lambda *a, **k: False)
+        _generic_routes(m, la)
         full = la.uncertainty(X, generator=torch.Generator().manual_seed(4), **kw)
     for key, ref in full.items():
         assert torch.allclose(fast[key].double(), ref.double(), rtol=1e-10, atol=1e-12), key
@@ -325,11 +331,9 @@ def test_kron_draws_in_uncertainty_and_mc_prediction(monkeypatch):
 
 
 def test_mc_prediction_of_a_diagonal_covariance_draws_the_same(monkeypatch):
-    from laplace_cli.laplace import batch_predictive
-
     la, _, X = _fit("diag", prior_precision=0.3)
     fast = la(X, link_approx="mc", n_samples=30, generator=torch.Generator().manual_seed(1))
-    monkeypatch.setattr(batch_predictive, "diagonal_suffices", lambda *a, **k: False)
+    _generic_routes(monkeypatch, la)
     full = la(X, link_approx="mc", n_samples=30, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(fast, full, rtol=1e-10, atol=1e-12)
 
