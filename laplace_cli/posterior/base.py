@@ -21,7 +21,7 @@ from torch import Tensor
 
 from laplace_cli.core.enums import Structure
 from laplace_cli.core.errors import BadInputError
-from laplace_cli.posterior.feature_variance import FeatureVarianceForm
+from laplace_cli.posterior.feature_variance import FeatureFormCache, FeatureVarianceForm
 from laplace_cli.subsets.base import Factor, ParamGroup
 
 
@@ -137,14 +137,28 @@ class Posterior(ABC):
     cheap_variance_diag: bool = False
 
     def feature_variance_form(self, prior: Tensor, scale: Tensor) -> FeatureVarianceForm | None:
-        """The last-layer variance form Var f(x) = (Rφ)² M + v (`posterior.feature_variance`),
+        """The last-layer variance form Var f(x) = (Rφ)² Mᵀ + v (`posterior.feature_variance`),
         where the structure has one and its blocks are a linear head's weight and bias; None
-        otherwise."""
-        return None
+        otherwise. The last one built is kept while the prior, the scale and the tensors of
+        `feature_form_state` are unchanged (`FeatureFormCache`)."""
+        if not self.has_feature_variance():
+            return None
+        cache = self.__dict__.setdefault("_feature_forms", FeatureFormCache())
+        return cache.get(
+            prior, scale, self.feature_form_state(), lambda: self.build_feature_form(prior, scale)
+        )
 
     def has_feature_variance(self) -> bool:
         """Whether `feature_variance_form` gives a form (without building one)."""
         return False
+
+    def feature_form_state(self) -> list[Tensor]:
+        """The tensors the curvature lives in, whose identity and version key the form."""
+        raise NotImplementedError
+
+    def build_feature_form(self, prior: Tensor, scale: Tensor) -> FeatureVarianceForm:
+        """A new form at this prior and scale (structures with `has_feature_variance`)."""
+        raise NotImplementedError
 
     @abstractmethod
     def sample(

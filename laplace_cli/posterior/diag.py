@@ -8,11 +8,7 @@ from torch import Tensor
 from laplace_cli.core.enums import Structure
 from laplace_cli.core.errors import BadInputError, NumericalError
 from laplace_cli.posterior.base import Posterior, expand_prior, fv_dense_diag, scale_curvature
-from laplace_cli.posterior.feature_variance import (
-    FeatureFormCache,
-    FeatureVarianceForm,
-    head_shape,
-)
+from laplace_cli.posterior.feature_variance import FeatureVarianceForm, head_shape
 from laplace_cli.subsets.base import DenseFactor, Factor
 
 
@@ -175,14 +171,10 @@ class DiagPosterior(Posterior):
     def has_feature_variance(self) -> bool:
         return self.split_outputs is None and head_shape(self.groups) is not None
 
-    def feature_variance_form(self, prior, scale):
-        if not self.has_feature_variance():
-            return None
-        state = [self.h] if self.prior_curvature is None else [self.h, self.prior_curvature]
-        cache = self.__dict__.setdefault("_feature_forms", FeatureFormCache())
-        return cache.get(prior, scale, state, lambda: self._feature_form(prior, scale))
+    def feature_form_state(self) -> list[Tensor]:
+        return [self.h] if self.prior_curvature is None else [self.h, self.prior_curvature]
 
-    def _feature_form(self, prior: Tensor, scale: Tensor) -> FeatureVarianceForm:
+    def build_feature_form(self, prior: Tensor, scale: Tensor) -> FeatureVarianceForm:
         """M = the weight block's 1/Λ in its (C, d) shape, v = the bias block's 1/Λ."""
         n_out, d = self.groups[0].shape
         var = 1.0 / self._checked_precision(prior, scale)

@@ -24,12 +24,7 @@ from laplace_cli.core.enums import KronApprox, Structure
 from laplace_cli.core.errors import BadInputError
 from laplace_cli.posterior.base import Posterior, per_group_prior
 from laplace_cli.posterior.diag import factor_diag, factor_functional_variance
-from laplace_cli.posterior.feature_variance import (
-    FeatureFormCache,
-    FeatureVarianceForm,
-    OutputDraws,
-    head_shape,
-)
+from laplace_cli.posterior.feature_variance import FeatureVarianceForm, OutputDraws, head_shape
 from laplace_cli.posterior.kron_matrix import Kron, KronDecomposed
 from laplace_cli.posterior.kron_products import (
     add_input_factor_,
@@ -263,15 +258,10 @@ class KronPosterior(KronStateMixin, Posterior):
     def has_feature_variance(self) -> bool:
         return head_shape(self.groups) is not None
 
-    def feature_variance_form(self, prior, scale):
-        if not self.has_feature_variance():
-            return None
-        eigs = self.eigendecomposition()
-        state = [t for e in eigs for t in e.values()]
-        cache = self.__dict__.setdefault("_feature_forms", FeatureFormCache())
-        return cache.get(prior, scale, state, lambda: self._feature_form(prior, scale))
+    def feature_form_state(self) -> list[Tensor]:
+        return [t for e in self.eigendecomposition() for t in e.values()]
 
-    def _feature_form(self, prior: Tensor, scale: Tensor) -> FeatureVarianceForm:
+    def build_feature_form(self, prior: Tensor, scale: Tensor) -> FeatureVarianceForm:
         """R = Q_Aᵀ (applied as φ Q_A), M = (Q_B ⊙ Q_B)(1/λ) and the bias block's
         v = (Q_B ⊙ Q_B)(1/λ_b)."""
         deltas = per_group_prior(prior, self.groups, "kron")
