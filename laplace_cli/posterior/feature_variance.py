@@ -68,11 +68,11 @@ class OutputDraws:
         n = self.basis.shape[0]
         return n if self.bias_basis is None else 2 * n
 
-    def draw(self, u: Tensor, f_mu: Tensor, eps: Tensor) -> Tensor:
-        """(S, B, C) draws at rotated features u = φ Q_A (B, d) from standard normals eps
-        (S, B, width)."""
+    def draw(self, u_sq: Tensor, f_mu: Tensor, eps: Tensor) -> Tensor:
+        """(S, B, C) draws at squared rotated features u² = (φ Q_A)² (B, d) from standard
+        normals eps (S, B, width)."""
         n = self.basis.shape[0]
-        w = F.linear(u * u, self.inv_eigvals)  # (B, C): Σ_y u_y² / λ_xy
+        w = F.linear(u_sq, self.inv_eigvals)  # (B, C): Σ_y u_y² / λ_xy
         f = f_mu + (eps[..., :n] * w.clamp_min(0).sqrt()) @ self.basis.T
         if self.bias_basis is not None:
             f = f + (eps[..., n:] * self.bias_scale) @ self.bias_basis.T
@@ -101,7 +101,8 @@ class FeatureVarianceForm:
         if self.draws is None:
             raise ValueError("this form has no structured draws (its covariance is diagonal)")
         u = phi if self.rotation is None else phi @ self.rotation
-        return F.linear(u * u, self.weights, self.bias), self.draws.draw(u, f_mu, eps)
+        u_sq = u * u
+        return F.linear(u_sq, self.weights, self.bias), self.draws.draw(u_sq, f_mu, eps)
 
 
 @dataclass(frozen=True)

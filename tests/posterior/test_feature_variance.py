@@ -285,7 +285,7 @@ def test_kron_output_draws_have_the_posterior_covariance(bias):
     assert k == (8 if bias else 4)
     eps = torch.eye(k, dtype=torch.float64)[:, None, :].expand(k, len(X), k)
     u = phi @ form.rotation
-    T = form.draws.draw(u, torch.zeros(len(X), 4, dtype=torch.float64), eps)  # (k, B, C)
+    T = form.draws.draw(u * u, torch.zeros(len(X), 4, dtype=torch.float64), eps)  # (k, B, C)
     cov = torch.einsum("sbc,sbd->bcd", T, T)
     names = [n for n, _ in model.named_parameters() if n.startswith("head.")]
     _, J = jacobians(model, names, X)
