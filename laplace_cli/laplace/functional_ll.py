@@ -48,7 +48,6 @@ class FunctionalLLLaplace(FunctionalLaplace):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        self._ll_args = (last_layer_name, feature_reduction)
         super().__init__(
             model,
             likelihood,
@@ -64,11 +63,12 @@ class FunctionalLLLaplace(FunctionalLaplace):
             backend_kwargs,
             independent_outputs,
             seed,
+            last_layer_name=last_layer_name,
+            feature_reduction=feature_reduction,
             **kwargs,
         )
 
     def _make_subset(
         self, last_layer_name: str | None, feature_reduction: str | None
     ) -> ParameterSubset:
-        name, reduction = self._ll_args
-        return LastLayer(self.model, name, reduction)
+        return LastLayer(self.model, last_layer_name, feature_reduction)
