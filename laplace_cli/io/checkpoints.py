@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.paths import user_path
 from laplace_cli.io.checkpoint_types import FACTORY_HINT as FACTORY_HINT
 from laplace_cli.io.checkpoint_types import HOOKABLE_TYPES as HOOKABLE_TYPES
 from laplace_cli.io.checkpoint_types import ModelForm as ModelForm
@@ -133,7 +134,7 @@ def _sniff(path: Path) -> str:
 
 
 def _check_file(path: str | Path) -> Path:
-    p = Path(path).expanduser()
+    p = user_path(path)
     if not p.exists():
         raise BadInputError(f"{path}: checkpoint file not found")
     if not p.is_file():
@@ -230,7 +231,7 @@ def load_model(
             ``trust_checkpoint``, a weight-only file without factory, an architecture mismatch,
             or a bad factory, device or dtype.
     """
-    if Path(path).expanduser().is_dir():
+    if user_path(path).is_dir():
         return _load_hf_dir(path, factory, factory_kwargs, device, dtype)
     p = _check_file(path)
     dev = resolve_device(device)
@@ -316,10 +317,10 @@ def _load_hf_dir(
         # that the posterior reloads the model from anywhere (package: specs stay as they are).
         value = kwargs.get(key)
         if isinstance(value, str) and value and not value.startswith("package:"):
-            kwargs[key] = str(Path(value).expanduser().resolve())
+            kwargs[key] = str(user_path(value).resolve())
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
-    model = load_hf_model(Path(path).expanduser(), kwargs)
+    model = load_hf_model(user_path(path), kwargs)
     fingerprint = model_fingerprint(model)
     model = model.to(dev)
     if dt is not None:

@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.paths import user_path
 
 __all__ = ["import_callable"]
 
@@ -74,7 +75,7 @@ def import_callable(
         )
     cwd = Path.cwd()
     if target.endswith(".py") or "/" in target or os.sep in target:
-        file = Path(target).expanduser()
+        file = user_path(target)
         if not file.is_absolute():
             file = Path(base_dir) / file if base_dir is not None else cwd / file
         if not file.is_file():

@@ -23,17 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.paths import user_path
 
 __all__ = ["portable_model_ref", "resolve_model_ref"]
 
 
 def _folder(posterior: str | Path) -> Path:
-    return Path(posterior).expanduser().resolve().parent
+    return user_path(posterior).resolve().parent
 
 
 def _relative(target: str, base: Path) -> str:
     """``target`` relative to ``base`` (POSIX form), or absolute when no relative path exists."""
-    absolute = Path(target).expanduser().resolve()
+    absolute = user_path(target).resolve()
     try:
         return Path(os.path.relpath(absolute, base)).as_posix()
     except ValueError:  # another drive on Windows: no relative path
@@ -65,18 +66,18 @@ def portable_model_ref(ref: Mapping[str, Any], posterior: str | Path) -> dict[st
     base = _folder(posterior)
     path = out.get("path")
     if isinstance(path, str) and path:
-        out["absolute_path"] = str(Path(path).expanduser().resolve())
+        out["absolute_path"] = str(user_path(path).resolve())
         out["path"] = _relative(path, base)
     parts = _file_factory(out.get("factory"))
-    if parts is not None and Path(parts[0]).expanduser().is_file():
+    if parts is not None and user_path(parts[0]).is_file():
         file, fn = parts
-        out["absolute_factory"] = f"{Path(file).expanduser().resolve()}:{fn}"
+        out["absolute_factory"] = f"{user_path(file).resolve()}:{fn}"
         out["factory"] = f"{_relative(file, base)}:{fn}"
     return out
 
 
 def _candidates(recorded: str, absolute: Any, base: Path) -> list[Path]:
-    path = Path(recorded).expanduser()
+    path = user_path(recorded)
     if path.is_absolute():
         found = [path]
     else:

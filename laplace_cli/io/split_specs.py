@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from laplace_cli.core.paths import user_path
 from laplace_cli.io.data_formats import format_from_name
 from laplace_cli.io.spec_schema import DATA_SPEC_SECTIONS, keys_of
 from laplace_cli.io.tabular import (
@@ -317,5 +318,5 @@ def _split_header(raw: Mapping[str, Any], bad: Any, fmt: str | None, is_text: bo
 
 
 def resolve_relative(base: Path, path: str) -> Path:
-    p = Path(path).expanduser()
+    p = user_path(path)
     return p if p.is_absolute() else base / p

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.paths import user_path
 
 __all__ = ["TextDataset", "load_text_split", "load_tokenizer", "resolve_local_dir"]
 
@@ -48,7 +49,7 @@ def resolve_local_dir(spec: str, base_dir: Path | None = None, what: str = "fold
             )
         path = Path(next(iter(found.submodule_search_locations))) / sub
     else:
-        path = Path(spec).expanduser()
+        path = user_path(spec)
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
     if not path.is_dir():

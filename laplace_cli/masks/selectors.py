@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.paths import user_path
 from laplace_cli.masks.variance import largest_variance_indices
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,7 +102,7 @@ def parse_subnetwork(
     if not text:
         raise BadInputError(f"{where}: empty; {selector_choices()}")
     if text.lower().endswith(INDEX_FILE_SUFFIXES):
-        path = Path(text).expanduser()
+        path = user_path(text)
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
         if not path.is_file():
@@ -110,7 +111,7 @@ def parse_subnetwork(
     name, sep, arg = text.partition(":")
     if name not in MASKS:
         hint = ""
-        if Path(text).expanduser().exists():
+        if user_path(text).exists():
             hint = f" ({text!r} is a file, but index files must end in one of "
             hint += f"{', '.join(INDEX_FILE_SUFFIXES)})"
         raise BadInputError(f"{where}: unknown mask {name!r}{hint}; {selector_choices()}")

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.paths import user_path
 from laplace_cli.io.checkpoints import (
     ModelRef,
     load_model,
@@ -50,7 +51,7 @@ class LoadedModel:
 def load_model_spec(spec: ModelSpec, device: str = "auto", dtype: str | None = None) -> LoadedModel:
     """Load a checkpoint on the chosen device and dtype, and fingerprint its parameters."""
     model, ref = load_model(
-        str(Path(spec.path).expanduser().resolve()),
+        str(user_path(spec.path).resolve()),
         factory=_absolute_factory(spec.factory),
         factory_kwargs=spec.kwargs or None,
         trust_checkpoint=spec.trust_checkpoint,
@@ -124,7 +125,7 @@ def _check_recorded_factory(factory: str) -> None:
 
     target = factory.rpartition(":")[0]
     if target.endswith(".py") or "/" in target:
-        origin: str | None = str(Path(target).expanduser())
+        origin: str | None = str(user_path(target))
     else:
         top = target.split(".")[0]
         sys.path.insert(0, str(Path.cwd()))  # as import_callable: the working directory first

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from laplace_cli.core.errors import BadInputError
+from laplace_cli.core.paths import user_path
 from laplace_cli.io.spec_schema import RECIPE_SECTIONS, RECIPE_STAGES
 
 __all__ = [
@@ -139,13 +140,19 @@ def validate_recipe(raw: Any, source: str, base_dir: Path, *, check_files: bool 
     if len(set(names)) != len(names):
         errors.append(f"{source}: stages: each stage once, got {stages}")
     errors += _gate_errors(raw, source) + _grid_errors(raw, source) + _level_errors(raw, source)
-    if check_files:
-        errors += _file_errors(raw, source, base_dir)
-        if isinstance(stages, list) and "doctor" in stages:
-            errors += _doctor_errors(raw, source, base_dir)
-    if errors:
-        raise BadInputError("\n".join(errors))
-    return _resolved(raw, source, base_dir, dict(model), list(stages))
+    try:
+        if check_files:
+            errors += _file_errors(raw, source, base_dir)
+            if isinstance(stages, list) and "doctor" in stages:
+                errors += _doctor_errors(raw, source, base_dir)
+        if errors:
+            raise BadInputError("\n".join(errors))
+        return _resolved(raw, source, base_dir, dict(model), list(stages))
+    except BadInputError as exc:
+        if str(exc).startswith(source):
+            raise
+        # A path the helpers could not take (e.g. `~user` of no user): name the recipe too.
+        raise BadInputError(f"{source}: {exc}") from None
 
 
 def _schema_errors(raw: dict[str, Any], source: str) -> list[str]:
@@ -201,7 +208,7 @@ def _file_errors(raw: dict[str, Any], source: str, base_dir: Path) -> list[str]:
     errors: list[str] = []
 
     def resolve(p: str) -> Path:
-        path = Path(p).expanduser()
+        path = user_path(p)
         return path if path.is_absolute() else base_dir / path
 
     model = raw.get("model")
@@ -234,7 +241,7 @@ def _doctor_errors(raw: dict[str, Any], source: str, base_dir: Path) -> list[str
     cfg = raw.get("doctor") if isinstance(raw.get("doctor"), dict) else {}
     split = cfg.get("split", "val")
     data = raw.get("data")
-    path = base_dir / Path(data).expanduser() if isinstance(data, str) and data else None
+    path = base_dir / user_path(data) if isinstance(data, str) and data else None
     if path is None or not path.is_file() or not isinstance(split, str):
         return []  # reported by the other checks
     try:
@@ -288,7 +295,7 @@ def _resolved(
     """The checked recipe, its paths made absolute relative to the recipe's folder."""
 
     def resolve(p: str) -> Path:
-        path = Path(p).expanduser()
+        path = user_path(p)
         return path if path.is_absolute() else (base_dir / path)
 
     model["path"] = str(resolve(model["path"]))

@@ -501,3 +501,25 @@ def test_deep_yaml_is_refused_under_a_raised_recursion_limit(tmp_path):
         assert load_yaml(path)["a"] is not None  # ordinary nesting still loads
     finally:
         sys.setrecursionlimit(old)
+
+
+@pytest.mark.parametrize("key", ["data", "model"])
+def test_a_home_of_no_user_is_refused_naming_the_recipe(tmp_path, key):
+    """`~0` names the home directory of a user "0" that does not exist: pathlib raises a bare
+    RuntimeError there (found by the recipe fuzzer); the recipe is refused, naming itself."""
+    from laplace_cli.core.errors import BadInputError
+    from laplace_cli.core.paths import user_path
+    from laplace_cli.pipeline.recipes import load_recipe
+
+    recipe = tmp_path / "recipe.yaml"
+    text = {
+        "data": "model: {path: m.pt}\ndata: ~0\n",
+        "model": "model: {path: ~0/m.pt}\ndata: d.yaml\n",
+    }
+    recipe.write_text(text[key])
+    with pytest.raises(BadInputError) as err:
+        load_recipe(recipe)
+    assert str(err.value).startswith(str(recipe)) and "~0" in str(err.value)
+    with pytest.raises(BadInputError, match="cannot expand"):
+        user_path("~0/x")
+    assert user_path("~/x") == Path.home() / "x"
